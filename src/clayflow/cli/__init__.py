@@ -1,0 +1,1 @@
+"""The ``clayflow`` command (the only package that uses argparse)."""

@@ -1,0 +1,256 @@
+"""``clayflow <verb>``: train, sample, score and plot flows from the command line.
+
+Errors a user can fix print one line, ``clayflow: error: ...``, and exit 1 (2 for bad
+usage); tracebacks appear only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import typing
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from clayflow.errors import ClayflowError
+
+EXAMPLES = {
+    "train": "examples:\n  clayflow train                          # RealNVP on moons (about a minute)\n"
+    "  clayflow train --data wine --model nice --steps 2000\n"
+    "  clayflow train --data my_table.csv --out runs/mine\n"
+    "  clayflow train --resume runs/mine --steps 8000  # continue (or extend) a run",
+    "sample": "example:\n  clayflow sample runs/mine --n 1000 --out samples.csv --temperature 0.8",
+    "score": "example:\n  clayflow score runs/mine --data new_rows.csv --out scores.csv",
+    "plot": "example:\n  clayflow plot runs/mine",
+}
+# Options that may change when a run is resumed; the rest define the run.
+RESUMABLE_OPTIONS = {"steps", "device", "eval_every", "checkpoint_every"}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line usage error (exit 2) instead of the usage block."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="clayflow",
+        description="Normalizing flows: train, sample, score and plot from one command.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Run 'clayflow <command> --help' for a command's options.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    verbs = parser.add_subparsers(dest="verb", metavar="<command>", required=True)
+    _add_train(verbs)
+    _add_sample(verbs)
+    _add_score(verbs)
+    _add_plot(verbs)
+    return parser
+
+
+def _verb(verbs, name: str, help: str):
+    return verbs.add_parser(
+        name, help=help, description=help, epilog=EXAMPLES[name], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+
+
+def _add_train(verbs) -> None:
+    from clayflow.train.config import TrainConfig, field_help
+
+    p = _verb(verbs, "train", "Train a flow by maximum likelihood into a run directory.")
+    helps, hints, defaults = field_help(), typing.get_type_hints(TrainConfig), TrainConfig()
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        text = f"{helps.get(f.name, '')} (default: {getattr(defaults, f.name)})"
+        if hints[f.name] is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
+        else:
+            p.add_argument(flag, type=hints[f.name], default=argparse.SUPPRESS, help=text, metavar=f.name.upper())
+    p.add_argument("--config", metavar="FILE", help="JSON or TOML file of options (flags override it)")
+    p.add_argument("--out", metavar="DIR", help="run directory (default: runs/<model>-<data>-<time>)")
+    p.add_argument("--resume", metavar="RUN", help="continue the run in RUN from its last checkpoint")
+    p.add_argument("--force", action="store_true", help="replace an existing run directory given by --out")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar (default: on a terminal)")
+    p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True, help="write plots at the end (default: on)")
+    p.set_defaults(handler=cmd_train)
+
+
+def _add_sample(verbs) -> None:
+    p = _verb(verbs, "sample", "Draw samples from a trained flow.")
+    p.add_argument("run", metavar="RUN", help="run directory or checkpoint file")
+    p.add_argument("--n", type=int, default=1000, help="number of samples (default: 1000)")
+    p.add_argument("--out", required=True, metavar="FILE", help="output .npy or .csv")
+    p.add_argument("--temperature", type=float, default=1.0, help="scale of the base draws, > 0 (default: 1.0)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--device", default="cpu", help="device (default: cpu)")
+    p.set_defaults(handler=cmd_sample)
+
+
+def _add_score(verbs) -> None:
+    p = _verb(verbs, "score", "Log-likelihood of each row of a file under a trained flow.")
+    p.add_argument("run", metavar="RUN", help="run directory or checkpoint file")
+    p.add_argument("--data", required=True, metavar="FILE", help=".csv/.npy file, or a built-in dataset (its test split)")
+    p.add_argument("--out", required=True, metavar="FILE", help="output .csv (row, log_prob) or .npy (log_prob)")
+    p.add_argument("--device", default="cpu", help="device (default: cpu)")
+    p.set_defaults(handler=cmd_score)
+
+
+def _add_plot(verbs) -> None:
+    p = _verb(verbs, "plot", "Redraw a run's plots (loss curves, samples, density).")
+    p.add_argument("run", metavar="RUN", help="run directory")
+    p.set_defaults(handler=cmd_plot)
+
+
+# -- verbs ----------------------------------------------------------------------------------
+
+
+def resolve_train_config(args: argparse.Namespace):
+    """The run's config (defaults < --config < flags, or the resumed run's config) and its directory."""
+    from clayflow.train.config import TrainConfig, config_from_dict, read_config_file
+    from clayflow.train.run import default_run_dir, read_json
+
+    names = {f.name for f in fields(TrainConfig)}
+    flags = {k: v for k, v in vars(args).items() if k in names}
+    if args.resume:
+        run_dir = Path(args.resume)
+        if args.config:
+            raise ClayflowError("--config and --resume contradict: a resumed run keeps its own config.json")
+        if args.out and Path(args.out).resolve() != run_dir.resolve():
+            raise ClayflowError("--out and --resume name different directories; --resume continues in place")
+        fixed = sorted(set(flags) - RESUMABLE_OPTIONS)
+        if fixed:
+            options = ", ".join("--" + k.replace("_", "-") for k in fixed)
+            raise ClayflowError(f"cannot change {options} when resuming; only --steps, --device, --eval-every, --checkpoint-every")
+        saved = config_from_dict(read_json(run_dir / "config.json"), source=str(run_dir / "config.json"))
+        return config_from_dict({**saved.to_dict(), **flags}, source="options"), run_dir
+    values = {}
+    if args.config:
+        values = read_config_file(args.config)
+        config_from_dict(values, source=args.config)  # names the file in its errors
+    config = config_from_dict({**values, **flags}, source="options")
+    return config, Path(args.out) if args.out else default_run_dir(config.model, config.data)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from clayflow.train import load, train
+
+    config, run_dir = resolve_train_config(args)
+    result = train(config, run_dir, resume=bool(args.resume), force=args.force, progress=args.progress)
+    print(
+        f"trained {config.model} on {config.data} for {result.steps} steps in {result.train_seconds:.0f} s: "
+        f"test NLL {result.test_nll:.4f} nats ({result.test_bpd:.4f} bits/dim)"
+    )
+    print(f"run directory: {run_dir}")
+    if args.plots:
+        paths = _plot(run_dir, load(run_dir))
+        print("plots: " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from clayflow.data.tabular import write_table
+
+    if args.n <= 0:
+        raise ClayflowError(f"--n must be a positive number of samples, got {args.n}")
+    if not args.temperature > 0:
+        raise ClayflowError(f"--temperature must be > 0, got {args.temperature}")
+    _check_output_suffix(args.out)
+    flow, payload = _load_run(args.run, args.device)
+    torch.manual_seed(args.seed)
+    chunks = [flow.sample(len(c), args.temperature).cpu() for c in torch.arange(args.n).split(65536)]
+    samples = torch.cat(chunks).double().numpy()
+    columns = payload.get("data_columns") or [f"x{i + 1}" for i in range(samples.shape[1])]
+    write_table(args.out, samples, list(columns))
+    print(f"wrote {args.n} samples (temperature {args.temperature}) to {args.out}")
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from clayflow.data import load_dataset, looks_like_path
+    from clayflow.data.tabular import read_table, write_table
+
+    _check_output_suffix(args.out)
+    flow, _ = _load_run(args.run, args.device)
+    if looks_like_path(args.data):
+        values, _ = read_table(args.data)
+    else:
+        values = load_dataset(args.data).test.double().numpy()
+    features = flow.event_shape.numel()
+    if values.shape[1] != features:
+        raise ClayflowError(f"{args.data} has {values.shape[1]} columns but the model was trained on {features}")
+    device = next(flow.parameters()).device
+    x = torch.as_tensor(values, dtype=torch.float32)
+    with torch.no_grad():
+        log_prob = torch.cat([flow.log_prob(c.to(device)).cpu() for c in x.split(65536)]).double().numpy()
+    table = log_prob[:, None] if args.out.lower().endswith(".npy") else np.stack([np.arange(1, len(x) + 1), log_prob], 1)
+    write_table(args.out, table, ["row", "log_prob"])
+    print(f"scored {len(x)} rows: mean log-likelihood {log_prob.mean():.4f} nats; wrote {args.out}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from clayflow.train import load
+
+    run_dir = Path(args.run)
+    if not run_dir.is_dir():
+        raise ClayflowError(f"{run_dir} is not a run directory")
+    paths = _plot(run_dir, load(run_dir))
+    print("plots: " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def _plot(run_dir: Path, flow) -> list[Path]:
+    from clayflow.data import load_dataset
+    from clayflow.plotting import plot_run
+    from clayflow.train.run import read_json
+
+    data = load_dataset(read_json(run_dir / "config.json")["data"])
+    return plot_run(run_dir, flow, data.test, data.columns)
+
+
+def _load_run(run: str, device: str):
+    """The trained flow (eval mode, on ``device``) and the checkpoint it came from."""
+    from clayflow.train.checkpoint import flow_from_checkpoint, read_checkpoint
+    from clayflow.train.loop import resolve_device
+
+    payload = read_checkpoint(run)
+    return flow_from_checkpoint(payload).to(resolve_device(device)).eval(), payload
+
+
+def _check_output_suffix(path: str) -> None:
+    if Path(path).suffix.lower() not in (".csv", ".npy"):
+        raise ClayflowError(f"--out {path} must end in .csv or .npy")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``clayflow`` command; returns the exit code."""
+    from clayflow.train.loop import TrainingStopped
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except TrainingStopped as exc:
+        print(f"clayflow: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except ClayflowError as exc:
+        if args.debug:
+            raise
+        print(f"clayflow: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("clayflow: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug, not the user's fault: still one line unless --debug
+        if args.debug:
+            raise
+        print(f"clayflow: error: unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

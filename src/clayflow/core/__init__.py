@@ -1,0 +1,7 @@
+"""Core abstractions: the ``Transform`` protocol, composition, base distributions, ``Flow``."""
+
+from clayflow.core.distributions import DiagonalNormal, StandardNormal
+from clayflow.core.flow import Flow
+from clayflow.core.transform import Compose, Inverse, Transform
+
+__all__ = ["Transform", "Compose", "Inverse", "Flow", "StandardNormal", "DiagonalNormal"]

@@ -1,0 +1,106 @@
+r"""The transform protocol shared by every layer of every flow.
+
+Direction convention (the one place it is stated; everything in clayflow keeps it):
+
+* ``forward(x) -> (z, logabsdet)`` maps **data -> latent** (the normalizing direction) and
+  returns ``log|det dz/dx|`` per sample;
+* ``inverse(z) -> (x, logabsdet)`` maps **latent -> data** and returns ``log|det dx/dz|``,
+  which is minus the forward one at the same point.
+
+A flow then scores data by the change of variables
+``log p(x) = log p_base(f(x)) + log|det df/dx|``.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+
+def sum_except_batch(t: Tensor) -> Tensor:
+    """Sum over every dimension but the first: ``(B, ...) -> (B,)``."""
+    return t.reshape(t.shape[0], -1).sum(dim=1)
+
+
+class Transform(nn.Module):
+    """An invertible map with a tractable log-determinant.
+
+    Subclasses implement both directions. ``context`` is an optional conditioning tensor
+    ``(B, K)``; transforms that do not use it ignore it.
+
+    Shape:
+        x: ``(B, *event_shape)`` -> z of the same shape (reshaping transforms say otherwise),
+        logabsdet ``(B,)``.
+    """
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+
+class Compose(Transform):
+    """Transforms applied in the order listed (data -> latent); log-dets add.
+
+    ``inverse`` runs them in reverse order. ``Compose(a, b)(x) == b(a(x))``, unlike TFP's
+    ``Chain``. Indexable: ``compose[0]`` is the first (data-side) transform.
+    """
+
+    def __init__(self, *transforms: Transform):
+        super().__init__()
+        self.transforms = nn.ModuleList(transforms)
+
+    def __getitem__(self, index: int) -> Transform:
+        return self.transforms[index]
+
+    def __len__(self) -> int:
+        return len(self.transforms)
+
+    def __iter__(self):
+        return iter(self.transforms)
+
+    def forward(self, x, context=None):
+        logabsdet = x.new_zeros(x.shape[0])
+        for transform in self.transforms:
+            x, ladj = transform(x, context)
+            logabsdet = logabsdet + ladj
+        return x, logabsdet
+
+    def inverse(self, z, context=None):
+        logabsdet = z.new_zeros(z.shape[0])
+        for transform in reversed(self.transforms):
+            z, ladj = transform.inverse(z, context)
+            logabsdet = logabsdet + ladj
+        return z, logabsdet
+
+
+class Inverse(Transform):
+    """The inverse of a transform: its ``forward`` is the wrapped ``inverse`` and vice versa."""
+
+    def __init__(self, transform: Transform):
+        super().__init__()
+        self.transform = transform
+
+    def forward(self, x, context=None):
+        return self.transform.inverse(x, context)
+
+    def inverse(self, z, context=None):
+        return self.transform(z, context)
+
+
+def identity_logabsdet(x: Tensor) -> Tensor:
+    """A zero log-det ``(B,)`` on ``x``'s device and dtype, for volume-preserving maps."""
+    return x.new_zeros(x.shape[0])
+
+
+
+
+
+def per_feature(values: Tensor, like: Tensor) -> Tensor:
+    """View a ``(C,)`` tensor so it broadcasts over dim 1 of ``like`` (``(B, C)`` or ``(B, C, H, W)``)."""
+    return values.view(1, -1, *([1] * (like.dim() - 2)))
+
+
+def positions_per_feature(x: Tensor) -> int:
+    """Elements per feature in one sample: 1 for ``(B, D)``, ``H * W`` for ``(B, C, H, W)``."""
+    return x[0].numel() // x.shape[1]

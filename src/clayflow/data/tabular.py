@@ -1,0 +1,160 @@
+"""Tabular data: the user's own ``.csv``/``.npy`` files and scikit-learn's bundled tables.
+
+Every reader returns a finite float64 array ``(N, D)`` or raises a ``ClayflowError`` that
+names the file, and the row and column where it can.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+from sklearn import datasets as skd
+
+from clayflow.errors import ClayflowError
+from clayflow.files import atomic_write
+
+# Bundled with scikit-learn (no download): name -> loader returning a Bunch with .data.
+SKLEARN_TABLES = {
+    "iris": skd.load_iris,
+    "wine": skd.load_wine,
+    "breast_cancer": skd.load_breast_cancer,
+    "diabetes": skd.load_diabetes,
+}
+
+TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".npy")
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def load_sklearn_table(name: str) -> tuple[np.ndarray, list[str]]:
+    """A bundled table by name: its feature matrix (float64) and column names."""
+    bunch = SKLEARN_TABLES[name]()
+    return np.asarray(bunch.data, dtype=np.float64), [str(c) for c in bunch.feature_names]
+
+
+def read_table(path: str | os.PathLike) -> tuple[np.ndarray, list[str] | None]:
+    """Read numeric rows from ``.csv``/``.tsv``/``.txt`` (header optional) or ``.npy``.
+
+    Returns ``(values (N, D) float64, column names or None)``. Refuses missing or empty
+    files, non-numeric cells, ragged rows, NaN/inf, and values beyond float32's range.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ClayflowError(f"data file {path} does not exist")
+    if not path.is_file():
+        raise ClayflowError(f"data path {path} is not a file")
+    if path.stat().st_size == 0:
+        raise ClayflowError(f"data file {path} is empty")
+    if path.suffix.lower() == ".npy":
+        values, columns = _read_npy(path), None
+    else:
+        values, columns = _read_delimited(path)
+    _check_values(values, path)
+    return values, columns
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        raise ClayflowError(f"{path} is not a plain numeric .npy array (object arrays are refused): {exc}") from None
+    except Exception as exc:  # truncated or not an .npy at all
+        raise ClayflowError(f"{path} is not a readable .npy file: {exc}") from None
+    if array.dtype.kind not in "biuf":
+        raise ClayflowError(f"{path} holds {array.dtype} values; clayflow needs numbers")
+    if array.ndim == 1:
+        array = array[:, None]
+    if array.ndim != 2:
+        raise ClayflowError(f"{path} has shape {array.shape}; expected (rows, columns)")
+    if array.shape[0] == 0:
+        raise ClayflowError(f"{path} has no rows")
+    return array.astype(np.float64)
+
+
+def _read_delimited(path: Path) -> tuple[np.ndarray, list[str] | None]:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise ClayflowError(f"{path} is not a UTF-8 text file; give a .csv or .npy file") from None
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise ClayflowError(f"data file {path} is empty")
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else _guess_delimiter(lines[0])
+    rows = list(csv.reader(lines, delimiter=delimiter, skipinitialspace=True))
+    columns = None
+    if not any(_is_number(cell) for cell in rows[0]):
+        columns, rows = [c.strip() for c in rows[0]], rows[1:]
+        if not rows:
+            raise ClayflowError(f"{path} has a header but no data rows")
+    width = len(columns) if columns else len(rows[0])
+    values = np.empty((len(rows), width))
+    first_row = 2 if columns else 1
+    for i, row in enumerate(rows):
+        if delimiter == " ":
+            row = [cell for cell in row if cell]
+        if len(row) != width:
+            raise ClayflowError(f"{path} line {i + first_row} has {len(row)} values, expected {width}")
+        for j, cell in enumerate(row):
+            try:
+                values[i, j] = float(cell)
+            except ValueError:
+                raise ClayflowError(
+                    f"{path} line {i + first_row}, column {j + 1}: {cell!r} is not a number"
+                ) from None
+    return values, columns
+
+
+def _guess_delimiter(line: str) -> str:
+    for delimiter in (",", "\t", ";"):
+        if delimiter in line:
+            return delimiter
+    return " "
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_values(values: np.ndarray, path: Path) -> None:
+    bad = ~np.isfinite(values)
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise ClayflowError(
+            f"{path} row {row + 1}, column {col + 1} is {values[row, col]}; "
+            "remove or impute NaN/inf values first"
+        )
+    big = np.abs(values) > _FLOAT32_MAX
+    if big.any():
+        row, col = np.argwhere(big)[0]
+        raise ClayflowError(
+            f"{path} row {row + 1}, column {col + 1} is {values[row, col]:.3g}, beyond float32's "
+            "range; rescale the column"
+        )
+
+
+def write_table(path: str | os.PathLike, values: np.ndarray, columns: list[str]) -> None:
+    """Atomically write rows to ``.csv`` (with a header) or ``.npy``, chosen by the suffix."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".npy"):
+        raise ClayflowError(f"output file {path} must end in .csv or .npy")
+    if not path.parent.is_dir():
+        raise ClayflowError(f"cannot write {path}: directory {path.parent} does not exist")
+
+    def write(file):
+        if suffix == ".npy":
+            np.save(file, values)
+        else:
+            file.write((",".join(columns) + "\n").encode())
+            np.savetxt(file, values, delimiter=",", fmt="%.8g")
+
+    try:
+        atomic_write(path, write)
+    except OSError as exc:
+        raise ClayflowError(f"cannot write {path}: {exc.strerror or exc}") from None

@@ -1,0 +1,104 @@
+"""Flows for vectors ``(B, D)``: RealNVP and NICE with sensible defaults."""
+
+from __future__ import annotations
+
+from enum import Enum
+from functools import partial
+
+from clayflow.core import Compose, DiagonalNormal, Flow, StandardNormal
+from clayflow.errors import ClayflowError, parse_choice
+from clayflow.nn import MLP, ResidualMLP
+from clayflow.transforms import AdditiveCoupling, AffineCoupling, BatchNorm, MaskKind, Scaling, ScaleBound
+from clayflow.transforms.masks import make_mask
+
+
+class Conditioner(str, Enum):
+    """The network inside each coupling: plain MLP or residual MLP (ResNet blocks)."""
+
+    MLP = "mlp"
+    RESIDUAL = "resmlp"
+
+
+class Base(str, Enum):
+    """The base distribution: fixed N(0, I) or a diagonal Gaussian with learned mean/scale."""
+
+    NORMAL = "normal"
+    DIAGONAL = "diagonal"
+
+
+def _check_sizes(features: int, layers: int, hidden: int, depth: int) -> None:
+    if features < 2:
+        raise ClayflowError(f"coupling flows need at least 2 features (data columns), got {features}")
+    for name, value, least in (("layers", layers, 1), ("hidden", hidden, 1), ("depth", depth, 0)):
+        if int(value) != value or value < least:
+            raise ClayflowError(f"--{name} must be an integer >= {least}, got {value}")
+
+
+def _make_net(conditioner: str, hidden: int, depth: int):
+    kind = parse_choice(Conditioner, conditioner, "conditioner")
+    net = MLP if kind is Conditioner.MLP else ResidualMLP
+    return partial(net, hidden=hidden, depth=depth)
+
+
+def _make_base(base: str, features: int):
+    kind = parse_choice(Base, base, "base distribution")
+    return (StandardNormal if kind is Base.NORMAL else DiagonalNormal)(features)
+
+
+def realnvp(
+    features: int,
+    *,
+    layers: int = 8,
+    hidden: int = 128,
+    depth: int = 2,
+    conditioner: str = "mlp",
+    mask: str = "alternating",
+    scale_bound: str = "tanh",
+    batch_norm: bool = False,
+    base: str = "normal",
+) -> Flow:
+    """RealNVP for vectors: ``layers`` affine couplings whose masks alternate parity.
+
+    Args:
+        features: D, the data dimension.
+        layers: number of affine couplings.
+        hidden, depth: conditioner width and number of hidden layers (or residual blocks).
+        conditioner: ``"mlp"`` or ``"resmlp"``.
+        mask: ``"alternating"`` (even/odd features) or ``"half"`` (first/second half).
+        scale_bound: ``"tanh"`` (RealNVP, learned factor) or ``"soft_clamp"``.
+        batch_norm: insert a ``BatchNorm`` flow layer between couplings.
+        base: ``"normal"`` (N(0, I)) or ``"diagonal"`` (learned mean and scale).
+    Reference: Dinh et al., Density estimation using Real NVP, 2017.
+    """
+    _check_sizes(features, layers, hidden, depth)
+    make_net = _make_net(conditioner, hidden, depth)
+    mask_kind = parse_choice(MaskKind, mask, "mask")
+    bound = parse_choice(ScaleBound, scale_bound, "scale bound")
+    steps = []
+    for i in range(layers):
+        steps.append(AffineCoupling(make_mask(mask_kind, features, i), make_net, scale_bound=bound))
+        if batch_norm and i < layers - 1:
+            steps.append(BatchNorm(features))
+    return Flow(Compose(*steps), _make_base(base, features))
+
+
+def nice(
+    features: int,
+    *,
+    layers: int = 8,
+    hidden: int = 128,
+    depth: int = 4,
+    conditioner: str = "mlp",
+    mask: str = "alternating",
+    base: str = "normal",
+) -> Flow:
+    """NICE: ``layers`` additive couplings with alternating masks, then a diagonal scaling.
+
+    Arguments as ``realnvp``. Volume is changed only by the final ``Scaling`` layer.
+    Reference: Dinh et al., NICE: Non-linear Independent Components Estimation, 2015.
+    """
+    _check_sizes(features, layers, hidden, depth)
+    make_net = _make_net(conditioner, hidden, depth)
+    mask_kind = parse_choice(MaskKind, mask, "mask")
+    steps = [AdditiveCoupling(make_mask(mask_kind, features, i), make_net) for i in range(layers)]
+    return Flow(Compose(*steps, Scaling(features)), _make_base(base, features))

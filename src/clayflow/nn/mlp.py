@@ -1,0 +1,67 @@
+"""Fully connected conditioners for vector couplings, built as ``make_net(in, out)``."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+
+class MLP(nn.Sequential):
+    """in -> [Linear(hidden), activation] x depth -> Linear(out).
+
+    Shape:
+        ``(B, in_features) -> (B, out_features)``.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        hidden: int = 128,
+        depth: int = 2,
+        activation: type[nn.Module] = nn.ReLU,
+    ):
+        layers: list[nn.Module] = []
+        width = in_features
+        for _ in range(depth):
+            layers += [nn.Linear(width, hidden), activation()]
+            width = hidden
+        layers.append(nn.Linear(width, out_features))
+        super().__init__(*layers)
+
+
+class ResidualBlock(nn.Module):
+    """h + Linear(act(Linear(act(h)))): a pre-activation residual block of constant width."""
+
+    def __init__(self, width: int, activation: type[nn.Module] = nn.ReLU):
+        super().__init__()
+        self.body = nn.Sequential(
+            activation(), nn.Linear(width, width), activation(), nn.Linear(width, width)
+        )
+
+    def forward(self, h: Tensor) -> Tensor:
+        return h + self.body(h)
+
+
+class ResidualMLP(nn.Module):
+    """in -> Linear(hidden) -> residual blocks x depth -> act -> Linear(out) (ResNet-style).
+
+    Shape:
+        ``(B, in_features) -> (B, out_features)``.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        hidden: int = 128,
+        depth: int = 2,
+        activation: type[nn.Module] = nn.ReLU,
+    ):
+        super().__init__()
+        self.input = nn.Linear(in_features, hidden)
+        self.blocks = nn.Sequential(*[ResidualBlock(hidden, activation) for _ in range(depth)])
+        self.activation = activation()
+        self.output = nn.Linear(hidden, out_features)  # registered last: zero-initialised
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.output(self.activation(self.blocks(self.input(x))))

@@ -1,0 +1,7 @@
+"""Training: configuration, the maximum-likelihood loop, checkpoints and run directories."""
+
+from clayflow.train.checkpoint import load
+from clayflow.train.config import TrainConfig
+from clayflow.train.loop import TrainResult, TrainingStopped, evaluate_nll, train
+
+__all__ = ["TrainConfig", "TrainResult", "TrainingStopped", "evaluate_nll", "load", "train"]

@@ -1,0 +1,95 @@
+"""Atomic checkpoint files and ``load``: a ready ``Flow`` from a run directory or checkpoint.
+
+A checkpoint is a dict of tensors and plain values, written to a temporary file and moved
+into place with ``os.replace`` (a crash leaves the previous one intact), and read with
+``torch.load(weights_only=True)``, which never executes pickled code.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from clayflow.core import Flow
+from clayflow.errors import ClayflowError
+from clayflow.files import atomic_write
+from clayflow.models import ModelSpec, build
+
+FORMAT_VERSION = 1
+CHECKPOINT_NAME = Path("checkpoints") / "last.pt"
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
+    """Write ``payload`` (plus the format version) atomically to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format_version": FORMAT_VERSION, **payload}
+    atomic_write(path, lambda file: torch.save(payload, file))
+
+
+def checkpoint_path(path: str | os.PathLike) -> Path:
+    """The checkpoint file of a run directory, or ``path`` itself if it is a file."""
+    path = Path(path)
+    if path.is_dir():
+        candidate = path / CHECKPOINT_NAME
+        if not candidate.exists():
+            raise ClayflowError(f"{path} has no checkpoint ({CHECKPOINT_NAME}); is it a clayflow run directory?")
+        return candidate
+    if not path.exists():
+        raise ClayflowError(f"{path} does not exist; give a run directory or a checkpoint file")
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read and validate a checkpoint (run directory or file) with ``weights_only=True``."""
+    path = checkpoint_path(path)
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ClayflowError(f"cannot read checkpoint {path} (truncated, corrupt or not a checkpoint): {reason}") from None
+    if not isinstance(payload, dict) or "format_version" not in payload:
+        raise ClayflowError(f"{path} is not a clayflow checkpoint")
+    version = payload["format_version"]
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ClayflowError(
+            f"{path} has checkpoint format {version}, newer than this clayflow's {FORMAT_VERSION}; upgrade clayflow"
+        )
+    for key in ("model_spec", "model"):
+        if key not in payload:
+            raise ClayflowError(f"{path} is not a complete clayflow checkpoint (no {key!r})")
+    return payload
+
+
+def flow_from_checkpoint(payload: dict[str, Any], weights: str = "inference") -> Flow:
+    """Rebuild the flow a checkpoint describes and load its weights.
+
+    ``weights="inference"`` takes the EMA weights when the run kept them, else the trained
+    ones; ``"training"`` always takes the trained ones (to resume).
+    """
+    try:
+        spec = ModelSpec(**payload["model_spec"])
+    except TypeError as exc:
+        raise ClayflowError(f"checkpoint has a malformed model description: {exc}") from None
+    flow = build(spec)
+    state = payload["model"]
+    if weights == "inference" and payload.get("ema") is not None:
+        state = {k.removeprefix("module."): v for k, v in payload["ema"].items() if k.startswith("module.")}
+    try:
+        flow.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise ClayflowError(f"checkpoint weights do not fit its model {spec.name!r}: {first}") from None
+    return flow
+
+
+def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> Flow:
+    """A trained ``Flow`` in eval mode from a run directory or a checkpoint file.
+
+    >>> # flow = clayflow.load("runs/realnvp-moons"); flow.sample(1000)
+    """
+    flow = flow_from_checkpoint(read_checkpoint(path, map_location="cpu"))
+    return flow.to(device).eval()

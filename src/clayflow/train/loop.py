@@ -1,0 +1,317 @@
+"""Maximum-likelihood training with exact resume.
+
+Every piece of state a step depends on (weights, optimiser, schedule, EMA, batch order, RNG,
+the step and the running loss sums) is in the checkpoint, so a run killed at any point and
+resumed with ``--resume`` produces the same losses as one that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm import tqdm
+
+from clayflow.core import Flow
+from clayflow.data import Dataset, load_dataset, standardization
+from clayflow.errors import ClayflowError
+from clayflow.models import ModelSpec, build, model_options
+from clayflow.train.checkpoint import CHECKPOINT_NAME, read_checkpoint, save_checkpoint
+from clayflow.train.config import TrainConfig
+from clayflow.train.run import MetricsLog, prepare_new_run, write_json
+from clayflow.train.schedule import make_scheduler
+
+EVAL_BATCH = 8192
+
+
+class TrainingStopped(ClayflowError):
+    """Training ended early (divergence or Ctrl-C); the last checkpoint is intact."""
+
+    exit_code = 1
+
+
+class TrainingInterrupted(TrainingStopped):
+    exit_code = 130
+
+
+@dataclass
+class TrainResult:
+    """What a finished run measured (also written to ``RUN/results.json``)."""
+
+    run_dir: Path
+    steps: int
+    test_nll: float
+    test_bpd: float
+    val_nll: float
+    train_seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
+
+
+class BatchSampler:
+    """Shuffled epochs over ``n`` examples from a private generator; the last partial batch
+    of an epoch is dropped. Its state (generator, order, position) is checkpointed."""
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        self.n = n
+        self.batch_size = min(batch_size, n)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.order = torch.randperm(n, generator=self.generator)
+        self.position = 0
+
+    def next(self) -> torch.Tensor:
+        if self.position + self.batch_size > self.n:
+            self.order = torch.randperm(self.n, generator=self.generator)
+            self.position = 0
+        indices = self.order[self.position : self.position + self.batch_size]
+        self.position += self.batch_size
+        return indices
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state(), "order": self.order, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+        self.order = state["order"]
+        self.position = state["position"]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; an unavailable CUDA device is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ClayflowError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ClayflowError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+    return device
+
+
+@torch.no_grad()
+def evaluate_nll(flow: Flow, x: torch.Tensor, batch_size: int = EVAL_BATCH) -> float:
+    """Mean negative log-likelihood of ``x`` (nats per example) in eval mode."""
+    was_training = flow.training
+    flow.eval()
+    device = next(flow.parameters()).device
+    total = 0.0
+    for chunk in x.split(batch_size):
+        total += -flow.log_prob(chunk.to(device)).double().sum().item()
+    flow.train(was_training)
+    return total / len(x)
+
+
+def build_flow(config: TrainConfig, data: Dataset) -> tuple[Flow, ModelSpec]:
+    """The untrained flow for ``config`` on ``data`` (standardisation fitted to its train split)."""
+    options = config.model_options(model_options(config.model))
+    spec = ModelSpec(config.model, data.features, options, config.standardize)
+    torch.manual_seed(config.seed)
+    flow = build(spec)
+    if spec.standardize:
+        standardize = flow.transform[0]
+        standardize.mean, standardize.std = standardization(data.train)
+    return flow, spec
+
+
+def train(
+    config: TrainConfig,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    progress: bool | None = None,
+) -> TrainResult:
+    """Train ``config`` into ``run_dir`` (new, or continued from its checkpoint with ``resume``).
+
+    ``progress=None`` shows a progress bar when stderr is a terminal and log lines otherwise.
+    Raises ``TrainingStopped`` on divergence or Ctrl-C, after keeping a valid checkpoint.
+    """
+    device = resolve_device(config.device)
+    data = load_dataset(config.data)
+    flow, spec = build_flow(config, data)
+    checkpoint = read_checkpoint(run_dir, map_location="cpu") if resume else None
+    if not resume:
+        prepare_new_run(run_dir, force)
+    trainer = _Trainer(config, run_dir, data, flow, spec, device, checkpoint, progress)
+    write_json(run_dir / "config.json", config.to_dict())  # after a successful restore
+    return trainer.run()
+
+
+class _Trainer:
+    def __init__(self, config, run_dir, data, flow, spec, device, checkpoint, progress):
+        self.config, self.run_dir, self.data, self.spec, self.device = config, run_dir, data, spec, device
+        self.flow = flow.to(device).train()
+        optimizer_class = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+        self.optimizer = optimizer_class(self.flow.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.scheduler = make_scheduler(self.optimizer, config.warmup, config.steps, config.schedule)
+        self.ema = (
+            AveragedModel(self.flow, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True)
+            if config.ema > 0
+            else None
+        )
+        self.sampler = BatchSampler(len(data.train), config.batch_size, config.seed)
+        self.train_x = data.train.to(device)
+        self.step, self.loss_sum, self.loss_count, self.train_seconds = 0, 0.0, 0, 0.0
+        self.last_saved_step = None
+        if checkpoint is not None:
+            self._restore(checkpoint)
+        self.metrics = MetricsLog(run_dir / "metrics.csv", resume_step=self.step if checkpoint else None)
+        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.interrupted = False
+
+    # -- state ------------------------------------------------------------------------
+    def _payload(self) -> dict[str, Any]:
+        return {
+            "model_spec": self.spec.to_dict(),
+            "data_columns": self.data.columns,
+            "config": self.config.to_dict(),
+            "step": self.step,
+            "model": self.flow.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "loss_sum": self.loss_sum,
+            "loss_count": self.loss_count,
+            "train_seconds": self.train_seconds,
+        }
+
+    def _save(self) -> None:
+        save_checkpoint(self.run_dir / CHECKPOINT_NAME, self._payload())
+        self.last_saved_step = self.step
+
+    def _restore(self, checkpoint: dict[str, Any]) -> None:
+        try:
+            self.flow.load_state_dict(checkpoint["model"])
+            if self.ema is not None:
+                self.ema.load_state_dict(checkpoint["ema"])
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
+            self.scheduler.load_state_dict(checkpoint["scheduler"])
+            self.sampler.load_state_dict(checkpoint["sampler"])
+            torch.set_rng_state(checkpoint["torch_rng"])
+            self.step = checkpoint["step"]
+            self.loss_sum, self.loss_count = checkpoint["loss_sum"], checkpoint["loss_count"]
+            self.train_seconds = checkpoint["train_seconds"]
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+            raise ClayflowError(f"checkpoint in {self.run_dir} cannot resume this run: {exc}") from None
+        self.last_saved_step = self.step
+
+    # -- loop ---------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        config = self.config
+        bar = tqdm(total=config.steps, initial=self.step, disable=not self.progress, dynamic_ncols=True, leave=True)
+        interval_start, interval_steps = time.perf_counter(), 0
+        with self._catch_sigint():
+            while self.step < config.steps:
+                loss, grad_norm = self._train_step()
+                interval_steps += 1
+                bar.update(1)
+                if self.step % 10 == 0:
+                    bar.set_postfix(nll=f"{loss:.3f}", refresh=False)
+                if self.step % config.eval_every == 0 or self.step == config.steps:
+                    seconds = time.perf_counter() - interval_start
+                    self.train_seconds += seconds
+                    self._log(grad_norm, interval_steps / max(seconds, 1e-9), bar)
+                    interval_start, interval_steps = time.perf_counter(), 0
+                if self.step % config.checkpoint_every == 0 or self.step == config.steps:
+                    self._save()
+                if self.interrupted:
+                    self._save()
+                    bar.close()
+                    raise TrainingInterrupted(
+                        f"interrupted at step {self.step}; checkpoint saved. "
+                        f"Continue with: clayflow train --resume {self.run_dir}"
+                    )
+        bar.close()
+        if self.last_saved_step != self.step:
+            self._save()
+        return self._finish()
+
+    def _train_step(self) -> tuple[float, float]:
+        batch = self.train_x[self.sampler.next().to(self.train_x.device)]
+        loss = -self.flow.log_prob(batch).mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        max_norm = self.config.clip if self.config.clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.flow.parameters(), max_norm).item()
+        loss_value = loss.item()
+        if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
+            what = "loss" if not math.isfinite(loss_value) else "gradient norm"
+            raise TrainingStopped(
+                f"{what} became non-finite at step {self.step + 1}; kept the last good checkpoint "
+                f"(step {self.last_saved_step}). Try a lower --lr or a smaller --clip"
+            )
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.flow)
+        self.step += 1
+        self.loss_sum += loss_value
+        self.loss_count += 1
+        return loss_value, grad_norm
+
+    def _eval_flow(self) -> Flow:
+        return self.ema.module if self.ema is not None else self.flow
+
+    def _log(self, grad_norm: float, steps_per_s: float, bar: tqdm) -> None:
+        val_nll = evaluate_nll(self._eval_flow(), self.data.val)
+        row = {
+            "step": self.step,
+            "train_nll": self.loss_sum / max(self.loss_count, 1),
+            "val_nll": val_nll,
+            "val_bpd": val_nll / (self.data.features * math.log(2)),
+            "lr": self.scheduler.get_last_lr()[0],
+            "grad_norm": grad_norm,
+            "steps_per_s": steps_per_s,
+            "elapsed_s": self.train_seconds,
+        }
+        self.metrics.append(row)
+        self.loss_sum, self.loss_count = 0.0, 0
+        bar.set_postfix(nll=f"{row['train_nll']:.3f}", val=f"{val_nll:.3f}", refresh=True)
+        if not self.progress:
+            print(
+                f"step {self.step}/{self.config.steps}  train nll {row['train_nll']:.4f}  "
+                f"val nll {val_nll:.4f}  ({steps_per_s:.0f} steps/s)",
+                file=sys.stderr,
+            )
+
+    def _finish(self) -> TrainResult:
+        flow = self._eval_flow()
+        test_nll = evaluate_nll(flow, self.data.test)
+        result = TrainResult(
+            run_dir=self.run_dir,
+            steps=self.step,
+            test_nll=test_nll,
+            test_bpd=test_nll / (self.data.features * math.log(2)),
+            val_nll=evaluate_nll(flow, self.data.val),
+            train_seconds=self.train_seconds,
+        )
+        write_json(self.run_dir / "results.json", result.to_dict())
+        return result
+
+    @contextmanager
+    def _catch_sigint(self):
+        """Turn Ctrl-C into a flag checked between steps, so the saved state is consistent."""
+        def handler(signum, frame):
+            self.interrupted = True
+
+        try:
+            previous = signal.signal(signal.SIGINT, handler)
+        except ValueError:  # not the main thread: leave Ctrl-C alone
+            yield
+            return
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)

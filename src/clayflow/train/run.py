@@ -1,0 +1,88 @@
+"""The run directory: ``RUN/{config.json, metrics.csv, results.json, checkpoints/, plots/}``."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from clayflow.errors import ClayflowError
+from clayflow.files import atomic_write
+
+METRIC_COLUMNS = ("step", "train_nll", "val_nll", "val_bpd", "lr", "grad_norm", "steps_per_s", "elapsed_s")
+
+
+def default_run_dir(model: str, data: str) -> Path:
+    """``runs/<model>-<data>-<timestamp>``, with the data path reduced to its file stem."""
+    stem = Path(data).stem if "/" in data or "." in data else data
+    return Path("runs") / f"{model}-{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def prepare_new_run(path: Path, force: bool) -> None:
+    """Create ``path`` for a new run. An existing non-empty directory is refused unless
+    ``force`` is given and it is a clayflow run (has ``config.json``), which is then cleared."""
+    if path.exists() and not path.is_dir():
+        raise ClayflowError(f"output path {path} exists and is not a directory")
+    if path.is_dir() and any(path.iterdir()):
+        if not force:
+            raise ClayflowError(f"output directory {path} is not empty; choose another --out, --resume it, or pass --force")
+        if not (path / "config.json").exists():
+            raise ClayflowError(f"output directory {path} is not a clayflow run; refusing to clear it even with --force")
+        shutil.rmtree(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ClayflowError(f"cannot write to output directory {path}: {exc.strerror or exc}") from None
+
+
+def write_json(path: Path, values: dict[str, Any]) -> None:
+    """Atomically write ``values`` as indented JSON."""
+    atomic_write(path, lambda f: f.write((json.dumps(values, indent=2) + "\n").encode()))
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ClayflowError(f"{path} does not exist; is {path.parent} a clayflow run directory?") from None
+    except ValueError as exc:
+        raise ClayflowError(f"{path} is not valid JSON: {exc}") from None
+
+
+class MetricsLog:
+    """``metrics.csv``: one row per evaluation, flushed as written.
+
+    On resume, rows past the checkpoint's step (written after it, then lost with the
+    killed process's state) are dropped so the file reads as one uninterrupted run.
+    """
+
+    def __init__(self, path: Path, resume_step: int | None = None):
+        self.path = path
+        if resume_step is None or not path.exists():
+            atomic_write(path, lambda f: f.write((",".join(METRIC_COLUMNS) + "\n").encode()))
+        else:
+            kept = [row for row in read_metrics(path) if int(row["step"]) <= resume_step]
+            buffer = io.StringIO()
+            writer = csv.DictWriter(buffer, METRIC_COLUMNS, lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(kept)
+            atomic_write(path, lambda f: f.write(buffer.getvalue().encode()))
+
+    def append(self, row: dict[str, Any]) -> None:
+        with self.path.open("a", newline="") as file:
+            csv.DictWriter(file, METRIC_COLUMNS, lineterminator="\n").writerow(row)
+
+
+def read_metrics(path: Path) -> list[dict[str, str]]:
+    """The rows of a ``metrics.csv`` as dicts (empty if the file does not exist)."""
+    if not path.exists():
+        return []
+    with path.open(newline="") as file:
+        return list(csv.DictReader(file))

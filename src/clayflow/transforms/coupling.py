@@ -1,0 +1,157 @@
+r"""Coupling layers (NICE, RealNVP): split the features by a mask, transform one part
+conditioned on the other, so the Jacobian is triangular and the inverse is exact.
+
+The split uses index slicing along dim 1 (features, or channels for images), never mask
+multiplication, and one conditioner pass yields all parameters of the transformed part.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from enum import Enum
+
+import torch
+from torch import Tensor, nn
+
+from clayflow.core.transform import Transform, identity_logabsdet, per_feature, sum_except_batch
+from clayflow.errors import ClayflowError
+
+NetFactory = Callable[[int, int], nn.Module]
+
+
+class ScaleBound(str, Enum):
+    r"""How an affine coupling bounds its log-scale ``s`` from the raw network output ``r``.
+
+    * ``TANH``: ``s = a * tanh(r)`` with a learned per-feature ``a`` (initialised to 1), as in
+      RealNVP's reference implementation.
+    * ``SOFT_CLAMP``: ``s = c * tanh(r / c)`` with a fixed ``c`` (``clamp``), as in Glow ports
+      and FrEIA; close to the identity for small ``r``.
+    """
+
+    TANH = "tanh"
+    SOFT_CLAMP = "soft_clamp"
+
+
+def zero_init_last_layer(net: nn.Module) -> None:
+    """Zero the weight and bias of the last-registered Linear/Conv layer of ``net``.
+
+    Makes a fresh coupling the identity map, so a new flow starts as its base distribution.
+    """
+    layers = [m for m in net.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
+    if not layers:
+        raise ClayflowError("the coupling network has no Linear/Conv layer to zero-initialise")
+    nn.init.zeros_(layers[-1].weight)
+    if layers[-1].bias is not None:
+        nn.init.zeros_(layers[-1].bias)
+
+
+class _Coupling(Transform):
+    """Shared split/merge and conditioner logic; subclasses define the elementwise map."""
+
+    params_per_feature = 1
+
+    def __init__(self, mask: Tensor, make_net: NetFactory, context_features: int = 0):
+        super().__init__()
+        mask = torch.as_tensor(mask, dtype=torch.bool)
+        if mask.dim() != 1 or mask.all() or not mask.any():
+            raise ClayflowError(
+                "a coupling mask must be 1-D with at least one True (kept) and one False "
+                f"(transformed) entry; got {mask.tolist()}"
+            )
+        kept = mask.nonzero().squeeze(1)
+        transformed = (~mask).nonzero().squeeze(1)
+        self.register_buffer("mask", mask)
+        self.register_buffer("kept", kept)
+        self.register_buffer("transformed", transformed)
+        self.register_buffer("merge_order", torch.argsort(torch.cat([kept, transformed])))
+        self.net = make_net(len(kept) + context_features, self.params_per_feature * len(transformed))
+        zero_init_last_layer(self.net)
+
+    def _split(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if x.shape[1] != self.mask.numel():
+            raise ClayflowError(
+                f"this coupling was built for {self.mask.numel()} features, got input with "
+                f"{x.shape[1]} (shape {tuple(x.shape)})"
+            )
+        return x.index_select(1, self.kept), x.index_select(1, self.transformed)
+
+    def _merge(self, kept: Tensor, transformed: Tensor) -> Tensor:
+        return torch.cat([kept, transformed], dim=1).index_select(1, self.merge_order)
+
+    def _params(self, x_kept: Tensor, context: Tensor | None) -> Tensor:
+        inputs = x_kept if context is None else torch.cat([x_kept, context], dim=1)
+        return self.net(inputs)
+
+    def forward(self, x, context=None):
+        x_kept, x_rest = self._split(x)
+        z_rest, logabsdet = self._map(x_rest, self._params(x_kept, context), inverse=False)
+        return self._merge(x_kept, z_rest), logabsdet
+
+    def inverse(self, z, context=None):
+        z_kept, z_rest = self._split(z)
+        x_rest, logabsdet = self._map(z_rest, self._params(z_kept, context), inverse=True)
+        return self._merge(z_kept, x_rest), logabsdet
+
+    def _map(self, v: Tensor, params: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+
+class AffineCoupling(_Coupling):
+    r"""Affine coupling (RealNVP): z_a = x_a, z_b = x_b * exp(s(x_a)) + t(x_a).
+
+    log|det dz/dx| = sum_i s_i(x_a), with ``s`` bounded as ``ScaleBound`` says.
+
+    Args:
+        mask: bool ``(D,)``; True entries pass through and condition the rest.
+        make_net: factory ``(in_features, out_features) -> nn.Module``; it maps
+            ``(B, D_a [+ K]) -> (B, 2 D_b)`` (shift, then raw scale). Its last layer is
+            zero-initialised here, so a new coupling is the identity.
+        context_features: size ``K`` of an optional context appended to the net's input.
+        scale_bound: ``ScaleBound.TANH`` (learned ``a``) or ``ScaleBound.SOFT_CLAMP``.
+        clamp: ``c`` of the soft clamp.
+    Shape:
+        x: ``(B, D)`` or ``(B, C, H, W)`` with the mask over C -> z like x, logabsdet ``(B,)``.
+    Reference: Dinh et al., Density estimation using Real NVP, 2017.
+    """
+
+    params_per_feature = 2
+
+    def __init__(
+        self,
+        mask: Tensor,
+        make_net: NetFactory,
+        context_features: int = 0,
+        scale_bound: ScaleBound = ScaleBound.TANH,
+        clamp: float = 2.0,
+    ):
+        super().__init__(mask, make_net, context_features)
+        self.scale_bound = ScaleBound(scale_bound)
+        self.clamp = float(clamp)
+        if self.scale_bound is ScaleBound.TANH:
+            self.scale_factor = nn.Parameter(torch.ones(len(self.transformed)))
+
+    def log_scale(self, raw: Tensor) -> Tensor:
+        """The bounded log-scale ``s`` from the raw network output (see ``ScaleBound``)."""
+        if self.scale_bound is ScaleBound.TANH:
+            return per_feature(self.scale_factor, raw) * torch.tanh(raw)
+        return self.clamp * torch.tanh(raw / self.clamp)
+
+    def _map(self, v, params, inverse):
+        shift, raw = params.chunk(2, dim=1)
+        s = self.log_scale(raw)
+        if inverse:
+            return (v - shift) * torch.exp(-s), -sum_except_batch(s)
+        return v * torch.exp(s) + shift, sum_except_batch(s)
+
+
+class AdditiveCoupling(_Coupling):
+    r"""Additive coupling (NICE): z_a = x_a, z_b = x_b + t(x_a); volume preserving.
+
+    log|det dz/dx| = 0. Arguments as ``AffineCoupling``; the net maps ``D_a -> D_b``.
+    Shape:
+        x: ``(B, D)`` or ``(B, C, H, W)`` -> z like x, logabsdet ``(B,)`` of zeros.
+    Reference: Dinh et al., NICE: Non-linear Independent Components Estimation, 2015.
+    """
+
+    def _map(self, v, params, inverse):
+        return (v - params if inverse else v + params), identity_logabsdet(v)

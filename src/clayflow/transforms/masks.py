@@ -1,0 +1,35 @@
+"""Binary masks for coupling layers over the feature (or channel) dimension.
+
+``True`` marks features that pass through unchanged and condition the others.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+import torch
+from torch import Tensor
+
+
+class MaskKind(str, Enum):
+    """How a builder lays out coupling masks: contiguous halves or even/odd features."""
+
+    HALF = "half"
+    ALTERNATING = "alternating"
+
+
+def half_mask(features: int, parity: int = 0) -> Tensor:
+    """First ``features // 2`` features pass through (parity 0), or the rest do (parity 1)."""
+    mask = torch.arange(features) < features // 2
+    return mask if parity % 2 == 0 else ~mask
+
+
+def alternating_mask(features: int, parity: int = 0) -> Tensor:
+    """Even-indexed features pass through (parity 0), or odd-indexed ones (parity 1)."""
+    return torch.arange(features) % 2 == parity % 2
+
+
+def make_mask(kind: MaskKind, features: int, parity: int) -> Tensor:
+    """The mask of ``kind`` for ``features`` with the given parity."""
+    builder = {MaskKind.HALF: half_mask, MaskKind.ALTERNATING: alternating_mask}[kind]
+    return builder(features, parity)
