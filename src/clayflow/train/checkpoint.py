@@ -72,9 +72,9 @@ def flow_from_checkpoint(payload: dict[str, Any], weights: str = "inference") ->
     """
     try:
         spec = ModelSpec(**payload["model_spec"])
-    except TypeError as exc:
-        raise ClayflowError(f"checkpoint has a malformed model description: {exc}") from None
-    flow = build(spec)
+        flow = build(spec)
+    except (TypeError, ClayflowError) as exc:
+        raise ClayflowError(f"the checkpoint's model cannot be rebuilt: {exc}") from None
     state = payload["model"]
     if weights == "inference" and payload.get("ema") is not None:
         state = {k.removeprefix("module."): v for k, v in payload["ema"].items() if k.startswith("module.")}

@@ -9,12 +9,14 @@ from torch import Tensor, nn
 from clayflow.core.transform import Transform, per_feature, positions_per_feature
 
 
-def _affine(x: Tensor, shift: Tensor, log_scale: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
-    """z = (x - shift) * exp(log_scale) per feature, or its inverse, with log|det|."""
+def _affine(x: Tensor, shift: Tensor | None, log_scale: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
+    """z = (x - shift) * exp(log_scale) per feature (no shift if None), or its inverse, with log|det|."""
     logabsdet = (log_scale.sum() * positions_per_feature(x)).expand(x.shape[0])
     if inverse:
-        return x * per_feature(torch.exp(-log_scale), x) + per_feature(shift, x), -logabsdet
-    return (x - per_feature(shift, x)) * per_feature(torch.exp(log_scale), x), logabsdet
+        x = x * per_feature(torch.exp(-log_scale), x)
+        return (x if shift is None else x + per_feature(shift, x)), -logabsdet
+    x = x if shift is None else x - per_feature(shift, x)
+    return x * per_feature(torch.exp(log_scale), x), logabsdet
 
 
 class Scaling(Transform):
@@ -28,13 +30,12 @@ class Scaling(Transform):
     def __init__(self, features: int):
         super().__init__()
         self.log_scale = nn.Parameter(torch.zeros(features))
-        self.register_buffer("_zero_shift", torch.zeros(features), persistent=False)
 
     def forward(self, x, context=None):
-        return _affine(x, self._zero_shift, self.log_scale, inverse=False)
+        return _affine(x, None, self.log_scale, inverse=False)
 
     def inverse(self, z, context=None):
-        return _affine(z, self._zero_shift, self.log_scale, inverse=True)
+        return _affine(z, None, self.log_scale, inverse=True)
 
 
 class Standardize(Transform):

@@ -1,0 +1,122 @@
+"""Training: learning, density normalisation, exact resume after SIGKILL, divergence, Ctrl-C."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import clayflow
+from clayflow.diagnostics import integrated_mass
+from clayflow.train import TrainConfig, TrainingStopped, train
+from clayflow.train import loop
+
+SMALL = {"hidden": 32, "layers": 4, "batch_size": 256, "eval_every": 10, "checkpoint_every": 20}
+
+
+def rows(run: Path) -> list[dict]:
+    with (run / "metrics.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def launch(*args) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "clayflow.cli.main", "train", "--no-plots", *args]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def flags(options: dict) -> list[str]:
+    return [item for k, v in options.items() for item in (f"--{k.replace('_', '-')}", str(v))]
+
+
+def wait_for_step(run: Path, step: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if (run / "metrics.csv").exists() and any(int(r["step"]) >= step for r in rows(run)):
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.01)
+    raise AssertionError("training did not reach the step in time")
+
+
+@pytest.fixture(scope="module")
+def trained_moons(tmp_path_factory):
+    run = tmp_path_factory.mktemp("moons") / "run"
+    result = train(TrainConfig(steps=1200, hidden=64, eval_every=400, checkpoint_every=1200), run, progress=False)
+    return run, result
+
+
+def test_training_learns_and_density_integrates_to_one(trained_moons):
+    run, result = trained_moons
+    metrics = rows(run)
+    assert float(metrics[-1]["val_nll"]) < float(metrics[0]["val_nll"]) and result.test_nll < 2.6
+    flow = clayflow.load(run)
+    mass = integrated_mass(flow, (-8.0, 8.0, -6.0, 6.0), resolution=500)
+    assert abs(mass - 1) < 1e-2, mass
+
+
+@pytest.mark.parametrize("kill_at", [25, 47])
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, kill_at):
+    options = {**SMALL, "steps": 80, "seed": 3}
+    reference = tmp_path / "reference"
+    assert launch(*flags(options), "--out", str(reference)).wait() == 0
+
+    killed = tmp_path / "killed"
+    proc = launch(*flags({**options, "steps": 100_000}), "--out", str(killed))
+    wait_for_step(killed, kill_at, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resumed = launch("--resume", str(killed), "--steps", "80")
+    out, err = resumed.communicate()
+    assert resumed.returncode == 0, err
+
+    got, want = rows(killed), rows(reference)
+    assert [r["step"] for r in got] == [r["step"] for r in want]
+    assert [(r["train_nll"], r["val_nll"]) for r in got] == [(r["train_nll"], r["val_nll"]) for r in want]
+    final = torch.load(killed / "checkpoints/last.pt", weights_only=True)["model"]
+    expected = torch.load(reference / "checkpoints/last.pt", weights_only=True)["model"]
+    assert all(torch.equal(final[k], expected[k]) for k in expected)
+
+
+def test_sigint_saves_a_checkpoint_and_says_how_to_resume(tmp_path):
+    run = tmp_path / "run"
+    proc = launch(*flags({**SMALL, "steps": 100_000}), "--out", str(run))
+    wait_for_step(run, 15, proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert f"clayflow train --resume {run}" in err and "Traceback" not in err
+    saved = torch.load(run / "checkpoints/last.pt", weights_only=True)
+    assert saved["step"] >= 15
+
+
+def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    original = loop._Trainer._train_step
+
+    def poisoned(self):
+        if self.step == 30:
+            with torch.no_grad():
+                next(self.flow.parameters()).fill_(float("nan"))
+        return original(self)
+
+    monkeypatch.setattr(loop._Trainer, "_train_step", poisoned)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingStopped, match="non-finite at step 31; kept the last good checkpoint \\(step 20\\)"):
+        train(TrainConfig(steps=60, **SMALL), run, progress=False)
+    saved = torch.load(run / "checkpoints/last.pt", weights_only=True)
+    assert saved["step"] == 20
+    assert all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())
+
+
+def test_ema_weights_are_used_for_evaluation_and_loading(tmp_path):
+    run = tmp_path / "run"
+    train(TrainConfig(steps=40, ema=0.9, **SMALL), run, progress=False)
+    saved = torch.load(run / "checkpoints/last.pt", weights_only=True)
+    flow = clayflow.load(run)
+    key = next(k for k in saved["model"] if k.endswith("weight"))
+    assert torch.equal(flow.state_dict()[key], saved["ema"]["module." + key])
+    assert not torch.equal(saved["model"][key], saved["ema"]["module." + key])

@@ -1,0 +1,63 @@
+"""One small, randomised instance of every exported transform, with an input shape.
+
+``ZOO[name]()`` returns ``(transform, event_shape)``. Parameters are randomised (a
+zero-initialised coupling is the identity, whose log-det test could not fail).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from torch import nn
+
+from clayflow import transforms as T
+from clayflow.nn import MLP, ResidualMLP
+
+
+def randomize(module: nn.Module, seed: int = 0) -> nn.Module:
+    """Random parameters and statistics, so every term of every log-det is exercised."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+        for name, b in module.named_buffers():
+            if not b.is_floating_point() or b.dim() == 0:
+                continue
+            if name.endswith(("var", "std")):
+                b.copy_(torch.rand(b.shape, generator=g) * 1.5 + 0.5)
+            else:
+                b.copy_(torch.randn(b.shape, generator=g))
+    return module
+
+
+def _conv(i: int, o: int) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(i, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, o, 3, padding=1))
+
+
+mlp = partial(MLP, hidden=16, depth=2, activation=nn.Tanh)
+resmlp = partial(ResidualMLP, hidden=16, depth=1, activation=nn.Tanh)
+
+ZOO = {
+    "affine_coupling_half": lambda: (T.AffineCoupling(T.half_mask(5), mlp), (5,)),
+    "affine_coupling_alternating": lambda: (T.AffineCoupling(T.alternating_mask(4, 1), resmlp), (4,)),
+    "affine_coupling_user_mask": lambda: (T.AffineCoupling(torch.tensor([1, 0, 0, 1, 0], dtype=torch.bool), mlp), (5,)),
+    "affine_coupling_soft_clamp": lambda: (T.AffineCoupling(T.half_mask(4), mlp, scale_bound=T.ScaleBound.SOFT_CLAMP), (4,)),
+    "affine_coupling_channels": lambda: (T.AffineCoupling(T.half_mask(2), _conv), (2, 3, 3)),
+    "additive_coupling": lambda: (T.AdditiveCoupling(T.alternating_mask(5), mlp), (5,)),
+    "batch_norm": lambda: (T.BatchNorm(4), (4,)),
+    "batch_norm_image": lambda: (T.BatchNorm(2), (2, 3, 3)),
+    "scaling": lambda: (T.Scaling(4), (4,)),
+    "standardize": lambda: (T.Standardize(3), (3,)),
+    "standardize_image": lambda: (T.Standardize(2), (2, 2, 3)),
+    "permutation_random": lambda: (T.Permutation.random(5, seed=3), (5,)),
+    "permutation_reverse": lambda: (T.Permutation.reverse(4), (4,)),
+    "compose": lambda: (T.Compose(T.AffineCoupling(T.half_mask(4), mlp), T.Permutation.reverse(4), T.BatchNorm(4)), (4,)),
+    "inverse": lambda: (T.Inverse(T.AffineCoupling(T.alternating_mask(4), mlp)), (4,)),
+}
+
+
+def make(name: str, dtype=torch.float64) -> tuple[T.Transform, tuple[int, ...]]:
+    """The zoo entry ``name``, randomised, in eval mode, in ``dtype``."""
+    transform, shape = ZOO[name]()
+    return randomize(transform).to(dtype).eval(), shape
