@@ -120,3 +120,11 @@ def test_ema_weights_are_used_for_evaluation_and_loading(tmp_path):
     key = next(k for k in saved["model"] if k.endswith("weight"))
     assert torch.equal(flow.state_dict()[key], saved["ema"]["module." + key])
     assert not torch.equal(saved["model"][key], saved["ema"]["module." + key])
+
+
+def test_resume_before_first_checkpoint_starts_over(tmp_path):
+    run = tmp_path / "run"
+    train(TrainConfig(steps=20, **SMALL), run, progress=False)
+    (run / "checkpoints/last.pt").unlink()  # as if killed before the first checkpoint
+    result = train(TrainConfig(steps=20, **SMALL), run, resume=True, progress=False)
+    assert result.steps == 20 and [r["step"] for r in rows(run)] == ["10", "20"]

@@ -139,9 +139,12 @@ def train(
     device = resolve_device(config.device)
     data = load_dataset(config.data)
     flow, spec = build_flow(config, data)
-    checkpoint = read_checkpoint(run_dir, map_location="cpu") if resume else None
-    if not resume:
+    checkpoint = None
+    if resume and (run_dir / CHECKPOINT_NAME).exists():
+        checkpoint = read_checkpoint(run_dir, map_location="cpu")
+    elif not resume:
         prepare_new_run(run_dir, force)
+    # else: killed before its first checkpoint; start again from step 0 in place.
     trainer = _Trainer(config, run_dir, data, flow, spec, device, checkpoint, progress)
     write_json(run_dir / "config.json", config.to_dict())  # after a successful restore
     return trainer.run()
