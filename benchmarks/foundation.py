@@ -17,15 +17,16 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from test_transforms import brute_force_logabsdet  # noqa: E402
-from zoo import ZOO, make  # noqa: E402
-
-import clayflow  # noqa: E402
-from clayflow.diagnostics import integrated_mass  # noqa: E402
+import clayflow
+from clayflow.diagnostics import integrated_mass
+from test_transforms import brute_force_logabsdet
+from zoo import ZOO, make
 
 
 def transform_errors(batch: int = 64) -> None:
-    print(f"{'transform':32s} {'inverse err f64':>16s} {'logdet err f64':>16s} {'inverse err f32':>16s} {'logdet err f32':>16s}")
+    print(
+        f"{'transform':32s} {'inverse err f64':>16s} {'logdet err f64':>16s} {'inverse err f32':>16s} {'logdet err f32':>16s}"
+    )
     for name in sorted(ZOO):
         row = []
         for dtype in (torch.float64, torch.float32):
@@ -40,7 +41,9 @@ def transform_errors(batch: int = 64) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--run", help="a trained 2D run whose density to integrate")
     parser.add_argument("--box", type=float, nargs=4, default=(-8.0, 8.0, -6.0, 6.0), help="x0 x1 y0 y1")
     parser.add_argument("--resolution", type=int, default=800)
@@ -49,7 +52,9 @@ def main() -> None:
     transform_errors()
     if args.run:
         mass = integrated_mass(clayflow.load(args.run), tuple(args.box), args.resolution)
-        print(f"\n{args.run}: integral of p(x) over {tuple(args.box)} on a {args.resolution}^2 midpoint grid = {mass:.6f}")
+        print(
+            f"\n{args.run}: integral of p(x) over {tuple(args.box)} on a {args.resolution}^2 midpoint grid = {mass:.6f}"
+        )
 
 
 if __name__ == "__main__":

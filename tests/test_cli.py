@@ -12,7 +12,19 @@ import torch
 
 from clayflow.cli.main import main
 
-FAST = ["--steps", "30", "--hidden", "16", "--layers", "2", "--eval-every", "10", "--checkpoint-every", "10", "--no-plots"]
+FAST = [
+    "--steps",
+    "30",
+    "--hidden",
+    "16",
+    "--layers",
+    "2",
+    "--eval-every",
+    "10",
+    "--checkpoint-every",
+    "10",
+    "--no-plots",
+]
 
 
 def run_cli(capsys, *argv):
@@ -25,7 +37,11 @@ def run_cli(capsys, *argv):
 
 
 def snapshot(path: Path) -> dict:
-    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(path.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(path.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -37,25 +53,33 @@ def good_run(tmp_path_factory):
 
 def test_train_sample_score_plot(good_run, tmp_path, capsys):
     assert json.loads((good_run / "results.json").read_text())["steps"] == 30
-    code, out, _ = run_cli(capsys, "sample", good_run, "--n", 50, "--out", tmp_path / "s.csv", "--temperature", 0.7)
+    code, out, _ = run_cli(
+        capsys, "sample", good_run, "--n", 50, "--out", tmp_path / "s.csv", "--temperature", 0.7
+    )
     assert code == 0 and "wrote 50 samples" in out
     samples = np.loadtxt(tmp_path / "s.csv", delimiter=",", skiprows=1)
     assert samples.shape == (50, 2)
-    code, out, _ = run_cli(capsys, "score", good_run, "--data", tmp_path / "s.csv", "--out", tmp_path / "scores.csv")
+    code, out, _ = run_cli(
+        capsys, "score", good_run, "--data", tmp_path / "s.csv", "--out", tmp_path / "scores.csv"
+    )
     scores = np.loadtxt(tmp_path / "scores.csv", delimiter=",", skiprows=1)
     assert code == 0 and scores.shape == (50, 2) and np.isfinite(scores).all()
     flow = __import__("clayflow").load(good_run)
     expected = flow.log_prob(torch.as_tensor(samples, dtype=torch.float32)).detach().numpy()
     np.testing.assert_allclose(scores[:, 1], expected, atol=1e-4)
     code, out, _ = run_cli(capsys, "plot", good_run)
-    assert code == 0 and all((good_run / "plots" / f).exists() for f in ("loss.png", "samples.png", "density.png"))
+    assert code == 0 and all(
+        (good_run / "plots" / f).exists() for f in ("loss.png", "samples.png", "density.png")
+    )
 
 
 def test_config_file_round_trip_and_flags_override(good_run, tmp_path, capsys):
     config = json.loads((good_run / "config.json").read_text())
     assert config["steps"] == 30 and config["hidden"] == 16
     (tmp_path / "c.json").write_text(json.dumps(config))
-    code, _, err = run_cli(capsys, "train", "--config", tmp_path / "c.json", "--steps", 20, "--no-plots", "--out", tmp_path / "r")
+    code, _, err = run_cli(
+        capsys, "train", "--config", tmp_path / "c.json", "--steps", 20, "--no-plots", "--out", tmp_path / "r"
+    )
     assert code == 0, err
     assert json.loads((tmp_path / "r/config.json").read_text()) == {**config, "steps": 20}
 
@@ -64,7 +88,7 @@ def test_tabular_training_with_plots(tmp_path, capsys):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(300, 3)) @ np.array([[1, 0.5, 0], [0, 1, 0.3], [0, 0, 2]]) + 100
     np.savetxt(tmp_path / "t.csv", x, delimiter=",", header="a,b,c", comments="")
-    code, out, err = run_cli(capsys, "train", "--data", tmp_path / "t.csv", *FAST[:-1], "--out", tmp_path / "r")
+    code, _, err = run_cli(capsys, "train", "--data", tmp_path / "t.csv", *FAST[:-1], "--out", tmp_path / "r")
     assert code == 0, err
     assert (tmp_path / "r/plots/marginals.png").exists() and (tmp_path / "r/plots/pairs.png").exists()
     run_cli(capsys, "sample", tmp_path / "r", "--n", 5, "--out", tmp_path / "s.csv")
@@ -97,22 +121,57 @@ CASES = [
     ("unknown dataset", ["train", "--data", "moonz", "--out", "{tmp}/o"], 1, "unknown dataset 'moonz'"),
     ("missing data file", ["train", "--data", "{tmp}/nope.csv", "--out", "{tmp}/o"], 1, "does not exist"),
     ("empty data file", ["train", "--data", "{tmp}/empty.csv", "--out", "{tmp}/o"], 1, "is empty"),
-    ("non-numeric cell", ["train", "--data", "{tmp}/text.csv", "--out", "{tmp}/o"], 1, "'abc' is not a number"),
+    (
+        "non-numeric cell",
+        ["train", "--data", "{tmp}/text.csv", "--out", "{tmp}/o"],
+        1,
+        "'abc' is not a number",
+    ),
     ("nan value", ["train", "--data", "{tmp}/nan.csv", "--out", "{tmp}/o"], 1, "is nan"),
     ("zero steps", ["train", "--steps", "0"], 1, "steps must be > 0"),
     ("negative lr", ["train", "--lr", "-1"], 1, "lr must be > 0"),
     ("non-integer steps", ["train", "--steps", "abc"], 2, "invalid int value"),
-    ("option the model lacks", ["train", "--model", "nice", "--batch-norm", "--out", "{tmp}/o"], 1, "has no option --batch-norm"),
+    (
+        "option the model lacks",
+        ["train", "--model", "nice", "--batch-norm", "--out", "{tmp}/o"],
+        1,
+        "has no option --batch-norm",
+    ),
     ("config unknown key", ["train", "--config", "{tmp}/unknown.json"], 1, "unknown key(s) stepz"),
     ("config wrong type", ["train", "--config", "{tmp}/badtype.json"], 1, "steps must be int"),
     ("existing run without --force", ["train", *FAST, "--out", "{run}"], 1, "is not empty"),
-    ("unwritable output directory", ["train", *FAST, "--out", "{tmp}/a_file/sub"], 1, "cannot write to output directory"),
-    ("resume with a model change", ["train", "--resume", "{run}", "--hidden", "64"], 1, "cannot change --hidden"),
-    ("wrong column count", ["score", "{run}", "--data", "{tmp}/three.csv", "--out", "{tmp}/s.csv"], 1, "has 3 columns but the model was trained on 2"),
-    ("temperature zero", ["sample", "{run}", "--out", "{tmp}/s.csv", "--temperature", "0"], 1, "temperature must be > 0"),
+    (
+        "unwritable output directory",
+        ["train", *FAST, "--out", "{tmp}/a_file/sub"],
+        1,
+        "cannot write to output directory",
+    ),
+    (
+        "resume with a model change",
+        ["train", "--resume", "{run}", "--hidden", "64"],
+        1,
+        "cannot change --hidden",
+    ),
+    (
+        "wrong column count",
+        ["score", "{run}", "--data", "{tmp}/three.csv", "--out", "{tmp}/s.csv"],
+        1,
+        "has 3 columns but the model was trained on 2",
+    ),
+    (
+        "temperature zero",
+        ["sample", "{run}", "--out", "{tmp}/s.csv", "--temperature", "0"],
+        1,
+        "temperature must be > 0",
+    ),
     ("bad output suffix", ["sample", "{run}", "--out", "{tmp}/s.txt"], 1, "must end in .csv or .npy"),
     ("output in missing dir", ["sample", "{run}", "--out", "{tmp}/no/s.csv"], 1, "does not exist"),
-    ("corrupt checkpoint", ["sample", "{tmp}/corrupt.pt", "--out", "{tmp}/s.csv"], 1, "cannot read checkpoint"),
+    (
+        "corrupt checkpoint",
+        ["sample", "{tmp}/corrupt.pt", "--out", "{tmp}/s.csv"],
+        1,
+        "cannot read checkpoint",
+    ),
     ("missing run", ["sample", "{tmp}/norun", "--out", "{tmp}/s.csv"], 1, "does not exist"),
     ("unknown verb", ["fly"], 2, "invalid choice"),
 ]
@@ -123,7 +182,7 @@ def test_bad_input_gives_one_clear_line(good_run, tmp_path, capsys, name, argv, 
     _files(tmp_path)
     before = snapshot(good_run)
     argv = [a.format(run=good_run, tmp=tmp_path) for a in argv]
-    got, out, err = run_cli(capsys, *argv)
+    got, _, err = run_cli(capsys, *argv)
     lines = err.strip().splitlines()
     assert got == code, err
     assert len(lines) == 1 and lines[0].startswith("clayflow") and words in lines[0], err
@@ -150,7 +209,9 @@ def test_newer_checkpoint_format_is_refused(good_run, tmp_path, capsys):
 def test_truncated_checkpoint_is_refused(good_run, tmp_path, capsys):
     data = (good_run / "checkpoints/last.pt").read_bytes()
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
-    code, _, err = run_cli(capsys, "score", tmp_path / "cut.pt", "--data", "moons", "--out", tmp_path / "s.csv")
+    code, _, err = run_cli(
+        capsys, "score", tmp_path / "cut.pt", "--data", "moons", "--out", tmp_path / "s.csv"
+    )
     assert code == 1 and "cannot read checkpoint" in err
 
 
@@ -168,7 +229,10 @@ def test_checkpoint_of_another_model_is_refused(good_run, tmp_path, capsys):
 
 def test_real_process_prints_no_traceback(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "clayflow.cli.main", "train", "--data", str(tmp_path / "x.csv")], capture_output=True, text=True
+        [sys.executable, "-m", "clayflow.cli.main", "train", "--data", str(tmp_path / "x.csv")],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "does not exist" in proc.stderr
 

@@ -8,7 +8,6 @@ from torch.distributions import Independent, Normal
 
 from clayflow import DiagonalNormal, StandardNormal, models
 from clayflow.models import ModelSpec, build
-
 from test_transforms import brute_force_logabsdet
 from zoo import randomize
 
@@ -23,7 +22,13 @@ def test_log_prob_is_change_of_variables_with_full_jacobian(builder):
 
 
 def test_realnvp_options_build_and_round_trip():
-    for options in ({"conditioner": "resmlp"}, {"mask": "half"}, {"batch_norm": True}, {"base": "diagonal"}, {"scale_bound": "soft_clamp"}):
+    for options in (
+        {"conditioner": "resmlp"},
+        {"mask": "half"},
+        {"batch_norm": True},
+        {"base": "diagonal"},
+        {"scale_bound": "soft_clamp"},
+    ):
         flow = randomize(models.realnvp(4, layers=4, hidden=8, **options)).double().eval()
         x = torch.randn(5, 4, dtype=torch.float64)
         torch.testing.assert_close(flow.inverse(flow(x)[0])[0], x, atol=1e-10, rtol=0)

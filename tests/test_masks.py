@@ -8,7 +8,9 @@ from clayflow.transforms import AffineCoupling, alternating_mask, half_mask
 from zoo import mlp, randomize
 
 
-@given(features=st.integers(2, 64), parity=st.integers(0, 1), kind=st.sampled_from([half_mask, alternating_mask]))
+@given(
+    features=st.integers(2, 64), parity=st.integers(0, 1), kind=st.sampled_from([half_mask, alternating_mask])
+)
 def test_masks_and_their_complements_cover_every_feature(features, parity, kind):
     mask, other = kind(features, parity), kind(features, 1 - parity)
     assert mask.shape == (features,) and mask.dtype == torch.bool
@@ -17,7 +19,9 @@ def test_masks_and_their_complements_cover_every_feature(features, parity, kind)
 
 
 @settings(max_examples=20, deadline=None)
-@given(features=st.integers(2, 9), parity=st.integers(0, 1), kind=st.sampled_from([half_mask, alternating_mask]))
+@given(
+    features=st.integers(2, 9), parity=st.integers(0, 1), kind=st.sampled_from([half_mask, alternating_mask])
+)
 def test_coupling_round_trip_for_any_size(features, parity, kind):
     coupling = randomize(AffineCoupling(kind(features, parity), mlp)).double()
     x = torch.randn(4, features, dtype=torch.float64)

@@ -1,7 +1,6 @@
 """Training: learning, density normalisation, exact resume after SIGKILL, divergence, Ctrl-C."""
 
 import csv
-import os
 import signal
 import subprocess
 import sys
@@ -13,8 +12,7 @@ import torch
 
 import clayflow
 from clayflow.diagnostics import integrated_mass
-from clayflow.train import TrainConfig, TrainingStopped, train
-from clayflow.train import loop
+from clayflow.train import TrainConfig, TrainingStopped, loop, train
 
 SMALL = {"hidden": 32, "layers": 4, "batch_size": 256, "eval_every": 10, "checkpoint_every": 20}
 
@@ -46,7 +44,9 @@ def wait_for_step(run: Path, step: int, proc: subprocess.Popen, timeout: float =
 @pytest.fixture(scope="module")
 def trained_moons(tmp_path_factory):
     run = tmp_path_factory.mktemp("moons") / "run"
-    result = train(TrainConfig(steps=1200, hidden=64, eval_every=400, checkpoint_every=1200), run, progress=False)
+    result = train(
+        TrainConfig(steps=1200, hidden=64, eval_every=400, checkpoint_every=1200), run, progress=False
+    )
     return run, result
 
 
@@ -71,7 +71,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, kill_at):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     resumed = launch("--resume", str(killed), "--steps", "80")
-    out, err = resumed.communicate()
+    _, err = resumed.communicate()
     assert resumed.returncode == 0, err
 
     got, want = rows(killed), rows(reference)
@@ -105,7 +105,9 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(loop._Trainer, "_train_step", poisoned)
     run = tmp_path / "run"
-    with pytest.raises(TrainingStopped, match="non-finite at step 31; kept the last good checkpoint \\(step 20\\)"):
+    with pytest.raises(
+        TrainingStopped, match="non-finite at step 31; kept the last good checkpoint \\(step 20\\)"
+    ):
         train(TrainConfig(steps=60, **SMALL), run, progress=False)
     saved = torch.load(run / "checkpoints/last.pt", weights_only=True)
     assert saved["step"] == 20

@@ -8,7 +8,6 @@ from torch.autograd.functional import jacobian
 
 import clayflow.transforms as T
 from clayflow.core import Transform
-
 from zoo import ZOO, make, mlp, resmlp
 
 NAMES = sorted(ZOO)
@@ -54,7 +53,9 @@ def test_logabsdet_matches_autograd_jacobian(name):
     torch.testing.assert_close(logabsdet, brute_force_logabsdet(transform, x), atol=1e-8, rtol=0)
     _, inverse_logabsdet = transform.inverse(z)
     torch.testing.assert_close(inverse_logabsdet, -logabsdet, atol=1e-8, rtol=0)
-    torch.testing.assert_close(inverse_logabsdet, brute_force_logabsdet(transform.inverse, z), atol=1e-8, rtol=0)
+    torch.testing.assert_close(
+        inverse_logabsdet, brute_force_logabsdet(transform.inverse, z), atol=1e-8, rtol=0
+    )
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -90,7 +91,9 @@ def test_state_dict_round_trip(name):
 
 def test_every_exported_transform_is_in_the_zoo():
     exported = {
-        obj for _, obj in inspect.getmembers(T, inspect.isclass) if issubclass(obj, Transform) and obj is not Transform
+        obj
+        for _, obj in inspect.getmembers(T, inspect.isclass)
+        if issubclass(obj, Transform) and obj is not Transform
     }
     covered = set()
     for name in ZOO:
@@ -119,7 +122,9 @@ def test_batch_norm_training_mode_uses_batch_statistics():
     x = torch.randn(256, 3, dtype=torch.float64) * 3 + 5
     z, logabsdet = bn(x)
     torch.testing.assert_close(z.mean(0), torch.zeros(3, dtype=torch.float64), atol=1e-10, rtol=0)
-    torch.testing.assert_close(z.var(0, unbiased=False), torch.ones(3, dtype=torch.float64), atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        z.var(0, unbiased=False), torch.ones(3, dtype=torch.float64), atol=1e-4, rtol=0
+    )
     expected = -0.5 * torch.log(x.var(0, unbiased=False) + bn.eps).sum()
     torch.testing.assert_close(logabsdet, expected.expand(256))
     torch.testing.assert_close(bn.running_mean, 0.1 * x.mean(0))

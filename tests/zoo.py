@@ -41,8 +41,14 @@ resmlp = partial(ResidualMLP, hidden=16, depth=1, activation=nn.Tanh)
 ZOO = {
     "affine_coupling_half": lambda: (T.AffineCoupling(T.half_mask(5), mlp), (5,)),
     "affine_coupling_alternating": lambda: (T.AffineCoupling(T.alternating_mask(4, 1), resmlp), (4,)),
-    "affine_coupling_user_mask": lambda: (T.AffineCoupling(torch.tensor([1, 0, 0, 1, 0], dtype=torch.bool), mlp), (5,)),
-    "affine_coupling_soft_clamp": lambda: (T.AffineCoupling(T.half_mask(4), mlp, scale_bound=T.ScaleBound.SOFT_CLAMP), (4,)),
+    "affine_coupling_user_mask": lambda: (
+        T.AffineCoupling(torch.tensor([1, 0, 0, 1, 0], dtype=torch.bool), mlp),
+        (5,),
+    ),
+    "affine_coupling_soft_clamp": lambda: (
+        T.AffineCoupling(T.half_mask(4), mlp, scale_bound=T.ScaleBound.SOFT_CLAMP),
+        (4,),
+    ),
     "affine_coupling_channels": lambda: (T.AffineCoupling(T.half_mask(2), _conv), (2, 3, 3)),
     "additive_coupling": lambda: (T.AdditiveCoupling(T.alternating_mask(5), mlp), (5,)),
     "batch_norm": lambda: (T.BatchNorm(4), (4,)),
@@ -52,7 +58,10 @@ ZOO = {
     "standardize_image": lambda: (T.Standardize(2), (2, 2, 3)),
     "permutation_random": lambda: (T.Permutation.random(5, seed=3), (5,)),
     "permutation_reverse": lambda: (T.Permutation.reverse(4), (4,)),
-    "compose": lambda: (T.Compose(T.AffineCoupling(T.half_mask(4), mlp), T.Permutation.reverse(4), T.BatchNorm(4)), (4,)),
+    "compose": lambda: (
+        T.Compose(T.AffineCoupling(T.half_mask(4), mlp), T.Permutation.reverse(4), T.BatchNorm(4)),
+        (4,),
+    ),
     "inverse": lambda: (T.Inverse(T.AffineCoupling(T.alternating_mask(4), mlp)), (4,)),
 }
 

@@ -38,6 +38,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``clayflow`` parser with one subcommand per verb."""
     parser = _Parser(
         prog="clayflow",
         description="Normalizing flows: train, sample, score and plot from one command.",
@@ -55,7 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _verb(verbs, name: str, help: str):
     return verbs.add_parser(
-        name, help=help, description=help, epilog=EXAMPLES[name], formatter_class=argparse.RawDescriptionHelpFormatter
+        name,
+        help=help,
+        description=help,
+        epilog=EXAMPLES[name],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
 
 
@@ -70,13 +75,25 @@ def _add_train(verbs) -> None:
         if hints[f.name] is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
         else:
-            p.add_argument(flag, type=hints[f.name], default=argparse.SUPPRESS, help=text, metavar=f.name.upper())
+            p.add_argument(
+                flag, type=hints[f.name], default=argparse.SUPPRESS, help=text, metavar=f.name.upper()
+            )
     p.add_argument("--config", metavar="FILE", help="JSON or TOML file of options (flags override it)")
     p.add_argument("--out", metavar="DIR", help="run directory (default: runs/<model>-<data>-<time>)")
     p.add_argument("--resume", metavar="RUN", help="continue the run in RUN from its last checkpoint")
     p.add_argument("--force", action="store_true", help="replace an existing run directory given by --out")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar (default: on a terminal)")
-    p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True, help="write plots at the end (default: on)")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar (default: on a terminal)",
+    )
+    p.add_argument(
+        "--plots",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="write plots at the end (default: on)",
+    )
     p.set_defaults(handler=cmd_train)
 
 
@@ -85,7 +102,9 @@ def _add_sample(verbs) -> None:
     p.add_argument("run", metavar="RUN", help="run directory or checkpoint file")
     p.add_argument("--n", type=int, default=1000, help="number of samples (default: 1000)")
     p.add_argument("--out", required=True, metavar="FILE", help="output .npy or .csv")
-    p.add_argument("--temperature", type=float, default=1.0, help="scale of the base draws, > 0 (default: 1.0)")
+    p.add_argument(
+        "--temperature", type=float, default=1.0, help="scale of the base draws, > 0 (default: 1.0)"
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--device", default="cpu", help="device (default: cpu)")
     p.set_defaults(handler=cmd_sample)
@@ -94,8 +113,12 @@ def _add_sample(verbs) -> None:
 def _add_score(verbs) -> None:
     p = _verb(verbs, "score", "Log-likelihood of each row of a file under a trained flow.")
     p.add_argument("run", metavar="RUN", help="run directory or checkpoint file")
-    p.add_argument("--data", required=True, metavar="FILE", help=".csv/.npy file, or a built-in dataset (its test split)")
-    p.add_argument("--out", required=True, metavar="FILE", help="output .csv (row, log_prob) or .npy (log_prob)")
+    p.add_argument(
+        "--data", required=True, metavar="FILE", help=".csv/.npy file, or a built-in dataset (its test split)"
+    )
+    p.add_argument(
+        "--out", required=True, metavar="FILE", help="output .csv (row, log_prob) or .npy (log_prob)"
+    )
     p.add_argument("--device", default="cpu", help="device (default: cpu)")
     p.set_defaults(handler=cmd_score)
 
@@ -125,7 +148,9 @@ def resolve_train_config(args: argparse.Namespace):
         fixed = sorted(set(flags) - RESUMABLE_OPTIONS)
         if fixed:
             options = ", ".join("--" + k.replace("_", "-") for k in fixed)
-            raise ClayflowError(f"cannot change {options} when resuming; only --steps, --device, --eval-every, --checkpoint-every")
+            raise ClayflowError(
+                f"cannot change {options} when resuming; only --steps, --device, --eval-every, --checkpoint-every"
+            )
         saved = config_from_dict(read_json(run_dir / "config.json"), source=str(run_dir / "config.json"))
         return config_from_dict({**saved.to_dict(), **flags}, source="options"), run_dir
     values = {}
@@ -137,6 +162,7 @@ def resolve_train_config(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """Train into a run directory, print the test NLL and write the plots."""
     from clayflow.train import load, train
 
     config, run_dir = resolve_train_config(args)
@@ -153,6 +179,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    """Write ``--n`` samples at ``--temperature`` to a .csv/.npy file."""
     from clayflow.data.tabular import write_table
 
     if args.n <= 0:
@@ -171,6 +198,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
+    """Write the log-likelihood (nats, data units) of each row of ``--data``."""
     from clayflow.data import load_dataset, looks_like_path
     from clayflow.data.tabular import read_table, write_table
 
@@ -182,18 +210,25 @@ def cmd_score(args: argparse.Namespace) -> int:
         values = load_dataset(args.data).test.double().numpy()
     features = flow.event_shape.numel()
     if values.shape[1] != features:
-        raise ClayflowError(f"{args.data} has {values.shape[1]} columns but the model was trained on {features}")
+        raise ClayflowError(
+            f"{args.data} has {values.shape[1]} columns but the model was trained on {features}"
+        )
     device = next(flow.parameters()).device
     x = torch.as_tensor(values, dtype=torch.float32)
     with torch.no_grad():
         log_prob = torch.cat([flow.log_prob(c.to(device)).cpu() for c in x.split(65536)]).double().numpy()
-    table = log_prob[:, None] if args.out.lower().endswith(".npy") else np.stack([np.arange(1, len(x) + 1), log_prob], 1)
+    table = (
+        log_prob[:, None]
+        if args.out.lower().endswith(".npy")
+        else np.stack([np.arange(1, len(x) + 1), log_prob], 1)
+    )
     write_table(args.out, table, ["row", "log_prob"])
     print(f"scored {len(x)} rows: mean log-likelihood {log_prob.mean():.4f} nats; wrote {args.out}")
     return 0
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
+    """Redraw the plots of a run from its checkpoint, metrics and data."""
     from clayflow.train import load
 
     run_dir = Path(args.run)
@@ -248,7 +283,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug, not the user's fault: still one line unless --debug
         if args.debug:
             raise
-        print(f"clayflow: error: unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", file=sys.stderr)
+        print(
+            f"clayflow: error: unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
+            file=sys.stderr,
+        )
         return 1
 
 

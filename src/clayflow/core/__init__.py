@@ -4,4 +4,4 @@ from clayflow.core.distributions import DiagonalNormal, StandardNormal
 from clayflow.core.flow import Flow
 from clayflow.core.transform import Compose, Inverse, Transform
 
-__all__ = ["Transform", "Compose", "Inverse", "Flow", "StandardNormal", "DiagonalNormal"]
+__all__ = ["Compose", "DiagonalNormal", "Flow", "Inverse", "StandardNormal", "Transform"]

@@ -34,9 +34,7 @@ class StandardNormal(nn.Module):
 
     def sample(self, n: int, temperature: float = 1.0) -> Tensor:
         """``n`` draws of ``temperature * eps``, eps ~ N(0, I)."""
-        eps = torch.randn(
-            (n, *self.event_shape), device=self._anchor.device, dtype=self._anchor.dtype
-        )
+        eps = torch.randn((n, *self.event_shape), device=self._anchor.device, dtype=self._anchor.dtype)
         return temperature * eps
 
 
@@ -57,9 +55,7 @@ class DiagonalNormal(nn.Module):
 
     def log_prob(self, z: Tensor) -> Tensor:
         eps = (z - self.loc) * torch.exp(-self.log_scale)
-        return sum_except_batch(-0.5 * eps**2 - self.log_scale) - 0.5 * (
-            self.event_shape.numel() * _LOG_2PI
-        )
+        return sum_except_batch(-0.5 * eps**2 - self.log_scale) - 0.5 * (self.event_shape.numel() * _LOG_2PI)
 
     def sample(self, n: int, temperature: float = 1.0) -> Tensor:
         """``n`` draws of ``loc + temperature * sigma * eps``, eps ~ N(0, I)."""

@@ -72,9 +72,7 @@ class Flow(nn.Module):
         """
         return self.rsample(n, temperature, context)
 
-    def sample_and_log_prob(
-        self, n: int, context: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
+    def sample_and_log_prob(self, n: int, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``n`` samples and their model log-density in one inverse pass: ``(x, log p(x))``."""
         z = self.base.sample(n)
         x, logabsdet = self.transform.inverse(z, context)

@@ -93,9 +93,6 @@ def identity_logabsdet(x: Tensor) -> Tensor:
     return x.new_zeros(x.shape[0])
 
 
-
-
-
 def per_feature(values: Tensor, like: Tensor) -> Tensor:
     """View a ``(C,)`` tensor so it broadcasts over dim 1 of ``like`` (``(B, C)`` or ``(B, C, H, W)``)."""
     return values.view(1, -1, *([1] * (like.dim() - 2)))

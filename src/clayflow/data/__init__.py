@@ -88,10 +88,12 @@ def _toy_dataset(name: str) -> Dataset:
 def _split_table(name: str, values: np.ndarray, columns: list[str] | None) -> Dataset:
     n = len(values)
     if n < MIN_ROWS:
-        raise ClayflowError(f"{name} has {n} row(s); training needs at least {MIN_ROWS} to split into train/validation/test")
+        raise ClayflowError(
+            f"{name} has {n} row(s); training needs at least {MIN_ROWS} to split into train/validation/test"
+        )
     order = np.random.default_rng(DATA_SEED).permutation(n)
-    n_train = int(round(SPLIT_FRACTIONS[0] * n))
-    n_val = max(1, int(round(SPLIT_FRACTIONS[1] * n)))
+    n_train = round(SPLIT_FRACTIONS[0] * n)
+    n_val = max(1, round(SPLIT_FRACTIONS[1] * n))
     parts = np.split(values[order], [n_train, n_train + n_val])
     train, val, test = (_to_tensor(p) for p in parts)
     return Dataset(name, "tabular", train, val, test, columns)

@@ -59,8 +59,10 @@ def _read_npy(path: Path) -> np.ndarray:
     try:
         array = np.load(path, allow_pickle=False)
     except ValueError as exc:
-        raise ClayflowError(f"{path} is not a plain numeric .npy array (object arrays are refused): {exc}") from None
-    except Exception as exc:  # truncated or not an .npy at all
+        raise ClayflowError(
+            f"{path} is not a plain numeric .npy array (object arrays are refused): {exc}"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - numpy raises many types for truncated or foreign files
         raise ClayflowError(f"{path} is not a readable .npy file: {exc}") from None
     if array.dtype.kind not in "biuf":
         raise ClayflowError(f"{path} holds {array.dtype} values; clayflow needs numbers")

@@ -8,7 +8,7 @@ from functools import partial
 from clayflow.core import Compose, DiagonalNormal, Flow, StandardNormal
 from clayflow.errors import ClayflowError, parse_choice
 from clayflow.nn import MLP, ResidualMLP
-from clayflow.transforms import AdditiveCoupling, AffineCoupling, BatchNorm, MaskKind, Scaling, ScaleBound
+from clayflow.transforms import AdditiveCoupling, AffineCoupling, BatchNorm, MaskKind, ScaleBound, Scaling
 from clayflow.transforms.masks import make_mask
 
 

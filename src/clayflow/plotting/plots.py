@@ -15,13 +15,13 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
 
-from clayflow.core import Flow  # noqa: E402
-from clayflow.diagnostics import grid_log_prob  # noqa: E402
-from clayflow.train.run import read_metrics  # noqa: E402
+from clayflow.core import Flow
+from clayflow.diagnostics import grid_log_prob
+from clayflow.train.run import read_metrics
 
 SAMPLES = 5000
 
@@ -49,6 +49,7 @@ def plot_run(run_dir: Path, flow: Flow, data_x: torch.Tensor, columns: list[str]
 
 
 def plot_losses(metrics: list[dict[str, str]], path: Path) -> Path:
+    """Train and validation NLL against the step."""
     steps = [int(row["step"]) for row in metrics]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(steps, [float(row["train_nll"]) for row in metrics], label="train")
@@ -60,6 +61,7 @@ def plot_losses(metrics: list[dict[str, str]], path: Path) -> Path:
 
 
 def plot_samples_2d(data: np.ndarray, samples: np.ndarray, path: Path) -> Path:
+    """Data beside model samples, on the same axes."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 5), sharex=True, sharey=True)
     lo, hi = _bounds(data)
     for ax, points, title in ((axes[0], data, "data"), (axes[1], samples, "model samples")):
@@ -69,11 +71,16 @@ def plot_samples_2d(data: np.ndarray, samples: np.ndarray, path: Path) -> Path:
 
 
 def plot_density_2d(flow: Flow, data: np.ndarray, path: Path, resolution: int = 300) -> Path:
+    """Heat-map of the model density p(x) with 1000 data points on top."""
     lo, hi = _bounds(data)
     _, _, log_prob = grid_log_prob(flow, (lo[0], hi[0], lo[1], hi[1]), resolution)
     fig, ax = plt.subplots(figsize=(6, 6))
     image = ax.imshow(
-        log_prob.exp().numpy(), origin="lower", extent=(lo[0], hi[0], lo[1], hi[1]), cmap="magma", aspect="equal"
+        log_prob.exp().numpy(),
+        origin="lower",
+        extent=(lo[0], hi[0], lo[1], hi[1]),
+        cmap="magma",
+        aspect="equal",
     )
     ax.scatter(data[:1000, 0], data[:1000, 1], s=0.5, c="cyan", alpha=0.5, label="data")
     fig.colorbar(image, ax=ax, label="p(x)", fraction=0.046)
@@ -82,7 +89,10 @@ def plot_density_2d(flow: Flow, data: np.ndarray, path: Path, resolution: int = 
     return _save(fig, path)
 
 
-def plot_marginals(data: np.ndarray, samples: np.ndarray, path: Path, columns: list[str] | None, limit: int = 8) -> Path:
+def plot_marginals(
+    data: np.ndarray, samples: np.ndarray, path: Path, columns: list[str] | None, limit: int = 8
+) -> Path:
+    """Histograms of each column (up to ``limit``): data against model samples."""
     count = min(limit, data.shape[1])
     cols = math.ceil(math.sqrt(count))
     rows = math.ceil(count / cols)
@@ -93,13 +103,18 @@ def plot_marginals(data: np.ndarray, samples: np.ndarray, path: Path, columns: l
             continue
         edges = np.histogram_bin_edges(data[:, i], bins=40)
         ax.hist(data[:, i], bins=edges, density=True, alpha=0.5, label="data")
-        ax.hist(np.clip(samples[:, i], edges[0], edges[-1]), bins=edges, density=True, alpha=0.5, label="model")
+        ax.hist(
+            np.clip(samples[:, i], edges[0], edges[-1]), bins=edges, density=True, alpha=0.5, label="model"
+        )
         ax.set_title(_name(columns, i), fontsize=9)
     axes.flat[0].legend(fontsize=8)
     return _save(fig, path)
 
 
-def plot_pairs(data: np.ndarray, samples: np.ndarray, path: Path, columns: list[str] | None, limit: int = 4) -> Path:
+def plot_pairs(
+    data: np.ndarray, samples: np.ndarray, path: Path, columns: list[str] | None, limit: int = 4
+) -> Path:
+    """Pairwise scatter of the first ``limit`` columns: data against model samples."""
     count = min(limit, data.shape[1])
     fig, axes = plt.subplots(count, count, figsize=(2.5 * count, 2.5 * count), squeeze=False)
     for i in range(count):

@@ -36,7 +36,9 @@ def checkpoint_path(path: str | os.PathLike) -> Path:
     if path.is_dir():
         candidate = path / CHECKPOINT_NAME
         if not candidate.exists():
-            raise ClayflowError(f"{path} has no checkpoint ({CHECKPOINT_NAME}); is it a clayflow run directory?")
+            raise ClayflowError(
+                f"{path} has no checkpoint ({CHECKPOINT_NAME}); is it a clayflow run directory?"
+            )
         return candidate
     if not path.exists():
         raise ClayflowError(f"{path} does not exist; give a run directory or a checkpoint file")
@@ -48,9 +50,11 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     path = checkpoint_path(path)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - torch.load raises many types for bad files
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ClayflowError(f"cannot read checkpoint {path} (truncated, corrupt or not a checkpoint): {reason}") from None
+        raise ClayflowError(
+            f"cannot read checkpoint {path} (truncated, corrupt or not a checkpoint): {reason}"
+        ) from None
     if not isinstance(payload, dict) or "format_version" not in payload:
         raise ClayflowError(f"{path} is not a clayflow checkpoint")
     version = payload["format_version"]

@@ -6,11 +6,12 @@ The resolved configuration is written to ``RUN/config.json`` and can be passed b
 from __future__ import annotations
 
 import json
-import tomllib
 import typing
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from clayflow.errors import ClayflowError
 
@@ -78,7 +79,9 @@ def config_from_dict(values: dict[str, Any], source: str = "config") -> TrainCon
     known = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ClayflowError(f"{source}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}")
+        raise ClayflowError(
+            f"{source}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}"
+        )
     checked = {key: _check_type(key, value, hints[key], source) for key, value in values.items()}
     config = TrainConfig(**checked)
     _check_ranges(config, source)
@@ -94,7 +97,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
         values = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ClayflowError(f"config file {path} is not valid {'TOML' if path.suffix == '.toml' else 'JSON'}: {exc}") from None
+        raise ClayflowError(
+            f"config file {path} is not valid {'TOML' if path.suffix == '.toml' else 'JSON'}: {exc}"
+        ) from None
     if not isinstance(values, dict):
         raise ClayflowError(f"config file {path} must hold an object of key/value pairs")
     return values
@@ -120,7 +125,9 @@ def _check_ranges(config: TrainConfig, source: str) -> None:
         raise ClayflowError(f"{source}: ema is a decay in [0, 1), got {config.ema}")
     for key, choices in _CHOICES.items():
         if getattr(config, key) not in choices:
-            raise ClayflowError(f"{source}: {key} must be one of {', '.join(choices)}, got {getattr(config, key)!r}")
+            raise ClayflowError(
+                f"{source}: {key} must be one of {', '.join(choices)}, got {getattr(config, key)!r}"
+            )
 
 
 def field_help() -> dict[str, str]:

@@ -39,6 +39,8 @@ class TrainingStopped(ClayflowError):
 
 
 class TrainingInterrupted(TrainingStopped):
+    """Ctrl-C: a checkpoint of the current step was saved; exit code 130 as for SIGINT."""
+
     exit_code = 130
 
 
@@ -155,7 +157,9 @@ class _Trainer:
         self.config, self.run_dir, self.data, self.spec, self.device = config, run_dir, data, spec, device
         self.flow = flow.to(device).train()
         optimizer_class = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-        self.optimizer = optimizer_class(self.flow.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.optimizer = optimizer_class(
+            self.flow.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        )
         self.scheduler = make_scheduler(self.optimizer, config.warmup, config.steps, config.schedule)
         self.ema = (
             AveragedModel(self.flow, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True)
@@ -213,7 +217,9 @@ class _Trainer:
     # -- loop ---------------------------------------------------------------------------
     def run(self) -> TrainResult:
         config = self.config
-        bar = tqdm(total=config.steps, initial=self.step, disable=not self.progress, dynamic_ncols=True, leave=True)
+        bar = tqdm(
+            total=config.steps, initial=self.step, disable=not self.progress, dynamic_ncols=True, leave=True
+        )
         interval_start, interval_steps = time.perf_counter(), 0
         with self._catch_sigint():
             while self.step < config.steps:
@@ -306,6 +312,7 @@ class _Trainer:
     @contextmanager
     def _catch_sigint(self):
         """Turn Ctrl-C into a flag checked between steps, so the saved state is consistent."""
+
         def handler(signum, frame):
             self.interrupted = True
 

@@ -29,9 +29,13 @@ def prepare_new_run(path: Path, force: bool) -> None:
         raise ClayflowError(f"output path {path} exists and is not a directory")
     if path.is_dir() and any(path.iterdir()):
         if not force:
-            raise ClayflowError(f"output directory {path} is not empty; choose another --out, --resume it, or pass --force")
+            raise ClayflowError(
+                f"output directory {path} is not empty; choose another --out, --resume it, or pass --force"
+            )
         if not (path / "config.json").exists():
-            raise ClayflowError(f"output directory {path} is not a clayflow run; refusing to clear it even with --force")
+            raise ClayflowError(
+                f"output directory {path} is not a clayflow run; refusing to clear it even with --force"
+            )
         shutil.rmtree(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -48,6 +52,7 @@ def write_json(path: Path, values: dict[str, Any]) -> None:
 
 
 def read_json(path: Path) -> dict[str, Any]:
+    """The object in a run's JSON file, or a ClayflowError naming the file."""
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
