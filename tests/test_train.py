@@ -114,6 +114,17 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     assert all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())
 
 
+def test_divergence_at_the_first_step_says_nothing_was_saved(tmp_path):
+    table = tmp_path / "huge.csv"
+    table.write_text("".join(f"{i}e20,{(i * 7) % 11}e20\n" for i in range(40)))
+    with pytest.raises(TrainingStopped, match="non-finite at step 1; no checkpoint had been written yet"):
+        train(
+            TrainConfig(data=str(table), standardize=False, steps=5, **SMALL),
+            tmp_path / "run",
+            progress=False,
+        )
+
+
 def test_ema_weights_are_used_for_evaluation_and_loading(tmp_path):
     run = tmp_path / "run"
     train(TrainConfig(steps=40, ema=0.9, **SMALL), run, progress=False)

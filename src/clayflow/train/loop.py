@@ -257,9 +257,13 @@ class _Trainer:
         loss_value = loss.item()
         if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
             what = "loss" if not math.isfinite(loss_value) else "gradient norm"
+            kept = (
+                f"kept the last good checkpoint (step {self.last_saved_step})"
+                if self.last_saved_step is not None
+                else "no checkpoint had been written yet"
+            )
             raise TrainingStopped(
-                f"{what} became non-finite at step {self.step + 1}; kept the last good checkpoint "
-                f"(step {self.last_saved_step}). Try a lower --lr or a smaller --clip"
+                f"{what} became non-finite at step {self.step + 1}; {kept}. Try a lower --lr or a smaller --clip"
             )
         self.optimizer.step()
         self.scheduler.step()
