@@ -125,9 +125,31 @@ def test_divergence_at_the_first_step_says_nothing_was_saved(tmp_path):
         )
 
 
+def test_best_validation_weights_are_kept_and_loaded(tmp_path):
+    table = tmp_path / "small.csv"  # 40 rows: a big flow overfits within a few hundred steps
+    gen = torch.Generator().manual_seed(0)
+    table.write_text(
+        "".join(
+            ",".join(f"{v:.6f}" for v in row) + "\n" for row in torch.randn(40, 4, generator=gen).tolist()
+        )
+    )
+    run = tmp_path / "run"
+    result = train(TrainConfig(data=str(table), steps=400, eval_every=50, hidden=128), run, progress=False)
+    val = {int(r["step"]): float(r["val_nll"]) for r in rows(run)}
+    best_step = min(val, key=val.get)
+    assert (
+        best_step < 400
+        and result.selected_step == best_step
+        and result.val_nll == pytest.approx(val[best_step])
+    )
+    best = torch.load(run / "checkpoints/best.pt", weights_only=True)
+    key = next(iter(best["model"]))
+    assert torch.equal(clayflow.load(run).state_dict()[key], best["model"][key])
+
+
 def test_ema_weights_are_used_for_evaluation_and_loading(tmp_path):
     run = tmp_path / "run"
-    train(TrainConfig(steps=40, ema=0.9, **SMALL), run, progress=False)
+    train(TrainConfig(steps=40, ema=0.9, select_best=False, **SMALL), run, progress=False)
     saved = torch.load(run / "checkpoints/last.pt", weights_only=True)
     flow = clayflow.load(run)
     key = next(k for k in saved["model"] if k.endswith("weight"))

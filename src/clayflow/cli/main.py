@@ -169,7 +169,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = train(config, run_dir, resume=bool(args.resume), force=args.force, progress=args.progress)
     print(
         f"trained {config.model} on {config.data} for {result.steps} steps in {result.train_seconds:.0f} s: "
-        f"test NLL {result.test_nll:.4f} nats ({result.test_bpd:.4f} bits/dim)"
+        f"test NLL {result.test_nll:.4f} nats ({result.test_bpd:.4f} bits/dim) "
+        f"with the weights of step {result.selected_step}"
     )
     print(f"run directory: {run_dir}")
     if args.plots:
@@ -253,7 +254,7 @@ def _load_run(run: str, device: str):
     from clayflow.train.checkpoint import flow_from_checkpoint, read_checkpoint
     from clayflow.train.loop import resolve_device
 
-    payload = read_checkpoint(run)
+    payload = read_checkpoint(run, prefer_best=True)
     return flow_from_checkpoint(payload).to(resolve_device(device)).eval(), payload
 
 

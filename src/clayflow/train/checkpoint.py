@@ -19,7 +19,8 @@ from clayflow.files import atomic_write
 from clayflow.models import ModelSpec, build
 
 FORMAT_VERSION = 1
-CHECKPOINT_NAME = Path("checkpoints") / "last.pt"
+CHECKPOINT_NAME = Path("checkpoints") / "last.pt"  # full training state, for --resume
+BEST_NAME = Path("checkpoints") / "best.pt"  # weights with the lowest validation NLL
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
@@ -30,10 +31,13 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
     atomic_write(path, lambda file: torch.save(payload, file))
 
 
-def checkpoint_path(path: str | os.PathLike) -> Path:
-    """The checkpoint file of a run directory, or ``path`` itself if it is a file."""
+def checkpoint_path(path: str | os.PathLike, prefer_best: bool = False) -> Path:
+    """The checkpoint file of a run directory (``best.pt`` if ``prefer_best`` and the run kept
+    one, else ``last.pt``), or ``path`` itself if it is a file."""
     path = Path(path)
     if path.is_dir():
+        if prefer_best and (path / BEST_NAME).exists():
+            return path / BEST_NAME
         candidate = path / CHECKPOINT_NAME
         if not candidate.exists():
             raise ClayflowError(
@@ -45,9 +49,11 @@ def checkpoint_path(path: str | os.PathLike) -> Path:
     return path
 
 
-def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def read_checkpoint(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu", prefer_best: bool = False
+) -> dict[str, Any]:
     """Read and validate a checkpoint (run directory or file) with ``weights_only=True``."""
-    path = checkpoint_path(path)
+    path = checkpoint_path(path, prefer_best)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch.load raises many types for bad files
@@ -93,7 +99,10 @@ def flow_from_checkpoint(payload: dict[str, Any], weights: str = "inference") ->
 def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> Flow:
     """A trained ``Flow`` in eval mode from a run directory or a checkpoint file.
 
+    From a run directory it is the model with the best validation NLL when the run kept one
+    (``--select-best``, the default), else the last.
+
     >>> # flow = clayflow.load("runs/realnvp-moons"); flow.sample(1000)
     """
-    flow = flow_from_checkpoint(read_checkpoint(path, map_location="cpu"))
+    flow = flow_from_checkpoint(read_checkpoint(path, map_location="cpu", prefer_best=True))
     return flow.to(device).eval()

@@ -43,6 +43,7 @@ class TrainConfig:
     warmup: int = 200  # linear warm-up steps
     clip: float = 10.0  # gradient-norm clipping threshold (0 disables)
     ema: float = 0.0  # EMA decay of the weights used to evaluate (0 disables, e.g. 0.999)
+    select_best: bool = True  # keep and use the weights with the lowest validation NLL
     seed: int = 0  # seed of initialisation and batch order
     eval_every: int = 250  # steps between validation evaluations (and metrics rows)
     checkpoint_every: int = 500  # steps between checkpoints

@@ -24,7 +24,7 @@ from clayflow.core import Flow
 from clayflow.data import Dataset, load_dataset, standardization
 from clayflow.errors import ClayflowError
 from clayflow.models import ModelSpec, build, model_options
-from clayflow.train.checkpoint import CHECKPOINT_NAME, read_checkpoint, save_checkpoint
+from clayflow.train.checkpoint import BEST_NAME, CHECKPOINT_NAME, read_checkpoint, save_checkpoint
 from clayflow.train.config import TrainConfig
 from clayflow.train.run import MetricsLog, prepare_new_run, write_json
 from clayflow.train.schedule import make_scheduler
@@ -54,6 +54,7 @@ class TrainResult:
     test_bpd: float
     val_nll: float
     train_seconds: float
+    selected_step: int  # the step whose weights were evaluated (best validation, or last)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
@@ -170,6 +171,7 @@ class _Trainer:
         self.train_x = data.train.to(device)
         self.step, self.loss_sum, self.loss_count, self.train_seconds = 0, 0.0, 0, 0.0
         self.last_saved_step = None
+        self.best_val_nll, self.best_step = math.inf, None
         if checkpoint is not None:
             self._restore(checkpoint)
         self.metrics = MetricsLog(run_dir / "metrics.csv", resume_step=self.step if checkpoint else None)
@@ -192,6 +194,8 @@ class _Trainer:
             "loss_sum": self.loss_sum,
             "loss_count": self.loss_count,
             "train_seconds": self.train_seconds,
+            "best_val_nll": self.best_val_nll,
+            "best_step": self.best_step,
         }
 
     def _save(self) -> None:
@@ -210,6 +214,7 @@ class _Trainer:
             self.step = checkpoint["step"]
             self.loss_sum, self.loss_count = checkpoint["loss_sum"], checkpoint["loss_count"]
             self.train_seconds = checkpoint["train_seconds"]
+            self.best_val_nll, self.best_step = checkpoint["best_val_nll"], checkpoint["best_step"]
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             raise ClayflowError(f"checkpoint in {self.run_dir} cannot resume this run: {exc}") from None
         self.last_saved_step = self.step
@@ -290,6 +295,18 @@ class _Trainer:
             "elapsed_s": self.train_seconds,
         }
         self.metrics.append(row)
+        if self.config.select_best and val_nll < self.best_val_nll:
+            self.best_val_nll, self.best_step = val_nll, self.step
+            save_checkpoint(
+                self.run_dir / BEST_NAME,
+                {
+                    "model_spec": self.spec.to_dict(),
+                    "data_columns": self.data.columns,
+                    "step": self.step,
+                    "val_nll": val_nll,
+                    "model": self._eval_flow().state_dict(),
+                },
+            )
         self.loss_sum, self.loss_count = 0.0, 0
         bar.set_postfix(nll=f"{row['train_nll']:.3f}", val=f"{val_nll:.3f}", refresh=True)
         if not self.progress:
@@ -300,7 +317,12 @@ class _Trainer:
             )
 
     def _finish(self) -> TrainResult:
-        flow = self._eval_flow()
+        flow, selected_step = self._eval_flow(), self.step
+        if self.best_step is not None:
+            best = read_checkpoint(self.run_dir / BEST_NAME)
+            flow = build(self.spec).to(self.device)
+            flow.load_state_dict(best["model"])
+            selected_step = best["step"]
         test_nll = evaluate_nll(flow, self.data.test)
         result = TrainResult(
             run_dir=self.run_dir,
@@ -309,6 +331,7 @@ class _Trainer:
             test_bpd=test_nll / (self.data.features * math.log(2)),
             val_nll=evaluate_nll(flow, self.data.val),
             train_seconds=self.train_seconds,
+            selected_step=selected_step,
         )
         write_json(self.run_dir / "results.json", result.to_dict())
         return result
