@@ -181,13 +181,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     """Write ``--n`` samples at ``--temperature`` to a .csv/.npy file."""
-    from clayflow.data.tabular import write_table
+    from clayflow.data.tabular import check_output_path, write_table
 
     if args.n <= 0:
         raise ClayflowError(f"--n must be a positive number of samples, got {args.n}")
     if not args.temperature > 0:
         raise ClayflowError(f"--temperature must be > 0, got {args.temperature}")
-    _check_output_suffix(args.out)
+    check_output_path(args.out)  # fail before the expensive part
     flow, payload = _load_run(args.run, args.device)
     torch.manual_seed(args.seed)
     chunks = [flow.sample(len(c), args.temperature).cpu() for c in torch.arange(args.n).split(65536)]
@@ -201,9 +201,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_score(args: argparse.Namespace) -> int:
     """Write the log-likelihood (nats, data units) of each row of ``--data``."""
     from clayflow.data import load_dataset, looks_like_path
-    from clayflow.data.tabular import read_table, write_table
+    from clayflow.data.tabular import check_output_path, read_table, write_table
 
-    _check_output_suffix(args.out)
+    check_output_path(args.out)  # fail before the expensive part
     flow, _ = _load_run(args.run, args.device)
     if looks_like_path(args.data):
         values, _ = read_table(args.data)
@@ -256,11 +256,6 @@ def _load_run(run: str, device: str):
 
     payload = read_checkpoint(run, prefer_best=True)
     return flow_from_checkpoint(payload).to(resolve_device(device)).eval(), payload
-
-
-def _check_output_suffix(path: str) -> None:
-    if Path(path).suffix.lower() not in (".csv", ".npy"):
-        raise ClayflowError(f"--out {path} must end in .csv or .npy")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -65,6 +65,3 @@ class DiagonalNormal(nn.Module):
 
 def _as_shape(event_shape: tuple[int, ...] | int) -> tuple[int, ...]:
     return (event_shape,) if isinstance(event_shape, int) else tuple(event_shape)
-
-
-BASES = {"normal": StandardNormal, "diagonal": DiagonalNormal}

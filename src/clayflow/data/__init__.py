@@ -28,7 +28,6 @@ class Dataset:
     """Train/validation/test tensors ``(N, D)`` float32 of one data source."""
 
     name: str
-    kind: str  # "toy" or "tabular"
     train: Tensor
     val: Tensor
     test: Tensor
@@ -82,7 +81,7 @@ def standardization(train: Tensor) -> tuple[Tensor, Tensor]:
 def _toy_dataset(name: str) -> Dataset:
     rng = np.random.default_rng(DATA_SEED)
     splits = {split: _to_tensor(TOYS[name](size, rng)) for split, size in TOY_SIZES.items()}
-    return Dataset(name, "toy", **splits)
+    return Dataset(name, **splits)
 
 
 def _split_table(name: str, values: np.ndarray, columns: list[str] | None) -> Dataset:
@@ -96,7 +95,7 @@ def _split_table(name: str, values: np.ndarray, columns: list[str] | None) -> Da
     n_val = max(1, round(SPLIT_FRACTIONS[1] * n))
     parts = np.split(values[order], [n_train, n_train + n_val])
     train, val, test = (_to_tensor(p) for p in parts)
-    return Dataset(name, "tabular", train, val, test, columns)
+    return Dataset(name, train, val, test, columns)
 
 
 def _to_tensor(values: np.ndarray) -> Tensor:

@@ -140,14 +140,20 @@ def _check_values(values: np.ndarray, path: Path) -> None:
         )
 
 
-def write_table(path: str | os.PathLike, values: np.ndarray, columns: list[str]) -> None:
-    """Atomically write rows to ``.csv`` (with a header) or ``.npy``, chosen by the suffix."""
+def check_output_path(path: str | os.PathLike) -> Path:
+    """``path`` if a table can be written there (``.csv``/``.npy`` in an existing directory)."""
     path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in (".csv", ".npy"):
+    if path.suffix.lower() not in (".csv", ".npy"):
         raise ClayflowError(f"output file {path} must end in .csv or .npy")
     if not path.parent.is_dir():
         raise ClayflowError(f"cannot write {path}: directory {path.parent} does not exist")
+    return path
+
+
+def write_table(path: str | os.PathLike, values: np.ndarray, columns: list[str]) -> None:
+    """Atomically write rows to ``.csv`` (with a header) or ``.npy``, chosen by the suffix."""
+    path = check_output_path(path)
+    suffix = path.suffix.lower()
 
     def write(file):
         if suffix == ".npy":

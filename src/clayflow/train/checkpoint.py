@@ -74,19 +74,16 @@ def read_checkpoint(
     return payload
 
 
-def flow_from_checkpoint(payload: dict[str, Any], weights: str = "inference") -> Flow:
-    """Rebuild the flow a checkpoint describes and load its weights.
-
-    ``weights="inference"`` takes the EMA weights when the run kept them, else the trained
-    ones; ``"training"`` always takes the trained ones (to resume).
-    """
+def flow_from_checkpoint(payload: dict[str, Any]) -> Flow:
+    """Rebuild the flow a checkpoint describes and load its weights for inference: the EMA
+    weights when the run kept them, else the trained ones."""
     try:
         spec = ModelSpec(**payload["model_spec"])
         flow = build(spec)
     except (TypeError, ClayflowError) as exc:
         raise ClayflowError(f"the checkpoint's model cannot be rebuilt: {exc}") from None
     state = payload["model"]
-    if weights == "inference" and payload.get("ema") is not None:
+    if payload.get("ema") is not None:
         state = {k.removeprefix("module."): v for k, v in payload["ema"].items() if k.startswith("module.")}
     try:
         flow.load_state_dict(state)

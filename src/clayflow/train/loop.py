@@ -24,7 +24,13 @@ from clayflow.core import Flow
 from clayflow.data import Dataset, load_dataset, standardization
 from clayflow.errors import ClayflowError
 from clayflow.models import ModelSpec, build, model_options
-from clayflow.train.checkpoint import BEST_NAME, CHECKPOINT_NAME, read_checkpoint, save_checkpoint
+from clayflow.train.checkpoint import (
+    BEST_NAME,
+    CHECKPOINT_NAME,
+    flow_from_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
 from clayflow.train.config import TrainConfig
 from clayflow.train.run import MetricsLog, prepare_new_run, write_json
 from clayflow.train.schedule import make_scheduler
@@ -317,19 +323,19 @@ class _Trainer:
             )
 
     def _finish(self) -> TrainResult:
-        flow, selected_step = self._eval_flow(), self.step
         if self.best_step is not None:
-            best = read_checkpoint(self.run_dir / BEST_NAME)
-            flow = build(self.spec).to(self.device)
-            flow.load_state_dict(best["model"])
-            selected_step = best["step"]
+            flow = flow_from_checkpoint(read_checkpoint(self.run_dir / BEST_NAME)).to(self.device)
+            selected_step, val_nll = self.best_step, self.best_val_nll
+        else:
+            flow, selected_step = self._eval_flow(), self.step
+            val_nll = evaluate_nll(flow, self.data.val)
         test_nll = evaluate_nll(flow, self.data.test)
         result = TrainResult(
             run_dir=self.run_dir,
             steps=self.step,
             test_nll=test_nll,
             test_bpd=test_nll / (self.data.features * math.log(2)),
-            val_nll=evaluate_nll(flow, self.data.val),
+            val_nll=val_nll,
             train_seconds=self.train_seconds,
             selected_step=selected_step,
         )
