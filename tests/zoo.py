@@ -2,6 +2,9 @@
 
 ``ZOO[name]()`` returns ``(transform, event_shape)``. Parameters are randomised (a
 zero-initialised coupling is the identity, whose log-det test could not fail).
+``inputs(name, shape, batch)`` draws inputs from the transform's domain. ``STOCHASTIC``
+holds transforms that are not deterministic bijections (dequantization), which have their
+own tests in ``test_preprocess.py``.
 """
 
 from __future__ import annotations
@@ -12,15 +15,17 @@ import torch
 from torch import nn
 
 from clayflow import transforms as T
+from clayflow.models.image import realnvp_image
 from clayflow.nn import MLP, ResidualMLP
+from clayflow.nn.resnet import ConvResNet
 
 
-def randomize(module: nn.Module, seed: int = 0) -> nn.Module:
-    """Random parameters and statistics, so every term of every log-det is exercised."""
+def randomize(module: nn.Module, seed: int = 0, scale: float = 0.5) -> nn.Module:
+    """Random parameters (std ``scale``) and statistics, so every term of every log-det is exercised."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+            p.copy_(torch.randn(p.shape, generator=g) * scale)
         for name, b in module.named_buffers():
             if not b.is_floating_point() or b.dim() == 0:
                 continue
@@ -37,6 +42,24 @@ def _conv(i: int, o: int) -> nn.Module:
 
 mlp = partial(MLP, hidden=16, depth=2, activation=nn.Tanh)
 resmlp = partial(ResidualMLP, hidden=16, depth=1, activation=nn.Tanh)
+resnet = partial(ConvResNet, hidden=8, blocks=1)
+
+
+def _multiscale():
+    first = T.Compose(
+        T.AffineCoupling(T.checkerboard_mask((1, 4, 4)), _conv),
+        T.Squeeze(),
+        T.AffineCoupling(T.half_mask(4, 1), resnet),
+    )
+    last = T.AffineCoupling(T.checkerboard_mask((2, 2, 2), 1), _conv)
+    return T.MultiScale([first, last], (1, 4, 4)), (1, 4, 4)
+
+
+def _realnvp_image():
+    """The image RealNVP after its dequantization: inputs are continuous in [0, levels)."""
+    flow = realnvp_image((1, 4, 4), 17, scales=2, hidden=8, depth=1)
+    return T.Compose(*list(flow.transform)[1:]), (1, 4, 4)
+
 
 ZOO = {
     "affine_coupling_half": lambda: (T.AffineCoupling(T.half_mask(5), mlp), (5,)),
@@ -63,10 +86,42 @@ ZOO = {
         (4,),
     ),
     "inverse": lambda: (T.Inverse(T.AffineCoupling(T.alternating_mask(4), mlp)), (4,)),
+    "affine_coupling_checkerboard": lambda: (
+        T.AffineCoupling(T.checkerboard_mask((2, 4, 4)), _conv),
+        (2, 4, 4),
+    ),
+    "affine_coupling_checkerboard_resnet": lambda: (
+        T.AffineCoupling(T.checkerboard_mask((1, 4, 4), 1), resnet, scale_bound="soft_clamp"),
+        (1, 4, 4),
+    ),
+    "affine_coupling_channels_resnet": lambda: (T.AffineCoupling(T.half_mask(4, 1), resnet), (4, 2, 2)),
+    "squeeze": lambda: (T.Squeeze(), (2, 4, 6)),
+    "scalar_affine": lambda: (T.ScalarAffine(0.25, -0.5), (2, 3)),
+    "logit": lambda: (T.Logit(0.05), (2, 2, 2)),
+    "multiscale": _multiscale,
+    "realnvp_image": _realnvp_image,
 }
+
+# Inputs of transforms whose domain is not all of R^D.
+DOMAINS = {
+    "logit": lambda shape, batch, dtype: torch.rand(batch, *shape, dtype=dtype),
+    "realnvp_image": lambda shape, batch, dtype: torch.rand(batch, *shape, dtype=dtype) * 17,
+}
+
+# A deep model with std-0.5 weights maps random latents far out of the logit's range.
+PARAMETER_SCALES = {"realnvp_image": 0.1}
+
+STOCHASTIC = {"dequantize": lambda: (T.Dequantize(17), (1, 3, 3))}
+
+
+def inputs(name: str, shape: tuple[int, ...], batch: int = 3, dtype=torch.float64) -> torch.Tensor:
+    """A batch from the domain of ``ZOO[name]`` (standard normal unless ``DOMAINS`` says)."""
+    if name in DOMAINS:
+        return DOMAINS[name](shape, batch, dtype)
+    return torch.randn(batch, *shape, dtype=dtype)
 
 
 def make(name: str, dtype=torch.float64) -> tuple[T.Transform, tuple[int, ...]]:
     """The zoo entry ``name``, randomised, in eval mode, in ``dtype``."""
     transform, shape = ZOO[name]()
-    return randomize(transform).to(dtype).eval(), shape
+    return randomize(transform, scale=PARAMETER_SCALES.get(name, 0.5)).to(dtype).eval(), shape

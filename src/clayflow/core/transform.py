@@ -38,6 +38,10 @@ class Transform(nn.Module):
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
+    def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The event shape ``forward`` returns for inputs of event ``shape`` (no batch dim)."""
+        return tuple(shape)
+
 
 class Compose(Transform):
     """Transforms applied in the order listed (data -> latent); log-dets add.
@@ -73,6 +77,11 @@ class Compose(Transform):
             logabsdet = logabsdet + ladj
         return z, logabsdet
 
+    def output_shape(self, shape):
+        for transform in self.transforms:
+            shape = transform.output_shape(shape)
+        return tuple(shape)
+
 
 class Inverse(Transform):
     """The inverse of a transform: its ``forward`` is the wrapped ``inverse`` and vice versa."""
@@ -86,6 +95,11 @@ class Inverse(Transform):
 
     def inverse(self, z, context=None):
         return self.transform(z, context)
+
+    def output_shape(self, shape):
+        if self.transform.output_shape(shape) != tuple(shape):
+            raise NotImplementedError("the output shape of an inverted reshaping transform is not inferred")
+        return tuple(shape)
 
 
 def identity_logabsdet(x: Tensor) -> Tensor:

@@ -46,51 +46,75 @@ def zero_init_last_layer(net: nn.Module) -> None:
 
 
 class _Coupling(Transform):
-    """Shared split/merge and conditioner logic; subclasses define the elementwise map."""
+    """Shared split/merge and conditioner logic; subclasses define the elementwise map.
+
+    Two ways to split, chosen by the mask's shape:
+
+    * a 1-D mask over dim 1 (features, or channels of an image): kept and transformed parts
+      are sliced out with ``index_select``, and the net sees only the kept part;
+    * a mask of the whole event shape ``(C, H, W)`` (e.g. a checkerboard): the net sees
+      ``x * mask`` at full size and its outputs are zeroed on the kept entries, so the map
+      is the identity there and the log-det counts only the transformed entries.
+    """
 
     params_per_feature = 1
 
     def __init__(self, mask: Tensor, make_net: NetFactory, context_features: int = 0):
         super().__init__()
         mask = torch.as_tensor(mask, dtype=torch.bool)
-        if mask.dim() != 1 or mask.all() or not mask.any():
+        if mask.dim() not in (1, 3) or mask.all() or not mask.any():
             raise ClayflowError(
-                "a coupling mask must be 1-D with at least one True (kept) and one False "
-                f"(transformed) entry; got {mask.tolist()}"
+                "a coupling mask must be 1-D (features/channels) or (C, H, W), with at least one "
+                f"True (kept) and one False (transformed) entry; got shape {tuple(mask.shape)}"
             )
-        kept = mask.nonzero().squeeze(1)
-        transformed = (~mask).nonzero().squeeze(1)
         self.register_buffer("mask", mask)
-        self.register_buffer("kept", kept)
-        self.register_buffer("transformed", transformed)
-        self.register_buffer("merge_order", torch.argsort(torch.cat([kept, transformed])))
-        self.net = make_net(len(kept) + context_features, self.params_per_feature * len(transformed))
+        self.elementwise = mask.dim() == 3
+        if self.elementwise:
+            if context_features:
+                raise ClayflowError("context is supported only by couplings with a 1-D mask")
+            channels = mask.shape[0]
+            self.net = make_net(channels, self.params_per_feature * channels)
+            self.transformed_features = channels
+        else:
+            kept = mask.nonzero().squeeze(1)
+            transformed = (~mask).nonzero().squeeze(1)
+            self.register_buffer("kept", kept)
+            self.register_buffer("transformed", transformed)
+            self.register_buffer("merge_order", torch.argsort(torch.cat([kept, transformed])))
+            self.net = make_net(len(kept) + context_features, self.params_per_feature * len(transformed))
+            self.transformed_features = len(transformed)
         zero_init_last_layer(self.net)
 
-    def _split(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        if x.shape[1] != self.mask.numel():
+    def _check(self, x: Tensor) -> None:
+        if self.elementwise:
+            if tuple(x.shape[1:]) != tuple(self.mask.shape):
+                raise ClayflowError(
+                    f"this coupling was built for images of shape {tuple(self.mask.shape)}, "
+                    f"got input of shape {tuple(x.shape)}"
+                )
+        elif x.dim() < 2 or x.shape[1] != self.mask.numel():
             raise ClayflowError(
                 f"this coupling was built for {self.mask.numel()} features, got input with "
-                f"{x.shape[1]} (shape {tuple(x.shape)})"
+                f"shape {tuple(x.shape)}"
             )
-        return x.index_select(1, self.kept), x.index_select(1, self.transformed)
 
-    def _merge(self, kept: Tensor, transformed: Tensor) -> Tensor:
-        return torch.cat([kept, transformed], dim=1).index_select(1, self.merge_order)
-
-    def _params(self, x_kept: Tensor, context: Tensor | None) -> Tensor:
+    def _couple(self, x: Tensor, context: Tensor | None, inverse: bool) -> tuple[Tensor, Tensor]:
+        self._check(x)
+        if self.elementwise:
+            free = (~self.mask).to(x.dtype).repeat(self.params_per_feature, 1, 1)
+            params = self.net(x * self.mask) * free
+            return self._map(x, params, inverse)
+        x_kept, x_rest = x.index_select(1, self.kept), x.index_select(1, self.transformed)
         inputs = x_kept if context is None else torch.cat([x_kept, context], dim=1)
-        return self.net(inputs)
+        out_rest, logabsdet = self._map(x_rest, self.net(inputs), inverse)
+        merged = torch.cat([x_kept, out_rest], dim=1).index_select(1, self.merge_order)
+        return merged, logabsdet
 
     def forward(self, x, context=None):
-        x_kept, x_rest = self._split(x)
-        z_rest, logabsdet = self._map(x_rest, self._params(x_kept, context), inverse=False)
-        return self._merge(x_kept, z_rest), logabsdet
+        return self._couple(x, context, inverse=False)
 
     def inverse(self, z, context=None):
-        z_kept, z_rest = self._split(z)
-        x_rest, logabsdet = self._map(z_rest, self._params(z_kept, context), inverse=True)
-        return self._merge(z_kept, x_rest), logabsdet
+        return self._couple(z, context, inverse=True)
 
     def _map(self, v: Tensor, params: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
@@ -102,15 +126,17 @@ class AffineCoupling(_Coupling):
     log|det dz/dx| = sum_i s_i(x_a), with ``s`` bounded as ``ScaleBound`` says.
 
     Args:
-        mask: bool ``(D,)``; True entries pass through and condition the rest.
+        mask: bool ``(D,)`` or ``(C,)`` (channel-wise), or ``(C, H, W)`` (e.g. checkerboard);
+            True entries pass through and condition the rest.
         make_net: factory ``(in_features, out_features) -> nn.Module``; it maps
-            ``(B, D_a [+ K]) -> (B, 2 D_b)`` (shift, then raw scale). Its last layer is
-            zero-initialised here, so a new coupling is the identity.
+            ``(B, D_a [+ K]) -> (B, 2 D_b)`` (shift, then raw scale), or for a ``(C, H, W)``
+            mask ``(B, C, H, W) -> (B, 2C, H, W)``. Its last layer is zero-initialised here,
+            so a new coupling is the identity.
         context_features: size ``K`` of an optional context appended to the net's input.
         scale_bound: ``ScaleBound.TANH`` (learned ``a``) or ``ScaleBound.SOFT_CLAMP``.
         clamp: ``c`` of the soft clamp.
     Shape:
-        x: ``(B, D)`` or ``(B, C, H, W)`` with the mask over C -> z like x, logabsdet ``(B,)``.
+        x: ``(B, D)`` or ``(B, C, H, W)`` -> z like x, logabsdet ``(B,)``.
     Reference: Dinh et al., Density estimation using Real NVP, 2017.
     """
 
@@ -128,7 +154,7 @@ class AffineCoupling(_Coupling):
         self.scale_bound = ScaleBound(scale_bound)
         self.clamp = float(clamp)
         if self.scale_bound is ScaleBound.TANH:
-            self.scale_factor = nn.Parameter(torch.ones(len(self.transformed)))
+            self.scale_factor = nn.Parameter(torch.ones(self.transformed_features))
 
     def log_scale(self, raw: Tensor) -> Tensor:
         """The bounded log-scale ``s`` from the raw network output (see ``ScaleBound``)."""

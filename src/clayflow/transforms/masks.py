@@ -33,3 +33,14 @@ def make_mask(kind: MaskKind, features: int, parity: int) -> Tensor:
     """The mask of ``kind`` for ``features`` with the given parity."""
     builder = {MaskKind.HALF: half_mask, MaskKind.ALTERNATING: alternating_mask}[kind]
     return builder(features, parity)
+
+
+def checkerboard_mask(shape: tuple[int, int, int], parity: int = 0) -> Tensor:
+    """``(C, H, W)`` mask: pixel ``(i, j)`` passes through when ``(i + j) % 2 == parity``.
+
+    >>> checkerboard_mask((1, 2, 3)).int().tolist()
+    [[[1, 0, 1], [0, 1, 0]]]
+    """
+    channels, height, width = shape
+    rows, cols = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    return ((rows + cols) % 2 == parity % 2).expand(channels, height, width).clone()

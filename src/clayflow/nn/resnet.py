@@ -1,0 +1,63 @@
+"""Convolutional ResNet conditioner for image couplings, built as ``make_net(in, out)``."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from torch import Tensor, nn
+
+from clayflow.errors import parse_choice
+
+
+class Norm(str, Enum):
+    """Normalisation inside the conditioner: batch norm (RealNVP) or none."""
+
+    BATCH = "batch"
+    NONE = "none"
+
+
+def _norm(kind: Norm, channels: int) -> nn.Module:
+    return nn.BatchNorm2d(channels) if kind is Norm.BATCH else nn.Identity()
+
+
+class ConvResidualBlock(nn.Module):
+    """h + conv3x3(act(norm(conv3x3(act(norm(h)))))): pre-activation block of constant width."""
+
+    def __init__(self, channels: int, norm: Norm):
+        super().__init__()
+        self.body = nn.Sequential(
+            _norm(norm, channels),
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, padding=1, bias=norm is Norm.NONE),
+            _norm(norm, channels),
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+        )
+
+    def forward(self, h: Tensor) -> Tensor:
+        return h + self.body(h)
+
+
+class ConvResNet(nn.Module):
+    """conv3x3(hidden) -> residual blocks x ``blocks`` -> norm, ReLU -> conv3x3(out).
+
+    The output conv is registered last, so a coupling zero-initialises it. Padding keeps
+    the spatial size.
+
+    Shape:
+        ``(B, in_channels, H, W) -> (B, out_channels, H, W)``.
+    Reference: He et al., Identity mappings in deep residual networks, 2016 (as in RealNVP).
+    """
+
+    def __init__(
+        self, in_channels: int, out_channels: int, hidden: int = 64, blocks: int = 4, norm: str = "batch"
+    ):
+        super().__init__()
+        kind = parse_choice(Norm, norm, "conditioner normalisation")
+        self.input = nn.Conv2d(in_channels, hidden, 3, padding=1)
+        self.blocks = nn.Sequential(*[ConvResidualBlock(hidden, kind) for _ in range(blocks)])
+        self.head = nn.Sequential(_norm(kind, hidden), nn.ReLU())
+        self.output = nn.Conv2d(hidden, out_channels, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.output(self.head(self.blocks(self.input(x))))

@@ -1,0 +1,100 @@
+r"""Multi-scale architecture with factor-out (RealNVP Sec. 3.6, Glow Sec. 3).
+
+After each level but the last, half of the channels leave as latent and only the rest go
+on, so deeper levels work on fewer dimensions. The whole model still returns **one**
+latent tensor and accepts it back, so ``inverse(forward(x)) == x`` and a sample at any
+temperature is one draw from the base.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from clayflow.core.transform import Transform
+from clayflow.errors import ClayflowError
+
+
+class MultiScale(Transform):
+    r"""Levels of transforms on images with half the channels factored out after each.
+
+    ``forward`` runs ``levels[0]``, splits its output ``(B, C, H, W)`` into the first
+    ``C - C // 2`` channels (passed on to ``levels[1]``) and the last ``C // 2`` (factored
+    out), and so on; the last level's whole output is the top. The latent is
+
+        z = cat(flat(factored_0), ..., flat(factored_{L-2}), flat(top))    (B, D)
+
+    in that order; ``split_latent`` gives the per-level views back with their shapes.
+
+    Args:
+        levels: transforms, each mapping its input image to an image (e.g. couplings,
+            then a squeeze); their shapes are inferred with ``output_shape``.
+        event_shape: ``(C, H, W)`` of the input.
+    Shape:
+        x: ``(B, C, H, W)`` -> z ``(B, C * H * W)``, logabsdet ``(B,)``.
+    """
+
+    def __init__(self, levels: Sequence[Transform], event_shape: tuple[int, int, int]):
+        super().__init__()
+        if not levels:
+            raise ClayflowError("a multi-scale transform needs at least one level")
+        self.levels = nn.ModuleList(levels)
+        self.event_shape = tuple(event_shape)
+        self.kept_channels: list[int] = []
+        self.latent_shapes: list[tuple[int, ...]] = []  # factored parts, then the top
+        shape = self.event_shape
+        for i, level in enumerate(self.levels):
+            shape = level.output_shape(shape)
+            if i == len(self.levels) - 1:
+                break
+            channels = shape[0]
+            if channels < 2:
+                raise ClayflowError(f"level {i} outputs {channels} channel(s); factoring out needs >= 2")
+            kept = channels - channels // 2
+            self.kept_channels.append(kept)
+            self.latent_shapes.append((channels - kept, *shape[1:]))
+            shape = (kept, *shape[1:])
+        self.latent_shapes.append(tuple(shape))
+        self.latent_sizes = [torch.Size(s).numel() for s in self.latent_shapes]
+
+    def forward(self, x, context=None):
+        if tuple(x.shape[1:]) != self.event_shape:
+            raise ClayflowError(
+                f"this model was built for images of shape {self.event_shape}, got {tuple(x.shape[1:])}"
+            )
+        logabsdet = x.new_zeros(x.shape[0])
+        parts = []
+        for i, level in enumerate(self.levels):
+            x, ladj = level(x, context)
+            logabsdet = logabsdet + ladj
+            if i < len(self.kept_channels):
+                kept = self.kept_channels[i]
+                parts.append(x[:, kept:].reshape(x.shape[0], -1))
+                x = x[:, :kept]
+        parts.append(x.reshape(x.shape[0], -1))
+        return torch.cat(parts, dim=1), logabsdet
+
+    def inverse(self, z, context=None):
+        parts = self.split_latent(z)
+        x = parts[-1]
+        logabsdet = z.new_zeros(z.shape[0])
+        for i in reversed(range(len(self.levels))):
+            if i < len(self.kept_channels):
+                x = torch.cat([x, parts[i]], dim=1)
+            x, ladj = self.levels[i].inverse(x, context)
+            logabsdet = logabsdet + ladj
+        return x, logabsdet
+
+    def split_latent(self, z: Tensor) -> list[Tensor]:
+        """Per-level views of a latent ``(B, D)``: factored parts, then the top, as images."""
+        if z.dim() != 2 or z.shape[1] != sum(self.latent_sizes):
+            raise ClayflowError(
+                f"a latent of this model has shape (B, {sum(self.latent_sizes)}), got {tuple(z.shape)}"
+            )
+        chunks = z.split(self.latent_sizes, dim=1)
+        return [c.reshape(z.shape[0], *s) for c, s in zip(chunks, self.latent_shapes)]
+
+    def output_shape(self, shape):
+        return (sum(self.latent_sizes),)

@@ -1,0 +1,136 @@
+"""Image-specific transforms: squeeze and checkerboard properties, multi-scale latents,
+dequantization, and the bits/dim convention checked against independent computations."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import clayflow.transforms as T
+from clayflow.errors import ClayflowError
+from clayflow.models.image import default_scales, realnvp_image
+from zoo import STOCHASTIC
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 3), st.integers(1, 4), st.integers(1, 4), st.integers(1, 3))
+def test_squeeze_round_trip_and_shape(channels, half_h, half_w, batch):
+    x = torch.randn(batch, channels, 2 * half_h, 2 * half_w)
+    squeeze = T.Squeeze()
+    z, logabsdet = squeeze(x)
+    assert z.shape == (batch, 4 * channels, half_h, half_w)
+    assert squeeze.output_shape(x.shape[1:]) == tuple(z.shape[1:])
+    assert torch.equal(squeeze.inverse(z)[0], x) and torch.equal(logabsdet, torch.zeros(batch))
+    # Each output pixel holds exactly the 2x2 block it came from.
+    block = x[:, :, :2, :2].reshape(batch, channels, 4)
+    torch.testing.assert_close(z[:, :, 0, 0].reshape(batch, channels, 4), block)
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 4), (2, 4, 5)])
+def test_squeeze_refuses_odd_sizes(shape):
+    with pytest.raises(ClayflowError, match="even height and width"):
+        T.Squeeze()(torch.randn(2, *shape))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 3), st.integers(1, 6), st.integers(2, 6), st.integers(0, 3))
+def test_checkerboard_parities_complement_and_alternate(channels, height, width, parity):
+    mask = T.checkerboard_mask((channels, height, width), parity)
+    other = T.checkerboard_mask((channels, height, width), parity + 1)
+    assert torch.equal(mask, ~other)
+    assert torch.equal(mask[:, :, 1:], ~mask[:, :, :-1])  # neighbours differ
+    assert bool(mask[0, 0, 0]) == (parity % 2 == 0)
+
+
+def test_checkerboard_coupling_leaves_kept_pixels_unchanged():
+    from zoo import make
+
+    coupling, shape = make("affine_coupling_checkerboard")
+    x = torch.randn(4, *shape, dtype=torch.float64)
+    z, _ = coupling(x)
+    kept = coupling.mask.expand_as(x)
+    assert torch.equal(z[kept], x[kept]) and not torch.allclose(z[~kept], x[~kept])
+
+
+def test_multiscale_latent_order_and_views():
+    flow = realnvp_image((1, 8, 8), 17, hidden=8, depth=1)
+    multiscale = flow.transform[-1]
+    assert multiscale.latent_shapes == [(2, 4, 4), (2, 4, 4)]
+    z = torch.arange(64.0).unsqueeze(0)
+    factored, top = multiscale.split_latent(z)
+    assert torch.equal(factored.flatten(), torch.arange(32.0)) and torch.equal(
+        top.flatten(), torch.arange(32.0, 64)
+    )
+    with pytest.raises(ClayflowError, match=r"shape \(B, 64\)"):
+        multiscale.split_latent(torch.zeros(1, 63))
+
+
+@pytest.mark.parametrize(
+    "shape, scales", [((1, 8, 8), 2), ((1, 28, 28), 3), ((3, 32, 32), 3), ((1, 6, 6), 1), ((3, 16, 16), 3)]
+)
+def test_default_scales_fit_the_image(shape, scales):
+    assert default_scales(shape) == scales
+    flow = realnvp_image(shape, hidden=4, depth=0)
+    x = torch.randint(0, 256, (2, *shape)).float()
+    z, _ = flow(x)
+    assert z.shape == (2, math.prod(shape))
+    assert torch.equal(flow.inverse(z)[0], x)
+
+
+def test_image_model_refuses_sizes_it_cannot_squeeze():
+    with pytest.raises(ClayflowError, match="divisible by 4.*--scales 2"):
+        realnvp_image((1, 10, 10), scales=3)
+
+
+def test_dequantize_adds_fresh_unit_noise_and_quantizes_back():
+    dequantize, shape = STOCHASTIC["dequantize"]()
+    x = torch.randint(0, 17, (2000, *shape)).double()
+    y, logabsdet = dequantize(x)
+    assert torch.all((y >= x) & (y < x + 1)) and torch.equal(logabsdet, torch.zeros(2000))
+    assert abs((y - x).mean().item() - 0.5) < 0.01  # U[0, 1): mean 1/2
+    assert not torch.equal(dequantize(x)[0], y)  # fresh noise on each call
+    assert torch.equal(dequantize.inverse(y)[0], x)
+    assert torch.equal(
+        dequantize.inverse(torch.tensor([[-3.0, 16.99, 40.0]]))[0], torch.tensor([[0.0, 16, 16]])
+    )
+
+
+def _normal_logpdf(v):
+    return -0.5 * v**2 - 0.5 * math.log(2 * math.pi)
+
+
+def test_bits_per_dim_of_an_untrained_model_matches_an_independent_formula():
+    """A fresh model is the identity after the pre-processing, so log p has a closed form:
+    sum_i [log N(logit p_i) + log(1 - 2a) - log k - log p_i - log(1 - p_i)], p = a + (1-2a)(x+u)/k."""
+    k, alpha = 17, 0.05
+    flow = realnvp_image((1, 8, 8), k, hidden=8, depth=1, alpha=alpha).double().eval()
+    x = torch.randint(0, k, (6, 1, 8, 8)).double()
+    torch.manual_seed(3)
+    bpd = flow.bits_per_dim(x).detach().numpy()
+    torch.manual_seed(3)
+    u = torch.rand_like(x).numpy()  # the same dequantization noise
+    p = alpha + (1 - 2 * alpha) * (x.numpy() + u) / k
+    logit = np.log(p) - np.log1p(-p)
+    log_p = (_normal_logpdf(logit) + np.log(1 - 2 * alpha) - np.log(k) - np.log(p) - np.log1p(-p)).sum(
+        (1, 2, 3)
+    )
+    np.testing.assert_allclose(bpd, -log_p / (64 * np.log(2)), rtol=1e-12)
+
+
+def test_continuous_density_mass_equals_the_discrete_total():
+    """Integrating p over [0, k)^D (midpoint rule) gives the total probability the model puts
+    on the k^D discrete images; for the identity model it is (Phi(b) - Phi(-b))^D with
+    b = logit(1 - alpha), which checks every pre-processing log-det and the units of [0, k)."""
+    k, alpha, n = 3, 0.05, 300
+    flow = realnvp_image((1, 1, 2), k, scales=1, hidden=4, depth=1, alpha=alpha).double().eval()
+    after_dequantization = T.Compose(*list(flow.transform)[1:])
+    grid = (torch.arange(n, dtype=torch.float64) + 0.5) * k / n
+    y = torch.cartesian_prod(grid, grid).reshape(-1, 1, 1, 2)
+    z, logabsdet = after_dequantization(y)
+    mass = (flow.base.log_prob(z) + logabsdet).exp().sum().item() * (k / n) ** 2
+    b = math.log((1 - alpha) / alpha)
+    expected = math.erf(b / math.sqrt(2)) ** 2
+    assert abs(mass - expected) < 1e-5, (mass, expected)
