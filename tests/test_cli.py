@@ -222,9 +222,10 @@ def test_checkpoint_of_another_model_is_refused(good_run, tmp_path, capsys):
     code, _, err = run_cli(capsys, "sample", tmp_path / "other.pt", "--out", tmp_path / "s.csv")
     assert code == 1 and "do not fit its model 'realnvp'" in err
     payload["model_spec"]["name"] = "nice"
+    payload["model_spec"]["options"]["scale_bound"] = "tanh"  # NICE has no scale bound
     torch.save(payload, tmp_path / "other.pt")
     code, _, err = run_cli(capsys, "sample", tmp_path / "other.pt", "--out", tmp_path / "s.csv")
-    assert code == 1 and "checkpoint's model cannot be rebuilt: model 'nice' has no option" in err
+    assert code == 1 and "checkpoint's model cannot be rebuilt: model 'nice' on vectors has no option" in err
 
 
 def test_real_process_prints_no_traceback(tmp_path):

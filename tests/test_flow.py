@@ -66,7 +66,7 @@ def test_bits_per_dim():
 
 def test_standardize_keeps_likelihood_in_data_units():
     """Scaling the data by c and standardising gives log p shifted by exactly -D log c."""
-    flow = build(ModelSpec("realnvp", 2, {"layers": 2, "hidden": 8}, standardize=True))
+    flow = build(ModelSpec("realnvp", [2], {"layers": 2, "hidden": 8}, standardize=True))
     randomize(flow.transform[1:])
     flow.eval()
     x = torch.randn(5, 2, dtype=torch.float64)

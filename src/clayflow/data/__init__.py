@@ -1,7 +1,8 @@
 """Datasets by name or path, split deterministically into train/validation/test.
 
 ``load_dataset("moons")`` (a 2D toy), ``load_dataset("wine")`` (scikit-learn's bundled
-tables) or ``load_dataset("path/to/file.csv")`` (the user's own ``.csv``/``.npy``).
+tables), ``load_dataset("path/to/file.csv")`` (the user's own ``.csv``/``.npy``), or images:
+``digits``, ``patches``, ``mnist:DIR``, ``cifar10:DIR``, ``images:DIR`` (see ``images.py``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from clayflow.data.images import ImageSource, is_image_spec, load_image_source
 from clayflow.data.tabular import SKLEARN_TABLES, TABLE_SUFFIXES, load_sklearn_table, read_table
 from clayflow.data.toys import TOYS
 from clayflow.errors import ClayflowError
@@ -25,13 +27,24 @@ DATA_SEED = 0  # splits and toy samples never depend on the training seed
 
 @dataclass
 class Dataset:
-    """Train/validation/test tensors ``(N, D)`` float32 of one data source."""
+    """Train/validation/test tensors of one data source: ``(N, D)`` float32 for vectors, or
+    ``(N, C, H, W)`` uint8 intensity levels in ``[0, levels)`` for images."""
 
     name: str
     train: Tensor
     val: Tensor
     test: Tensor
     columns: list[str] | None = None
+    levels: int | None = None  # images only
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        return tuple(self.train.shape[1:])
+
+    @property
+    def dims(self) -> int:
+        """Elements D per example (the D of bits/dim)."""
+        return self.train[0].numel()
 
     @property
     def features(self) -> int:
@@ -40,11 +53,13 @@ class Dataset:
 
 def dataset_names() -> list[str]:
     """Every built-in dataset name."""
-    return [*TOYS, *SKLEARN_TABLES]
+    return [*TOYS, *SKLEARN_TABLES, "digits", "patches"]
 
 
 def load_dataset(spec: str) -> Dataset:
     """The dataset named ``spec``, or the table in the file ``spec``."""
+    if is_image_spec(spec):
+        return _split_images(load_image_source(spec))
     if spec in TOYS:
         return _toy_dataset(spec)
     if spec in SKLEARN_TABLES:
@@ -55,7 +70,7 @@ def load_dataset(spec: str) -> Dataset:
         return _split_table(spec, values, columns)
     raise ClayflowError(
         f"unknown dataset {spec!r}; choose one of: {', '.join(dataset_names())}, "
-        f"or give a path to a {'/'.join(TABLE_SUFFIXES)} file"
+        f"mnist:DIR, cifar10:DIR, images:DIR, or a path to a {'/'.join(TABLE_SUFFIXES)} file"
     )
 
 
@@ -84,18 +99,32 @@ def _toy_dataset(name: str) -> Dataset:
     return Dataset(name, **splits)
 
 
-def _split_table(name: str, values: np.ndarray, columns: list[str] | None) -> Dataset:
+def _split(name: str, values: np.ndarray, fractions: tuple[float, ...] = SPLIT_FRACTIONS) -> list[np.ndarray]:
+    """A deterministic shuffle of ``values`` cut at the cumulative ``fractions``."""
     n = len(values)
     if n < MIN_ROWS:
         raise ClayflowError(
             f"{name} has {n} row(s); training needs at least {MIN_ROWS} to split into train/validation/test"
         )
     order = np.random.default_rng(DATA_SEED).permutation(n)
-    n_train = round(SPLIT_FRACTIONS[0] * n)
-    n_val = max(1, round(SPLIT_FRACTIONS[1] * n))
-    parts = np.split(values[order], [n_train, n_train + n_val])
-    train, val, test = (_to_tensor(p) for p in parts)
+    n_first = round(fractions[0] * n)
+    cuts = [n_first] if len(fractions) == 1 else [n_first, n_first + max(1, round(fractions[1] * n))]
+    return np.split(values[order], cuts)
+
+
+def _split_table(name: str, values: np.ndarray, columns: list[str] | None) -> Dataset:
+    train, val, test = (_to_tensor(p) for p in _split(name, values))
     return Dataset(name, train, val, test, columns)
+
+
+def _split_images(source: ImageSource) -> Dataset:
+    """80/10/10, or for a published train/test pair, 90/10 of the train part and its test."""
+    if source.images is not None:
+        parts = _split(source.name, source.images)
+    else:
+        parts = [*_split(source.name, source.train, (0.9,)), source.test]
+    train, val, test = (torch.from_numpy(np.ascontiguousarray(p)) for p in parts)
+    return Dataset(source.name, train, val, test, levels=source.levels)
 
 
 def _to_tensor(values: np.ndarray) -> Tensor:

@@ -1,4 +1,9 @@
-"""Model builders by name, and ``ModelSpec``: what a checkpoint needs to rebuild a model."""
+"""Model builders by name and data kind, and ``ModelSpec``: what a checkpoint needs to rebuild a model.
+
+A name can have one builder for vectors ``(D,)`` and one for images ``(C, H, W)``:
+``realnvp`` is the coupling flow of ``vector.realnvp`` on tables and toys and the
+multi-scale ``image.realnvp_image`` on images.
+"""
 
 from __future__ import annotations
 
@@ -8,48 +13,89 @@ from typing import Any
 
 from clayflow.core import Compose, Flow
 from clayflow.errors import ClayflowError
+from clayflow.models.image import realnvp_image
 from clayflow.models.vector import nice, realnvp
 from clayflow.transforms import Standardize
 
-MODELS = {"realnvp": realnvp, "nice": nice}
+VECTOR, IMAGE = "vector", "image"
+MODELS = {
+    "realnvp": {VECTOR: realnvp, IMAGE: realnvp_image},
+    "nice": {VECTOR: nice},
+}
 
 
 @dataclass
 class ModelSpec:
-    """A model by name: ``MODELS[name](features, **options)``, optionally preceded by a
-    ``Standardize`` layer whose statistics live in the state dict. JSON-serialisable."""
+    """A model by name for data of ``event_shape``, JSON-serialisable.
+
+    Vectors: ``MODELS[name]["vector"](D, **options)``, optionally preceded by a
+    ``Standardize`` layer whose statistics live in the state dict. Images:
+    ``MODELS[name]["image"]((C, H, W), levels, **options)``.
+    """
 
     name: str
-    features: int
+    event_shape: list[int]
     options: dict[str, Any] = field(default_factory=dict)
     standardize: bool = False
+    levels: int | None = None  # intensity levels of image data (the builder dequantizes)
+
+    @property
+    def kind(self) -> str:
+        return IMAGE if len(self.event_shape) == 3 else VECTOR
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ModelSpec:
+        values = dict(values)
+        if "features" in values:  # written before images existed: a vector model
+            values["event_shape"] = [values.pop("features")]
+        return cls(**values)
 
-def model_options(name: str) -> set[str]:
-    """The keyword options the builder ``name`` accepts."""
-    signature = inspect.signature(_builder(name))
+
+def data_kind(event_shape) -> str:
+    """``"image"`` for ``(C, H, W)`` events, ``"vector"`` for ``(D,)``."""
+    return IMAGE if len(event_shape) == 3 else VECTOR
+
+
+def model_options(name: str, kind: str = VECTOR) -> set[str]:
+    """The keyword options the builder of ``name`` for ``kind`` data accepts."""
+    signature = inspect.signature(_builder(name, kind))
     return {p.name for p in signature.parameters.values() if p.kind is p.KEYWORD_ONLY}
+
+
+def model_defaults(name: str, kind: str = VECTOR) -> dict[str, Any]:
+    """The builder's default value of each keyword option (recorded in checkpoints, so a
+    later change of a default cannot change a saved model)."""
+    signature = inspect.signature(_builder(name, kind))
+    return {p.name: p.default for p in signature.parameters.values() if p.kind is p.KEYWORD_ONLY}
 
 
 def build(spec: ModelSpec) -> Flow:
     """A fresh (untrained) flow for ``spec``."""
-    builder = _builder(spec.name)
-    unknown = set(spec.options) - model_options(spec.name)
+    builder = _builder(spec.name, spec.kind)
+    unknown = set(spec.options) - model_options(spec.name, spec.kind)
     if unknown:
-        raise ClayflowError(f"model {spec.name!r} has no option(s) {sorted(unknown)}")
-    flow = builder(spec.features, **spec.options)
+        raise ClayflowError(f"model {spec.name!r} on {spec.kind}s has no option(s) {sorted(unknown)}")
+    if spec.kind == IMAGE:
+        return builder(tuple(spec.event_shape), spec.levels, **spec.options)
+    if len(spec.event_shape) != 1:
+        raise ClayflowError(f"models need vectors (D,) or images (C, H, W), got shape {spec.event_shape}")
+    features = spec.event_shape[0]
+    flow = builder(features, **spec.options)
     if spec.standardize:
-        flow = Flow(Compose(Standardize(spec.features), *flow.transform), flow.base)
+        flow = Flow(Compose(Standardize(features), *flow.transform), flow.base)
     return flow
 
 
-def _builder(name: str):
+def _builder(name: str, kind: str):
     if name not in MODELS:
         raise ClayflowError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
-    return MODELS[name]
+    if kind not in MODELS[name]:
+        able = [n for n, builders in MODELS.items() if kind in builders]
+        raise ClayflowError(f"model {name!r} does not support {kind} data; use one of: {', '.join(able)}")
+    return MODELS[name][kind]
 
 
-__all__ = ["MODELS", "ModelSpec", "build", "model_options", "nice", "realnvp"]
+__all__ = ["MODELS", "ModelSpec", "build", "data_kind", "model_defaults", "model_options", "nice", "realnvp", "realnvp_image"]

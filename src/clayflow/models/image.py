@@ -60,7 +60,7 @@ def realnvp_image(
     *,
     scales: int | None = None,
     hidden: int = 64,
-    depth: int = 4,
+    depth: int = 2,
     norm: str = "batch",
     scale_bound: str = "tanh",
     batch_norm: bool = False,

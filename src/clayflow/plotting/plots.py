@@ -4,7 +4,8 @@
 * 2D data: ``samples.png`` (data beside model samples) and ``density.png`` (model density
   heat-map with the data overlaid);
 * more dimensions: ``marginals.png`` (per-column histograms, data vs model) and
-  ``pairs.png`` (pairwise scatter of the first columns).
+  ``pairs.png`` (pairwise scatter of the first columns);
+* images: ``samples.png``, ``data.png`` and ``reconstructions.png`` (see ``images.py``).
 """
 
 from __future__ import annotations
@@ -26,10 +27,17 @@ from clayflow.train.run import read_metrics
 SAMPLES = 5000
 
 
-def plot_run(run_dir: Path, flow: Flow, data_x: torch.Tensor, columns: list[str] | None = None) -> list[Path]:
+def plot_run(
+    run_dir: Path,
+    flow: Flow,
+    data_x: torch.Tensor,
+    columns: list[str] | None = None,
+    levels: int | None = None,
+) -> list[Path]:
     """Write every figure that applies into ``run_dir/plots``; return their paths.
 
-    ``data_x`` is held-out data ``(N, D)`` to compare the model's samples with.
+    ``data_x`` is held-out data, ``(N, D)``, or images ``(N, C, H, W)`` with ``levels``
+    intensity levels, to compare the model's samples with.
     """
     out = Path(run_dir) / "plots"
     out.mkdir(parents=True, exist_ok=True)
@@ -37,6 +45,10 @@ def plot_run(run_dir: Path, flow: Flow, data_x: torch.Tensor, columns: list[str]
     metrics = read_metrics(Path(run_dir) / "metrics.csv")
     if metrics:
         paths.append(plot_losses(metrics, out / "loss.png"))
+    if levels is not None:
+        from clayflow.plotting.images import plot_image_run
+
+        return paths + plot_image_run(run_dir, flow, data_x, levels)
     data = data_x[:SAMPLES].numpy()
     samples = flow.sample(len(data)).cpu().numpy()
     if data.shape[1] == 2:
@@ -57,7 +69,7 @@ def plot_losses(metrics: list[dict[str, str]], path: Path) -> Path:
     ax.set(xlabel="step", ylabel="NLL (nats / example)", title="Negative log-likelihood")
     ax.legend()
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_samples_2d(data: np.ndarray, samples: np.ndarray, path: Path) -> Path:
@@ -67,7 +79,7 @@ def plot_samples_2d(data: np.ndarray, samples: np.ndarray, path: Path) -> Path:
     for ax, points, title in ((axes[0], data, "data"), (axes[1], samples, "model samples")):
         ax.scatter(points[:, 0], points[:, 1], s=1, alpha=0.4)
         ax.set(title=title, xlim=(lo[0], hi[0]), ylim=(lo[1], hi[1]), aspect="equal")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_density_2d(flow: Flow, data: np.ndarray, path: Path, resolution: int = 300) -> Path:
@@ -86,7 +98,7 @@ def plot_density_2d(flow: Flow, data: np.ndarray, path: Path, resolution: int = 
     fig.colorbar(image, ax=ax, label="p(x)", fraction=0.046)
     ax.set(title="model density")
     ax.legend(loc="upper right", markerscale=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_marginals(
@@ -108,7 +120,7 @@ def plot_marginals(
         )
         ax.set_title(_name(columns, i), fontsize=9)
     axes.flat[0].legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_pairs(
@@ -130,7 +142,7 @@ def plot_pairs(
                 ax.set_xlabel(_name(columns, j), fontsize=8)
             if j == 0:
                 ax.set_ylabel(_name(columns, i), fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _bounds(data: np.ndarray, margin: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
@@ -143,7 +155,8 @@ def _name(columns: list[str] | None, i: int) -> str:
     return columns[i] if columns and i < len(columns) else f"x{i + 1}"
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
+    """Save ``fig`` as a PNG at ``path`` and close it."""
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

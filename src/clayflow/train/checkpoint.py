@@ -78,7 +78,7 @@ def flow_from_checkpoint(payload: dict[str, Any]) -> Flow:
     """Rebuild the flow a checkpoint describes and load its weights for inference: the EMA
     weights when the run kept them, else the trained ones."""
     try:
-        spec = ModelSpec(**payload["model_spec"])
+        spec = ModelSpec.from_dict(payload["model_spec"])
         flow = build(spec)
     except (TypeError, ClayflowError) as exc:
         raise ClayflowError(f"the checkpoint's model cannot be rebuilt: {exc}") from None

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import typing
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,28 +15,47 @@ import tomllib
 
 from clayflow.errors import ClayflowError
 
-# Config fields that are options of the model builder (see ``clayflow.models``).
-MODEL_FIELDS = ("layers", "hidden", "depth", "conditioner", "mask", "scale_bound", "batch_norm", "base")
+# Training defaults that depend on the data: images are larger, so smaller batches.
+KIND_DEFAULTS = {"vector": {"batch_size": 512, "lr": 2e-3}, "image": {"batch_size": 64, "lr": 1e-3}}
+
+# Config fields that are options of the model builder (see ``clayflow.models``). ``None``
+# means the builder's own default, which can differ between vector and image models.
+MODEL_FIELDS = (
+    "layers",
+    "hidden",
+    "depth",
+    "conditioner",
+    "mask",
+    "scale_bound",
+    "batch_norm",
+    "base",
+    "scales",
+    "norm",
+    "alpha",
+)
 
 
 @dataclass
 class TrainConfig:
     """Everything a training run depends on. Field comments are the CLI's help texts."""
 
-    model: str = "realnvp"  # model builder: realnvp or nice
-    data: str = "moons"  # built-in dataset name or path to a .csv/.npy file
+    model: str = "realnvp"  # model builder: realnvp or nice (vectors), realnvp (images)
+    data: str = "moons"  # dataset name (moons, wine, digits, patches, ...), mnist:DIR, cifar10:DIR, images:DIR, or a .csv/.npy file
     steps: int = 4000  # optimisation steps
-    batch_size: int = 512  # examples per step
-    lr: float = 2e-3  # peak learning rate
-    layers: int = 8  # coupling layers
-    hidden: int = 128  # conditioner width
-    depth: int = 2  # conditioner hidden layers (residual blocks for resmlp)
-    conditioner: str = "mlp"  # mlp or resmlp
-    mask: str = "alternating"  # alternating (even/odd) or half
-    scale_bound: str = "tanh"  # tanh (RealNVP, learned factor) or soft_clamp
-    batch_norm: bool = False  # batch-norm flow layers between couplings
-    base: str = "normal"  # base distribution: normal or diagonal (learned)
-    standardize: bool = True  # standardise columns inside the flow (likelihood stays in data units)
+    batch_size: int | None = None  # examples per step (default 512; images 64)
+    lr: float | None = None  # peak learning rate (default 2e-3; images 1e-3)
+    layers: int | None = None  # coupling layers of vector models (default 8)
+    hidden: int | None = None  # conditioner width: MLP units, or conv channels for images (default 128; images 64)
+    depth: int | None = None  # conditioner hidden layers, or residual blocks for resmlp and images (default 2; nice 4; images 4)
+    conditioner: str | None = None  # vector models: mlp or resmlp (default mlp)
+    mask: str | None = None  # vector models: alternating (even/odd) or half (default alternating)
+    scale_bound: str | None = None  # tanh (RealNVP, learned factor) or soft_clamp (default tanh)
+    batch_norm: bool | None = None  # batch-norm flow layers between couplings (default off)
+    base: str | None = None  # vector models: base distribution normal or diagonal (learned) (default normal)
+    scales: int | None = None  # image models: number of scales (default: the most, up to 3, with a top >= 4x4)
+    norm: str | None = None  # image models: normalisation in the conditioner ResNet, batch or none (default batch)
+    alpha: float | None = None  # image models: logit boundary alpha (default 0.05)
+    standardize: bool = True  # tables: standardise columns inside the flow (likelihood stays in data units)
     optimizer: str = "adam"  # adam or adamw
     weight_decay: float = 0.0  # decoupled with adamw, L2 with adam
     schedule: str = "cosine"  # cosine (after warm-up) or constant
@@ -52,24 +71,26 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def model_options(self, accepted: set[str]) -> dict[str, Any]:
-        """The builder options for this config, among those the model ``accepted``.
+    def resolved(self) -> TrainConfig:
+        """A copy with the data-dependent training defaults filled in (see ``KIND_DEFAULTS``)."""
+        from clayflow.data.images import is_image_spec
 
-        A model option the builder lacks is an error only if it was changed from its
-        default (``--batch-norm`` with NICE, say); otherwise it is left out.
-        """
-        defaults = TrainConfig()
-        options = {}
-        for name in MODEL_FIELDS:
-            value = getattr(self, name)
-            if name in accepted:
-                options[name] = value
-            elif value != getattr(defaults, name):
-                raise ClayflowError(f"model {self.model!r} has no option --{name.replace('_', '-')}")
+        defaults = KIND_DEFAULTS["image" if is_image_spec(self.data) else "vector"]
+        return replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
+
+    def model_options(self, accepted: set[str], kind: str = "vector") -> dict[str, Any]:
+        """The builder options that were set (not ``None``); one the builder lacks (the
+        model ``accepted`` for ``kind`` data) is an error, e.g. ``--batch-norm`` with NICE."""
+        options = {name: getattr(self, name) for name in MODEL_FIELDS if getattr(self, name) is not None}
+        for name in options:
+            if name not in accepted:
+                raise ClayflowError(
+                    f"model {self.model!r} on {kind} data has no option --{name.replace('_', '-')}"
+                )
         return options
 
 
-_POSITIVE = {"steps", "batch_size", "lr", "layers", "hidden", "eval_every", "checkpoint_every"}
+_POSITIVE = {"steps", "batch_size", "lr", "layers", "hidden", "scales", "eval_every", "checkpoint_every"}
 _NON_NEGATIVE = {"depth", "weight_decay", "warmup", "clip", "ema", "seed"}
 _CHOICES = {"optimizer": ("adam", "adamw"), "schedule": ("cosine", "constant")}
 
@@ -106,7 +127,18 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return values
 
 
-def _check_type(key: str, value: Any, hint: type, source: str) -> Any:
+def field_type(hint) -> tuple[type, bool]:
+    """``(int, True)`` for ``int | None``, ``(int, False)`` for ``int``."""
+    args = typing.get_args(hint)
+    if args and type(None) in args:
+        return next(a for a in args if a is not type(None)), True
+    return hint, False
+
+
+def _check_type(key: str, value: Any, hint, source: str) -> Any:
+    hint, optional = field_type(hint)
+    if value is None and optional:
+        return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     ok = isinstance(value, hint) and not (hint is int and isinstance(value, bool))
@@ -117,10 +149,10 @@ def _check_type(key: str, value: Any, hint: type, source: str) -> Any:
 
 def _check_ranges(config: TrainConfig, source: str) -> None:
     for key in _POSITIVE:
-        if getattr(config, key) <= 0:
+        if getattr(config, key) is not None and getattr(config, key) <= 0:
             raise ClayflowError(f"{source}: {key} must be > 0, got {getattr(config, key)}")
     for key in _NON_NEGATIVE:
-        if getattr(config, key) < 0:
+        if getattr(config, key) is not None and getattr(config, key) < 0:
             raise ClayflowError(f"{source}: {key} must be >= 0, got {getattr(config, key)}")
     if config.ema >= 1:
         raise ClayflowError(f"{source}: ema is a decay in [0, 1), got {config.ema}")

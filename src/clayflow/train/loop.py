@@ -23,7 +23,7 @@ from tqdm import tqdm
 from clayflow.core import Flow
 from clayflow.data import Dataset, load_dataset, standardization
 from clayflow.errors import ClayflowError
-from clayflow.models import ModelSpec, build, model_options
+from clayflow.models import VECTOR, ModelSpec, build, data_kind, model_defaults, model_options
 from clayflow.train.checkpoint import (
     BEST_NAME,
     CHECKPOINT_NAME,
@@ -36,6 +36,8 @@ from clayflow.train.run import MetricsLog, prepare_new_run, write_json
 from clayflow.train.schedule import make_scheduler
 
 EVAL_BATCH = 8192
+EVAL_ELEMENTS = 2**18  # elements per evaluation chunk: bounds memory on large images
+EVAL_SEED = 1234  # dequantization noise of evaluations: every evaluation uses the same
 
 
 class TrainingStopped(ClayflowError):
@@ -107,23 +109,42 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def eval_batch_size(example_shape: tuple[int, ...]) -> int:
+    """Examples per evaluation chunk: up to ``EVAL_BATCH``, fewer for large examples."""
+    return max(1, min(EVAL_BATCH, EVAL_ELEMENTS // max(1, math.prod(example_shape))))
+
+
 @torch.no_grad()
-def evaluate_nll(flow: Flow, x: torch.Tensor, batch_size: int = EVAL_BATCH) -> float:
+def log_prob_in_chunks(flow: Flow, x: torch.Tensor) -> torch.Tensor:
+    """``flow.log_prob`` of every row of ``x`` (any dtype, any device) as float64 on the CPU,
+    in chunks. Dequantization noise comes from a fixed seed, so repeated evaluations of one
+    model agree and the caller's random stream is left untouched."""
+    device = next(flow.parameters()).device
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(EVAL_SEED)
+        parts = [
+            flow.log_prob(chunk.to(device).float()).double().cpu()
+            for chunk in x.split(eval_batch_size(tuple(x.shape[1:])))
+        ]
+    return torch.cat(parts)
+
+
+def evaluate_nll(flow: Flow, x: torch.Tensor) -> float:
     """Mean negative log-likelihood of ``x`` (nats per example) in eval mode."""
     was_training = flow.training
     flow.eval()
-    device = next(flow.parameters()).device
-    total = 0.0
-    for chunk in x.split(batch_size):
-        total += -flow.log_prob(chunk.to(device)).double().sum().item()
+    nll = -log_prob_in_chunks(flow, x).mean().item()
     flow.train(was_training)
-    return total / len(x)
+    return nll
 
 
 def build_flow(config: TrainConfig, data: Dataset) -> tuple[Flow, ModelSpec]:
-    """The untrained flow for ``config`` on ``data`` (standardisation fitted to its train split)."""
-    options = config.model_options(model_options(config.model))
-    spec = ModelSpec(config.model, data.features, options, config.standardize)
+    """The untrained flow for ``config`` on ``data`` (standardisation of tables fitted to its train split)."""
+    kind = data_kind(data.event_shape)
+    options = {**model_defaults(config.model, kind), **config.model_options(model_options(config.model, kind), kind)}
+    standardize = config.standardize and kind == VECTOR
+    spec = ModelSpec(config.model, list(data.event_shape), options, standardize, data.levels)
     torch.manual_seed(config.seed)
     flow = build(spec)
     if spec.standardize:
@@ -145,6 +166,7 @@ def train(
     ``progress=None`` shows a progress bar when stderr is a terminal and log lines otherwise.
     Raises ``TrainingStopped`` on divergence or Ctrl-C, after keeping a valid checkpoint.
     """
+    config = config.resolved()
     device = resolve_device(config.device)
     data = load_dataset(config.data)
     flow, spec = build_flow(config, data)
@@ -259,7 +281,7 @@ class _Trainer:
         return self._finish()
 
     def _train_step(self) -> tuple[float, float]:
-        batch = self.train_x[self.sampler.next().to(self.train_x.device)]
+        batch = self.train_x[self.sampler.next().to(self.train_x.device)].float()
         loss = -self.flow.log_prob(batch).mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -294,7 +316,7 @@ class _Trainer:
             "step": self.step,
             "train_nll": self.loss_sum / max(self.loss_count, 1),
             "val_nll": val_nll,
-            "val_bpd": val_nll / (self.data.features * math.log(2)),
+            "val_bpd": val_nll / (self.data.dims * math.log(2)),
             "lr": self.scheduler.get_last_lr()[0],
             "grad_norm": grad_norm,
             "steps_per_s": steps_per_s,
@@ -334,7 +356,7 @@ class _Trainer:
             run_dir=self.run_dir,
             steps=self.step,
             test_nll=test_nll,
-            test_bpd=test_nll / (self.data.features * math.log(2)),
+            test_bpd=test_nll / (self.data.dims * math.log(2)),
             val_nll=val_nll,
             train_seconds=self.train_seconds,
             selected_step=selected_step,
