@@ -63,7 +63,7 @@ def test_train_sample_score_plot(good_run, tmp_path, capsys):
         capsys, "score", good_run, "--data", tmp_path / "s.csv", "--out", tmp_path / "scores.csv"
     )
     scores = np.loadtxt(tmp_path / "scores.csv", delimiter=",", skiprows=1)
-    assert code == 0 and scores.shape == (50, 2) and np.isfinite(scores).all()
+    assert code == 0 and scores.shape == (50, 3) and np.isfinite(scores).all()
     flow = __import__("clayflow").load(good_run)
     expected = flow.log_prob(torch.as_tensor(samples, dtype=torch.float32)).detach().numpy()
     np.testing.assert_allclose(scores[:, 1], expected, atol=1e-4)
@@ -242,5 +242,74 @@ def test_help_texts_explain_themselves(capsys):
     for verb in ("train", "sample", "score", "plot"):
         code, out, _ = run_cli(capsys, verb, "--help")
         assert code == 0 and "example" in out
+    from dataclasses import fields
+
+    from clayflow.train.config import TrainConfig, field_help
+
+    assert set(field_help()) == {f.name for f in fields(TrainConfig)}  # every option has a help text
     _, out, _ = run_cli(capsys, "train", "--help")
-    assert "--batch-size" in out and "(default: 512)" in out and "--resume" in out
+    assert "--batch-size" in out and "(default 512; images 64)" in out and "--resume" in out
+
+
+@pytest.fixture(scope="module")
+def image_run(tmp_path_factory):
+    from test_image_data import write_images
+
+    folder = write_images(tmp_path_factory.mktemp("imgs") / "faces", 30, size=(8, 8))
+    run = folder.parent / "run"
+    argv = ["train", "--data", f"images:{folder}", "--steps", "12", "--hidden", "8", "--depth", "1"]
+    assert main([*argv, "--batch-size", "8", "--eval-every", "6", "--out", str(run)]) == 0
+    return run, folder
+
+
+def test_image_run_trains_samples_scores_and_plots(image_run, tmp_path, capsys):
+    run, folder = image_run
+    results = json.loads((run / "results.json").read_text())
+    assert results["test_bpd"] == pytest.approx(results["test_nll"] / (64 * np.log(2)))
+    assert all((run / "plots" / f).exists() for f in ("samples.png", "data.png", "reconstructions.png"))
+    code, _, err = run_cli(
+        capsys, "sample", run, "--n", "5", "--out", tmp_path / "s.npy", "--temperature", "0.7"
+    )
+    samples = np.load(tmp_path / "s.npy")
+    assert code == 0 and samples.shape == (5, 1, 8, 8) and samples.dtype == np.uint8, err
+    assert run_cli(capsys, "sample", run, "--n", "9", "--out", tmp_path / "grid.png")[0] == 0
+    assert (tmp_path / "grid.png").read_bytes()[:4] == b"\x89PNG"
+    code, out, err = run_cli(capsys, "score", run, "--data", f"images:{folder}", "--out", tmp_path / "sc.csv")
+    scores = np.loadtxt(tmp_path / "sc.csv", delimiter=",", skiprows=1)
+    assert code == 0 and scores.shape == (30, 3), err
+    np.testing.assert_allclose(scores[:, 2], -scores[:, 1] / (64 * np.log(2)))
+    np.save(tmp_path / "s2.npy", samples)
+    code, _, err = run_cli(capsys, "score", run, "--data", tmp_path / "s2.npy", "--out", tmp_path / "s2.csv")
+    assert code == 0, err
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["sample", "{run}", "--out", "{tmp}/s.csv"], "must end in .npy or .png"),
+        (
+            ["score", "{run}", "--data", "moons", "--out", "{tmp}/s.csv"],
+            "examples of shape (2,) but the model",
+        ),
+        (["score", "{run}", "--data", "{tmp}/bad.npy", "--out", "{tmp}/s.csv"], "integer levels in [0, 255]"),
+        (
+            ["score", "{run}", "--data", "{tmp}/flat.npy", "--out", "{tmp}/s.csv"],
+            "numeric (N, C, H, W) array",
+        ),
+        (["train", "--data", "digits", "--layers", "3"], "on image data has no option --layers"),
+        (
+            ["train", "--data", "digits", "--model", "nice"],
+            "does not support image data; use one of: realnvp",
+        ),
+        (["train", "--data", "digits", "--scales", "4"], "divisible by 8, leaving at least 2 pixels; got 8x8"),
+    ],
+)
+def test_image_bad_input_gives_one_clear_line(image_run, tmp_path, capsys, argv, words):
+    run, _ = image_run
+    np.save(tmp_path / "bad.npy", np.full((2, 1, 8, 8), 300.0))
+    np.save(tmp_path / "flat.npy", np.zeros((2, 64)))
+    before = snapshot(run)
+    code, _, err = run_cli(capsys, *[a.format(run=run, tmp=tmp_path) for a in argv])
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and words in lines[0], err
+    assert snapshot(run) == before

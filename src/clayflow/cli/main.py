@@ -22,8 +22,10 @@ EXAMPLES = {
     "  clayflow train --data wine --model nice --steps 2000\n"
     "  clayflow train --data my_table.csv --out runs/mine\n"
     "  clayflow train --resume runs/mine --steps 8000  # continue (or extend) a run",
-    "sample": "example:\n  clayflow sample runs/mine --n 1000 --out samples.csv --temperature 0.8",
-    "score": "example:\n  clayflow score runs/mine --data new_rows.csv --out scores.csv",
+    "sample": "examples:\n  clayflow sample runs/mine --n 1000 --out samples.csv --temperature 0.8\n"
+    "  clayflow sample runs/digits --n 64 --out grid.png --temperature 0.7   # image models: .png or .npy",
+    "score": "examples:\n  clayflow score runs/mine --data new_rows.csv --out scores.csv\n"
+    "  clayflow score runs/digits --data images:my_scans --out scores.csv",
     "plot": "example:\n  clayflow plot runs/mine",
 }
 # Options that may change when a run is resumed; the rest define the run.
@@ -101,7 +103,9 @@ def _add_sample(verbs) -> None:
     p = _verb(verbs, "sample", "Draw samples from a trained flow.")
     p.add_argument("run", metavar="RUN", help="run directory or checkpoint file")
     p.add_argument("--n", type=int, default=1000, help="number of samples (default: 1000)")
-    p.add_argument("--out", required=True, metavar="FILE", help="output .npy or .csv")
+    p.add_argument(
+        "--out", required=True, metavar="FILE", help="output .csv or .npy (image models: .npy or .png grid)"
+    )
     p.add_argument(
         "--temperature", type=float, default=1.0, help="scale of the base draws, > 0 (default: 1.0)"
     )
@@ -114,10 +118,16 @@ def _add_score(verbs) -> None:
     p = _verb(verbs, "score", "Log-likelihood of each row of a file under a trained flow.")
     p.add_argument("run", metavar="RUN", help="run directory or checkpoint file")
     p.add_argument(
-        "--data", required=True, metavar="FILE", help=".csv/.npy file, or a built-in dataset (its test split)"
+        "--data",
+        required=True,
+        metavar="DATA",
+        help=".csv/.npy file, images:DIR (every image), or a dataset (its test split)",
     )
     p.add_argument(
-        "--out", required=True, metavar="FILE", help="output .csv (row, log_prob) or .npy (log_prob)"
+        "--out",
+        required=True,
+        metavar="FILE",
+        help="output .csv (row, log_prob, bits_per_dim) or .npy (log_prob)",
     )
     p.add_argument("--device", default="cpu", help="device (default: cpu)")
     p.set_defaults(handler=cmd_score)
@@ -180,52 +190,115 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    """Write ``--n`` samples at ``--temperature`` to a .csv/.npy file."""
+    """Write ``--n`` samples at ``--temperature``: rows to .csv/.npy, or images to .npy/.png."""
     from clayflow.data.tabular import check_output_path, write_table
 
     if args.n <= 0:
         raise ClayflowError(f"--n must be a positive number of samples, got {args.n}")
     if not args.temperature > 0:
         raise ClayflowError(f"--temperature must be > 0, got {args.temperature}")
-    check_output_path(args.out)  # fail before the expensive part
     flow, payload = _load_run(args.run, args.device)
+    spec = payload["model_spec"]
+    images = spec.get("levels") is not None
+    check_output_path(args.out, (".npy", ".png") if images else (".csv", ".npy"))  # before the work
     torch.manual_seed(args.seed)
-    chunks = [flow.sample(len(c), args.temperature).cpu() for c in torch.arange(args.n).split(65536)]
-    samples = torch.cat(chunks).double().numpy()
-    columns = payload.get("data_columns") or [f"x{i + 1}" for i in range(samples.shape[1])]
-    write_table(args.out, samples, list(columns))
+    chunk = 65536 if not images else 256
+    samples = torch.cat(
+        [flow.sample(len(c), args.temperature).cpu() for c in torch.arange(args.n).split(chunk)]
+    )
+    if images:
+        _write_images(args.out, samples, spec["levels"])
+    else:
+        columns = payload.get("data_columns") or [f"x{i + 1}" for i in range(samples.shape[1])]
+        write_table(args.out, samples.double().numpy(), list(columns))
     print(f"wrote {args.n} samples (temperature {args.temperature}) to {args.out}")
     return 0
 
 
+def _write_images(path: str, images: torch.Tensor, levels: int) -> None:
+    """Images of integer levels as an ``(N, C, H, W)`` .npy array, or a .png grid."""
+    from clayflow.files import atomic_write
+    from clayflow.plotting.images import save_image_grid
+
+    dtype = np.uint8 if levels <= 256 else np.int32
+    try:
+        if path.lower().endswith(".png"):
+            save_image_grid(images, levels, Path(path))
+        else:
+            atomic_write(Path(path), lambda file: np.save(file, images.numpy().astype(dtype)))
+    except OSError as exc:
+        raise ClayflowError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
 def cmd_score(args: argparse.Namespace) -> int:
-    """Write the log-likelihood (nats, data units) of each row of ``--data``."""
-    from clayflow.data import load_dataset, looks_like_path
-    from clayflow.data.tabular import check_output_path, read_table, write_table
+    """Write the log-likelihood (nats, data units) and bits/dim of each example of ``--data``."""
+    from clayflow.data.tabular import check_output_path, write_table
+    from clayflow.train.loop import log_prob_in_chunks
 
     check_output_path(args.out)  # fail before the expensive part
-    flow, _ = _load_run(args.run, args.device)
-    if looks_like_path(args.data):
-        values, _ = read_table(args.data)
-    else:
-        values = load_dataset(args.data).test.double().numpy()
-    features = flow.event_shape.numel()
-    if values.shape[1] != features:
-        raise ClayflowError(
-            f"{args.data} has {values.shape[1]} columns but the model was trained on {features}"
-        )
-    device = next(flow.parameters()).device
-    x = torch.as_tensor(values, dtype=torch.float32)
-    with torch.no_grad():
-        log_prob = torch.cat([flow.log_prob(c.to(device)).cpu() for c in x.split(65536)]).double().numpy()
+    flow, payload = _load_run(args.run, args.device)
+    spec = payload["model_spec"]
+    x = _examples_to_score(args.data, spec)
+    log_prob = log_prob_in_chunks(flow, x).numpy()
+    bits_per_dim = -log_prob / (x[0].numel() * np.log(2))
     table = (
         log_prob[:, None]
         if args.out.lower().endswith(".npy")
-        else np.stack([np.arange(1, len(x) + 1), log_prob], 1)
+        else np.stack([np.arange(1, len(x) + 1), log_prob, bits_per_dim], 1)
     )
-    write_table(args.out, table, ["row", "log_prob"])
-    print(f"scored {len(x)} rows: mean log-likelihood {log_prob.mean():.4f} nats; wrote {args.out}")
+    write_table(args.out, table, ["row", "log_prob", "bits_per_dim"])
+    print(
+        f"scored {len(x)} examples: mean log-likelihood {log_prob.mean():.4f} nats "
+        f"({bits_per_dim.mean():.4f} bits/dim); wrote {args.out}"
+    )
     return 0
+
+
+def _examples_to_score(data: str, spec: dict) -> torch.Tensor:
+    """The examples of ``data`` as a tensor, checked against the model's data shape:
+    every image of ``images:DIR``, the rows of a table file, or a dataset's test split."""
+    from clayflow.data import load_dataset, looks_like_path
+    from clayflow.data.images import is_image_spec, load_image_source, read_image_folder
+    from clayflow.data.tabular import read_table
+
+    shape = tuple(spec.get("event_shape") or [spec["features"]])
+    levels = spec.get("levels")
+    if data.startswith("images:"):
+        load_image_source(data)  # validates the folder
+        values = read_image_folder(Path(data.partition(":")[2]).expanduser())
+    elif data.lower().endswith(".npy") and levels is not None:
+        values = _read_image_array(data)
+    elif looks_like_path(data) and not is_image_spec(data):
+        values, _ = read_table(data)
+    else:
+        values = load_dataset(data).test.numpy()
+    if tuple(values.shape[1:]) != shape:
+        if len(shape) == 1 and values.ndim == 2:
+            raise ClayflowError(
+                f"{data} has {values.shape[1]} columns but the model was trained on {shape[0]}"
+            )
+        raise ClayflowError(
+            f"{data} holds examples of shape {tuple(values.shape[1:])} but the model was trained on {shape}"
+        )
+    if levels is not None and (
+        values.min() < 0 or values.max() >= levels or not np.all(np.mod(values, 1) == 0)
+    ):
+        raise ClayflowError(
+            f"{data} must hold integer levels in [0, {levels - 1}], as the training images did"
+        )
+    return torch.as_tensor(np.ascontiguousarray(values), dtype=torch.float32)
+
+
+def _read_image_array(path: str) -> np.ndarray:
+    try:
+        values = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ClayflowError(f"cannot read {path} as a numeric .npy array: {exc}") from None
+    if not np.issubdtype(values.dtype, np.number) or values.ndim != 4:
+        raise ClayflowError(
+            f"{path} must hold a numeric (N, C, H, W) array, got {values.dtype} {values.shape}"
+        )
+    return values
 
 
 def cmd_plot(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import pickle
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,7 +116,11 @@ def _find_mnist_file(folder: Path, name: str) -> Path:
 def read_idx(path: Path) -> np.ndarray:
     """An IDX file of unsigned bytes (``.gz`` or plain) as a uint8 array, validated."""
     try:
-        raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
+        if path.suffix == ".gz":
+            with gzip.open(path) as file:
+                raw = file.read()
+        else:
+            raw = path.read_bytes()
     except (OSError, EOFError) as exc:
         raise ClayflowError(f"cannot read {path}: {exc}") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
@@ -135,7 +140,7 @@ def read_idx(path: Path) -> np.ndarray:
         )
     if ndim != 3:
         raise ClayflowError(f"{path} holds {ndim}-D data; an images file has 3 (N, H, W)")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape).copy()
 
 
 # -- CIFAR-10 ---------------------------------------------------------------------------------
@@ -145,13 +150,17 @@ CIFAR_TEST = "test_batch"
 
 
 class _ArrayUnpickler(pickle.Unpickler):
-    """Rebuilds numpy arrays and plain containers only; any other global is refused."""
+    """Rebuilds numpy arrays, numpy scalars and plain containers only; any other global is
+    refused. (``_codecs.encode`` is how Python 3 writes bytes at pickle protocol 2.)"""
 
-    ALLOWED = {
+    ALLOWED: typing.ClassVar[set[tuple[str, str]]] = {
         ("numpy.core.multiarray", "_reconstruct"),
         ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
+        ("_codecs", "encode"),
     }
 
     def find_class(self, module, name):

@@ -140,11 +140,11 @@ def _check_values(values: np.ndarray, path: Path) -> None:
         )
 
 
-def check_output_path(path: str | os.PathLike) -> Path:
-    """``path`` if a table can be written there (``.csv``/``.npy`` in an existing directory)."""
+def check_output_path(path: str | os.PathLike, suffixes: tuple[str, ...] = (".csv", ".npy")) -> Path:
+    """``path`` if it ends in one of ``suffixes`` and its directory exists."""
     path = Path(path)
-    if path.suffix.lower() not in (".csv", ".npy"):
-        raise ClayflowError(f"output file {path} must end in .csv or .npy")
+    if path.suffix.lower() not in suffixes:
+        raise ClayflowError(f"output file {path} must end in {' or '.join(suffixes)}")
     if not path.parent.is_dir():
         raise ClayflowError(f"cannot write {path}: directory {path.parent} does not exist")
     return path

@@ -98,4 +98,14 @@ def _builder(name: str, kind: str):
     return MODELS[name][kind]
 
 
-__all__ = ["MODELS", "ModelSpec", "build", "data_kind", "model_defaults", "model_options", "nice", "realnvp", "realnvp_image"]
+__all__ = [
+    "MODELS",
+    "ModelSpec",
+    "build",
+    "data_kind",
+    "model_defaults",
+    "model_options",
+    "nice",
+    "realnvp",
+    "realnvp_image",
+]

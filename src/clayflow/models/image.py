@@ -39,17 +39,19 @@ def default_scales(shape: tuple[int, int, int]) -> int:
 
 
 def check_image_shape(shape, scales: int) -> tuple[int, int, int]:
-    """``(C, H, W)`` as ints, checked to be divisible ``scales - 1`` times by 2."""
+    """``(C, H, W)`` as ints, checked to be divisible ``scales - 1`` times by 2 leaving at
+    least 2 pixels at the top (a checkerboard needs two)."""
     if len(shape) != 3 or min(shape) < 1:
         raise ClayflowError(f"image models need data of shape (C, H, W), got {tuple(shape)}")
     if int(scales) != scales or scales < 1:
         raise ClayflowError(f"--scales must be an integer >= 1, got {scales}")
     factor = 2 ** (scales - 1)
     channels, height, width = (int(s) for s in shape)
-    if height % factor or width % factor:
+    if height % factor or width % factor or (height // factor) * (width // factor) < 2:
         raise ClayflowError(
             f"{scales} scales squeeze {scales - 1} time(s), so height and width must be divisible by "
-            f"{factor}; got {height}x{width}. Use --scales {default_scales(shape)} or crop the images"
+            f"{factor}, leaving at least 2 pixels; got {height}x{width}. "
+            f"Use --scales {default_scales(shape)} or crop the images"
         )
     return channels, height, width
 

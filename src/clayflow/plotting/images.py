@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from clayflow.core import Flow
+from clayflow.files import atomic_write
 from clayflow.plotting.plots import save_figure as _save
 
 TEMPERATURES = (1.0, 0.8, 0.6)
@@ -34,11 +35,12 @@ def image_grid(images: np.ndarray | torch.Tensor, levels: int, columns: int | No
     return grid[..., 0] if c == 1 else grid
 
 
-def save_image_grid(images, levels: int, path: Path) -> Path:
-    """Write ``image_grid(images, levels)`` as a PNG (grey or RGB) at one pixel per pixel, enlarged x4."""
+def save_image_grid(images, levels: int, path: Path, zoom: int = 4) -> Path:
+    """Write ``image_grid(images, levels)`` atomically as a PNG, each pixel ``zoom`` x ``zoom``."""
     grid = image_grid(images, levels)
-    grid = np.kron(grid, np.ones((4, 4) + (() if grid.ndim == 2 else (1,))))
-    plt.imsave(path, grid, cmap="gray" if grid.ndim == 2 else None, vmin=0, vmax=1)
+    grid = np.kron(grid, np.ones((zoom, zoom) + (() if grid.ndim == 2 else (1,))))
+    cmap = "gray" if grid.ndim == 2 else None
+    atomic_write(path, lambda file: plt.imsave(file, grid, cmap=cmap, vmin=0, vmax=1, format="png"))
     return path
 
 
@@ -68,7 +70,11 @@ def plot_image_run(run_dir: Path, flow: Flow, data_x: torch.Tensor, levels: int,
     half = GRID // 2
     pairs = torch.cat([data[:half].float(), reconstructed[:half]])
     fig, ax = plt.subplots(figsize=(6, 2.4))
-    _show(ax, image_grid(pairs, levels, columns=half // 2), f"data (top) and reconstructions, max error {error:g}")
+    _show(
+        ax,
+        image_grid(pairs, levels, columns=half // 2),
+        f"data (top) and reconstructions, max error {error:g}",
+    )
     paths.append(_save(fig, out / "reconstructions.png"))
     return paths
 
@@ -77,4 +83,3 @@ def _show(ax, grid: np.ndarray, title: str) -> None:
     ax.imshow(grid, cmap="gray" if grid.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
     ax.set_title(title, fontsize=9)
     ax.axis("off")
-

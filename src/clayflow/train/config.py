@@ -40,20 +40,20 @@ class TrainConfig:
     """Everything a training run depends on. Field comments are the CLI's help texts."""
 
     model: str = "realnvp"  # model builder: realnvp or nice (vectors), realnvp (images)
-    data: str = "moons"  # dataset name (moons, wine, digits, patches, ...), mnist:DIR, cifar10:DIR, images:DIR, or a .csv/.npy file
+    data: str = "moons"  # moons, wine, digits, patches..., mnist:DIR, cifar10:DIR, images:DIR or a file
     steps: int = 4000  # optimisation steps
     batch_size: int | None = None  # examples per step (default 512; images 64)
     lr: float | None = None  # peak learning rate (default 2e-3; images 1e-3)
     layers: int | None = None  # coupling layers of vector models (default 8)
-    hidden: int | None = None  # conditioner width: MLP units, or conv channels for images (default 128; images 64)
-    depth: int | None = None  # conditioner hidden layers, or residual blocks for resmlp and images (default 2; nice 4; images 4)
+    hidden: int | None = None  # conditioner width, MLP units or conv channels (default 128; images 64)
+    depth: int | None = None  # conditioner hidden layers or residual blocks (default 2; nice 4)
     conditioner: str | None = None  # vector models: mlp or resmlp (default mlp)
     mask: str | None = None  # vector models: alternating (even/odd) or half (default alternating)
     scale_bound: str | None = None  # tanh (RealNVP, learned factor) or soft_clamp (default tanh)
     batch_norm: bool | None = None  # batch-norm flow layers between couplings (default off)
-    base: str | None = None  # vector models: base distribution normal or diagonal (learned) (default normal)
-    scales: int | None = None  # image models: number of scales (default: the most, up to 3, with a top >= 4x4)
-    norm: str | None = None  # image models: normalisation in the conditioner ResNet, batch or none (default batch)
+    base: str | None = None  # vector models: base normal or diagonal (learned) (default normal)
+    scales: int | None = None  # image models: number of scales (default: most up to 3, top >= 4x4)
+    norm: str | None = None  # image models: conditioner normalisation, batch or none (default batch)
     alpha: float | None = None  # image models: logit boundary alpha (default 0.05)
     standardize: bool = True  # tables: standardise columns inside the flow (likelihood stays in data units)
     optimizer: str = "adam"  # adam or adamw

@@ -142,7 +142,10 @@ def evaluate_nll(flow: Flow, x: torch.Tensor) -> float:
 def build_flow(config: TrainConfig, data: Dataset) -> tuple[Flow, ModelSpec]:
     """The untrained flow for ``config`` on ``data`` (standardisation of tables fitted to its train split)."""
     kind = data_kind(data.event_shape)
-    options = {**model_defaults(config.model, kind), **config.model_options(model_options(config.model, kind), kind)}
+    options = {
+        **model_defaults(config.model, kind),
+        **config.model_options(model_options(config.model, kind), kind),
+    }
     standardize = config.standardize and kind == VECTOR
     spec = ModelSpec(config.model, list(data.event_shape), options, standardize, data.levels)
     torch.manual_seed(config.seed)
