@@ -274,7 +274,7 @@ def test_image_run_trains_samples_scores_and_plots(image_run, tmp_path, capsys):
     assert code == 0 and samples.shape == (5, 1, 8, 8) and samples.dtype == np.uint8, err
     assert run_cli(capsys, "sample", run, "--n", "9", "--out", tmp_path / "grid.png")[0] == 0
     assert (tmp_path / "grid.png").read_bytes()[:4] == b"\x89PNG"
-    code, out, err = run_cli(capsys, "score", run, "--data", f"images:{folder}", "--out", tmp_path / "sc.csv")
+    code, _, err = run_cli(capsys, "score", run, "--data", f"images:{folder}", "--out", tmp_path / "sc.csv")
     scores = np.loadtxt(tmp_path / "sc.csv", delimiter=",", skiprows=1)
     assert code == 0 and scores.shape == (30, 3), err
     np.testing.assert_allclose(scores[:, 2], -scores[:, 1] / (64 * np.log(2)))
@@ -301,7 +301,10 @@ def test_image_run_trains_samples_scores_and_plots(image_run, tmp_path, capsys):
             ["train", "--data", "digits", "--model", "nice"],
             "does not support image data; use one of: realnvp",
         ),
-        (["train", "--data", "digits", "--scales", "4"], "divisible by 8, leaving at least 2 pixels; got 8x8"),
+        (
+            ["train", "--data", "digits", "--scales", "4"],
+            "divisible by 8, leaving at least 2 pixels; got 8x8",
+        ),
     ],
 )
 def test_image_bad_input_gives_one_clear_line(image_run, tmp_path, capsys, argv, words):
