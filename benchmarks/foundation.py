@@ -20,24 +20,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import clayflow
 from clayflow.diagnostics import integrated_mass
 from test_transforms import brute_force_logabsdet
-from zoo import ZOO, make
+from zoo import ZOO, inputs, make
 
 
 def transform_errors(batch: int = 64) -> None:
     print(
-        f"{'transform':32s} {'inverse err f64':>16s} {'logdet err f64':>16s} {'inverse err f32':>16s} {'logdet err f32':>16s}"
+        f"{'transform':36s} {'inverse err f64':>16s} {'logdet err f64':>16s} {'inverse err f32':>16s} {'logdet err f32':>16s}"
     )
     for name in sorted(ZOO):
         row = []
         for dtype in (torch.float64, torch.float32):
             torch.manual_seed(0)
             transform, shape = make(name, dtype)
-            x = torch.randn(batch, *shape, dtype=dtype)
+            x = inputs(name, shape, batch, dtype)
             z, logabsdet = transform(x)
             inverse_error = (transform.inverse(z)[0] - x).abs().max().item()
             reference = brute_force_logabsdet(transform.double(), x.double())
             row += [inverse_error, (logabsdet.double() - reference).abs().max().item()]
-        print(f"{name:32s} " + " ".join(f"{v:16.2e}" for v in row))
+        print(f"{name:36s} " + " ".join(f"{v:16.2e}" for v in row))
 
 
 def main() -> None:

@@ -172,3 +172,48 @@ def test_resume_before_first_checkpoint_starts_over(tmp_path):
     (run / "checkpoints/last.pt").unlink()  # as if killed before the first checkpoint
     result = train(TrainConfig(steps=20, **SMALL), run, resume=True, progress=False)
     assert result.steps == 20 and [r["step"] for r in rows(run)] == ["10", "20"]
+
+
+def test_training_defaults_depend_on_the_kind_of_data():
+    assert (TrainConfig().resolved().batch_size, TrainConfig().resolved().lr) == (512, 2e-3)
+    image = TrainConfig(data="digits").resolved()
+    assert (image.batch_size, image.lr) == (64, 1e-3)
+    assert TrainConfig(data="images:x", batch_size=7).resolved().batch_size == 7  # a flag wins
+
+
+def test_checkpoint_records_every_builder_option(tmp_path):
+    """Options left at the builder's default are written out, so a later change of a default
+    cannot silently change how a saved model is rebuilt."""
+    run = tmp_path / "run"
+    train(TrainConfig(data="digits", steps=2, hidden=4, depth=0, eval_every=2), run, progress=False)
+    spec = torch.load(run / "checkpoints/last.pt", weights_only=True)["model_spec"]
+    assert spec["event_shape"] == [1, 8, 8] and spec["levels"] == 17
+    assert spec["options"] == {
+        "scales": None,
+        "hidden": 4,
+        "depth": 0,
+        "norm": "batch",
+        "scale_bound": "tanh",
+        "batch_norm": False,
+        "alpha": 0.05,
+    }
+
+
+def test_patience_stops_early_and_a_resume_stops_at_the_same_step(tmp_path, monkeypatch, capsys):
+    calls = iter(range(100))
+    monkeypatch.setattr(loop, "evaluate_nll", lambda flow, x: 1.0 + next(calls))  # never improves
+    run = tmp_path / "run"
+    config = TrainConfig(**{**SMALL, "steps": 200, "patience": 2})
+    result = train(config, run, progress=False)
+    assert result.steps == 30 and result.selected_step == 10  # best at the first evaluation, +2 evaluations
+    assert "stopped early at step 30" in capsys.readouterr().err
+    again = train(config, run, resume=True, progress=False)
+    assert again.steps == 30 and [r["step"] for r in rows(run)] == ["10", "20", "30"]
+
+
+def test_patience_needs_select_best():
+    from clayflow.errors import ClayflowError
+    from clayflow.train.config import config_from_dict
+
+    with pytest.raises(ClayflowError, match="patience .* needs select_best"):
+        config_from_dict({"patience": 3, "select_best": False})

@@ -29,7 +29,7 @@ EXAMPLES = {
     "plot": "example:\n  clayflow plot runs/mine",
 }
 # Options that may change when a run is resumed; the rest define the run.
-RESUMABLE_OPTIONS = {"steps", "device", "eval_every", "checkpoint_every"}
+RESUMABLE_OPTIONS = {"steps", "device", "eval_every", "checkpoint_every", "patience"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -159,7 +159,8 @@ def resolve_train_config(args: argparse.Namespace):
         if fixed:
             options = ", ".join("--" + k.replace("_", "-") for k in fixed)
             raise ClayflowError(
-                f"cannot change {options} when resuming; only --steps, --device, --eval-every, --checkpoint-every"
+                f"cannot change {options} when resuming; only "
+                + ", ".join("--" + k.replace("_", "-") for k in sorted(RESUMABLE_OPTIONS))
             )
         saved = config_from_dict(read_json(run_dir / "config.json"), source=str(run_dir / "config.json"))
         return config_from_dict({**saved.to_dict(), **flags}, source="options"), run_dir
@@ -233,7 +234,7 @@ def _write_images(path: str, images: torch.Tensor, levels: int) -> None:
 def cmd_score(args: argparse.Namespace) -> int:
     """Write the log-likelihood (nats, data units) and bits/dim of each example of ``--data``."""
     from clayflow.data.tabular import check_output_path, write_table
-    from clayflow.train.loop import log_prob_in_chunks
+    from clayflow.train.evaluate import log_prob_in_chunks
 
     check_output_path(args.out)  # fail before the expensive part
     flow, payload = _load_run(args.run, args.device)
@@ -258,14 +259,13 @@ def _examples_to_score(data: str, spec: dict) -> torch.Tensor:
     """The examples of ``data`` as a tensor, checked against the model's data shape:
     every image of ``images:DIR``, the rows of a table file, or a dataset's test split."""
     from clayflow.data import load_dataset, looks_like_path
-    from clayflow.data.images import is_image_spec, load_image_source, read_image_folder
+    from clayflow.data.images import is_image_spec, load_image_source
     from clayflow.data.tabular import read_table
 
     shape = tuple(spec.get("event_shape") or [spec["features"]])
     levels = spec.get("levels")
     if data.startswith("images:"):
-        load_image_source(data)  # validates the folder
-        values = read_image_folder(Path(data.partition(":")[2]).expanduser())
+        values = load_image_source(data).images
     elif data.lower().endswith(".npy") and levels is not None:
         values = _read_image_array(data)
     elif looks_like_path(data) and not is_image_spec(data):

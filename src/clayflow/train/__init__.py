@@ -2,6 +2,7 @@
 
 from clayflow.train.checkpoint import load
 from clayflow.train.config import TrainConfig
-from clayflow.train.loop import TrainingStopped, TrainResult, evaluate_nll, train
+from clayflow.train.evaluate import evaluate_nll
+from clayflow.train.loop import TrainingStopped, TrainResult, train
 
 __all__ = ["TrainConfig", "TrainResult", "TrainingStopped", "evaluate_nll", "load", "train"]

@@ -6,12 +6,11 @@ The resolved configuration is written to ``RUN/config.json`` and can be passed b
 from __future__ import annotations
 
 import json
+import tomllib
 import typing
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from clayflow.errors import ClayflowError
 
@@ -63,6 +62,7 @@ class TrainConfig:
     clip: float = 10.0  # gradient-norm clipping threshold (0 disables)
     ema: float = 0.0  # EMA decay of the weights used to evaluate (0 disables, e.g. 0.999)
     select_best: bool = True  # keep and use the weights with the lowest validation NLL
+    patience: int = 0  # stop after this many evaluations without a lower validation NLL (0: never)
     seed: int = 0  # seed of initialisation and batch order
     eval_every: int = 250  # steps between validation evaluations (and metrics rows)
     checkpoint_every: int = 500  # steps between checkpoints
@@ -91,7 +91,7 @@ class TrainConfig:
 
 
 _POSITIVE = {"steps", "batch_size", "lr", "layers", "hidden", "scales", "eval_every", "checkpoint_every"}
-_NON_NEGATIVE = {"depth", "weight_decay", "warmup", "clip", "ema", "seed"}
+_NON_NEGATIVE = {"depth", "weight_decay", "warmup", "clip", "ema", "seed", "patience"}
 _CHOICES = {"optimizer": ("adam", "adamw"), "schedule": ("cosine", "constant")}
 
 
@@ -154,6 +154,10 @@ def _check_ranges(config: TrainConfig, source: str) -> None:
     for key in _NON_NEGATIVE:
         if getattr(config, key) is not None and getattr(config, key) < 0:
             raise ClayflowError(f"{source}: {key} must be >= 0, got {getattr(config, key)}")
+    if config.patience and not config.select_best:
+        raise ClayflowError(
+            f"{source}: patience (early stopping) needs select_best, which tracks the best step"
+        )
     if config.ema >= 1:
         raise ClayflowError(f"{source}: ema is a decay in [0, 1), got {config.ema}")
     for key, choices in _CHOICES.items():

@@ -32,12 +32,9 @@ from clayflow.train.checkpoint import (
     save_checkpoint,
 )
 from clayflow.train.config import TrainConfig
+from clayflow.train.evaluate import evaluate_nll
 from clayflow.train.run import MetricsLog, prepare_new_run, write_json
 from clayflow.train.schedule import make_scheduler
-
-EVAL_BATCH = 8192
-EVAL_ELEMENTS = 2**18  # elements per evaluation chunk: bounds memory on large images
-EVAL_SEED = 1234  # dequantization noise of evaluations: every evaluation uses the same
 
 
 class TrainingStopped(ClayflowError):
@@ -107,36 +104,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ClayflowError(f"device {name!r} requested but CUDA is not available; use --device cpu")
     return device
-
-
-def eval_batch_size(example_shape: tuple[int, ...]) -> int:
-    """Examples per evaluation chunk: up to ``EVAL_BATCH``, fewer for large examples."""
-    return max(1, min(EVAL_BATCH, EVAL_ELEMENTS // max(1, math.prod(example_shape))))
-
-
-@torch.no_grad()
-def log_prob_in_chunks(flow: Flow, x: torch.Tensor) -> torch.Tensor:
-    """``flow.log_prob`` of every row of ``x`` (any dtype, any device) as float64 on the CPU,
-    in chunks. Dequantization noise comes from a fixed seed, so repeated evaluations of one
-    model agree and the caller's random stream is left untouched."""
-    device = next(flow.parameters()).device
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(EVAL_SEED)
-        parts = [
-            flow.log_prob(chunk.to(device).float()).double().cpu()
-            for chunk in x.split(eval_batch_size(tuple(x.shape[1:])))
-        ]
-    return torch.cat(parts)
-
-
-def evaluate_nll(flow: Flow, x: torch.Tensor) -> float:
-    """Mean negative log-likelihood of ``x`` (nats per example) in eval mode."""
-    was_training = flow.training
-    flow.eval()
-    nll = -log_prob_in_chunks(flow, x).mean().item()
-    flow.train(was_training)
-    return nll
 
 
 def build_flow(config: TrainConfig, data: Dataset) -> tuple[Flow, ModelSpec]:
@@ -258,7 +225,7 @@ class _Trainer:
         )
         interval_start, interval_steps = time.perf_counter(), 0
         with self._catch_sigint():
-            while self.step < config.steps:
+            while self.step < config.steps and not self._out_of_patience():
                 loss, grad_norm = self._train_step()
                 interval_steps += 1
                 bar.update(1)
@@ -281,7 +248,21 @@ class _Trainer:
         bar.close()
         if self.last_saved_step != self.step:
             self._save()
+        if self._out_of_patience():
+            print(
+                f"stopped early at step {self.step}: no lower validation NLL in the last "
+                f"{config.patience} evaluations (best at step {self.best_step})",
+                file=sys.stderr,
+            )
         return self._finish()
+
+    def _out_of_patience(self) -> bool:
+        """Early stopping: ``patience`` evaluations since the best one. Derived from the
+        checkpointed best step, so a resumed run stops where an uninterrupted one did."""
+        patience, every = self.config.patience, self.config.eval_every
+        return (
+            bool(patience) and self.best_step is not None and self.step - self.best_step >= patience * every
+        )
 
     def _train_step(self) -> tuple[float, float]:
         batch = self.train_x[self.sampler.next().to(self.train_x.device)].float()
