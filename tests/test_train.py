@@ -67,7 +67,10 @@ def test_training_learns_and_density_integrates_to_one(trained_moons):
     assert abs(mass - 1) < 1e-2, mass
 
 
-@pytest.mark.parametrize("small, kill_at", [(SMALL, 25), (SMALL, 47), (SMALL_IMAGE, 33)])
+SMALL_GLOW = {**{k: v for k, v in SMALL_IMAGE.items() if k != "depth"}, "model": "glow", "layers": 2}
+
+
+@pytest.mark.parametrize("small, kill_at", [(SMALL, 25), (SMALL, 47), (SMALL_IMAGE, 33), (SMALL_GLOW, 29)])
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, small, kill_at):
     """Bit-exact, including the dequantization noise of the image model (torch's RNG is saved)."""
     options = {**small, "steps": 80, "seed": 3}

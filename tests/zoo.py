@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from clayflow import transforms as T
+from clayflow.models.glow import glow_image, glow_vector
 from clayflow.models.image import realnvp_image
 from clayflow.nn import MLP, ResidualMLP
 from clayflow.nn.resnet import ConvResNet
@@ -102,14 +103,67 @@ ZOO = {
     "realnvp_image": _realnvp_image,
 }
 
+
+def _initialized(actnorm: T.ActNorm) -> T.ActNorm:
+    actnorm.initialized.fill_(True)  # randomised parameters, no data-dependent init
+    return actnorm
+
+
+def _glow_image():
+    """Glow after its dequantization (inputs continuous in [0, levels)), with ActNorms marked
+    initialised so that the randomised parameters are the ones tested."""
+    flow = glow_image((1, 4, 4), 17, scales=2, layers=2, hidden=8)
+    for module in flow.modules():
+        if isinstance(module, T.ActNorm):
+            _initialized(module)
+    return T.Compose(*list(flow.transform)[1:]), (1, 4, 4)
+
+
+def _glow_vector():
+    flow = glow_vector(4, layers=2, hidden=8, coupling="additive")
+    for module in flow.modules():
+        if isinstance(module, T.ActNorm):
+            _initialized(module)
+    return flow.transform, (4,)
+
+
+def _split_with_prior():
+    first = T.Compose(T.Squeeze(), T.AffineCoupling(T.half_mask(4), resnet, scale_bound="sigmoid"))
+    last = T.Compose(T.InvertibleConv1x1(2, lu=False), T.LearnedPrior(2))
+    return T.MultiScale([first, last], (1, 4, 4), [T.LearnedPrior(2, context_channels=2)]), (1, 4, 4)
+
+
+ZOO.update(
+    {
+        "actnorm": lambda: (_initialized(T.ActNorm(3)), (3,)),
+        "actnorm_image": lambda: (_initialized(T.ActNorm(2)), (2, 3, 3)),
+        "conv1x1_plain": lambda: (T.InvertibleConv1x1(3, lu=False), (3, 2, 2)),
+        "conv1x1_lu": lambda: (T.InvertibleConv1x1(4, lu=True), (4, 2, 3)),
+        "linear_lu": lambda: (T.InvertibleConv1x1(5, lu=True), (5,)),
+        "affine_coupling_sigmoid": lambda: (
+            T.AffineCoupling(T.half_mask(4), mlp, scale_bound="sigmoid"),
+            (4,),
+        ),
+        "affine_coupling_checkerboard_sigmoid": lambda: (
+            T.AffineCoupling(T.checkerboard_mask((1, 4, 4)), _conv, scale_bound="sigmoid"),
+            (1, 4, 4),
+        ),
+        "learned_prior_top": lambda: (T.LearnedPrior(2), (2, 2, 2)),
+        "multiscale_learned_prior": _split_with_prior,
+        "glow_image": _glow_image,
+        "glow_vector": _glow_vector,
+    }
+)
+
 # Inputs of transforms whose domain is not all of R^D.
 DOMAINS = {
     "logit": lambda shape, batch, dtype: torch.rand(batch, *shape, dtype=dtype),
     "realnvp_image": lambda shape, batch, dtype: torch.rand(batch, *shape, dtype=dtype) * 17,
+    "glow_image": lambda shape, batch, dtype: torch.rand(batch, *shape, dtype=dtype) * 17,
 }
 
 # A deep model with std-0.5 weights maps random latents far out of the logit's range.
-PARAMETER_SCALES = {"realnvp_image": 0.1}
+PARAMETER_SCALES = {"realnvp_image": 0.1, "glow_image": 0.1}
 
 STOCHASTIC = {"dequantize": lambda: (T.Dequantize(17), (1, 3, 3))}
 

@@ -21,6 +21,7 @@ EXAMPLES = {
     "train": "examples:\n  clayflow train                          # RealNVP on moons (about a minute)\n"
     "  clayflow train --data wine --model nice --steps 2000\n"
     "  clayflow train --data my_table.csv --out runs/mine\n"
+    "  clayflow train --data digits --model glow     # images: realnvp or glow\n"
     "  clayflow train --resume runs/mine --steps 8000  # continue (or extend) a run",
     "sample": "examples:\n  clayflow sample runs/mine --n 1000 --out samples.csv --temperature 0.8\n"
     "  clayflow sample runs/digits --n 64 --out grid.png --temperature 0.7   # image models: .png or .npy",

@@ -13,6 +13,7 @@ from typing import Any
 
 from clayflow.core import Compose, Flow
 from clayflow.errors import ClayflowError
+from clayflow.models.glow import glow_image, glow_vector
 from clayflow.models.image import realnvp_image
 from clayflow.models.vector import nice, realnvp
 from clayflow.transforms import Standardize
@@ -21,6 +22,7 @@ VECTOR, IMAGE = "vector", "image"
 MODELS = {
     "realnvp": {VECTOR: realnvp, IMAGE: realnvp_image},
     "nice": {VECTOR: nice},
+    "glow": {VECTOR: glow_vector, IMAGE: glow_image},
 }
 
 

@@ -1,4 +1,4 @@
-"""Convolutional ResNet conditioner for image couplings, built as ``make_net(in, out)``."""
+"""Convolutional conditioners for image couplings (ResNet, Glow), built as ``make_net(in, out)``."""
 
 from __future__ import annotations
 
@@ -61,3 +61,23 @@ class ConvResNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.output(self.head(self.blocks(self.input(x))))
+
+
+class GlowNet(nn.Sequential):
+    """Glow's coupling network: conv3x3(hidden), ReLU, conv1x1(hidden), ReLU, conv3x3(out).
+
+    The last conv is zero-initialised by the coupling that owns the net.
+
+    Shape:
+        ``(B, in_channels, H, W) -> (B, out_channels, H, W)``.
+    Reference: Kingma & Dhariwal, Glow, 2018, Sec. 3.3.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, hidden: int = 128):
+        super().__init__(
+            nn.Conv2d(in_channels, hidden, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(hidden, hidden, 1),
+            nn.ReLU(),
+            nn.Conv2d(hidden, out_channels, 3, padding=1),
+        )

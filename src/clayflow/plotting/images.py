@@ -1,4 +1,5 @@
-"""Image grids of a run: data, model samples at several temperatures, and reconstructions."""
+"""Image grids of a run: data, model samples at several temperatures, reconstructions and
+latent interpolations."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from clayflow.core import Flow
 from clayflow.files import atomic_write
 from clayflow.plotting.plots import save_figure as _save
 
-TEMPERATURES = (1.0, 0.8, 0.6)
+TEMPERATURES = (1.0, 0.8, 0.7, 0.6, 0.5)
 GRID = 64  # images per grid
+PAIRS, STEPS = 6, 8  # interpolation grid: rows of pairs, images per row
 
 
 def image_grid(images: np.ndarray | torch.Tensor, levels: int, columns: int | None = None) -> np.ndarray:
@@ -46,8 +48,9 @@ def save_image_grid(images, levels: int, path: Path, zoom: int = 4) -> Path:
 
 @torch.no_grad()
 def plot_image_run(run_dir: Path, flow: Flow, data_x: torch.Tensor, levels: int, seed: int = 0) -> list[Path]:
-    """``data.png``, ``samples.png`` (one panel per temperature in ``TEMPERATURES``) and
-    ``reconstructions.png`` (data above, inverse(forward(data)) below) in ``run_dir/plots``."""
+    """``data.png``, ``samples.png`` (one panel per temperature in ``TEMPERATURES``),
+    ``reconstructions.png`` (data above, inverse(forward(data)) below) and
+    ``interpolation.png`` in ``run_dir/plots``."""
     out = Path(run_dir) / "plots"
     out.mkdir(parents=True, exist_ok=True)
     device = next(flow.parameters()).device
@@ -57,10 +60,11 @@ def plot_image_run(run_dir: Path, flow: Flow, data_x: torch.Tensor, levels: int,
     samples = [flow.sample(GRID, t).cpu() for t in TEMPERATURES]
     z, _ = flow(data.to(device).float())
     reconstructed = flow.inverse(z)[0].cpu()
+    between = interpolate(flow, data[:PAIRS], data[PAIRS : 2 * PAIRS], STEPS)
     torch.random.set_rng_state(generator_state)
     error = (reconstructed - data.float()).abs().max().item()
 
-    fig, axes = plt.subplots(1, len(TEMPERATURES), figsize=(4 * len(TEMPERATURES), 4.4))
+    fig, axes = plt.subplots(1, len(TEMPERATURES), figsize=(3.2 * len(TEMPERATURES), 3.6))
     for ax, t, batch in zip(axes, TEMPERATURES, samples):
         _show(ax, image_grid(batch, levels), f"samples, T = {t}")
     paths = [_save(fig, out / "samples.png")]
@@ -76,7 +80,24 @@ def plot_image_run(run_dir: Path, flow: Flow, data_x: torch.Tensor, levels: int,
         f"data (top) and reconstructions, max error {error:g}",
     )
     paths.append(_save(fig, out / "reconstructions.png"))
+    fig, ax = plt.subplots(figsize=(STEPS * 0.8, len(between) / STEPS * 0.8 + 0.5))
+    _show(
+        ax, image_grid(between, levels, columns=STEPS), "latent interpolation between two test images per row"
+    )
+    paths.append(_save(fig, out / "interpolation.png"))
     return paths
+
+
+@torch.no_grad()
+def interpolate(flow: Flow, start: torch.Tensor, end: torch.Tensor, steps: int) -> torch.Tensor:
+    """Decode ``(1 - t) f(start) + t f(end)`` for ``steps`` values of t in [0, 1]: one row of
+    ``steps`` images per pair, ``(pairs * steps, C, H, W)``; the ends reconstruct the inputs."""
+    device = next(flow.parameters()).device
+    z_start, _ = flow(start.to(device).float())
+    z_end, _ = flow(end.to(device).float())
+    t = torch.linspace(0, 1, steps, device=device).view(1, steps, 1)
+    z = (1 - t) * z_start.unsqueeze(1) + t * z_end.unsqueeze(1)
+    return flow.inverse(z.reshape(-1, z.shape[-1]))[0].cpu()
 
 
 def _show(ax, grid: np.ndarray, title: str) -> None:

@@ -31,6 +31,8 @@ MODEL_FIELDS = (
     "scales",
     "norm",
     "alpha",
+    "lu",
+    "coupling",
 )
 
 
@@ -38,22 +40,24 @@ MODEL_FIELDS = (
 class TrainConfig:
     """Everything a training run depends on. Field comments are the CLI's help texts."""
 
-    model: str = "realnvp"  # model builder: realnvp or nice (vectors), realnvp (images)
+    model: str = "realnvp"  # model builder: realnvp, glow, or nice (vectors only)
     data: str = "moons"  # moons, wine, digits, patches..., mnist:DIR, cifar10:DIR, images:DIR or a file
     steps: int = 4000  # optimisation steps
     batch_size: int | None = None  # examples per step (default 512; images 64)
     lr: float | None = None  # peak learning rate (default 2e-3; images 1e-3)
-    layers: int | None = None  # coupling layers of vector models (default 8)
+    layers: int | None = None  # coupling layers; for Glow images, steps per level (default 8)
     hidden: int | None = None  # conditioner width, MLP units or conv channels (default 128; images 64)
     depth: int | None = None  # conditioner hidden layers or residual blocks (default 2; nice 4)
     conditioner: str | None = None  # vector models: mlp or resmlp (default mlp)
     mask: str | None = None  # vector models: alternating (even/odd) or half (default alternating)
-    scale_bound: str | None = None  # tanh (RealNVP, learned factor) or soft_clamp (default tanh)
+    scale_bound: str | None = None  # tanh, soft_clamp or sigmoid (default tanh; Glow images sigmoid)
     batch_norm: bool | None = None  # batch-norm flow layers between couplings (default off)
     base: str | None = None  # vector models: base normal or diagonal (learned) (default normal)
-    scales: int | None = None  # image models: number of scales (default: most up to 3, top >= 4x4)
+    scales: int | None = None  # image models: number of scales/levels (default: the most that fit, up to 3)
     norm: str | None = None  # image models: conditioner normalisation, batch or none (default batch)
-    alpha: float | None = None  # image models: logit boundary alpha (default 0.05)
+    alpha: float | None = None  # realnvp images: logit boundary alpha (default 0.05)
+    lu: bool | None = None  # glow: LU-decomposed 1x1 convolutions, else plain (default on)
+    coupling: str | None = None  # glow: affine or additive couplings (default affine)
     standardize: bool = True  # tables: standardise columns inside the flow (likelihood stays in data units)
     optimizer: str = "adam"  # adam or adamw
     weight_decay: float = 0.0  # decoupled with adamw, L2 with adam

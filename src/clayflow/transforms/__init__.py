@@ -3,20 +3,23 @@
 from clayflow.core.transform import Compose, Inverse
 from clayflow.transforms.coupling import AdditiveCoupling, AffineCoupling, ScaleBound
 from clayflow.transforms.elementwise import Scaling, Standardize
-from clayflow.transforms.linear import Permutation
+from clayflow.transforms.linear import InvertibleConv1x1, Permutation
 from clayflow.transforms.masks import MaskKind, alternating_mask, checkerboard_mask, half_mask
-from clayflow.transforms.multiscale import MultiScale
-from clayflow.transforms.normalization import BatchNorm
+from clayflow.transforms.multiscale import LearnedPrior, MultiScale
+from clayflow.transforms.normalization import ActNorm, BatchNorm
 from clayflow.transforms.preprocess import Dequantize, Logit, ScalarAffine
 from clayflow.transforms.reshape import Squeeze
 
 __all__ = [
+    "ActNorm",
     "AdditiveCoupling",
     "AffineCoupling",
     "BatchNorm",
     "Compose",
     "Dequantize",
     "Inverse",
+    "InvertibleConv1x1",
+    "LearnedPrior",
     "Logit",
     "MaskKind",
     "MultiScale",

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from enum import Enum
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clayflow.core.transform import Transform, identity_logabsdet, per_feature, sum_except_batch
@@ -26,10 +27,13 @@ class ScaleBound(str, Enum):
       RealNVP's reference implementation.
     * ``SOFT_CLAMP``: ``s = c * tanh(r / c)`` with a fixed ``c`` (``clamp``), as in Glow ports
       and FrEIA; close to the identity for small ``r``.
+    * ``SIGMOID``: ``s = log sigmoid(r + 2)`` as in Glow's code: scales in (0, 1), and a new
+      coupling scales by sigmoid(2) = 0.88 instead of being the identity.
     """
 
     TANH = "tanh"
     SOFT_CLAMP = "soft_clamp"
+    SIGMOID = "sigmoid"
 
 
 def zero_init_last_layer(net: nn.Module) -> None:
@@ -101,9 +105,7 @@ class _Coupling(Transform):
     def _couple(self, x: Tensor, context: Tensor | None, inverse: bool) -> tuple[Tensor, Tensor]:
         self._check(x)
         if self.elementwise:
-            free = (~self.mask).to(x.dtype).repeat(self.params_per_feature, 1, 1)
-            params = self.net(x * self.mask) * free
-            return self._map(x, params, inverse)
+            return self._map(x, self.net(x * self.mask), inverse, free=(~self.mask).to(x.dtype))
         x_kept, x_rest = x.index_select(1, self.kept), x.index_select(1, self.transformed)
         inputs = x_kept if context is None else torch.cat([x_kept, context], dim=1)
         out_rest, logabsdet = self._map(x_rest, self.net(inputs), inverse)
@@ -116,7 +118,11 @@ class _Coupling(Transform):
     def inverse(self, z, context=None):
         return self._couple(z, context, inverse=True)
 
-    def _map(self, v: Tensor, params: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
+    def _map(
+        self, v: Tensor, params: Tensor, inverse: bool, free: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """The elementwise map of ``v`` given the net's ``params``; with ``free`` (1 where
+        transformed, 0 where kept) the map is made the identity on the kept entries."""
         raise NotImplementedError
 
 
@@ -133,7 +139,7 @@ class AffineCoupling(_Coupling):
             mask ``(B, C, H, W) -> (B, 2C, H, W)``. Its last layer is zero-initialised here,
             so a new coupling is the identity.
         context_features: size ``K`` of an optional context appended to the net's input.
-        scale_bound: ``ScaleBound.TANH`` (learned ``a``) or ``ScaleBound.SOFT_CLAMP``.
+        scale_bound: ``ScaleBound.TANH`` (learned ``a``), ``SOFT_CLAMP`` or ``SIGMOID`` (Glow).
         clamp: ``c`` of the soft clamp.
     Shape:
         x: ``(B, D)`` or ``(B, C, H, W)`` -> z like x, logabsdet ``(B,)``.
@@ -160,11 +166,15 @@ class AffineCoupling(_Coupling):
         """The bounded log-scale ``s`` from the raw network output (see ``ScaleBound``)."""
         if self.scale_bound is ScaleBound.TANH:
             return per_feature(self.scale_factor, raw) * torch.tanh(raw)
+        if self.scale_bound is ScaleBound.SIGMOID:
+            return F.logsigmoid(raw + 2.0)
         return self.clamp * torch.tanh(raw / self.clamp)
 
-    def _map(self, v, params, inverse):
+    def _map(self, v, params, inverse, free=None):
         shift, raw = params.chunk(2, dim=1)
         s = self.log_scale(raw)
+        if free is not None:
+            shift, s = shift * free, s * free
         if inverse:
             return (v - shift) * torch.exp(-s), -sum_except_batch(s)
         return v * torch.exp(s) + shift, sum_except_batch(s)
@@ -179,5 +189,6 @@ class AdditiveCoupling(_Coupling):
     Reference: Dinh et al., NICE: Non-linear Independent Components Estimation, 2015.
     """
 
-    def _map(self, v, params, inverse):
-        return (v - params if inverse else v + params), identity_logabsdet(v)
+    def _map(self, v, params, inverse, free=None):
+        shift = params if free is None else params * free
+        return (v - shift if inverse else v + shift), identity_logabsdet(v)

@@ -9,7 +9,9 @@ from torch import Tensor, nn
 from clayflow.core.transform import Transform, per_feature, positions_per_feature
 
 
-def _affine(x: Tensor, shift: Tensor | None, log_scale: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
+def affine_per_feature(
+    x: Tensor, shift: Tensor | None, log_scale: Tensor, inverse: bool
+) -> tuple[Tensor, Tensor]:
     """z = (x - shift) * exp(log_scale) per feature (no shift if None), or its inverse, with log|det|."""
     logabsdet = (log_scale.sum() * positions_per_feature(x)).expand(x.shape[0])
     if inverse:
@@ -32,10 +34,10 @@ class Scaling(Transform):
         self.log_scale = nn.Parameter(torch.zeros(features))
 
     def forward(self, x, context=None):
-        return _affine(x, None, self.log_scale, inverse=False)
+        return affine_per_feature(x, None, self.log_scale, inverse=False)
 
     def inverse(self, z, context=None):
-        return _affine(z, None, self.log_scale, inverse=True)
+        return affine_per_feature(z, None, self.log_scale, inverse=True)
 
 
 class Standardize(Transform):
@@ -55,7 +57,7 @@ class Standardize(Transform):
         self.register_buffer("std", torch.ones(features) if std is None else torch.as_tensor(std))
 
     def forward(self, x, context=None):
-        return _affine(x, self.mean, -torch.log(self.std), inverse=False)
+        return affine_per_feature(x, self.mean, -torch.log(self.std), inverse=False)
 
     def inverse(self, z, context=None):
-        return _affine(z, self.mean, -torch.log(self.std), inverse=True)
+        return affine_per_feature(z, self.mean, -torch.log(self.std), inverse=True)

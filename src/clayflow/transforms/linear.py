@@ -1,11 +1,13 @@
-"""Linear volume-preserving maps over the feature dimension: fixed permutations."""
+"""Linear maps over the feature (or channel) dimension: fixed permutations and Glow's
+learned invertible 1x1 convolution (plain or LU-decomposed)."""
 
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 
-from clayflow.core.transform import Transform, identity_logabsdet
+from clayflow.core.transform import Transform, identity_logabsdet, positions_per_feature
 from clayflow.errors import ClayflowError
 
 
@@ -39,3 +41,77 @@ class Permutation(Transform):
 
     def inverse(self, z, context=None):
         return z.index_select(1, self.inverse_permutation), identity_logabsdet(z)
+
+
+class InvertibleConv1x1(Transform):
+    r"""z = W x at every position: a learned invertible linear map of dim 1 (Glow's 1x1 conv).
+
+    * plain (``lu=False``): W is a parameter, initialised as a random rotation;
+      log|det dz/dx| = n log|det W|.
+    * LU (``lu=True``): W = P L (U + diag(sign * exp(log_s))) with the permutation P and the
+      signs fixed, L unit lower-triangular and U strictly upper-triangular learned;
+      log|det dz/dx| = n sum(log_s), no determinant to compute.
+
+    n = 1 for vectors (a learned linear layer) and H * W for images. Outside training and
+    autograd (e.g. sampling), W^-1 is cached until the weights change.
+
+    Shape:
+        x: ``(B, C)`` or ``(B, C, H, W)`` -> z like x, logabsdet ``(B,)``.
+    Reference: Kingma & Dhariwal, Glow, 2018, Sec. 3.2.
+    """
+
+    def __init__(self, features: int, lu: bool = True):
+        super().__init__()
+        self.lu = bool(lu)
+        rotation = torch.linalg.qr(torch.randn(features, features))[0]
+        if not self.lu:
+            self.weight = nn.Parameter(rotation)
+        else:
+            permutation, lower, upper = torch.linalg.lu(rotation)
+            diagonal = upper.diagonal()
+            self.register_buffer("row_order", permutation.argmax(dim=1))  # W = (L U)[row_order]
+            self.register_buffer("negative", diagonal < 0)
+            self.lower = nn.Parameter(torch.tril(lower, -1))
+            self.upper = nn.Parameter(torch.triu(upper, 1))
+            self.log_s = nn.Parameter(diagonal.abs().log())
+        self._inverse_cache: tuple[tuple, Tensor] | None = None
+
+    def weight_matrix(self) -> Tensor:
+        """W ``(C, C)``."""
+        if not self.lu:
+            return self.weight
+        eye = torch.eye(len(self.log_s), dtype=self.log_s.dtype, device=self.log_s.device)
+        lower = torch.tril(self.lower, -1) + eye
+        sign = 1 - 2 * self.negative.to(self.log_s.dtype)
+        upper = torch.triu(self.upper, 1) + torch.diag(sign * torch.exp(self.log_s))
+        return (lower @ upper)[self.row_order]
+
+    def log_abs_det_weight(self) -> Tensor:
+        """log|det W| (a scalar)."""
+        return self.log_s.sum() if self.lu else torch.linalg.slogdet(self.weight).logabsdet
+
+    def _inverse_weight(self) -> Tensor:
+        if self.training or torch.is_grad_enabled():
+            return torch.linalg.inv(self.weight_matrix())
+        key = tuple((p.data_ptr(), p._version) for p in self.parameters())
+        if self._inverse_cache is None or self._inverse_cache[0] != key:
+            self._inverse_cache = (key, torch.linalg.inv(self.weight_matrix()))
+        return self._inverse_cache[1]
+
+    @staticmethod
+    def _apply_matrix(x: Tensor, matrix: Tensor) -> Tensor:
+        if x.dim() == 2:
+            return x @ matrix.T
+        return F.conv2d(x, matrix[:, :, None, None])
+
+    def _logabsdet(self, x: Tensor) -> Tensor:
+        return (self.log_abs_det_weight() * positions_per_feature(x)).expand(x.shape[0])
+
+    def forward(self, x, context=None):
+        return self._apply_matrix(x, self.weight_matrix()), self._logabsdet(x)
+
+    def inverse(self, z, context=None):
+        return self._apply_matrix(z, self._inverse_weight()), -self._logabsdet(z)
+
+    def extra_repr(self) -> str:
+        return f"features={self.log_s.numel() if self.lu else self.weight.shape[0]}, lu={self.lu}"

@@ -13,8 +13,57 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from clayflow.core.transform import Transform
+from clayflow.core.transform import Transform, per_feature, positions_per_feature, sum_except_batch
 from clayflow.errors import ClayflowError
+
+
+class LearnedPrior(Transform):
+    r"""Glow's learned prior as a transform: eps = (z - mu) * exp(-log_sigma), so that
+    N(eps; 0, I) with this log-det is N(z; mu, sigma^2).
+
+    With ``context_channels`` > 0, ``mu, log_sigma = conv3x3(context)`` (the split prior:
+    the factored half conditioned on the kept half); with 0 they are learned per channel
+    (the top prior). Zero-initialised: a new prior is N(0, I). Temperature sampling scales
+    eps, which scales sigma and keeps mu, as Glow does.
+
+        log|det d eps/dz| = -sum log_sigma.
+
+    Shape:
+        z: ``(B, C, H, W)``, context ``(B, C_ctx, H, W)`` -> eps like z, logabsdet ``(B,)``.
+    Reference: Kingma & Dhariwal, Glow, 2018 (and its code: split2d, learntop).
+    """
+
+    def __init__(self, channels: int, context_channels: int = 0):
+        super().__init__()
+        if context_channels:
+            self.net = nn.Conv2d(context_channels, 2 * channels, 3, padding=1)
+            nn.init.zeros_(self.net.weight)
+            nn.init.zeros_(self.net.bias)
+        else:
+            self.net = None
+            self.loc = nn.Parameter(torch.zeros(channels))
+            self.log_scale = nn.Parameter(torch.zeros(channels))
+
+    def _params(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        if self.net is None:
+            return per_feature(self.loc, z), per_feature(self.log_scale, z)
+        if context is None:
+            raise ClayflowError("a split prior needs the kept half of the channels as context")
+        mu, log_sigma = self.net(context).chunk(2, dim=1)
+        return mu, log_sigma
+
+    def _logabsdet(self, z: Tensor, log_sigma: Tensor) -> Tensor:
+        if self.net is None:
+            return (-self.log_scale.sum() * positions_per_feature(z)).expand(z.shape[0])
+        return -sum_except_batch(log_sigma)
+
+    def forward(self, z, context=None):
+        mu, log_sigma = self._params(z, context)
+        return (z - mu) * torch.exp(-log_sigma), self._logabsdet(z, log_sigma)
+
+    def inverse(self, eps, context=None):
+        mu, log_sigma = self._params(eps, context)
+        return eps * torch.exp(log_sigma) + mu, -self._logabsdet(eps, log_sigma)
 
 
 class MultiScale(Transform):
@@ -27,20 +76,34 @@ class MultiScale(Transform):
         z = cat(flat(factored_0), ..., flat(factored_{L-2}), flat(top))    (B, D)
 
     in that order; ``split_latent`` gives the per-level views back with their shapes.
+    With ``priors``, each factored part is first passed through ``priors[i]`` with the kept
+    part as context (Glow's learned prior, see ``LearnedPrior``).
 
     Args:
         levels: transforms, each mapping its input image to an image (e.g. couplings,
             then a squeeze); their shapes are inferred with ``output_shape``.
         event_shape: ``(C, H, W)`` of the input.
+        priors: one transform (or None) per split, i.e. ``len(levels) - 1``.
     Shape:
         x: ``(B, C, H, W)`` -> z ``(B, C * H * W)``, logabsdet ``(B,)``.
     """
 
-    def __init__(self, levels: Sequence[Transform], event_shape: tuple[int, int, int]):
+    def __init__(
+        self,
+        levels: Sequence[Transform],
+        event_shape: tuple[int, int, int],
+        priors: Sequence[Transform | None] | None = None,
+    ):
         super().__init__()
         if not levels:
             raise ClayflowError("a multi-scale transform needs at least one level")
+        priors = list(priors) if priors is not None else [None] * (len(levels) - 1)
+        if len(priors) != len(levels) - 1:
+            raise ClayflowError(
+                f"{len(levels)} levels have {len(levels) - 1} splits, got {len(priors)} priors"
+            )
         self.levels = nn.ModuleList(levels)
+        self.priors = nn.ModuleList([p if p is not None else nn.Identity() for p in priors])
         self.event_shape = tuple(event_shape)
         self.kept_channels: list[int] = []
         self.latent_shapes: list[tuple[int, ...]] = []  # factored parts, then the top
@@ -71,8 +134,11 @@ class MultiScale(Transform):
             logabsdet = logabsdet + ladj
             if i < len(self.kept_channels):
                 kept = self.kept_channels[i]
-                parts.append(x[:, kept:].reshape(x.shape[0], -1))
-                x = x[:, :kept]
+                factored, x = x[:, kept:], x[:, :kept]
+                if isinstance(self.priors[i], Transform):
+                    factored, ladj = self.priors[i](factored, x)
+                    logabsdet = logabsdet + ladj
+                parts.append(factored.reshape(x.shape[0], -1))
         parts.append(x.reshape(x.shape[0], -1))
         return torch.cat(parts, dim=1), logabsdet
 
@@ -82,7 +148,11 @@ class MultiScale(Transform):
         logabsdet = z.new_zeros(z.shape[0])
         for i in reversed(range(len(self.levels))):
             if i < len(self.kept_channels):
-                x = torch.cat([x, parts[i]], dim=1)
+                factored = parts[i]
+                if isinstance(self.priors[i], Transform):
+                    factored, ladj = self.priors[i].inverse(factored, x)
+                    logabsdet = logabsdet + ladj
+                x = torch.cat([x, factored], dim=1)
             x, ladj = self.levels[i].inverse(x, context)
             logabsdet = logabsdet + ladj
         return x, logabsdet

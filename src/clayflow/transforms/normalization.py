@@ -1,4 +1,4 @@
-r"""Batch normalization as an invertible layer (RealNVP, Sec. 3.7)."""
+r"""Normalisation as invertible layers: batch norm (RealNVP, Sec. 3.7) and ActNorm (Glow)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from clayflow.core.transform import Transform, per_feature, positions_per_feature
+from clayflow.transforms.elementwise import affine_per_feature
 
 
 class BatchNorm(Transform):
@@ -61,3 +62,43 @@ class BatchNorm(Transform):
         scale = torch.exp(-self.log_gamma) * torch.sqrt(var + self.eps)
         x = (z - per_feature(self.beta, z)) * per_feature(scale, z) + per_feature(mean, z)
         return x, -self._logabsdet(z, var)
+
+
+class ActNorm(Transform):
+    r"""Activation normalisation (Glow): z = (x - loc) * exp(log_scale), per feature (dim 1).
+
+    Data-dependent initialisation: the first ``forward`` of an uninitialised layer sets
+    ``loc`` and ``log_scale`` so that this batch comes out with zero mean and unit variance
+    per feature. The ``initialized`` flag is a buffer, so it is saved in checkpoints and a
+    loaded model never re-initialises. ``inverse`` never initialises.
+
+        log|det dz/dx| = P * sum_c log_scale_c,   P = 1 for vectors, H * W for images.
+
+    Shape:
+        x: ``(B, C)`` or ``(B, C, H, W)`` -> z like x, logabsdet ``(B,)``.
+    Reference: Kingma & Dhariwal, Glow, 2018, Sec. 3.1.
+    """
+
+    def __init__(self, features: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.loc = nn.Parameter(torch.zeros(features))
+        self.log_scale = nn.Parameter(torch.zeros(features))
+        self.register_buffer("initialized", torch.tensor(False))
+
+    @torch.no_grad()
+    def initialize(self, x: Tensor) -> None:
+        """Set ``loc`` and ``log_scale`` from the statistics of ``x`` over every dim but 1."""
+        dims = [0, *range(2, x.dim())]
+        self.loc.copy_(x.mean(dim=dims))
+        if x.numel() // x.shape[1] > 1:  # a spread exists only with more than one value per feature
+            self.log_scale.copy_(-torch.log(x.std(dim=dims, unbiased=False) + self.eps))
+        self.initialized.fill_(True)
+
+    def forward(self, x, context=None):
+        if not self.initialized:
+            self.initialize(x)
+        return affine_per_feature(x, self.loc, self.log_scale, inverse=False)
+
+    def inverse(self, z, context=None):
+        return affine_per_feature(z, self.loc, self.log_scale, inverse=True)

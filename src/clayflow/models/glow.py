@@ -1,0 +1,158 @@
+"""Glow (Kingma & Dhariwal 2018) for images and vectors."""
+
+from __future__ import annotations
+
+import math
+from enum import Enum
+from functools import partial
+
+from clayflow.core import Compose, Flow, StandardNormal
+from clayflow.errors import ClayflowError, parse_choice
+from clayflow.nn import MLP
+from clayflow.nn.resnet import GlowNet
+from clayflow.transforms import (
+    ActNorm,
+    AdditiveCoupling,
+    AffineCoupling,
+    Dequantize,
+    InvertibleConv1x1,
+    LearnedPrior,
+    MultiScale,
+    ScalarAffine,
+    ScaleBound,
+    Squeeze,
+    half_mask,
+)
+
+MAX_DEFAULT_SCALES = 3
+
+
+class CouplingKind(str, Enum):
+    """Glow's coupling: affine (scale and shift) or additive (shift only, volume preserving)."""
+
+    AFFINE = "affine"
+    ADDITIVE = "additive"
+
+
+def default_glow_scales(shape: tuple[int, int, int]) -> int:
+    """The most levels (up to 3) whose squeezes leave at least 2x2 pixels."""
+    _, height, width = shape
+    scales = 1
+    while (
+        scales < MAX_DEFAULT_SCALES
+        and height % 2 ** (scales + 1) == 0
+        and width % 2 ** (scales + 1) == 0
+        and min(height, width) // 2 ** (scales + 1) >= 2
+    ):
+        scales += 1
+    return scales
+
+
+def _check(name: str, value, least: int) -> None:
+    if int(value) != value or value < least:
+        raise ClayflowError(f"--{name} must be an integer >= {least}, got {value}")
+
+
+def _step(channels: int, make_net, lu: bool, coupling: CouplingKind, bound: ScaleBound, parity: int):
+    """ActNorm, invertible 1x1 conv (or linear), coupling of one half of dim 1."""
+    mask = half_mask(channels, parity)
+    if coupling is CouplingKind.ADDITIVE:
+        couple = AdditiveCoupling(mask, make_net)
+    else:
+        couple = AffineCoupling(mask, make_net, scale_bound=bound)
+    return [ActNorm(channels), InvertibleConv1x1(channels, lu=lu), couple]
+
+
+def glow_image(
+    shape: tuple[int, int, int],
+    levels: int = 256,
+    *,
+    scales: int | None = None,
+    layers: int = 8,
+    hidden: int = 128,
+    lu: bool = True,
+    coupling: str = "affine",
+    scale_bound: str = "sigmoid",
+) -> Flow:
+    """Multi-scale Glow for images with ``levels`` intensity levels.
+
+    Pre-processing: ``Dequantize(levels)``, ``ScalarAffine(1 / levels, -0.5)``. Each of the
+    ``scales`` levels: squeeze, ``layers`` steps of [ActNorm, invertible 1x1 conv, coupling],
+    then (but the last) half the channels leave through a learned split prior; the top
+    has a learned prior. The base is N(0, I), so temperature scales every prior's sigma.
+
+    Args:
+        shape: ``(C, H, W)``; H and W must be divisible by ``2 ** scales``.
+        levels: intensity levels ``k`` of the data.
+        scales: number of levels L (default: the most, up to 3, keeping the top >= 2x2).
+        layers: steps K per level.
+        hidden: width of the coupling networks (Glow: 512).
+        lu: LU-decomposed 1x1 convolutions (else plain, with a determinant per call).
+        coupling: ``"affine"`` or ``"additive"``.
+        scale_bound: affine scale: ``"sigmoid"`` (Glow), ``"tanh"`` or ``"soft_clamp"``.
+    Shape:
+        log_prob: ``(B, C, H, W)`` -> ``(B,)``; sample(n) -> ``(n, C, H, W)`` integer levels.
+    Reference: Kingma & Dhariwal, Glow: Generative flow with invertible 1x1 convolutions, 2018.
+    """
+    scales = default_glow_scales(shape) if scales is None else scales
+    _check("scales", scales, 1)
+    _check("layers", layers, 1)
+    _check("hidden", hidden, 1)
+    if len(shape) != 3:
+        raise ClayflowError(f"image models need data of shape (C, H, W), got {tuple(shape)}")
+    channels, height, width = (int(s) for s in shape)
+    factor = 2**scales
+    if height % factor or width % factor:
+        raise ClayflowError(
+            f"{scales} Glow levels squeeze {scales} times, so height and width must be divisible by "
+            f"{factor}; got {height}x{width}. Use --scales {default_glow_scales(shape)} or crop the images"
+        )
+    kind = parse_choice(CouplingKind, coupling, "coupling")
+    bound = parse_choice(ScaleBound, scale_bound, "scale bound")
+    make_net = partial(GlowNet, hidden=hidden)
+    level_transforms, priors = [], []
+    for level in range(scales):
+        channels, height, width = 4 * channels, height // 2, width // 2
+        steps = [Squeeze()]
+        for k in range(layers):
+            steps += _step(channels, make_net, lu, kind, bound, k)
+        if level == scales - 1:
+            steps.append(LearnedPrior(channels))
+        else:
+            kept = channels - channels // 2
+            priors.append(LearnedPrior(channels // 2, context_channels=kept))
+            channels = kept
+        level_transforms.append(Compose(*steps))
+    preprocess = [Dequantize(levels), ScalarAffine(1.0 / levels, -0.5)]
+    model = Compose(*preprocess, MultiScale(level_transforms, shape, priors))
+    return Flow(model, StandardNormal(math.prod(shape)))
+
+
+def glow_vector(
+    features: int,
+    *,
+    layers: int = 8,
+    hidden: int = 128,
+    depth: int = 2,
+    lu: bool = True,
+    coupling: str = "affine",
+    scale_bound: str = "tanh",
+) -> Flow:
+    """Glow for vectors: ``layers`` steps of [ActNorm, invertible linear map (LU or plain),
+    coupling of alternating halves with an MLP], then an ActNorm, with base N(0, I).
+
+    Args as ``glow_image``; ``hidden`` and ``depth`` are the MLP's width and hidden layers.
+    Reference: Kingma & Dhariwal, Glow, 2018.
+    """
+    if features < 2:
+        raise ClayflowError(f"coupling flows need at least 2 features (data columns), got {features}")
+    _check("layers", layers, 1)
+    _check("hidden", hidden, 1)
+    _check("depth", depth, 0)
+    kind = parse_choice(CouplingKind, coupling, "coupling")
+    bound = parse_choice(ScaleBound, scale_bound, "scale bound")
+    make_net = partial(MLP, hidden=hidden, depth=depth)
+    steps = []
+    for k in range(layers):
+        steps += _step(features, make_net, lu, kind, bound, k)
+    return Flow(Compose(*steps, ActNorm(features)), StandardNormal(features))
