@@ -266,7 +266,8 @@ def test_image_run_trains_samples_scores_and_plots(image_run, tmp_path, capsys):
     run, folder = image_run
     results = json.loads((run / "results.json").read_text())
     assert results["test_bpd"] == pytest.approx(results["test_nll"] / (64 * np.log(2)))
-    assert all((run / "plots" / f).exists() for f in ("samples.png", "data.png", "reconstructions.png"))
+    plots = ("samples.png", "data.png", "reconstructions.png", "interpolation.png")
+    assert all((run / "plots" / f).exists() for f in plots)  # with only 3 test images
     code, _, err = run_cli(
         capsys, "sample", run, "--n", "5", "--out", tmp_path / "s.npy", "--temperature", "0.7"
     )

@@ -94,12 +94,12 @@ def glow_image(
         log_prob: ``(B, C, H, W)`` -> ``(B,)``; sample(n) -> ``(n, C, H, W)`` integer levels.
     Reference: Kingma & Dhariwal, Glow: Generative flow with invertible 1x1 convolutions, 2018.
     """
+    if len(shape) != 3:
+        raise ClayflowError(f"image models need data of shape (C, H, W), got {tuple(shape)}")
     scales = default_glow_scales(shape) if scales is None else scales
     _check("scales", scales, 1)
     _check("layers", layers, 1)
     _check("hidden", hidden, 1)
-    if len(shape) != 3:
-        raise ClayflowError(f"image models need data of shape (C, H, W), got {tuple(shape)}")
     channels, height, width = (int(s) for s in shape)
     factor = 2**scales
     if height % factor or width % factor:

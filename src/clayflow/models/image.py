@@ -88,6 +88,7 @@ def realnvp_image(
         log_prob: ``(B, C, H, W)`` -> ``(B,)``; sample(n) -> ``(n, C, H, W)`` integer levels.
     Reference: Dinh et al., Density estimation using Real NVP, 2017.
     """
+    check_image_shape(shape, 1)
     scales = default_scales(shape) if scales is None else scales
     shape = check_image_shape(shape, scales)
     for name, value, least in (("hidden", hidden, 1), ("depth", depth, 0)):

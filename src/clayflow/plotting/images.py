@@ -60,7 +60,8 @@ def plot_image_run(run_dir: Path, flow: Flow, data_x: torch.Tensor, levels: int,
     samples = [flow.sample(GRID, t).cpu() for t in TEMPERATURES]
     z, _ = flow(data.to(device).float())
     reconstructed = flow.inverse(z)[0].cpu()
-    between = interpolate(flow, data[:PAIRS], data[PAIRS : 2 * PAIRS], STEPS)
+    pairs = min(PAIRS, len(data) // 2)
+    between = interpolate(flow, data[:pairs], data[pairs : 2 * pairs], STEPS) if pairs else None
     torch.random.set_rng_state(generator_state)
     error = (reconstructed - data.float()).abs().max().item()
 
@@ -80,6 +81,8 @@ def plot_image_run(run_dir: Path, flow: Flow, data_x: torch.Tensor, levels: int,
         f"data (top) and reconstructions, max error {error:g}",
     )
     paths.append(_save(fig, out / "reconstructions.png"))
+    if between is None:  # fewer than two test images
+        return paths
     fig, ax = plt.subplots(figsize=(STEPS * 0.8, len(between) / STEPS * 0.8 + 0.5))
     _show(
         ax, image_grid(between, levels, columns=STEPS), "latent interpolation between two test images per row"
