@@ -8,7 +8,7 @@ from torch.autograd.functional import jacobian
 
 import clayflow.transforms as T
 from clayflow.core import Transform
-from zoo import STOCHASTIC, ZOO, inputs, make, mlp, resmlp
+from zoo import APPROXIMATE, STOCHASTIC, ZOO, inputs, make, mlp, resmlp
 
 NAMES = sorted(ZOO)
 
@@ -93,7 +93,7 @@ def test_every_exported_transform_is_in_the_zoo():
         if issubclass(obj, Transform) and obj is not Transform
     }
     covered = set()
-    for factory in [*ZOO.values(), *STOCHASTIC.values()]:
+    for factory in [*ZOO.values(), *STOCHASTIC.values(), *APPROXIMATE.values()]:
         transform, _ = factory()
         covered |= {type(m) for m in transform.modules() if isinstance(m, Transform)}
     assert exported <= covered, f"add to tests/zoo.py: {sorted(c.__name__ for c in exported - covered)}"

@@ -17,7 +17,7 @@ from torch import nn
 from clayflow import transforms as T
 from clayflow.models.glow import glow_image, glow_vector
 from clayflow.models.image import realnvp_image
-from clayflow.nn import MLP, ResidualMLP
+from clayflow.nn import MLP, ODENet, ResidualMLP
 from clayflow.nn.resnet import ConvResNet
 
 
@@ -166,6 +166,9 @@ DOMAINS = {
 PARAMETER_SCALES = {"realnvp_image": 0.1, "glow_image": 0.1}
 
 STOCHASTIC = {"dequantize": lambda: (T.Dequantize(17), (1, 3, 3))}
+
+# Transforms exact only up to an ODE solver's tolerance, tested in ``test_continuous.py``.
+APPROXIMATE = {"cnf": lambda: (T.CNF(ODENet(2, 16, 2), atol=1e-10, rtol=1e-10), (2,))}
 
 
 def inputs(name: str, shape: tuple[int, ...], batch: int = 3, dtype=torch.float64) -> torch.Tensor:

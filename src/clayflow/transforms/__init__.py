@@ -1,6 +1,7 @@
 """Invertible layers. Each maps data -> latent in ``forward`` (see ``clayflow.core.transform``)."""
 
 from clayflow.core.transform import Compose, Inverse
+from clayflow.transforms.continuous import CNF
 from clayflow.transforms.coupling import AdditiveCoupling, AffineCoupling, ScaleBound
 from clayflow.transforms.elementwise import Scaling, Standardize
 from clayflow.transforms.linear import InvertibleConv1x1, Permutation
@@ -11,6 +12,7 @@ from clayflow.transforms.preprocess import Dequantize, Logit, ScalarAffine
 from clayflow.transforms.reshape import Squeeze
 
 __all__ = [
+    "CNF",
     "ActNorm",
     "AdditiveCoupling",
     "AffineCoupling",

@@ -1,0 +1,131 @@
+"""Continuous normalizing flows against closed forms: a linear field's exact density,
+Hutchinson's unbiasedness, adjoint = direct gradients, round trips and real NFE counts."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from clayflow.core import Flow, StandardNormal
+from clayflow.errors import ClayflowError
+from clayflow.nn import ODENet
+from clayflow.transforms import CNF
+from test_transforms import brute_force_logabsdet
+from zoo import APPROXIMATE, randomize
+
+
+class LinearField(nn.Module):
+    """f(t, z) = A z, whose flow is z(T) = expm(A T) x with log|det| = T tr(A)."""
+
+    def __init__(self, matrix):
+        super().__init__()
+        self.matrix = nn.Parameter(matrix)
+        self.calls = 0
+
+    def forward(self, t, z):
+        self.calls += 1
+        return z @ self.matrix.T
+
+
+A = torch.tensor([[0.3, -0.8], [0.5, -0.2]], dtype=torch.float64)
+
+
+def _cnf(dynamics=None, **options):
+    options = {"atol": 1e-10, "rtol": 1e-10, **options}
+    return CNF(dynamics if dynamics is not None else LinearField(A.clone()), **options).double()
+
+
+def test_linear_field_density_matches_the_closed_form():
+    t1 = 0.7
+    flow = Flow(_cnf(t1=t1), StandardNormal(2)).double()
+    x = torch.randn(16, 2, dtype=torch.float64)
+    z = x @ torch.linalg.matrix_exp(A * t1).T
+    expected = -0.5 * (z**2).sum(1) - math.log(2 * math.pi) + t1 * torch.trace(A)
+    torch.testing.assert_close(flow.log_prob(x).detach(), expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(flow(x)[0].detach(), z, atol=1e-7, rtol=0)
+
+
+@pytest.mark.parametrize("noise", ["rademacher", "gaussian"])
+def test_hutchinson_is_unbiased(noise):
+    """Mean of Hutchinson log-dets over many solves = the exact log-det (4 standard errors)."""
+    torch.manual_seed(0)
+    net = randomize(ODENet(3, 16, 2), seed=1).double()
+    exact = _cnf(net, atol=1e-8, rtol=1e-8)
+    x = torch.randn(1, 3, dtype=torch.float64).expand(400, 3).contiguous()  # one point, 400 probes
+    with torch.no_grad():
+        reference = exact(x[:1])[1]
+        estimates = _cnf(net, atol=1e-8, rtol=1e-8, trace="hutchinson", noise=noise)(x)[1]
+    standard_error = estimates.std() / math.sqrt(len(estimates))
+    assert estimates.std() > 0  # really a random estimate
+    assert abs(estimates.mean() - reference) < 4 * standard_error, (
+        estimates.mean(),
+        reference,
+        standard_error,
+    )
+
+
+def test_adjoint_and_direct_gradients_agree():
+    torch.manual_seed(0)
+    x = torch.randn(8, 2, dtype=torch.float64)
+    grads = []
+    for adjoint in (False, True):
+        net = randomize(ODENet(2, 8, 1), seed=2).double()
+        flow = Flow(
+            _cnf(net, atol=1e-9, rtol=1e-9, adjoint=adjoint, learn_t1=True), StandardNormal(2)
+        ).double()
+        flow.log_prob(x).mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in flow.parameters()]))
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-6, rtol=1e-5)
+
+
+def test_round_trip_and_logabsdet_within_solver_tolerance():
+    cnf, shape = APPROXIMATE["cnf"]()
+    cnf = randomize(cnf, seed=3).double().eval()
+    x = torch.randn(4, *shape, dtype=torch.float64)
+    z, logabsdet = cnf(x)
+    assert not torch.allclose(z, x)
+    back, inverse_logabsdet = cnf.inverse(z)
+    torch.testing.assert_close(back, x, atol=1e-7, rtol=0)
+    torch.testing.assert_close(inverse_logabsdet, -logabsdet, atol=1e-7, rtol=0)
+    torch.testing.assert_close(logabsdet, brute_force_logabsdet(cnf, x), atol=1e-6, rtol=0)
+
+
+def test_a_new_cnf_is_the_identity():
+    cnf = CNF(ODENet(2))
+    x = torch.randn(5, 2)
+    z, logabsdet = cnf(x)  # exact up to rounding: the solver interpolates to T
+    torch.testing.assert_close(z, x, atol=1e-6, rtol=0)
+    assert torch.equal(logabsdet, torch.zeros(5))
+
+
+def test_nfe_counts_are_real_counts():
+    field = LinearField(A.clone())
+    cnf = _cnf(field, solver="rk4", step_size=0.1)
+    _, _, stats = cnf.forward_with_stats(torch.randn(3, 2, dtype=torch.float64))
+    assert stats.nfe_forward == field.calls == 4 * 10  # rk4: four evaluations per step, T / 0.1 steps
+    adaptive = _cnf(LinearField(A.clone()), adjoint=True)
+    _, logabsdet, stats = adaptive.forward_with_stats(torch.randn(3, 2, dtype=torch.float64))
+    assert stats.nfe_backward == 0
+    logabsdet.sum().backward()
+    assert stats.nfe_backward > 0  # the adjoint's backward solve
+
+
+def test_regularisers_of_a_linear_field():
+    """Kinetic energy int |A z|^2 dt is positive; the Frobenius estimate's mean is T |A|_F^2."""
+    torch.manual_seed(0)
+    x = torch.zeros(2000, 2, dtype=torch.float64)  # z stays 0: the Frobenius term alone
+    _, _, stats = _cnf(t1=0.5, atol=1e-6, rtol=1e-6).forward_with_stats(x + 1e-12, regularize=True)
+    assert torch.all(stats.kinetic >= 0)
+    expected = 0.5 * (A**2).sum()
+    assert abs(stats.jacobian_frobenius.mean() - expected) < 0.05 * expected
+
+
+def test_learned_time_and_bad_options():
+    cnf = _cnf(learn_t1=True, t1=0.5)
+    Flow(cnf, StandardNormal(2)).double().log_prob(torch.randn(4, 2, dtype=torch.float64)).sum().backward()
+    assert cnf.log_t1.grad is not None and cnf.log_t1.grad != 0
+    with pytest.raises(ClayflowError, match="unknown ODE solver 'rk45'; choose one of: dopri5"):
+        CNF(ODENet(2), solver="rk45")
+    with pytest.raises(ClayflowError, match="T must be > 0"):
+        CNF(ODENet(2), t1=0.0)
