@@ -29,7 +29,7 @@ class ConcatSquashLinear(nn.Module):
     r"""h' = (W h + b) * sigmoid(a t + c) + d t: FFJORD's time-gated linear layer.
 
     Shape:
-        t: scalar tensor, h: ``(B, in_features)`` -> ``(B, out_features)``.
+        t: scalar or ``(B,)``, h: ``(B, in_features)`` -> ``(B, out_features)``.
     Reference: Grathwohl et al., FFJORD, 2019 (``diffeq_layers.ConcatSquashLinear``).
     """
 
@@ -40,7 +40,7 @@ class ConcatSquashLinear(nn.Module):
         self.time_bias = nn.Linear(1, out_features, bias=False)
 
     def forward(self, t: Tensor, h: Tensor) -> Tensor:
-        t = t.reshape(1, 1).to(h)
+        t = t.reshape(-1, 1).to(h)
         return self.linear(h) * torch.sigmoid(self.gate(t)) + self.time_bias(t)
 
     def zero_(self) -> None:
@@ -57,7 +57,7 @@ class ConcatLinear(nn.Module):
         self.linear = nn.Linear(in_features + 1, out_features)
 
     def forward(self, t: Tensor, h: Tensor) -> Tensor:
-        return self.linear(torch.cat([h, t.reshape(1, 1).to(h).expand(h.shape[0], 1)], dim=1))
+        return self.linear(torch.cat([h, t.reshape(-1, 1).to(h).expand(h.shape[0], 1)], dim=1))
 
     def zero_(self) -> None:
         nn.init.zeros_(self.linear.weight)
@@ -70,7 +70,8 @@ class ODENet(nn.Module):
     The last layer is zero-initialised, so a new CNF is the identity map.
 
     Shape:
-        t: scalar tensor, z: ``(B, D)`` -> ``(B, D)``.
+        t: scalar (one time for the batch, as in an ODE solve) or ``(B,)`` (flow matching),
+        z: ``(B, D)`` -> ``(B, D)``.
     """
 
     def __init__(

@@ -33,6 +33,17 @@ MODEL_FIELDS = (
     "alpha",
     "lu",
     "coupling",
+    "blocks",
+    "activation",
+    "t1",
+    "learn_t1",
+    "solver",
+    "atol",
+    "rtol",
+    "step_size",
+    "trace",
+    "eval_trace",
+    "adjoint",
 )
 
 
@@ -58,6 +69,21 @@ class TrainConfig:
     alpha: float | None = None  # realnvp images: logit boundary alpha (default 0.05)
     lu: bool | None = None  # glow: LU-decomposed 1x1 convolutions, else plain (default on)
     coupling: str | None = None  # glow: affine or additive couplings (default affine)
+    blocks: int | None = None  # cnf: CNF blocks in sequence (default 1)
+    activation: str | None = None  # cnf: vector field activation, softplus or tanh (default softplus)
+    t1: float | None = None  # cnf: integration time T (default 1.0)
+    learn_t1: bool | None = None  # cnf: learn T (default off)
+    solver: str | None = None  # cnf: dopri5, rk4, euler, adaptive_heun, ... (default dopri5)
+    atol: float | None = None  # cnf: absolute tolerance of adaptive solvers (default 1e-5)
+    rtol: float | None = None  # cnf: relative tolerance of adaptive solvers (default 1e-5)
+    step_size: float | None = None  # cnf: step of fixed-step solvers (default T / 20)
+    trace: str | None = None  # cnf: divergence when training, hutchinson or exact (default hutchinson)
+    eval_trace: str | None = None  # cnf: divergence when evaluating (default exact)
+    adjoint: bool | None = None  # cnf: adjoint backward pass, memory constant in steps (default off)
+    objective: str = "mle"  # mle (maximum likelihood) or fm (flow matching, cnf only)
+    kinetic: float = 0.0  # cnf: weight of the kinetic-energy regulariser (RNODE, e.g. 0.01)
+    jacobian: float = 0.0  # cnf: weight of the Jacobian Frobenius regulariser (RNODE, e.g. 0.01)
+    ot: bool = False  # flow matching: pair noise and data by minibatch optimal transport
     standardize: bool = True  # tables: standardise columns inside the flow (likelihood stays in data units)
     optimizer: str = "adam"  # adam or adamw
     weight_decay: float = 0.0  # decoupled with adamw, L2 with adam
@@ -95,8 +121,8 @@ class TrainConfig:
 
 
 _POSITIVE = {"steps", "batch_size", "lr", "layers", "hidden", "scales", "eval_every", "checkpoint_every"}
-_NON_NEGATIVE = {"depth", "weight_decay", "warmup", "clip", "ema", "seed", "patience"}
-_CHOICES = {"optimizer": ("adam", "adamw"), "schedule": ("cosine", "constant")}
+_NON_NEGATIVE = {"depth", "weight_decay", "warmup", "clip", "ema", "seed", "patience", "kinetic", "jacobian"}
+_CHOICES = {"optimizer": ("adam", "adamw"), "schedule": ("cosine", "constant"), "objective": ("mle", "fm")}
 
 
 def config_from_dict(values: dict[str, Any], source: str = "config") -> TrainConfig:
@@ -158,6 +184,12 @@ def _check_ranges(config: TrainConfig, source: str) -> None:
     for key in _NON_NEGATIVE:
         if getattr(config, key) is not None and getattr(config, key) < 0:
             raise ClayflowError(f"{source}: {key} must be >= 0, got {getattr(config, key)}")
+    if config.model != "cnf" and (config.objective == "fm" or config.kinetic or config.jacobian or config.ot):
+        raise ClayflowError(
+            f"{source}: --objective fm, --kinetic, --jacobian and --ot train continuous flows; use --model cnf"
+        )
+    if config.ot and config.objective != "fm":
+        raise ClayflowError(f"{source}: --ot pairs noise and data for flow matching; add --objective fm")
     if config.patience and not config.select_best:
         raise ClayflowError(
             f"{source}: patience (early stopping) needs select_best, which tracks the best step"

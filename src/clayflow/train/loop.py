@@ -13,6 +13,7 @@ import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +34,11 @@ from clayflow.train.checkpoint import (
 )
 from clayflow.train.config import TrainConfig
 from clayflow.train.evaluate import evaluate_nll
+from clayflow.train.objective import flow_matching, maximum_likelihood
 from clayflow.train.run import MetricsLog, prepare_new_run, write_json
 from clayflow.train.schedule import make_scheduler
+
+INTERVAL_SUMS = ("loss", "nll", "nfe_forward", "nfe_backward")  # averaged into each metrics row
 
 
 class TrainingStopped(ClayflowError):
@@ -167,7 +171,12 @@ class _Trainer:
         )
         self.sampler = BatchSampler(len(data.train), config.batch_size, config.seed)
         self.train_x = data.train.to(device)
-        self.step, self.loss_sum, self.loss_count, self.train_seconds = 0, 0.0, 0, 0.0
+        self.step, self.train_seconds = 0, 0.0
+        self.sums, self.count = dict.fromkeys(INTERVAL_SUMS, 0.0), 0  # since the last metrics row
+        if config.objective == "fm":
+            self.objective = partial(flow_matching, optimal_transport=config.ot)
+        else:
+            self.objective = partial(maximum_likelihood, kinetic=config.kinetic, jacobian=config.jacobian)
         self.last_saved_step = None
         self.best_val_nll, self.best_step = math.inf, None
         if checkpoint is not None:
@@ -189,8 +198,8 @@ class _Trainer:
             "scheduler": self.scheduler.state_dict(),
             "sampler": self.sampler.state_dict(),
             "torch_rng": torch.get_rng_state(),
-            "loss_sum": self.loss_sum,
-            "loss_count": self.loss_count,
+            "interval_sums": self.sums,
+            "interval_count": self.count,
             "train_seconds": self.train_seconds,
             "best_val_nll": self.best_val_nll,
             "best_step": self.best_step,
@@ -210,7 +219,7 @@ class _Trainer:
             self.sampler.load_state_dict(checkpoint["sampler"])
             torch.set_rng_state(checkpoint["torch_rng"])
             self.step = checkpoint["step"]
-            self.loss_sum, self.loss_count = checkpoint["loss_sum"], checkpoint["loss_count"]
+            self.sums, self.count = checkpoint["interval_sums"], checkpoint["interval_count"]
             self.train_seconds = checkpoint["train_seconds"]
             self.best_val_nll, self.best_step = checkpoint["best_val_nll"], checkpoint["best_step"]
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
@@ -230,7 +239,7 @@ class _Trainer:
                 interval_steps += 1
                 bar.update(1)
                 if self.step % 10 == 0:
-                    bar.set_postfix(nll=f"{loss:.3f}", refresh=False)
+                    bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
                 if self.step % config.eval_every == 0 or self.step == config.steps:
                     seconds = time.perf_counter() - interval_start
                     self.train_seconds += seconds
@@ -266,12 +275,12 @@ class _Trainer:
 
     def _train_step(self) -> tuple[float, float]:
         batch = self.train_x[self.sampler.next().to(self.train_x.device)].float()
-        loss = -self.flow.log_prob(batch).mean()
+        step_loss = self.objective(self.flow, batch)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        step_loss.loss.backward()
         max_norm = self.config.clip if self.config.clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.flow.parameters(), max_norm).item()
-        loss_value = loss.item()
+        loss_value = step_loss.loss.item()
         if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
             what = "loss" if not math.isfinite(loss_value) else "gradient norm"
             kept = (
@@ -287,8 +296,16 @@ class _Trainer:
         if self.ema is not None:
             self.ema.update_parameters(self.flow)
         self.step += 1
-        self.loss_sum += loss_value
-        self.loss_count += 1
+        nfe_forward, nfe_backward = step_loss.nfe()
+        values = {
+            "loss": loss_value,
+            "nll": step_loss.nll.item() if step_loss.nll is not None else 0.0,
+            "nfe_forward": nfe_forward,
+            "nfe_backward": nfe_backward,
+        }
+        for key, value in values.items():
+            self.sums[key] += value
+        self.count += 1
         return loss_value, grad_norm
 
     def _eval_flow(self) -> Flow:
@@ -298,12 +315,15 @@ class _Trainer:
         val_nll = evaluate_nll(self._eval_flow(), self.data.val)
         row = {
             "step": self.step,
-            "train_nll": self.loss_sum / max(self.loss_count, 1),
+            "train_loss": self.sums["loss"] / max(self.count, 1),
+            "train_nll": self.sums["nll"] / max(self.count, 1) if self.config.objective == "mle" else "",
             "val_nll": val_nll,
             "val_bpd": val_nll / (self.data.dims * math.log(2)),
             "lr": self.scheduler.get_last_lr()[0],
             "grad_norm": grad_norm,
             "steps_per_s": steps_per_s,
+            "nfe_forward": self.sums["nfe_forward"] / max(self.count, 1),
+            "nfe_backward": self.sums["nfe_backward"] / max(self.count, 1),
             "elapsed_s": self.train_seconds,
         }
         self.metrics.append(row)
@@ -319,12 +339,13 @@ class _Trainer:
                     "model": self._eval_flow().state_dict(),
                 },
             )
-        self.loss_sum, self.loss_count = 0.0, 0
-        bar.set_postfix(nll=f"{row['train_nll']:.3f}", val=f"{val_nll:.3f}", refresh=True)
+        self.sums, self.count = dict.fromkeys(INTERVAL_SUMS, 0.0), 0
+        nfe = f"  nfe {row['nfe_forward']:.0f}+{row['nfe_backward']:.0f}" if row["nfe_forward"] else ""
+        bar.set_postfix(loss=f"{row['train_loss']:.3f}", val=f"{val_nll:.3f}", nfe=nfe.strip(), refresh=True)
         if not self.progress:
             print(
-                f"step {self.step}/{self.config.steps}  train nll {row['train_nll']:.4f}  "
-                f"val nll {val_nll:.4f}  ({steps_per_s:.0f} steps/s)",
+                f"step {self.step}/{self.config.steps}  train loss {row['train_loss']:.4f}  "
+                f"val nll {val_nll:.4f}{nfe}  ({steps_per_s:.0f} steps/s)",
                 file=sys.stderr,
             )
 

@@ -13,7 +13,21 @@ from typing import Any
 from clayflow.errors import ClayflowError
 from clayflow.files import atomic_write
 
-METRIC_COLUMNS = ("step", "train_nll", "val_nll", "val_bpd", "lr", "grad_norm", "steps_per_s", "elapsed_s")
+# train_loss is the objective (with regularisers; the flow-matching loss for --objective fm),
+# train_nll its NLL part (empty for flow matching); nfe_* are ODE function evaluations per step.
+METRIC_COLUMNS = (
+    "step",
+    "train_loss",
+    "train_nll",
+    "val_nll",
+    "val_bpd",
+    "lr",
+    "grad_norm",
+    "steps_per_s",
+    "nfe_forward",
+    "nfe_backward",
+    "elapsed_s",
+)
 
 
 def default_run_dir(model: str, data: str) -> Path:
