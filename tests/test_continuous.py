@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+import clayflow
 from clayflow.core import Flow, StandardNormal
 from clayflow.errors import ClayflowError
 from clayflow.nn import ODENet
@@ -160,6 +161,10 @@ def test_cnf_trains_by_likelihood_and_by_flow_matching(tmp_path, objective, lr, 
     assert result.test_nll < evaluate_nll(untrained, load_dataset("moons").test) - 0.2
     with (tmp_path / objective / "metrics.csv").open() as file:
         last = list(csv.DictReader(file))[-1]
+    from clayflow.plotting import plot_run
+
+    paths = plot_run(tmp_path / objective, clayflow.load(tmp_path / objective), load_dataset("moons").test)
+    assert {p.name for p in paths} == {"loss.png", "samples.png", "density.png", "trajectories.png"}
     if objective == "mle":
         assert float(last["nfe_forward"]) == 4 * 4 and last["train_nll"]  # rk4, 4 steps of 0.25
     else:

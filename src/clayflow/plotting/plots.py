@@ -2,7 +2,7 @@
 
 * ``loss.png``: train and validation NLL against the step;
 * 2D data: ``samples.png`` (data beside model samples) and ``density.png`` (model density
-  heat-map with the data overlaid);
+  heat-map with the data overlaid); for a CNF also ``trajectories.png``;
 * more dimensions: ``marginals.png`` (per-column histograms, data vs model) and
   ``pairs.png`` (pairwise scatter of the first columns);
 * images: ``samples.png``, ``data.png`` and ``reconstructions.png`` (see ``images.py``).
@@ -23,6 +23,7 @@ import torch
 from clayflow.core import Flow
 from clayflow.diagnostics import grid_log_prob
 from clayflow.train.run import read_metrics
+from clayflow.transforms import CNF
 
 SAMPLES = 5000
 
@@ -54,6 +55,9 @@ def plot_run(
     if data.shape[1] == 2:
         paths.append(plot_samples_2d(data, samples, out / "samples.png"))
         paths.append(plot_density_2d(flow, data, out / "density.png"))
+        cnfs = [t for t in flow.transform if isinstance(t, CNF)]
+        if len(cnfs) == 1 and flow.transform[len(flow.transform) - 1] is cnfs[0]:
+            paths.append(plot_trajectories_2d(flow, cnfs[0], out / "trajectories.png"))
     else:
         paths.append(plot_marginals(data, samples, out / "marginals.png", columns))
         paths.append(plot_pairs(data, samples, out / "pairs.png", columns))
@@ -61,11 +65,18 @@ def plot_run(
 
 
 def plot_losses(metrics: list[dict[str, str]], path: Path) -> Path:
-    """Train and validation NLL against the step."""
+    """Train and validation NLL against the step; for flow matching (no train NLL) the
+    flow-matching loss on a second axis."""
     steps = [int(row["step"]) for row in metrics]
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(steps, [float(row["train_nll"]) for row in metrics], label="train")
-    ax.plot(steps, [float(row["val_nll"]) for row in metrics], label="validation")
+    if all(row.get("train_nll") for row in metrics):
+        ax.plot(steps, [float(row["train_nll"]) for row in metrics], label="train")
+    else:
+        loss_ax = ax.twinx()
+        loss_ax.plot(steps, [float(row["train_loss"]) for row in metrics], color="C2", label="train loss")
+        loss_ax.set_ylabel("flow-matching loss")
+        loss_ax.legend(loc="upper center")
+    ax.plot(steps, [float(row["val_nll"]) for row in metrics], color="C1", label="validation")
     ax.set(xlabel="step", ylabel="NLL (nats / example)", title="Negative log-likelihood")
     ax.legend()
     ax.grid(alpha=0.3)
@@ -98,6 +109,28 @@ def plot_density_2d(flow: Flow, data: np.ndarray, path: Path, resolution: int = 
     fig.colorbar(image, ax=ax, label="p(x)", fraction=0.046)
     ax.set(title="model density")
     ax.legend(loc="upper right", markerscale=8)
+    return save_figure(fig, path)
+
+
+@torch.no_grad()
+def plot_trajectories_2d(flow: Flow, cnf: CNF, path: Path, n: int = 2000, steps: int = 6) -> Path:
+    """Base samples carried by the CNF from t = T (latent) to t = 0 (data), one panel per time,
+    mapped to data units through the transforms before the CNF (e.g. standardisation)."""
+    times, states = cnf.trajectory(flow.base.sample(n), steps)
+    prefix = list(flow.transform)[:-1]
+    fig, axes = plt.subplots(1, steps, figsize=(2.6 * steps, 2.8), sharex=True, sharey=True)
+    for ax, t, state in zip(axes, times.tolist(), states):
+        for transform in reversed(prefix):
+            state, _ = transform.inverse(state)
+        points = state.cpu().numpy()
+        ax.scatter(points[:, 0], points[:, 1], s=1, alpha=0.4)
+        ax.set_title(f"t = {t:.2f}", fontsize=9)
+    final = states[-1]
+    for transform in reversed(prefix):
+        final, _ = transform.inverse(final)
+    lo, hi = _bounds(final.cpu().numpy())
+    axes[0].set(xlim=(lo[0], hi[0]), ylim=(lo[1], hi[1]))
+    fig.suptitle("samples along the flow: latent (t = T) to data (t = 0)", fontsize=10)
     return save_figure(fig, path)
 
 

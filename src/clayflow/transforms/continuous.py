@@ -220,6 +220,22 @@ class CNF(Transform):
         )
         return final[0], final[1], stats
 
+    @torch.no_grad()
+    def trajectory(self, z: Tensor, steps: int = 6) -> tuple[Tensor, Tensor]:
+        """Latent -> data states at ``steps`` times from T down to 0: ``(times (steps,),
+        states (steps, B, D))``, with the same solver and tolerances."""
+        from torchdiffeq import odeint
+
+        t1 = float(self.t1)
+        times = torch.linspace(t1, 0.0, steps, dtype=z.dtype, device=z.device)
+        options = (
+            {"step_size": self.step_size or t1 / DEFAULT_STEPS} if self.solver in FIXED_STEP_SOLVERS else {}
+        )
+        states = odeint(
+            self.dynamics, z, times, rtol=self.rtol, atol=self.atol, method=self.solver, options=options
+        )
+        return times, states
+
     def _probe(self, x: Tensor) -> Tensor:
         if self.noise_kind is Noise.GAUSSIAN:
             return torch.randn_like(x)
