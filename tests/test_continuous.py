@@ -92,8 +92,8 @@ def test_round_trip_and_logabsdet_within_solver_tolerance():
     torch.testing.assert_close(logabsdet, brute_force_logabsdet(cnf, x), atol=1e-6, rtol=0)
 
 
-def test_a_new_cnf_is_the_identity():
-    cnf = CNF(ODENet(2))
+def test_a_zero_initialised_cnf_is_the_identity():
+    cnf = CNF(ODENet(2, zero_init=True))
     x = torch.randn(5, 2)
     z, logabsdet = cnf(x)  # exact up to rounding: the solver interpolates to T
     torch.testing.assert_close(z, x, atol=1e-6, rtol=0)
