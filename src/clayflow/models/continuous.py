@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from clayflow.core import Compose, Flow, StandardNormal
 from clayflow.errors import ClayflowError
+from clayflow.models.options import check_sizes
 from clayflow.nn import ODENet
 from clayflow.transforms import CNF, BatchNorm
 
@@ -41,9 +42,7 @@ def cnf(
     """
     if features < 1:
         raise ClayflowError(f"a CNF needs at least 1 feature, got {features}")
-    for name, value, least in (("blocks", blocks, 1), ("hidden", hidden, 1), ("depth", depth, 0)):
-        if int(value) != value or value < least:
-            raise ClayflowError(f"--{name.replace('_', '-')} must be an integer >= {least}, got {value}")
+    check_sizes(blocks=blocks, hidden=hidden, depth=depth)
     steps = []
     for i in range(blocks):
         field = ODENet(features, hidden, depth, activation=activation)

@@ -8,6 +8,7 @@ from functools import partial
 
 from clayflow.core import Compose, Flow, StandardNormal
 from clayflow.errors import ClayflowError, parse_choice
+from clayflow.models.options import check_sizes
 from clayflow.nn import MLP
 from clayflow.nn.resnet import GlowNet
 from clayflow.transforms import (
@@ -46,11 +47,6 @@ def default_glow_scales(shape: tuple[int, int, int]) -> int:
     ):
         scales += 1
     return scales
-
-
-def _check(name: str, value, least: int) -> None:
-    if int(value) != value or value < least:
-        raise ClayflowError(f"--{name} must be an integer >= {least}, got {value}")
 
 
 def _step(channels: int, make_net, lu: bool, coupling: CouplingKind, bound: ScaleBound, parity: int):
@@ -97,9 +93,7 @@ def glow_image(
     if len(shape) != 3:
         raise ClayflowError(f"image models need data of shape (C, H, W), got {tuple(shape)}")
     scales = default_glow_scales(shape) if scales is None else scales
-    _check("scales", scales, 1)
-    _check("layers", layers, 1)
-    _check("hidden", hidden, 1)
+    check_sizes(scales=scales, layers=layers, hidden=hidden)
     channels, height, width = (int(s) for s in shape)
     factor = 2**scales
     if height % factor or width % factor:
@@ -146,9 +140,7 @@ def glow_vector(
     """
     if features < 2:
         raise ClayflowError(f"coupling flows need at least 2 features (data columns), got {features}")
-    _check("layers", layers, 1)
-    _check("hidden", hidden, 1)
-    _check("depth", depth, 0)
+    check_sizes(layers=layers, hidden=hidden, depth=depth)
     kind = parse_choice(CouplingKind, coupling, "coupling")
     bound = parse_choice(ScaleBound, scale_bound, "scale bound")
     make_net = partial(MLP, hidden=hidden, depth=depth)

@@ -7,6 +7,7 @@ from functools import partial
 
 from clayflow.core import Compose, Flow, StandardNormal
 from clayflow.errors import ClayflowError, parse_choice
+from clayflow.models.options import check_sizes
 from clayflow.nn.resnet import ConvResNet
 from clayflow.transforms import (
     AffineCoupling,
@@ -43,8 +44,7 @@ def check_image_shape(shape, scales: int) -> tuple[int, int, int]:
     least 2 pixels at the top (a checkerboard needs two)."""
     if len(shape) != 3 or min(shape) < 1:
         raise ClayflowError(f"image models need data of shape (C, H, W), got {tuple(shape)}")
-    if int(scales) != scales or scales < 1:
-        raise ClayflowError(f"--scales must be an integer >= 1, got {scales}")
+    check_sizes(scales=scales)
     factor = 2 ** (scales - 1)
     channels, height, width = (int(s) for s in shape)
     if height % factor or width % factor or (height // factor) * (width // factor) < 2:
@@ -91,9 +91,7 @@ def realnvp_image(
     check_image_shape(shape, 1)
     scales = default_scales(shape) if scales is None else scales
     shape = check_image_shape(shape, scales)
-    for name, value, least in (("hidden", hidden, 1), ("depth", depth, 0)):
-        if int(value) != value or value < least:
-            raise ClayflowError(f"--{name} must be an integer >= {least}, got {value}")
+    check_sizes(hidden=hidden, depth=depth)
     make_net = partial(ConvResNet, hidden=hidden, blocks=depth, norm=norm)
     bound = parse_choice(ScaleBound, scale_bound, "scale bound")
 

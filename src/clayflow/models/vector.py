@@ -7,6 +7,7 @@ from functools import partial
 
 from clayflow.core import Compose, DiagonalNormal, Flow, StandardNormal
 from clayflow.errors import ClayflowError, parse_choice
+from clayflow.models.options import check_sizes
 from clayflow.nn import MLP, ResidualMLP
 from clayflow.transforms import AdditiveCoupling, AffineCoupling, BatchNorm, MaskKind, ScaleBound, Scaling
 from clayflow.transforms.masks import make_mask
@@ -29,9 +30,7 @@ class Base(str, Enum):
 def _check_sizes(features: int, layers: int, hidden: int, depth: int) -> None:
     if features < 2:
         raise ClayflowError(f"coupling flows need at least 2 features (data columns), got {features}")
-    for name, value, least in (("layers", layers, 1), ("hidden", hidden, 1), ("depth", depth, 0)):
-        if int(value) != value or value < least:
-            raise ClayflowError(f"--{name} must be an integer >= {least}, got {value}")
+    check_sizes(layers=layers, hidden=hidden, depth=depth)
 
 
 def _make_net(conditioner: str, hidden: int, depth: int):

@@ -29,6 +29,8 @@ class Objective(str, Enum):
 
 @dataclass
 class StepLoss:
+    """One training step's loss (a scalar to minimise), its NLL part and the CNF solves."""
+
     loss: Tensor
     nll: Tensor | None
     solves: list[SolveStats] = field(default_factory=list)
