@@ -219,7 +219,11 @@ class _Trainer:
             self.sampler.load_state_dict(checkpoint["sampler"])
             torch.set_rng_state(checkpoint["torch_rng"])
             self.step = checkpoint["step"]
-            self.sums, self.count = checkpoint["interval_sums"], checkpoint["interval_count"]
+            if "interval_sums" in checkpoint:
+                self.sums, self.count = checkpoint["interval_sums"], checkpoint["interval_count"]
+            else:  # written before the objectives had several parts: loss_sum was the NLL
+                loss_sum, self.count = checkpoint["loss_sum"], checkpoint["loss_count"]
+                self.sums = {**dict.fromkeys(INTERVAL_SUMS, 0.0), "loss": loss_sum, "nll": loss_sum}
             self.train_seconds = checkpoint["train_seconds"]
             self.best_val_nll, self.best_step = checkpoint["best_val_nll"], checkpoint["best_step"]
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
