@@ -41,6 +41,13 @@ from clayflow.train.schedule import make_scheduler
 INTERVAL_SUMS = ("loss", "nll", "nfe_forward", "nfe_backward")  # averaged into each metrics row
 
 
+def _nll_value(step_loss, loss_value: float) -> float:
+    """The step's NLL as a float, without a second host sync when it is the loss itself."""
+    if step_loss.nll is None:
+        return 0.0
+    return loss_value if step_loss.nll is step_loss.loss else step_loss.nll.item()
+
+
 class TrainingStopped(ClayflowError):
     """Training ended early (divergence or Ctrl-C); the last checkpoint is intact."""
 
@@ -303,7 +310,7 @@ class _Trainer:
         nfe_forward, nfe_backward = step_loss.nfe()
         values = {
             "loss": loss_value,
-            "nll": step_loss.nll.item() if step_loss.nll is not None else 0.0,
+            "nll": _nll_value(step_loss, loss_value),
             "nfe_forward": nfe_forward,
             "nfe_backward": nfe_backward,
         }

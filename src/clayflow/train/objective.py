@@ -57,7 +57,7 @@ def maximum_likelihood(flow: Flow, x: Tensor, kinetic: float = 0.0, jacobian: fl
             z, ladj = transform(z)
         logabsdet = logabsdet + ladj
     nll = -(flow.base.log_prob(z) + logabsdet).mean()
-    return StepLoss(nll + penalty, nll, solves)
+    return StepLoss(nll + penalty if regularize else nll, nll, solves)
 
 
 def flow_matching(flow: Flow, x: Tensor, optimal_transport: bool = False) -> StepLoss:
