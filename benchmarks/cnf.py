@@ -1,10 +1,11 @@
 """Continuous flows on 2D toys: MLE with the exact trace, with Hutchinson, with kinetic +
 Jacobian regularisation (RNODE), and flow matching, in one table.
 
-    python benchmarks/cnf.py [--steps 2000] [--toys moons 8gaussians checkerboard 2spirals] [--out DIR]
+    python benchmarks/cnf.py [--steps 2000] [--lr 5e-3] [--toys moons 8gaussians checkerboard 2spirals]
+                             [--out DIR]
 
 Every run is ``clayflow train --model cnf`` with the same vector field (concatsquash MLP,
-width 64, 3 hidden layers), batch 512, Adam with warm-up and cosine, the same seed and data,
+width 64, 3 hidden layers), batch 512, Adam at ``--lr`` with warm-up and cosine, the same seed and data,
 and dopri5 at 1e-5 tolerances. Flow matching trains for the same number of steps (no solves).
 Reported per run: test NLL (exact trace, best-validation weights), training wall time, and
 the mean function evaluations per step (forward solve; backward solve with the adjoint,
@@ -39,9 +40,9 @@ METHODS = {
 }
 
 
-def run(toy: str, method: str, flags: list[str], steps: int, out: Path) -> dict:
+def run(toy: str, method: str, flags: list[str], steps: int, lr: float, out: Path) -> dict:
     run_dir = out / f"{toy}-{list(METHODS).index(method)}"
-    argv = ["train", "--model", "cnf", "--data", toy, "--steps", str(steps), "--eval-every", str(max(1, steps // 5)),
+    argv = ["train", "--model", "cnf", "--data", toy, "--steps", str(steps), "--lr", str(lr), "--eval-every", str(max(1, steps // 5)),
             "--out", str(run_dir), "--force", "--no-progress", *flags]  # fmt: skip
     assert clayflow(argv) == 0, argv
     results = json.loads((run_dir / "results.json").read_text())
@@ -63,15 +64,16 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--lr", type=float, default=5e-3)
     parser.add_argument("--toys", nargs="+", default=["moons", "8gaussians", "checkerboard", "2spirals"])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/cnf"))
     args = parser.parse_args()
     rows = [
-        run(toy, method, flags, args.steps, args.out)
+        run(toy, method, flags, args.steps, args.lr, args.out)
         for toy in args.toys
         for method, flags in METHODS.items()
     ]
-    header = f"CNF on 2D toys, {args.steps} steps each; torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
+    header = f"CNF on 2D toys, {args.steps} steps each at lr {args.lr}; torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
     lines = [
         header,
         "",

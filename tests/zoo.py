@@ -165,10 +165,17 @@ DOMAINS = {
 # A deep model with std-0.5 weights maps random latents far out of the logit's range.
 PARAMETER_SCALES = {"realnvp_image": 0.1, "glow_image": 0.1}
 
-STOCHASTIC = {"dequantize": lambda: (T.Dequantize(17), (1, 3, 3))}
+STOCHASTIC = {
+    "dequantize": lambda: (T.Dequantize(17), (1, 3, 3)),
+    "augment": lambda: (T.Augment(2), (3,)),
+    "augment_image": lambda: (T.Augment(1), (2, 3, 3)),
+}
 
 # Transforms exact only up to an ODE solver's tolerance, tested in ``test_continuous.py``.
-APPROXIMATE = {"cnf": lambda: (T.CNF(ODENet(2, 16, 2), atol=1e-10, rtol=1e-10), (2,))}
+APPROXIMATE = {
+    "cnf": lambda: (T.CNF(ODENet(2, 16, 2), atol=1e-10, rtol=1e-10), (2,)),
+    "cnf_conv": lambda: (T.CNF(ODENet(1, 4, 1, conv=True), atol=1e-10, rtol=1e-10), (1, 2, 2)),
+}
 
 
 def inputs(name: str, shape: tuple[int, ...], batch: int = 3, dtype=torch.float64) -> torch.Tensor:

@@ -16,6 +16,11 @@ from clayflow.core.transform import sum_except_batch
 _LOG_2PI = math.log(2 * math.pi)
 
 
+def standard_normal_log_prob(z: Tensor) -> Tensor:
+    r"""log N(z; 0, I) summed over each sample's elements: ``(B, *)`` -> ``(B,)``."""
+    return -0.5 * (sum_except_batch(z**2) + z[0].numel() * _LOG_2PI)
+
+
 class StandardNormal(nn.Module):
     r"""N(0, I) over ``event_shape``: log p(z) = -1/2 (|z|^2 + D log 2 pi).
 
@@ -30,7 +35,7 @@ class StandardNormal(nn.Module):
         self.register_buffer("_anchor", torch.zeros(()), persistent=False)
 
     def log_prob(self, z: Tensor) -> Tensor:
-        return -0.5 * (sum_except_batch(z**2) + self.event_shape.numel() * _LOG_2PI)
+        return standard_normal_log_prob(z)
 
     def sample(self, n: int, temperature: float = 1.0) -> Tensor:
         """``n`` draws of ``temperature * eps``, eps ~ N(0, I)."""

@@ -13,7 +13,7 @@ from typing import Any
 
 from clayflow.core import Compose, Flow
 from clayflow.errors import ClayflowError
-from clayflow.models.continuous import cnf
+from clayflow.models.continuous import cnf, cnf_image
 from clayflow.models.glow import glow_image, glow_vector
 from clayflow.models.image import realnvp_image
 from clayflow.models.vector import nice, realnvp
@@ -24,7 +24,7 @@ MODELS = {
     "realnvp": {VECTOR: realnvp, IMAGE: realnvp_image},
     "nice": {VECTOR: nice},
     "glow": {VECTOR: glow_vector, IMAGE: glow_image},
-    "cnf": {VECTOR: cnf},
+    "cnf": {VECTOR: cnf, IMAGE: cnf_image},
 }
 
 
@@ -107,6 +107,7 @@ __all__ = [
     "ModelSpec",
     "build",
     "cnf",
+    "cnf_image",
     "data_kind",
     "model_defaults",
     "model_options",

@@ -1,4 +1,5 @@
-"""Time-dependent vector fields f(t, z) for continuous normalizing flows."""
+"""Time-dependent vector fields f(t, z) for continuous normalizing flows: MLPs for vectors
+``(B, D)`` and 3x3 convolutions for images ``(B, C, H, W)``."""
 
 from __future__ import annotations
 
@@ -25,47 +26,68 @@ class Activation(str, Enum):
     TANH = "tanh"
 
 
-class ConcatSquashLinear(nn.Module):
-    r"""h' = (W h + b) * sigmoid(a t + c) + d t: FFJORD's time-gated linear layer.
+def _spatial(values: Tensor, like: Tensor) -> Tensor:
+    """``(N, C)`` -> ``(N, C, 1, 1)`` when ``like`` is an image batch, so it broadcasts."""
+    return values.reshape(*values.shape, *[1] * (like.dim() - 2))
+
+
+def _time_column(t: Tensor, h: Tensor) -> Tensor:
+    """The time as ``(1, 1)`` (one time for the batch) or ``(B, 1)`` (a time per sample)."""
+    return t.reshape(-1, 1).to(h)
+
+
+def _map(in_features: int, out_features: int, conv: bool) -> nn.Module:
+    if conv:
+        return nn.Conv2d(in_features, out_features, 3, padding=1)
+    return nn.Linear(in_features, out_features)
+
+
+class ConcatSquash(nn.Module):
+    r"""h' = (W h + b) * sigmoid(a t + c) + d t: FFJORD's time-gated layer, with W a linear
+    map (vectors) or a 3x3 convolution (images; the gate and bias are per channel).
 
     Shape:
-        t: scalar or ``(B,)``, h: ``(B, in_features)`` -> ``(B, out_features)``.
-    Reference: Grathwohl et al., FFJORD, 2019 (``diffeq_layers.ConcatSquashLinear``).
+        t: scalar or ``(B,)``, h: ``(B, in)`` or ``(B, in, H, W)`` -> ``(B, out[, H, W])``.
+    Reference: Grathwohl et al., FFJORD, 2019 (``diffeq_layers.ConcatSquashLinear/Conv2d``).
     """
 
-    def __init__(self, in_features: int, out_features: int):
+    def __init__(self, in_features: int, out_features: int, conv: bool = False):
         super().__init__()
-        self.linear = nn.Linear(in_features, out_features)
+        self.map = _map(in_features, out_features, conv)
         self.gate = nn.Linear(1, out_features)
         self.time_bias = nn.Linear(1, out_features, bias=False)
 
     def forward(self, t: Tensor, h: Tensor) -> Tensor:
-        t = t.reshape(-1, 1).to(h)
-        return self.linear(h) * torch.sigmoid(self.gate(t)) + self.time_bias(t)
+        t = _time_column(t, h)
+        return self.map(h) * _spatial(torch.sigmoid(self.gate(t)), h) + _spatial(self.time_bias(t), h)
 
     def zero_(self) -> None:
         """Make the layer output 0 for every input and time (a CNF starts as the identity)."""
-        for p in (self.linear.weight, self.linear.bias, self.time_bias.weight):
+        for p in (self.map.weight, self.map.bias, self.time_bias.weight):
             nn.init.zeros_(p)
 
 
-class ConcatLinear(nn.Module):
-    """h' = W [h, t] + b: the time appended as one more input."""
+class Concat(nn.Module):
+    """h' = W [h, t] + b: the time appended as one more input feature (or channel)."""
 
-    def __init__(self, in_features: int, out_features: int):
+    def __init__(self, in_features: int, out_features: int, conv: bool = False):
         super().__init__()
-        self.linear = nn.Linear(in_features + 1, out_features)
+        self.map = _map(in_features + 1, out_features, conv)
 
     def forward(self, t: Tensor, h: Tensor) -> Tensor:
-        return self.linear(torch.cat([h, t.reshape(-1, 1).to(h).expand(h.shape[0], 1)], dim=1))
+        t = _spatial(_time_column(t, h), h).expand(h.shape[0], 1, *h.shape[2:])
+        return self.map(torch.cat([h, t], dim=1))
 
     def zero_(self) -> None:
-        nn.init.zeros_(self.linear.weight)
-        nn.init.zeros_(self.linear.bias)
+        nn.init.zeros_(self.map.weight)
+        nn.init.zeros_(self.map.bias)
 
 
 class ODENet(nn.Module):
-    """An MLP vector field f(t, z): ``depth`` hidden layers of width ``hidden``, each seeing t.
+    """A vector field f(t, z): ``depth`` hidden layers of width ``hidden``, each seeing t.
+
+    With ``conv`` the layers are 3x3 convolutions over ``features`` channels (FFJORD's image
+    field); otherwise linear maps over ``features`` dimensions.
 
     ``zero_init`` zeroes the last layer so that a new CNF is the identity map. It is off by
     default, as in FFJORD: at the identity the likelihood gradient vanishes for symmetric
@@ -73,7 +95,7 @@ class ODENet(nn.Module):
 
     Shape:
         t: scalar (one time for the batch, as in an ODE solve) or ``(B,)`` (flow matching),
-        z: ``(B, D)`` -> ``(B, D)``.
+        z: ``(B, D)``, or ``(B, C, H, W)`` with ``conv`` -> like z.
     """
 
     def __init__(
@@ -84,13 +106,14 @@ class ODENet(nn.Module):
         layer: str = "concatsquash",
         activation: str = "softplus",
         zero_init: bool = False,
+        conv: bool = False,
     ):
         super().__init__()
         kind = parse_choice(TimeLayer, layer, "time layer")
         act = parse_choice(Activation, activation, "activation")
-        make = ConcatSquashLinear if kind is TimeLayer.CONCATSQUASH else ConcatLinear
+        make = ConcatSquash if kind is TimeLayer.CONCATSQUASH else Concat
         widths = [features, *[hidden] * depth, features]
-        self.layers = nn.ModuleList(make(a, b) for a, b in itertools.pairwise(widths))
+        self.layers = nn.ModuleList(make(a, b, conv) for a, b in itertools.pairwise(widths))
         self.activation = nn.Softplus() if act is Activation.SOFTPLUS else nn.Tanh()
         if zero_init:
             self.layers[-1].zero_()

@@ -98,9 +98,10 @@ def interpolate(flow: Flow, start: torch.Tensor, end: torch.Tensor, steps: int) 
     device = next(flow.parameters()).device
     z_start, _ = flow(start.to(device).float())
     z_end, _ = flow(end.to(device).float())
+    latent_shape = z_start.shape[1:]  # flat for multi-scale models, (C, H, W) for a CNF
     t = torch.linspace(0, 1, steps, device=device).view(1, steps, 1)
-    z = (1 - t) * z_start.unsqueeze(1) + t * z_end.unsqueeze(1)
-    return flow.inverse(z.reshape(-1, z.shape[-1]))[0].cpu()
+    z = (1 - t) * z_start.flatten(1).unsqueeze(1) + t * z_end.flatten(1).unsqueeze(1)
+    return flow.inverse(z.reshape(-1, *latent_shape))[0].cpu()
 
 
 def _show(ax, grid: np.ndarray, title: str) -> None:

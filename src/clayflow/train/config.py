@@ -35,6 +35,8 @@ MODEL_FIELDS = (
     "coupling",
     "blocks",
     "activation",
+    "augment",
+    "actnorm",
     "t1",
     "learn_t1",
     "solver",
@@ -62,15 +64,17 @@ class TrainConfig:
     conditioner: str | None = None  # vector models: mlp or resmlp (default mlp)
     mask: str | None = None  # vector models: alternating (even/odd) or half (default alternating)
     scale_bound: str | None = None  # tanh, soft_clamp or sigmoid (default tanh; Glow images sigmoid)
-    batch_norm: bool | None = None  # batch-norm flow layers between couplings (default off)
+    batch_norm: bool | None = None  # batch-norm flow layers between couplings or CNF blocks (default off)
     base: str | None = None  # vector models: base normal or diagonal (learned) (default normal)
     scales: int | None = None  # image models: number of scales/levels (default: the most that fit, up to 3)
     norm: str | None = None  # image models: conditioner normalisation, batch or none (default batch)
-    alpha: float | None = None  # realnvp images: logit boundary alpha (default 0.05)
+    alpha: float | None = None  # realnvp and cnf images: logit boundary alpha (default 0.05)
     lu: bool | None = None  # glow: LU-decomposed 1x1 convolutions, else plain (default on)
     coupling: str | None = None  # glow: affine or additive couplings (default affine)
     blocks: int | None = None  # cnf: CNF blocks in sequence (default 1)
     activation: str | None = None  # cnf: vector field activation, softplus or tanh (default softplus)
+    augment: int | None = None  # cnf: extra N(0, I) dimensions or channels (ANODE; NLL becomes a bound)
+    actnorm: bool | None = None  # cnf: ActNorm between CNF blocks (default off)
     t1: float | None = None  # cnf: integration time T (default 1.0)
     learn_t1: bool | None = None  # cnf: learn T (default off)
     solver: str | None = None  # cnf: dopri5, rk4, euler, adaptive_heun, ... (default dopri5)
@@ -78,7 +82,7 @@ class TrainConfig:
     rtol: float | None = None  # cnf: relative tolerance of adaptive solvers (default 1e-5)
     step_size: float | None = None  # cnf: step of fixed-step solvers (default T / 20)
     trace: str | None = None  # cnf: divergence when training, hutchinson or exact (default hutchinson)
-    eval_trace: str | None = None  # cnf: divergence when evaluating (default exact)
+    eval_trace: str | None = None  # cnf: divergence when evaluating (default exact; images hutchinson)
     adjoint: bool | None = None  # cnf: adjoint backward pass, memory constant in steps (default off)
     objective: str = "mle"  # mle (maximum likelihood) or fm (flow matching, cnf only)
     kinetic: float = 0.0  # cnf: weight of the kinetic-energy regulariser (RNODE, e.g. 0.01)
@@ -121,7 +125,9 @@ class TrainConfig:
 
 
 _POSITIVE = {"steps", "batch_size", "lr", "layers", "hidden", "scales", "eval_every", "checkpoint_every"}
-_NON_NEGATIVE = {"depth", "weight_decay", "warmup", "clip", "ema", "seed", "patience", "kinetic", "jacobian"}
+_NON_NEGATIVE = {
+    "depth", "augment", "weight_decay", "warmup", "clip", "ema", "seed", "patience", "kinetic", "jacobian"
+}  # fmt: skip
 _CHOICES = {"optimizer": ("adam", "adamw"), "schedule": ("cosine", "constant"), "objective": ("mle", "fm")}
 
 

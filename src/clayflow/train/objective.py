@@ -83,10 +83,10 @@ def flow_matching(flow: Flow, x: Tensor, optimal_transport: bool = False) -> Ste
         eps = eps[_assignment(x, eps)]
     t1 = cnf.t1.to(x)
     t = torch.rand(x.shape[0], device=x.device, dtype=x.dtype) * t1
-    s = (t / t1).unsqueeze(1)
+    s = (t / t1).reshape(-1, *[1] * (x.dim() - 1))
     x_t = (1 - s) * x + s * eps
     velocity = cnf.dynamics(t, x_t)
-    loss = (velocity - (eps - x) / t1).pow(2).sum(1).mean()
+    loss = (velocity - (eps - x) / t1).pow(2).reshape(x.shape[0], -1).sum(1).mean()
     return StepLoss(loss, None)
 
 
@@ -94,6 +94,7 @@ def _assignment(x: Tensor, eps: Tensor) -> Tensor:
     """The permutation of ``eps`` minimising sum |x_i - eps_perm(i)|^2 (Hungarian algorithm)."""
     from scipy.optimize import linear_sum_assignment
 
-    cost = torch.cdist(x.detach().double(), eps.detach().double()).pow(2).cpu().numpy()
+    flat = [v.detach().reshape(v.shape[0], -1).double() for v in (x, eps)]
+    cost = torch.cdist(*flat).pow(2).cpu().numpy()
     _, columns = linear_sum_assignment(cost)
     return torch.as_tensor(columns, device=x.device)

@@ -1,6 +1,7 @@
 """Invertible layers. Each maps data -> latent in ``forward`` (see ``clayflow.core.transform``)."""
 
 from clayflow.core.transform import Compose, Inverse
+from clayflow.transforms.augment import Augment
 from clayflow.transforms.continuous import CNF
 from clayflow.transforms.coupling import AdditiveCoupling, AffineCoupling, ScaleBound
 from clayflow.transforms.elementwise import Scaling, Standardize
@@ -16,6 +17,7 @@ __all__ = [
     "ActNorm",
     "AdditiveCoupling",
     "AffineCoupling",
+    "Augment",
     "BatchNorm",
     "Compose",
     "Dequantize",
