@@ -226,7 +226,9 @@ def test_image_cnf_trains_samples_scores_and_plots(tmp_path, capsys):
     assert code == 0, err
     results = json.loads((run / "results.json").read_text())
     assert results["test_bpd"] == pytest.approx(results["test_nll"] / (64 * math.log(2)))
-    assert all((run / "plots" / f).exists() for f in ("samples.png", "reconstructions.png", "interpolation.png"))
+    assert all(
+        (run / "plots" / f).exists() for f in ("samples.png", "reconstructions.png", "interpolation.png")
+    )
     code, _, err = run_cli(capsys, "sample", run, "--n", "4", "--out", tmp_path / "s.npy")
     samples = np.load(tmp_path / "s.npy")
     assert code == 0 and samples.shape == (4, 1, 8, 8), err

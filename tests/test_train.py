@@ -146,6 +146,41 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     assert all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())
 
 
+def test_skip_mode_skips_a_bad_batch_and_stops_on_lasting_divergence(tmp_path, monkeypatch):
+    """``--nonfinite skip``: one NaN loss costs a batch, not the run; NaN weights still stop it."""
+    original = loop._Trainer._train_step
+    poison_at = {30}
+
+    def poisoned(self):
+        if self.step in poison_at:
+            poison_at.discard(self.step)
+            clean = self.train_x.clone()
+            self.train_x[:] = float("nan")  # this batch's loss is NaN; the data is restored after
+            try:
+                return original(self)
+            finally:
+                self.train_x.copy_(clean)
+        return original(self)
+
+    monkeypatch.setattr(loop._Trainer, "_train_step", poisoned)
+    run = tmp_path / "run"
+    result = train(TrainConfig(steps=50, nonfinite="skip", **SMALL), run, progress=False)
+    metrics = rows(run)
+    assert result.steps == 50 and [int(r["skipped_steps"]) for r in metrics] == [0, 0, 0, 1, 0]
+
+    def poisoned_weights(self):
+        if self.step == 30:
+            with torch.no_grad():
+                next(self.flow.parameters()).fill_(float("nan"))
+        return original(self)
+
+    monkeypatch.setattr(loop._Trainer, "_train_step", poisoned_weights)
+    with pytest.raises(
+        TrainingStopped, match="non-finite in 21 steps in a row at step 31; kept .* \\(step 20\\)"
+    ):
+        train(TrainConfig(steps=60, nonfinite="skip", **SMALL), tmp_path / "run2", progress=False)
+
+
 def test_divergence_at_the_first_step_says_nothing_was_saved(tmp_path):
     table = tmp_path / "huge.csv"
     table.write_text("".join(f"{i}e20,{(i * 7) % 11}e20\n" for i in range(40)))

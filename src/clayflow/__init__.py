@@ -10,7 +10,7 @@ torch.Size([1])
 
 from clayflow import models, transforms
 from clayflow.core import Compose, DiagonalNormal, Flow, Inverse, StandardNormal, Transform
-from clayflow.errors import ClayflowError
+from clayflow.errors import ClayflowError, UsageError
 from clayflow.train.checkpoint import load
 
 __version__ = "0.1.0"
@@ -23,6 +23,7 @@ __all__ = [
     "Inverse",
     "StandardNormal",
     "Transform",
+    "UsageError",
     "load",
     "models",
     "transforms",

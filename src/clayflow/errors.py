@@ -1,4 +1,4 @@
-"""The one exception type the library raises for problems a user can fix."""
+"""The exception types the library raises for problems a user can fix."""
 
 
 class ClayflowError(Exception):
@@ -9,10 +9,15 @@ class ClayflowError(Exception):
     """
 
 
+class UsageError(ClayflowError):
+    """A problem with the options (flags, config values, names of models or datasets): the
+    CLI exits 2, as for a command-line usage error, rather than 1 for a runtime problem."""
+
+
 def parse_choice(choices, value, option: str):
     """``choices(value)`` for a str-valued Enum, or a ClayflowError listing the valid values."""
     try:
         return choices(value)
     except ValueError:
         valid = ", ".join(c.value for c in choices)
-        raise ClayflowError(f"unknown {option} {value!r}; choose one of: {valid}") from None
+        raise UsageError(f"unknown {option} {value!r}; choose one of: {valid}") from None

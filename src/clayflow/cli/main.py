@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clayflow.errors import ClayflowError
+from clayflow.errors import ClayflowError, UsageError
 
 EXAMPLES = {
     "train": "examples:\n  clayflow train                          # RealNVP on moons (about a minute)\n"
@@ -30,7 +30,7 @@ EXAMPLES = {
     "plot": "example:\n  clayflow plot runs/mine",
 }
 # Options that may change when a run is resumed; the rest define the run.
-RESUMABLE_OPTIONS = {"steps", "device", "eval_every", "checkpoint_every", "patience"}
+RESUMABLE_OPTIONS = {"steps", "device", "eval_every", "checkpoint_every", "patience", "nonfinite"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -112,6 +112,7 @@ def _add_sample(verbs) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--device", default="cpu", help="device (default: cpu)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out file")
     p.set_defaults(handler=cmd_sample)
 
 
@@ -131,6 +132,7 @@ def _add_score(verbs) -> None:
         help="output .csv (row, log_prob, bits_per_dim) or .npy (log_prob)",
     )
     p.add_argument("--device", default="cpu", help="device (default: cpu)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out file")
     p.set_defaults(handler=cmd_score)
 
 
@@ -153,13 +155,13 @@ def resolve_train_config(args: argparse.Namespace):
     if args.resume:
         run_dir = Path(args.resume)
         if args.config:
-            raise ClayflowError("--config and --resume contradict: a resumed run keeps its own config.json")
+            raise UsageError("--config and --resume contradict: a resumed run keeps its own config.json")
         if args.out and Path(args.out).resolve() != run_dir.resolve():
-            raise ClayflowError("--out and --resume name different directories; --resume continues in place")
+            raise UsageError("--out and --resume name different directories; --resume continues in place")
         fixed = sorted(set(flags) - RESUMABLE_OPTIONS)
         if fixed:
             options = ", ".join("--" + k.replace("_", "-") for k in fixed)
-            raise ClayflowError(
+            raise UsageError(
                 f"cannot change {options} when resuming; only "
                 + ", ".join("--" + k.replace("_", "-") for k in sorted(RESUMABLE_OPTIONS))
             )
@@ -196,13 +198,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from clayflow.data.tabular import check_output_path, write_table
 
     if args.n <= 0:
-        raise ClayflowError(f"--n must be a positive number of samples, got {args.n}")
+        raise UsageError(f"--n must be a positive number of samples, got {args.n}")
     if not args.temperature > 0:
-        raise ClayflowError(f"--temperature must be > 0, got {args.temperature}")
+        raise UsageError(f"--temperature must be > 0, got {args.temperature}")
     flow, payload = _load_run(args.run, args.device)
     spec = payload["model_spec"]
     images = spec.get("levels") is not None
-    check_output_path(args.out, (".npy", ".png") if images else (".csv", ".npy"))  # before the work
+    suffixes = (".npy", ".png") if images else (".csv", ".npy")
+    check_output_path(args.out, suffixes, args.force)  # before the work
     torch.manual_seed(args.seed)
     chunk = 65536 if not images else 256
     samples = torch.cat(
@@ -237,7 +240,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     from clayflow.data.tabular import check_output_path, write_table
     from clayflow.train.evaluate import log_prob_in_chunks
 
-    check_output_path(args.out)  # fail before the expensive part
+    check_output_path(args.out, force=args.force)  # fail before the expensive part
     flow, payload = _load_run(args.run, args.device)
     spec = payload["model_spec"]
     x = _examples_to_score(args.data, spec)
@@ -346,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"clayflow: error: {exc}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(exc, UsageError) else 1
     except KeyboardInterrupt:
         print("clayflow: interrupted", file=sys.stderr)
         return 130

@@ -17,7 +17,7 @@ from torch import Tensor
 from clayflow.data.images import ImageSource, is_image_spec, load_image_source
 from clayflow.data.tabular import SKLEARN_TABLES, TABLE_SUFFIXES, load_sklearn_table, read_table
 from clayflow.data.toys import TOYS
-from clayflow.errors import ClayflowError
+from clayflow.errors import ClayflowError, UsageError
 
 TOY_SIZES = {"train": 50_000, "val": 5_000, "test": 10_000}
 SPLIT_FRACTIONS = (0.8, 0.1)  # train, validation; the rest is test
@@ -68,7 +68,7 @@ def load_dataset(spec: str) -> Dataset:
     if looks_like_path(spec):
         values, columns = read_table(spec)
         return _split_table(spec, values, columns)
-    raise ClayflowError(
+    raise UsageError(
         f"unknown dataset {spec!r}; choose one of: {', '.join(dataset_names())}, "
         f"mnist:DIR, cifar10:DIR, images:DIR, or a path to a {'/'.join(TABLE_SUFFIXES)} file"
     )
@@ -88,7 +88,7 @@ def standardization(train: Tensor) -> tuple[Tensor, Tensor]:
         cols = ", ".join(str(c + 1) for c in constant)
         raise ClayflowError(
             f"column(s) {cols} are constant in the training data (zero variance), so they have "
-            "no density; drop them or use --no-standardize"
+            "no density; drop them from the file"
         )
     return mean.float(), std.float()
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clayflow.errors import ClayflowError
+from clayflow.errors import ClayflowError, UsageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 DEFAULT_PATCH = 8
@@ -56,7 +56,7 @@ def load_image_source(spec: str) -> ImageSource:
         return _patches(spec)
     kind, _, path = spec.partition(":")
     if not path:
-        raise ClayflowError(f"{kind}: needs a folder, e.g. {kind}:path/to/folder")
+        raise UsageError(f"{kind}: needs a folder, e.g. {kind}:path/to/folder")
     folder = Path(path).expanduser()
     if not folder.is_dir():
         raise ClayflowError(f"{spec}: {folder} is not a folder")
@@ -75,7 +75,7 @@ def _patches(spec: str) -> ImageSource:
         elif part.isdigit() and int(part) >= 2:
             size = int(part)
         else:
-            raise ClayflowError(f"{spec}: expected patches[:SIZE][:rgb|grey] with SIZE >= 2, got {part!r}")
+            raise UsageError(f"{spec}: expected patches[:SIZE][:rgb|grey] with SIZE >= 2, got {part!r}")
     from sklearn.datasets import load_sample_images
 
     patches = []
@@ -83,7 +83,7 @@ def _patches(spec: str) -> ImageSource:
         pixels = photo.astype(np.float64) if rgb else np.rint(photo @ LUMA)[..., None]
         rows, cols = photo.shape[0] // size, photo.shape[1] // size
         if rows == 0 or cols == 0:
-            raise ClayflowError(f"{spec}: patch size {size} is larger than the photographs {photo.shape[:2]}")
+            raise UsageError(f"{spec}: patch size {size} is larger than the photographs {photo.shape[:2]}")
         grid = pixels[: rows * size, : cols * size].reshape(rows, size, cols, size, -1)
         patches.append(grid.transpose(0, 2, 4, 1, 3).reshape(rows * cols, -1, size, size))
     images = np.concatenate(patches).astype(np.uint8)

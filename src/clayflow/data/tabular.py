@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from sklearn import datasets as skd
 
-from clayflow.errors import ClayflowError
+from clayflow.errors import ClayflowError, UsageError
 from clayflow.files import atomic_write
 
 # Bundled with scikit-learn (no download): name -> loader returning a Bunch with .data.
@@ -140,11 +140,16 @@ def _check_values(values: np.ndarray, path: Path) -> None:
         )
 
 
-def check_output_path(path: str | os.PathLike, suffixes: tuple[str, ...] = (".csv", ".npy")) -> Path:
-    """``path`` if it ends in one of ``suffixes`` and its directory exists."""
+def check_output_path(
+    path: str | os.PathLike, suffixes: tuple[str, ...] = (".csv", ".npy"), force: bool = True
+) -> Path:
+    """``path`` if it ends in one of ``suffixes``, its directory exists, and it does not exist
+    yet unless ``force`` (the CLI never replaces a file without ``--force``)."""
     path = Path(path)
     if path.suffix.lower() not in suffixes:
-        raise ClayflowError(f"output file {path} must end in {' or '.join(suffixes)}")
+        raise UsageError(f"output file {path} must end in {' or '.join(suffixes)}")
+    if path.exists() and not force:
+        raise UsageError(f"output file {path} exists; choose another --out or pass --force to replace it")
     if not path.parent.is_dir():
         raise ClayflowError(f"cannot write {path}: directory {path.parent} does not exist")
     return path

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from clayflow.core import Compose, Flow
-from clayflow.errors import ClayflowError
+from clayflow.errors import ClayflowError, UsageError
 from clayflow.models.continuous import cnf, cnf_image
 from clayflow.models.glow import glow_image, glow_vector
 from clayflow.models.image import realnvp_image
@@ -95,10 +95,10 @@ def build(spec: ModelSpec) -> Flow:
 
 def _builder(name: str, kind: str):
     if name not in MODELS:
-        raise ClayflowError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
+        raise UsageError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
     if kind not in MODELS[name]:
         able = [n for n, builders in MODELS.items() if kind in builders]
-        raise ClayflowError(f"model {name!r} does not support {kind} data; use one of: {', '.join(able)}")
+        raise UsageError(f"model {name!r} does not support {kind} data; use one of: {', '.join(able)}")
     return MODELS[name][kind]
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from clayflow.core import Compose, Flow, StandardNormal
-from clayflow.errors import ClayflowError
+from clayflow.errors import ClayflowError, UsageError
 from clayflow.models.image import check_image_shape
 from clayflow.models.options import check_sizes
 from clayflow.nn import ODENet
@@ -109,7 +109,7 @@ _SOLVE_OPTIONS = ("t1", "learn_t1", "solver", "atol", "rtol", "step_size", "trac
 
 def _augment(extra: int) -> list:
     if extra < 0:
-        raise ClayflowError(f"augment must be >= 0 extra dimensions, got {extra}")
+        raise UsageError(f"augment must be >= 0 extra dimensions, got {extra}")
     return [Augment(extra)] if extra else []
 
 
@@ -117,7 +117,7 @@ def _blocks(make_field, features: int, blocks: int, actnorm: bool, batch_norm: b
     """``blocks`` CNFs on fields from ``make_field()``, with the builder's solve ``options``
     (its ``locals()``), and an ActNorm or BatchNorm between consecutive blocks."""
     if actnorm and batch_norm:
-        raise ClayflowError("choose ActNorm or batch norm between CNF blocks, not both")
+        raise UsageError("choose ActNorm or batch norm between CNF blocks, not both")
     solve = {name: options[name] for name in _SOLVE_OPTIONS}
     steps = []
     for i in range(blocks):

@@ -7,7 +7,7 @@ from enum import Enum
 from functools import partial
 
 from clayflow.core import Compose, Flow, StandardNormal
-from clayflow.errors import ClayflowError, parse_choice
+from clayflow.errors import ClayflowError, UsageError, parse_choice
 from clayflow.models.options import check_sizes
 from clayflow.nn import MLP
 from clayflow.nn.resnet import GlowNet
@@ -97,7 +97,7 @@ def glow_image(
     channels, height, width = (int(s) for s in shape)
     factor = 2**scales
     if height % factor or width % factor:
-        raise ClayflowError(
+        raise UsageError(
             f"{scales} Glow levels squeeze {scales} times, so height and width must be divisible by "
             f"{factor}; got {height}x{width}. Use --scales {default_glow_scales(shape)} or crop the images"
         )

@@ -6,7 +6,7 @@ import math
 from functools import partial
 
 from clayflow.core import Compose, Flow, StandardNormal
-from clayflow.errors import ClayflowError, parse_choice
+from clayflow.errors import ClayflowError, UsageError, parse_choice
 from clayflow.models.options import check_sizes
 from clayflow.nn.resnet import ConvResNet
 from clayflow.transforms import (
@@ -48,7 +48,7 @@ def check_image_shape(shape, scales: int) -> tuple[int, int, int]:
     factor = 2 ** (scales - 1)
     channels, height, width = (int(s) for s in shape)
     if height % factor or width % factor or (height // factor) * (width // factor) < 2:
-        raise ClayflowError(
+        raise UsageError(
             f"{scales} scales squeeze {scales - 1} time(s), so height and width must be divisible by "
             f"{factor}, leaving at least 2 pixels; got {height}x{width}. "
             f"Use --scales {default_scales(shape)} or crop the images"

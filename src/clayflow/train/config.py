@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from clayflow.errors import ClayflowError
+from clayflow.errors import ClayflowError, UsageError
 
 # Training defaults that depend on the data: images are larger, so smaller batches.
 KIND_DEFAULTS = {"vector": {"batch_size": 512, "lr": 2e-3}, "image": {"batch_size": 64, "lr": 1e-3}}
@@ -97,6 +97,7 @@ class TrainConfig:
     ema: float = 0.0  # EMA decay of the weights used to evaluate (0 disables, e.g. 0.999)
     select_best: bool = True  # keep and use the weights with the lowest validation NLL
     patience: int = 0  # stop after this many evaluations without a lower validation NLL (0: never)
+    nonfinite: str = "stop"  # on a NaN/inf loss or gradient: stop, or skip the step (stops after 20 in a row)
     seed: int = 0  # seed of initialisation and batch order
     eval_every: int = 250  # steps between validation evaluations (and metrics rows)
     checkpoint_every: int = 500  # steps between checkpoints
@@ -118,7 +119,7 @@ class TrainConfig:
         options = {name: getattr(self, name) for name in MODEL_FIELDS if getattr(self, name) is not None}
         for name in options:
             if name not in accepted:
-                raise ClayflowError(
+                raise UsageError(
                     f"model {self.model!r} on {kind} data has no option --{name.replace('_', '-')}"
                 )
         return options
@@ -128,7 +129,12 @@ _POSITIVE = {"steps", "batch_size", "lr", "layers", "hidden", "scales", "eval_ev
 _NON_NEGATIVE = {
     "depth", "augment", "weight_decay", "warmup", "clip", "ema", "seed", "patience", "kinetic", "jacobian"
 }  # fmt: skip
-_CHOICES = {"optimizer": ("adam", "adamw"), "schedule": ("cosine", "constant"), "objective": ("mle", "fm")}
+_CHOICES = {
+    "optimizer": ("adam", "adamw"),
+    "schedule": ("cosine", "constant"),
+    "objective": ("mle", "fm"),
+    "nonfinite": ("stop", "skip"),
+}
 
 
 def config_from_dict(values: dict[str, Any], source: str = "config") -> TrainConfig:
@@ -137,7 +143,7 @@ def config_from_dict(values: dict[str, Any], source: str = "config") -> TrainCon
     known = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ClayflowError(
+        raise UsageError(
             f"{source}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}"
         )
     checked = {key: _check_type(key, value, hints[key], source) for key, value in values.items()}
@@ -179,32 +185,34 @@ def _check_type(key: str, value: Any, hint, source: str) -> Any:
         return float(value)
     ok = isinstance(value, hint) and not (hint is int and isinstance(value, bool))
     if not ok:
-        raise ClayflowError(f"{source}: {key} must be {hint.__name__}, got {value!r}")
+        raise UsageError(f"{source}: {key} must be {hint.__name__}, got {value!r}")
     return value
 
 
 def _check_ranges(config: TrainConfig, source: str) -> None:
     for key in _POSITIVE:
         if getattr(config, key) is not None and getattr(config, key) <= 0:
-            raise ClayflowError(f"{source}: {key} must be > 0, got {getattr(config, key)}")
+            raise UsageError(f"{source}: {key} must be > 0, got {getattr(config, key)}")
     for key in _NON_NEGATIVE:
         if getattr(config, key) is not None and getattr(config, key) < 0:
-            raise ClayflowError(f"{source}: {key} must be >= 0, got {getattr(config, key)}")
+            raise UsageError(f"{source}: {key} must be >= 0, got {getattr(config, key)}")
     if config.model != "cnf" and (config.objective == "fm" or config.kinetic or config.jacobian or config.ot):
-        raise ClayflowError(
+        raise UsageError(
             f"{source}: --objective fm, --kinetic, --jacobian and --ot train continuous flows; use --model cnf"
         )
-    if config.ot and config.objective != "fm":
-        raise ClayflowError(f"{source}: --ot pairs noise and data for flow matching; add --objective fm")
-    if config.patience and not config.select_best:
-        raise ClayflowError(
-            f"{source}: patience (early stopping) needs select_best, which tracks the best step"
+    if config.objective == "fm" and (config.blocks or 1) > 1:
+        raise UsageError(
+            f"{source}: flow matching trains one CNF block at the end of the flow; use --blocks 1"
         )
+    if config.ot and config.objective != "fm":
+        raise UsageError(f"{source}: --ot pairs noise and data for flow matching; add --objective fm")
+    if config.patience and not config.select_best:
+        raise UsageError(f"{source}: patience (early stopping) needs select_best, which tracks the best step")
     if config.ema >= 1:
-        raise ClayflowError(f"{source}: ema is a decay in [0, 1), got {config.ema}")
+        raise UsageError(f"{source}: ema is a decay in [0, 1), got {config.ema}")
     for key, choices in _CHOICES.items():
         if getattr(config, key) not in choices:
-            raise ClayflowError(
+            raise UsageError(
                 f"{source}: {key} must be one of {', '.join(choices)}, got {getattr(config, key)!r}"
             )
 

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from clayflow.core import Flow
 from clayflow.data import Dataset, load_dataset, standardization
-from clayflow.errors import ClayflowError
+from clayflow.errors import ClayflowError, UsageError
 from clayflow.models import VECTOR, ModelSpec, build, data_kind, model_defaults, model_options
 from clayflow.train.checkpoint import (
     BEST_NAME,
@@ -39,6 +39,7 @@ from clayflow.train.run import MetricsLog, prepare_new_run, write_json
 from clayflow.train.schedule import make_scheduler
 
 INTERVAL_SUMS = ("loss", "nll", "nfe_forward", "nfe_backward")  # averaged into each metrics row
+MAX_SKIPS_IN_A_ROW = 20  # --nonfinite skip: a model that stays non-finite this long has diverged
 
 
 def _nll_value(step_loss, loss_value: float) -> float:
@@ -49,7 +50,7 @@ def _nll_value(step_loss, loss_value: float) -> float:
 
 
 class TrainingStopped(ClayflowError):
-    """Training ended early (divergence or Ctrl-C); the last checkpoint is intact."""
+    """Training ended early (divergence, a failed write, Ctrl-C); the last checkpoint is intact."""
 
     exit_code = 1
 
@@ -111,9 +112,9 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ClayflowError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+        raise UsageError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ClayflowError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+        raise UsageError(f"device {name!r} requested but CUDA is not available; use --device cpu")
     return device
 
 
@@ -154,12 +155,33 @@ def train(
     checkpoint = None
     if resume and (run_dir / CHECKPOINT_NAME).exists():
         checkpoint = read_checkpoint(run_dir, map_location="cpu")
+        _check_same_model(checkpoint, spec, run_dir)
     elif not resume:
         prepare_new_run(run_dir, force)
     # else: killed before its first checkpoint; start again from step 0 in place.
     trainer = _Trainer(config, run_dir, data, flow, spec, device, checkpoint, progress)
     write_json(run_dir / "config.json", config.to_dict())  # after a successful restore
     return trainer.run()
+
+
+def _check_same_model(checkpoint: dict[str, Any], spec: ModelSpec, run_dir: Path) -> None:
+    """The checkpoint must describe the model that the run's ``config.json`` builds. Options a
+    checkpoint from an older clayflow did not record are not compared."""
+    try:
+        saved = ModelSpec.from_dict(checkpoint["model_spec"])
+    except TypeError as exc:
+        raise ClayflowError(f"checkpoint in {run_dir} has an unreadable model description: {exc}") from None
+    differences = [
+        name
+        for name in ("name", "event_shape", "standardize", "levels")
+        if getattr(saved, name) != getattr(spec, name)
+    ]
+    differences += [k for k, v in saved.options.items() if k not in spec.options or spec.options[k] != v]
+    if differences:
+        raise ClayflowError(
+            f"checkpoint in {run_dir} is of another model than its config.json "
+            f"(differs in {', '.join(differences)}); it cannot resume this run"
+        )
 
 
 class _Trainer:
@@ -185,6 +207,7 @@ class _Trainer:
         else:
             self.objective = partial(maximum_likelihood, kinetic=config.kinetic, jacobian=config.jacobian)
         self.last_saved_step = None
+        self.skipped, self.skipped_in_a_row = 0, 0  # --nonfinite skip: since the last row, and in a row
         self.best_val_nll, self.best_step = math.inf, None
         if checkpoint is not None:
             self._restore(checkpoint)
@@ -207,14 +230,33 @@ class _Trainer:
             "torch_rng": torch.get_rng_state(),
             "interval_sums": self.sums,
             "interval_count": self.count,
+            "skipped": (self.skipped, self.skipped_in_a_row),
             "train_seconds": self.train_seconds,
             "best_val_nll": self.best_val_nll,
             "best_step": self.best_step,
         }
 
     def _save(self) -> None:
-        save_checkpoint(self.run_dir / CHECKPOINT_NAME, self._payload())
+        with self._writing("checkpoint"):
+            save_checkpoint(self.run_dir / CHECKPOINT_NAME, self._payload())
         self.last_saved_step = self.step
+
+    def _kept(self) -> str:
+        if self.last_saved_step is None:
+            return "no checkpoint had been written yet"
+        return f"kept the last good checkpoint (step {self.last_saved_step})"
+
+    @contextmanager
+    def _writing(self, what: str):
+        """A failed write (disk full, permissions) stops training with one line; the files
+        already written stay valid (all are replaced atomically, except metrics rows)."""
+        try:
+            yield
+        except OSError as exc:
+            raise TrainingStopped(
+                f"cannot write the {what} at step {self.step} ({exc.strerror or exc}); {self._kept()}. "
+                f"Free space, then continue with: clayflow train --resume {self.run_dir}"
+            ) from None
 
     def _restore(self, checkpoint: dict[str, Any]) -> None:
         try:
@@ -231,10 +273,12 @@ class _Trainer:
             else:  # written before the objectives had several parts: loss_sum was the NLL
                 loss_sum, self.count = checkpoint["loss_sum"], checkpoint["loss_count"]
                 self.sums = {**dict.fromkeys(INTERVAL_SUMS, 0.0), "loss": loss_sum, "nll": loss_sum}
+            self.skipped, self.skipped_in_a_row = checkpoint.get("skipped", (0, 0))
             self.train_seconds = checkpoint["train_seconds"]
             self.best_val_nll, self.best_step = checkpoint["best_val_nll"], checkpoint["best_step"]
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
-            raise ClayflowError(f"checkpoint in {self.run_dir} cannot resume this run: {exc}") from None
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ClayflowError(f"checkpoint in {self.run_dir} cannot resume this run: {reason}") from None
         self.last_saved_step = self.step
 
     # -- loop ---------------------------------------------------------------------------
@@ -246,18 +290,20 @@ class _Trainer:
         interval_start, interval_steps = time.perf_counter(), 0
         with self._catch_sigint():
             while self.step < config.steps and not self._out_of_patience():
-                loss, grad_norm = self._train_step()
-                interval_steps += 1
-                bar.update(1)
-                if self.step % 10 == 0:
-                    bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
-                if self.step % config.eval_every == 0 or self.step == config.steps:
-                    seconds = time.perf_counter() - interval_start
-                    self.train_seconds += seconds
-                    self._log(grad_norm, interval_steps / max(seconds, 1e-9), bar)
-                    interval_start, interval_steps = time.perf_counter(), 0
-                if self.step % config.checkpoint_every == 0 or self.step == config.steps:
-                    self._save()
+                taken = self._train_step()
+                if taken is not None:
+                    loss, grad_norm = taken
+                    interval_steps += 1
+                    bar.update(1)
+                    if self.step % 10 == 0:
+                        bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+                    if self.step % config.eval_every == 0 or self.step == config.steps:
+                        seconds = time.perf_counter() - interval_start
+                        self.train_seconds += seconds
+                        self._log(grad_norm, interval_steps / max(seconds, 1e-9), bar)
+                        interval_start, interval_steps = time.perf_counter(), 0
+                    if self.step % config.checkpoint_every == 0 or self.step == config.steps:
+                        self._save()
                 if self.interrupted:
                     self._save()
                     bar.close()
@@ -284,7 +330,9 @@ class _Trainer:
             bool(patience) and self.best_step is not None and self.step - self.best_step >= patience * every
         )
 
-    def _train_step(self) -> tuple[float, float]:
+    def _train_step(self) -> tuple[float, float] | None:
+        """One optimisation step: ``(loss, grad_norm)``, or None when a non-finite loss or
+        gradient was skipped (``--nonfinite skip``; the batch is consumed, the step is not)."""
         batch = self.train_x[self.sampler.next().to(self.train_x.device)].float()
         step_loss = self.objective(self.flow, batch)
         self.optimizer.zero_grad(set_to_none=True)
@@ -294,14 +342,16 @@ class _Trainer:
         loss_value = step_loss.loss.item()
         if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
             what = "loss" if not math.isfinite(loss_value) else "gradient norm"
-            kept = (
-                f"kept the last good checkpoint (step {self.last_saved_step})"
-                if self.last_saved_step is not None
-                else "no checkpoint had been written yet"
-            )
+            if self.config.nonfinite == "skip" and self.skipped_in_a_row < MAX_SKIPS_IN_A_ROW:
+                self.optimizer.zero_grad(set_to_none=True)
+                self.skipped, self.skipped_in_a_row = self.skipped + 1, self.skipped_in_a_row + 1
+                return None
+            tried = f" in {self.skipped_in_a_row + 1} steps in a row" if self.skipped_in_a_row else ""
             raise TrainingStopped(
-                f"{what} became non-finite at step {self.step + 1}; {kept}. Try a lower --lr or a smaller --clip"
+                f"{what} became non-finite{tried} at step {self.step + 1}; {self._kept()}. "
+                "Try a lower --lr or a smaller --clip"
             )
+        self.skipped_in_a_row = 0
         self.optimizer.step()
         self.scheduler.step()
         if self.ema is not None:
@@ -336,20 +386,14 @@ class _Trainer:
             "nfe_forward": self.sums["nfe_forward"] / max(self.count, 1),
             "nfe_backward": self.sums["nfe_backward"] / max(self.count, 1),
             "elapsed_s": self.train_seconds,
+            "skipped_steps": self.skipped,
         }
-        self.metrics.append(row)
+        with self._writing("metrics"):
+            self.metrics.append(row)
+        self.skipped = 0
         if self.config.select_best and val_nll < self.best_val_nll:
             self.best_val_nll, self.best_step = val_nll, self.step
-            save_checkpoint(
-                self.run_dir / BEST_NAME,
-                {
-                    "model_spec": self.spec.to_dict(),
-                    "data_columns": self.data.columns,
-                    "step": self.step,
-                    "val_nll": val_nll,
-                    "model": self._eval_flow().state_dict(),
-                },
-            )
+            self._save_best(val_nll)
         self.sums, self.count = dict.fromkeys(INTERVAL_SUMS, 0.0), 0
         nfe = f"  nfe {row['nfe_forward']:.0f}+{row['nfe_backward']:.0f}" if row["nfe_forward"] else ""
         bar.set_postfix(loss=f"{row['train_loss']:.3f}", val=f"{val_nll:.3f}", nfe=nfe.strip(), refresh=True)
@@ -359,6 +403,17 @@ class _Trainer:
                 f"val nll {val_nll:.4f}{nfe}  ({steps_per_s:.0f} steps/s)",
                 file=sys.stderr,
             )
+
+    def _save_best(self, val_nll: float) -> None:
+        payload = {
+            "model_spec": self.spec.to_dict(),
+            "data_columns": self.data.columns,
+            "step": self.step,
+            "val_nll": val_nll,
+            "model": self._eval_flow().state_dict(),
+        }
+        with self._writing("best checkpoint"):
+            save_checkpoint(self.run_dir / BEST_NAME, payload)
 
     def _finish(self) -> TrainResult:
         if self.best_step is not None:
@@ -377,7 +432,8 @@ class _Trainer:
             train_seconds=self.train_seconds,
             selected_step=selected_step,
         )
-        write_json(self.run_dir / "results.json", result.to_dict())
+        with self._writing("results"):
+            write_json(self.run_dir / "results.json", result.to_dict())
         return result
 
     @contextmanager

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from clayflow.core import Flow
-from clayflow.errors import ClayflowError
+from clayflow.errors import UsageError
 from clayflow.transforms import CNF
 from clayflow.transforms.continuous import SolveStats
 
@@ -72,10 +72,10 @@ def flow_matching(flow: Flow, x: Tensor, optimal_transport: bool = False) -> Ste
     transforms = list(flow.transform)
     blocks = [i for i, t in enumerate(transforms) if isinstance(t, CNF)]
     if len(blocks) != 1 or blocks[0] != len(transforms) - 1:
-        raise ClayflowError("flow matching trains one CNF block at the end of the flow; use --blocks 1")
+        raise UsageError("flow matching trains one CNF block at the end of the flow; use --blocks 1")
     for transform in transforms[:-1]:
         if any(p.requires_grad for p in transform.parameters()):
-            raise ClayflowError("flow matching cannot train layers before the CNF; drop --batch-norm")
+            raise UsageError("flow matching cannot train layers before the CNF; drop --batch-norm")
         x, _ = transform(x)
     cnf = transforms[-1]
     eps = torch.randn_like(x)

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from clayflow.errors import ClayflowError
+from clayflow.errors import ClayflowError, UsageError
 from clayflow.files import atomic_write
 
 # train_loss is the objective (with regularisers; the flow-matching loss for --objective fm),
@@ -27,6 +27,7 @@ METRIC_COLUMNS = (
     "nfe_forward",
     "nfe_backward",
     "elapsed_s",
+    "skipped_steps",  # steps skipped for a non-finite loss or gradient (--nonfinite skip)
 )
 
 
@@ -43,11 +44,11 @@ def prepare_new_run(path: Path, force: bool) -> None:
         raise ClayflowError(f"output path {path} exists and is not a directory")
     if path.is_dir() and any(path.iterdir()):
         if not force:
-            raise ClayflowError(
+            raise UsageError(
                 f"output directory {path} is not empty; choose another --out, --resume it, or pass --force"
             )
         if not (path / "config.json").exists():
-            raise ClayflowError(
+            raise UsageError(
                 f"output directory {path} is not a clayflow run; refusing to clear it even with --force"
             )
         shutil.rmtree(path)

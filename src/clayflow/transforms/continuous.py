@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from clayflow.core.transform import Transform
-from clayflow.errors import ClayflowError, parse_choice
+from clayflow.errors import UsageError, parse_choice
 
 FIXED_STEP_SOLVERS = ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams")
 ADAPTIVE_SOLVERS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
@@ -150,9 +150,9 @@ class CNF(Transform):
         super().__init__()
         if solver not in FIXED_STEP_SOLVERS + ADAPTIVE_SOLVERS:
             valid = ", ".join(ADAPTIVE_SOLVERS + FIXED_STEP_SOLVERS)
-            raise ClayflowError(f"unknown ODE solver {solver!r}; choose one of: {valid}")
+            raise UsageError(f"unknown ODE solver {solver!r}; choose one of: {valid}")
         if not t1 > 0:
-            raise ClayflowError(f"the integration time T must be > 0, got {t1}")
+            raise UsageError(f"the integration time T must be > 0, got {t1}")
         self.func = _AugmentedDynamics(dynamics)
         log_t1 = torch.tensor(float(t1)).log()
         if learn_t1:

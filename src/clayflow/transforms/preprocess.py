@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from clayflow.core.transform import Transform, identity_logabsdet, sum_except_batch
-from clayflow.errors import ClayflowError
+from clayflow.errors import ClayflowError, UsageError
 
 
 class Dequantize(Transform):
@@ -97,7 +97,7 @@ class Logit(Transform):
     def __init__(self, alpha: float = 0.05):
         super().__init__()
         if not 0 <= alpha < 0.5:
-            raise ClayflowError(f"the logit boundary alpha must be in [0, 0.5), got {alpha}")
+            raise UsageError(f"the logit boundary alpha must be in [0, 0.5), got {alpha}")
         self.alpha = float(alpha)
 
     def forward(self, x, context=None):
