@@ -14,6 +14,12 @@ class UsageError(ClayflowError):
     CLI exits 2, as for a command-line usage error, rather than 1 for a runtime problem."""
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (or its type), for one-line errors."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def parse_choice(choices, value, option: str):
     """``choices(value)`` for a str-valued Enum, or a ClayflowError listing the valid values."""
     try:

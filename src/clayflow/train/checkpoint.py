@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from clayflow.core import Flow
-from clayflow.errors import ClayflowError
+from clayflow.errors import ClayflowError, first_line
 from clayflow.files import atomic_write
 from clayflow.models import ModelSpec, build
 
@@ -57,9 +57,8 @@ def read_checkpoint(
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch.load raises many types for bad files
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ClayflowError(
-            f"cannot read checkpoint {path} (truncated, corrupt or not a checkpoint): {reason}"
+            f"cannot read checkpoint {path} (truncated, corrupt or not a checkpoint): {first_line(exc)}"
         ) from None
     if not isinstance(payload, dict) or "format_version" not in payload:
         raise ClayflowError(f"{path} is not a clayflow checkpoint")
@@ -88,9 +87,18 @@ def flow_from_checkpoint(payload: dict[str, Any]) -> Flow:
     try:
         flow.load_state_dict(state)
     except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise ClayflowError(f"checkpoint weights do not fit its model {spec.name!r}: {first}") from None
+        raise ClayflowError(
+            f"checkpoint weights do not fit its model {spec.name!r}: {state_dict_mismatch(exc)}"
+        ) from None
     return flow
+
+
+def state_dict_mismatch(exc: RuntimeError, limit: int = 160) -> str:
+    """The first concrete problem in ``load_state_dict``'s multi-line error (missing keys,
+    unexpected keys or a size mismatch), cut to ``limit`` characters."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    detail = lines[1] if len(lines) > 1 else first_line(exc)
+    return detail if len(detail) <= limit else detail[: limit - 3] + "..."
 
 
 def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> Flow:

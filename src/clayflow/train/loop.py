@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from clayflow.core import Flow
 from clayflow.data import Dataset, load_dataset, standardization
-from clayflow.errors import ClayflowError, UsageError
+from clayflow.errors import ClayflowError, UsageError, first_line
 from clayflow.models import VECTOR, ModelSpec, build, data_kind, model_defaults, model_options
 from clayflow.train.checkpoint import (
     BEST_NAME,
@@ -31,6 +31,7 @@ from clayflow.train.checkpoint import (
     flow_from_checkpoint,
     read_checkpoint,
     save_checkpoint,
+    state_dict_mismatch,
 )
 from clayflow.train.config import TrainConfig
 from clayflow.train.evaluate import evaluate_nll
@@ -255,7 +256,7 @@ class _Trainer:
         except OSError as exc:
             raise TrainingStopped(
                 f"cannot write the {what} at step {self.step} ({exc.strerror or exc}); {self._kept()}. "
-                f"Free space, then continue with: clayflow train --resume {self.run_dir}"
+                f"Fix the disk (space, permissions), then continue with: clayflow train --resume {self.run_dir}"
             ) from None
 
     def _restore(self, checkpoint: dict[str, Any]) -> None:
@@ -277,7 +278,7 @@ class _Trainer:
             self.train_seconds = checkpoint["train_seconds"]
             self.best_val_nll, self.best_step = checkpoint["best_val_nll"], checkpoint["best_step"]
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            reason = state_dict_mismatch(exc) if isinstance(exc, RuntimeError) else first_line(exc)
             raise ClayflowError(f"checkpoint in {self.run_dir} cannot resume this run: {reason}") from None
         self.last_saved_step = self.step
 
