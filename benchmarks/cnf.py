@@ -10,7 +10,8 @@ and dopri5 at 1e-5 tolerances. Flow matching trains for the same number of steps
 Reported per run: test NLL (exact trace, best-validation weights), training wall time, and
 the mean function evaluations per step (forward solve; backward solve with the adjoint,
 0 otherwise) over the last logged interval. Density heat-maps and trajectories are in each
-run's ``plots/``; the table is printed and written to ``DIR/cnf.md``.
+run's ``plots/`` and gathered in ``DIR/density.png`` and ``DIR/trajectories.png``; the table
+is printed and written to ``DIR/cnf.md``.
 """
 
 from __future__ import annotations
@@ -59,6 +60,34 @@ def run(toy: str, method: str, flags: list[str], steps: int, lr: float, out: Pat
     }
 
 
+def montage(out: Path, toys: list[str]) -> list[Path]:
+    """Two figures from the runs' plots: ``density.png`` (toys x trainings, heat-maps) and
+    ``trajectories.png`` (one strip per run, samples from t = T to t = 0)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.image as mpimg
+    import matplotlib.pyplot as plt
+
+    methods = list(METHODS)
+    written = []
+    for name, rows, cols, size in (
+        ("density", len(toys), len(methods), (3.2, 3.2)),
+        ("trajectories", len(toys) * len(methods), 1, (14, 2.6)),
+    ):
+        fig, axes = plt.subplots(rows, cols, figsize=(size[0] * cols, size[1] * rows), squeeze=False)
+        for ax, (toy, i) in zip(axes.flat, [(t, i) for t in toys for i in range(len(methods))]):
+            ax.imshow(mpimg.imread(out / f"{toy}-{i}" / "plots" / f"{name}.png"))
+            ax.set_title(f"{toy}: {methods[i]}", fontsize=8)
+            ax.axis("off")
+        fig.tight_layout()
+        path = out / f"{name}.png"
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -67,7 +96,13 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=5e-3)
     parser.add_argument("--toys", nargs="+", default=["moons", "8gaussians", "checkerboard", "2spirals"])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/cnf"))
+    parser.add_argument(
+        "--montage-only", action="store_true", help="only rebuild the two figures from existing runs in --out"
+    )
     args = parser.parse_args()
+    if args.montage_only:
+        print(*montage(args.out, args.toys), sep="\n")
+        return
     rows = [
         run(toy, method, flags, args.steps, args.lr, args.out)
         for toy in args.toys
@@ -89,6 +124,7 @@ def main() -> None:
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "cnf.md").write_text(text + "\n")
+    print(*montage(args.out, args.toys), sep="\n")
 
 
 if __name__ == "__main__":

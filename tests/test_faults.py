@@ -287,3 +287,17 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, c
     assert torch.load(run / "checkpoints/last.pt", weights_only=True)["step"] == 20
     assert not list((run / "checkpoints").glob(".*.tmp"))  # no half-written file left behind
     assert main(["train", "--resume", str(run), "--no-progress"]) == 0  # and it resumes
+
+
+def test_the_library_loads_files_without_unpickling_code():
+    """Every ``torch.load`` is ``weights_only=True`` and every ``np.load`` ``allow_pickle=False``."""
+    source = Path(clayflow.__file__).parent
+    calls = [
+        line
+        for path in source.rglob("*.py")
+        for line in path.read_text().splitlines()
+        if ("torch.load(" in line or "np.load(" in line) and "``" not in line
+    ]
+    assert len(calls) >= 3, calls
+    for line in calls:
+        assert "weights_only=True" in line or "allow_pickle=False" in line, line
