@@ -118,6 +118,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, small, seed):
     got, want = rows(killed), rows(reference)
     assert [r["step"] for r in got] == [r["step"] for r in want]
     assert [(r["train_nll"], r["val_nll"]) for r in got] == [(r["train_nll"], r["val_nll"]) for r in want]
+    assert not list((killed / "checkpoints").glob(".*.tmp"))  # a write the kill cut short is cleaned up
     final = torch.load(killed / "checkpoints/last.pt", weights_only=True)["model"]
     expected = torch.load(reference / "checkpoints/last.pt", weights_only=True)["model"]
     assert all(torch.equal(final[k], expected[k]) for k in expected)
@@ -284,3 +285,13 @@ def test_patience_needs_select_best():
 
     with pytest.raises(ClayflowError, match="patience .* needs select_best"):
         config_from_dict({"patience": 3, "select_best": False})
+
+
+def test_a_metrics_row_cut_short_is_left_out_on_resume(tmp_path):
+    from clayflow.train.run import METRIC_COLUMNS, MetricsLog, read_metrics
+
+    path = tmp_path / "metrics.csv"
+    path.write_text(",".join(METRIC_COLUMNS) + "\n10,3.5\n20,3.4\n3")  # killed inside the row of step 30
+    assert [r["step"] for r in read_metrics(path)] == ["10", "20"]
+    MetricsLog(path, resume_step=20)
+    assert [r["step"] for r in read_metrics(path)] == ["10", "20"] and path.read_text().endswith("\n")

@@ -154,6 +154,9 @@ def train(
     data = load_dataset(config.data)
     flow, spec = build_flow(config, data)
     checkpoint = None
+    if resume:  # temporary files of writes a kill cut short
+        for stale in (run_dir / CHECKPOINT_NAME).parent.glob(".*.tmp"):
+            stale.unlink()
     if resume and (run_dir / CHECKPOINT_NAME).exists():
         checkpoint = read_checkpoint(run_dir, map_location="cpu")
         _check_same_model(checkpoint, spec, run_dir)

@@ -101,8 +101,11 @@ class MetricsLog:
 
 
 def read_metrics(path: Path) -> list[dict[str, str]]:
-    """The rows of a ``metrics.csv`` as dicts (empty if the file does not exist)."""
+    """The rows of a ``metrics.csv`` as dicts (empty if the file does not exist). A last line
+    without its newline is a row cut short by a crash or a full disk, and is left out."""
     if not path.exists():
         return []
-    with path.open(newline="") as file:
-        return list(csv.DictReader(file))
+    text = path.read_text()
+    if not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+    return list(csv.DictReader(io.StringIO(text, newline="")))
