@@ -323,7 +323,10 @@ def _plot(run_dir: Path, flow) -> list[Path]:
     from clayflow.train.run import read_json
 
     data = load_dataset(read_json(run_dir / "config.json")["data"])
-    return plot_run(run_dir, flow, data.test, data.columns, data.levels)
+    try:
+        return plot_run(run_dir, flow, data.test, data.columns, data.levels)
+    except OSError as exc:
+        raise ClayflowError(f"cannot write the plots of {run_dir}: {exc.strerror or exc}") from None
 
 
 def _load_run(run: str, device: str):

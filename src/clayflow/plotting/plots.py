@@ -22,6 +22,7 @@ import torch
 
 from clayflow.core import Flow
 from clayflow.diagnostics import grid_log_prob
+from clayflow.files import atomic_write
 from clayflow.train.run import read_metrics
 from clayflow.transforms import CNF
 
@@ -189,8 +190,11 @@ def _name(columns: list[str] | None, i: int) -> str:
 
 
 def save_figure(fig, path: Path) -> Path:
-    """Save ``fig`` as a PNG at ``path`` and close it."""
+    """Save ``fig`` atomically as a PNG at ``path`` (a killed run leaves the old plot or the
+    new one, never half of one) and close it."""
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        atomic_write(path, lambda file: fig.savefig(file, dpi=110, format="png"))
+    finally:
+        plt.close(fig)
     return path
