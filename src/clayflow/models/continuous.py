@@ -54,7 +54,9 @@ def cnf(
     def field():
         return ODENet(width, hidden, depth, activation=activation)
 
-    steps = _augment(augment) + _blocks(field, width, blocks, actnorm, batch_norm, locals())
+    solve = {"t1": t1, "learn_t1": learn_t1, "solver": solver, "atol": atol, "rtol": rtol,
+             "step_size": step_size, "trace": trace, "eval_trace": eval_trace, "adjoint": adjoint}  # fmt: skip
+    steps = _augment(augment) + _blocks(field, width, blocks, actnorm, batch_norm, solve)
     return Flow(Compose(*steps), StandardNormal(width))
 
 
@@ -99,12 +101,11 @@ def cnf_image(
     def field():
         return ODENet(augmented, hidden, depth, activation=activation, conv=True)
 
+    solve = {"t1": t1, "learn_t1": learn_t1, "solver": solver, "atol": atol, "rtol": rtol,
+             "step_size": step_size, "trace": trace, "eval_trace": eval_trace, "adjoint": adjoint}  # fmt: skip
     preprocess = [Dequantize(levels), ScalarAffine(1.0 / levels), Logit(alpha)]
-    steps = preprocess + _augment(augment) + _blocks(field, augmented, blocks, actnorm, batch_norm, locals())
+    steps = preprocess + _augment(augment) + _blocks(field, augmented, blocks, actnorm, batch_norm, solve)
     return Flow(Compose(*steps), StandardNormal((augmented, height, width)))
-
-
-_SOLVE_OPTIONS = ("t1", "learn_t1", "solver", "atol", "rtol", "step_size", "trace", "eval_trace", "adjoint")
 
 
 def _augment(extra: int) -> list:
@@ -113,12 +114,11 @@ def _augment(extra: int) -> list:
     return [Augment(extra)] if extra else []
 
 
-def _blocks(make_field, features: int, blocks: int, actnorm: bool, batch_norm: bool, options: dict) -> list:
-    """``blocks`` CNFs on fields from ``make_field()``, with the builder's solve ``options``
-    (its ``locals()``), and an ActNorm or BatchNorm between consecutive blocks."""
+def _blocks(make_field, features: int, blocks: int, actnorm: bool, batch_norm: bool, solve: dict) -> list:
+    """``blocks`` CNFs on fields from ``make_field()`` with the ``CNF`` options ``solve``, and
+    an ActNorm or BatchNorm between consecutive blocks."""
     if actnorm and batch_norm:
         raise UsageError("choose ActNorm or batch norm between CNF blocks, not both")
-    solve = {name: options[name] for name in _SOLVE_OPTIONS}
     steps = []
     for i in range(blocks):
         if i > 0 and actnorm:
