@@ -35,13 +35,21 @@ RUNS = {
 }
 
 
-def run(name: str, scale: float, out: Path) -> dict:
+def run(name: str, scale: float, out: Path) -> int:
     model, data, steps = RUNS[name]
     steps = max(1, round(steps * scale))
     run_dir = out / name
     argv = ["train", "--model", model, "--data", data, "--steps", str(steps), "--eval-every", str(max(1, steps // 20)),
             "--out", str(run_dir), "--force", "--no-progress", "--no-plots"]  # fmt: skip
-    code = clayflow(argv)
+    return clayflow(argv)
+
+
+def collect(name: str, code: int | None, out: Path) -> dict:
+    """The figures of one run from its directory; ``code`` is its exit code (None: unknown,
+    for ``--report-only``, where a run without ``results.json`` counts as unfinished)."""
+    run_dir = out / name
+    if code is None:
+        code = 0 if (run_dir / "results.json").exists() else 1
     with (run_dir / "metrics.csv").open() as file:
         metrics = list(csv.DictReader(file))
     numbers = [float(v) for row in metrics for v in row.values() if v not in ("", None)]
@@ -65,8 +73,12 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--only", nargs="+", choices=list(RUNS), default=list(RUNS))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/stability"))
+    parser.add_argument(
+        "--report-only", action="store_true", help="only rebuild the table from the runs in --out"
+    )
     args = parser.parse_args()
-    rows = [run(name, args.scale, args.out) for name in args.only]
+    codes = {name: None if args.report_only else run(name, args.scale, args.out) for name in args.only}
+    rows = [collect(name, code, args.out) for name, code in codes.items()]
     machine = platform.processor() or platform.machine()
     lines = [
         f"Long runs, default options; torch {torch.__version__}, {torch.get_num_threads()} threads, {machine}",
