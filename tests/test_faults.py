@@ -111,6 +111,7 @@ ROWS = [
     ("train", "ActNorm and batch norm", ["train", "--model", "cnf", "--blocks", "2", "--actnorm", "--batch-norm", "--out", O], USAGE, "choose ActNorm or batch norm"),
     ("train", "flow matching with two blocks", ["train", "--model", "cnf", "--objective", "fm", "--blocks", "2", "--out", O], USAGE, "use --blocks 1"),
     ("train", "patience without best", ["train", "--patience", "3", "--no-select-best", "--out", O], USAGE, "needs select_best"),
+    ("train", "compiled CNF", ["train", "--model", "cnf", "--compile", "--out", O], USAGE, "CNF solves are not compiled"),
     ("train", "EMA decay of 1", ["train", "--ema", "1", "--out", O], USAGE, "ema is a decay in [0, 1)"),
     ("train", "unavailable device", ["train", "--device", "cuda:7", "--out", O], USAGE, "CUDA is not available"),
     ("train", "config with unknown key", ["train", "--config", "{tmp}/unknown.json", "--out", O], USAGE, "unknown key(s) stepz"),

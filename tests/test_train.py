@@ -295,3 +295,15 @@ def test_a_metrics_row_cut_short_is_left_out_on_resume(tmp_path):
     assert [r["step"] for r in read_metrics(path)] == ["10", "20"]
     MetricsLog(path, resume_step=20)
     assert [r["step"] for r in read_metrics(path)] == ["10", "20"] and path.read_text().endswith("\n")
+
+
+def test_compiled_training_step_gives_the_eager_numbers(tmp_path):
+    """``--compile`` runs the same optimisation: the same losses and weights up to rounding."""
+    results, weights = [], []
+    for compile_step in (False, True):
+        run = tmp_path / f"compile-{compile_step}"
+        results.append(train(TrainConfig(steps=20, compile=compile_step, **SMALL), run, progress=False))
+        weights.append(torch.load(run / "checkpoints/last.pt", weights_only=True)["model"])
+    assert results[1].test_nll == pytest.approx(results[0].test_nll, rel=1e-5)
+    for key in weights[0]:
+        torch.testing.assert_close(weights[1][key], weights[0][key], atol=1e-5, rtol=1e-4, msg=key)

@@ -30,7 +30,7 @@ EXAMPLES = {
     "plot": "example:\n  clayflow plot runs/mine",
 }
 # Options that may change when a run is resumed; the rest define the run.
-RESUMABLE_OPTIONS = {"steps", "device", "eval_every", "checkpoint_every", "patience", "nonfinite"}
+RESUMABLE_OPTIONS = {"steps", "device", "eval_every", "checkpoint_every", "patience", "nonfinite", "compile"}
 
 
 class _Parser(argparse.ArgumentParser):

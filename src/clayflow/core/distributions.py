@@ -18,7 +18,7 @@ _LOG_2PI = math.log(2 * math.pi)
 
 def standard_normal_log_prob(z: Tensor) -> Tensor:
     r"""log N(z; 0, I) summed over each sample's elements: ``(B, *)`` -> ``(B,)``."""
-    return -0.5 * (sum_except_batch(z**2) + z[0].numel() * _LOG_2PI)
+    return -0.5 * (sum_except_batch(z**2) + math.prod(z.shape[1:]) * _LOG_2PI)
 
 
 class StandardNormal(nn.Module):

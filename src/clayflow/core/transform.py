@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 def sum_except_batch(t: Tensor) -> Tensor:
     """Sum over every dimension but the first: ``(B, ...) -> (B,)``."""
-    return t.reshape(t.shape[0], -1).sum(dim=1)
+    return t.sum(dim=1) if t.dim() == 2 else t.reshape(t.shape[0], -1).sum(dim=1)
 
 
 class Transform(nn.Module):

@@ -210,6 +210,8 @@ class _Trainer:
             self.objective = partial(flow_matching, optimal_transport=config.ot)
         else:
             self.objective = partial(maximum_likelihood, kinetic=config.kinetic, jacobian=config.jacobian)
+        if config.compile:
+            self.objective = torch.compile(self.objective)
         self.last_saved_step = None
         self.skipped, self.skipped_in_a_row = 0, 0  # --nonfinite skip: since the last row, and in a row
         self.best_val_nll, self.best_step = math.inf, None

@@ -49,6 +49,17 @@ def zero_init_last_layer(net: nn.Module) -> None:
         nn.init.zeros_(layers[-1].bias)
 
 
+def _block_order(mask: Tensor) -> bool | None:
+    """For a 1-D ``mask`` made of two contiguous blocks: True if the kept (True) block comes
+    first, False if it comes last; None for any other layout (e.g. alternating)."""
+    kept = int(mask.sum())
+    if mask[:kept].all():
+        return True
+    if mask[-kept:].all():
+        return False
+    return None
+
+
 class _Coupling(Transform):
     """Shared split/merge and conditioner logic; subclasses define the elementwise map.
 
@@ -82,6 +93,10 @@ class _Coupling(Transform):
         else:
             kept = mask.nonzero().squeeze(1)
             transformed = (~mask).nonzero().squeeze(1)
+            # Contiguous halves (e.g. a "half" mask) are split by slicing views and merged by
+            # one cat: no gathers. Otherwise: index_select, and a gather to restore the order.
+            self.kept_first = _block_order(mask)
+            self.features, self.kept_count = len(mask), len(kept)
             self.register_buffer("kept", kept)
             self.register_buffer("transformed", transformed)
             self.register_buffer("merge_order", torch.argsort(torch.cat([kept, transformed])))
@@ -96,7 +111,7 @@ class _Coupling(Transform):
                     f"this coupling was built for images of shape {tuple(self.mask.shape)}, "
                     f"got input of shape {tuple(x.shape)}"
                 )
-        elif x.dim() < 2 or x.shape[1] != self.mask.numel():
+        elif x.dim() < 2 or x.shape[1] != self.features:
             raise ClayflowError(
                 f"this coupling was built for {self.mask.numel()} features, got input with "
                 f"shape {tuple(x.shape)}"
@@ -106,11 +121,25 @@ class _Coupling(Transform):
         self._check(x)
         if self.elementwise:
             return self._map(x, self.net(x * self.mask), inverse, free=(~self.mask).to(x.dtype))
-        x_kept, x_rest = x.index_select(1, self.kept), x.index_select(1, self.transformed)
+        x_kept, x_rest = self._split(x)
         inputs = x_kept if context is None else torch.cat([x_kept, context], dim=1)
         out_rest, logabsdet = self._map(x_rest, self.net(inputs), inverse)
-        merged = torch.cat([x_kept, out_rest], dim=1).index_select(1, self.merge_order)
-        return merged, logabsdet
+        return self._merge(x_kept, out_rest), logabsdet
+
+    def _split(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(kept, transformed)`` parts of ``x`` along dim 1."""
+        if self.kept_first is None:
+            return x.index_select(1, self.kept), x.index_select(1, self.transformed)
+        kept = self.kept_count
+        if self.kept_first:
+            return x[:, :kept], x[:, kept:]
+        return x[:, -kept:], x[:, :-kept]
+
+    def _merge(self, kept: Tensor, transformed: Tensor) -> Tensor:
+        """Inverse of ``_split``."""
+        if self.kept_first is None:
+            return torch.cat([kept, transformed], dim=1).index_select(1, self.merge_order)
+        return torch.cat([kept, transformed] if self.kept_first else [transformed, kept], dim=1)
 
     def forward(self, x, context=None):
         return self._couple(x, context, inverse=False)
@@ -165,7 +194,8 @@ class AffineCoupling(_Coupling):
     def log_scale(self, raw: Tensor) -> Tensor:
         """The bounded log-scale ``s`` from the raw network output (see ``ScaleBound``)."""
         if self.scale_bound is ScaleBound.TANH:
-            return per_feature(self.scale_factor, raw) * torch.tanh(raw)
+            factor = self.scale_factor if raw.dim() == 2 else per_feature(self.scale_factor, raw)
+            return factor * torch.tanh(raw)
         if self.scale_bound is ScaleBound.SIGMOID:
             return F.logsigmoid(raw + 2.0)
         return self.clamp * torch.tanh(raw / self.clamp)
