@@ -307,3 +307,25 @@ def test_compiled_training_step_gives_the_eager_numbers(tmp_path):
     assert results[1].test_nll == pytest.approx(results[0].test_nll, rel=1e-5)
     for key in weights[0]:
         torch.testing.assert_close(weights[1][key], weights[0][key], atol=1e-5, rtol=1e-4, msg=key)
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_fused_optimizer_takes_the_default_implementations_steps(name):
+    """``make_optimizer`` picks torch's fused kernel on the CPU; it must follow the same
+    trajectory as the default (per-tensor) implementation."""
+    from clayflow.train.schedule import make_optimizer
+
+    flows = [clayflow.models.realnvp(3, layers=2, hidden=8) for _ in range(2)]
+    flows[1].load_state_dict(flows[0].state_dict())
+    fused = make_optimizer(flows[0].parameters(), name, lr=1e-2, weight_decay=1e-3)
+    default_class = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
+    default = default_class(flows[1].parameters(), lr=1e-2, weight_decay=1e-3)
+    assert fused.param_groups[0]["fused"] and not default.param_groups[0]["fused"]
+    x = torch.randn(64, 3)
+    for _ in range(5):
+        for flow, optimizer in zip(flows, (fused, default)):
+            optimizer.zero_grad()
+            (-flow.log_prob(x).mean()).backward()
+            optimizer.step()
+    for (key, a), b in zip(flows[0].state_dict().items(), flows[1].state_dict().values()):
+        torch.testing.assert_close(a, b, msg=key)

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import importlib.metadata
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
 
 import clayflow
 from clayflow import models
+from clayflow.train.schedule import make_optimizer
 
 LAYERS = 8
 HIDDEN = 128
@@ -31,6 +32,8 @@ class Contender:
 
     ``log_prob(x) -> (B,)``, ``sample(n) -> (n, D)``, ``to_latent(x) -> z`` (data -> latent)
     and ``to_data(z) -> x`` are the library's own public calls; ``module`` holds the parameters.
+    ``optimizer`` is the Adam a user of the library gets: torch's default for the peers and a
+    hand-written loop, clayflow's trainer's (``make_optimizer``: fused) for clayflow.
     """
 
     name: str
@@ -41,6 +44,7 @@ class Contender:
     to_latent: Callable[[Tensor], Tensor]
     to_data: Callable[[Tensor], Tensor]
     differs: str = ""
+    optimizer: Callable[..., torch.optim.Optimizer] = torch.optim.Adam  # (parameters, lr=...)
 
 
 def mlp(in_features: int, out_features: int) -> nn.Sequential:
@@ -55,6 +59,11 @@ def mlp(in_features: int, out_features: int) -> nn.Sequential:
     nn.init.zeros_(net[-1].weight)
     nn.init.zeros_(net[-1].bias)
     return net
+
+
+def clayflow_adam(parameters, lr: float) -> torch.optim.Optimizer:
+    """The optimiser ``clayflow train`` builds (``--optimizer adam``)."""
+    return make_optimizer(parameters, "adam", lr)
 
 
 def _version(package: str) -> str:
@@ -74,7 +83,8 @@ def build_clayflow(features: int) -> Contender:
         flow.sample,
         lambda x: flow(x)[0],
         lambda z: flow.inverse(z)[0],
-        "log-scale a * tanh(r) with a learned per-feature a (RealNVP's choice)",
+        "log-scale a * tanh(r) with a learned per-feature a (RealNVP's choice); its trainer's fused Adam",
+        optimizer=clayflow_adam,
     )
 
 
@@ -289,3 +299,28 @@ BUILDERS = {
     "FrEIA": build_freia,
 }
 PEERS = ("nflows", "normflows", "zuko", "FrEIA")
+
+
+def compiled(contender: Contender) -> Contender:
+    """The same flow with ``forward``, ``inverse`` and ``log_prob`` under ``torch.compile``:
+    clayflow's own ``Flow.compile()``; for the plain reference, the same three by hand."""
+    module = contender.module
+    if isinstance(module, clayflow.Flow):
+        module.compile()
+    else:
+        for method in ("forward", "inverse", "log_prob"):
+            setattr(module, method, torch.compile(getattr(module, method)))
+    return replace(
+        contender,
+        name=f"{contender.name} + compile",
+        log_prob=module.log_prob,
+        sample=module.sample,
+        to_latent=lambda x: module(x)[0],
+        to_data=lambda z: module.inverse(z)[0],
+        differs=f"{contender.differs}; torch.compile, default mode",
+    )
+
+
+def with_fused_adam(contender: Contender) -> Contender:
+    """The contender trained with clayflow's (fused) Adam: isolates what the optimiser gives."""
+    return replace(contender, name=f"{contender.name} + fused Adam", optimizer=clayflow_adam)

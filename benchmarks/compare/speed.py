@@ -15,7 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-
 from contenders import Contender
 
 WORKLOADS = ("train steps/s", "log_prob samples/s", "sample samples/s")
@@ -34,7 +33,7 @@ class SpeedRow:
 
 def _calls(contender: Contender, x: torch.Tensor) -> dict[str, tuple[Callable[[], object], float]]:
     """Each workload as a no-argument call and the unit count one call does."""
-    optimizer = torch.optim.Adam(contender.module.parameters(), lr=1e-3)
+    optimizer = contender.optimizer(contender.module.parameters(), lr=1e-3)
 
     def train_step():
         loss = -contender.log_prob(x).mean()
@@ -84,7 +83,9 @@ def measure(
         for c in contenders:
             values = rates[c.name]
             rows.append(
-                SpeedRow(c.name, features, batch, workload, statistics.median(values), min(values), max(values))
+                SpeedRow(
+                    c.name, features, batch, workload, statistics.median(values), min(values), max(values)
+                )
             )
     return rows
 

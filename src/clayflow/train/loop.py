@@ -37,7 +37,7 @@ from clayflow.train.config import TrainConfig
 from clayflow.train.evaluate import evaluate_nll
 from clayflow.train.objective import flow_matching, maximum_likelihood
 from clayflow.train.run import MetricsLog, prepare_new_run, write_json
-from clayflow.train.schedule import make_scheduler
+from clayflow.train.schedule import make_optimizer, make_scheduler
 
 INTERVAL_SUMS = ("loss", "nll", "nfe_forward", "nfe_backward")  # averaged into each metrics row
 MAX_SKIPS_IN_A_ROW = 20  # --nonfinite skip: a model that stays non-finite this long has diverged
@@ -192,9 +192,8 @@ class _Trainer:
     def __init__(self, config, run_dir, data, flow, spec, device, checkpoint, progress):
         self.config, self.run_dir, self.data, self.spec, self.device = config, run_dir, data, spec, device
         self.flow = flow.to(device).train()
-        optimizer_class = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-        self.optimizer = optimizer_class(
-            self.flow.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        self.optimizer = make_optimizer(
+            self.flow.parameters(), config.optimizer, config.lr, config.weight_decay
         )
         self.scheduler = make_scheduler(self.optimizer, config.warmup, config.steps, config.schedule)
         self.ema = (
@@ -344,8 +343,9 @@ class _Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         step_loss.loss.backward()
         max_norm = self.config.clip if self.config.clip > 0 else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.flow.parameters(), max_norm).item()
-        loss_value = step_loss.loss.item()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.flow.parameters(), max_norm)
+        # One host sync per step (on a GPU, each .item() would wait for the device).
+        loss_value, grad_norm = torch.stack([step_loss.loss.detach().double(), grad_norm.double()]).tolist()
         if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
             what = "loss" if not math.isfinite(loss_value) else "gradient norm"
             if self.config.nonfinite == "skip" and self.skipped_in_a_row < MAX_SKIPS_IN_A_ROW:

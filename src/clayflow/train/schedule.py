@@ -1,10 +1,30 @@
-"""Learning-rate schedule: linear warm-up, then cosine decay to zero or a constant rate."""
+"""The optimiser, and its learning-rate schedule: linear warm-up, then cosine decay to zero or a
+constant rate."""
 
 from __future__ import annotations
 
 import math
 
 import torch
+
+
+def make_optimizer(
+    parameters, name: str = "adam", lr: float = 1e-3, weight_decay: float = 0.0
+) -> torch.optim.Optimizer:
+    """Adam (L2 ``weight_decay``) or AdamW (decoupled), with the fused kernel on CPU and CUDA.
+
+    Fused is the same update in one kernel over all parameters; torch's default on the CPU is
+    a Python loop of about ten ops per parameter tensor, which for an 8-coupling RealNVP at
+    batch 256 is a third of the step. Other devices, or parameters of other dtypes, use the
+    default implementation.
+    """
+    parameters = list(parameters)
+    optimizer_class = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
+    fused = all(p.device.type in ("cpu", "cuda") and p.dtype in _FUSED_DTYPES for p in parameters)
+    return optimizer_class(parameters, lr=lr, weight_decay=weight_decay, fused=fused or None)
+
+
+_FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:

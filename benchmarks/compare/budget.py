@@ -1,0 +1,257 @@
+"""Workloads 3 and 4, at a fixed wall-clock budget: Glow on scikit-learn digits against
+normflows' Glow, and a CNF on 2D toys against zuko's CNF.
+
+Both sides of a pair run the same loop (Adam at a constant learning rate, the same batches in
+the same order) until ``budget`` seconds of training have passed, checked after every step,
+then are scored on the same test set. Only training counts towards the budget. Glow keeps the
+weights of its best validation NLL (checked 20 times over the budget); the toys draw fresh
+data and are scored as trained.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from contenders import Contender, _version, clayflow_adam
+from quality import test_nll, toy_data
+from torch import Tensor, nn
+
+import clayflow
+from clayflow import models
+from clayflow.data import load_dataset
+
+GLOW_SCALES, GLOW_STEPS, GLOW_HIDDEN = 2, 8, 128
+
+
+@dataclass
+class BudgetRow:
+    workload: str  # "glow digits" or "cnf <toy>"
+    contender: str
+    steps: int
+    seconds: float
+    test_nll: float  # nats per example
+    test_bpd: float  # bits/dim (images), NaN for tables
+    train_rate: float  # examples/s while training
+    sample_rate: float  # samples/s, eval mode, no graph
+
+
+def train_for(
+    contender: Contender,
+    batches: Callable[[], Tensor],
+    budget: float,
+    lr: float,
+    validation: Tensor | None = None,
+    checks: int = 20,
+) -> tuple[int, float]:
+    """Train until ``budget`` seconds of training have passed; returns (steps, seconds).
+
+    With ``validation``, the NLL on it is computed ``checks`` times, evenly over the budget
+    (not counted in it), and the weights with the lowest one are kept at the end, as
+    ``clayflow train`` does: small image sets are overfitted long before the budget ends.
+    """
+    optimizer = contender.optimizer(contender.module.parameters(), lr=lr)
+    steps, trained, best = 0, 0.0, (math.inf, None)
+    next_check = budget / checks
+    while trained < budget:
+        contender.module.train()
+        start = time.perf_counter()
+        loss = -contender.log_prob(batches()).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        steps += 1
+        trained += time.perf_counter() - start
+        if validation is not None and (trained >= next_check or trained >= budget):
+            next_check += budget / checks
+            nll = test_nll(contender, validation)
+            if nll < best[0]:
+                best = (nll, {k: v.clone() for k, v in contender.module.state_dict().items()})
+    if best[1] is not None:
+        contender.module.load_state_dict(best[1])
+    return steps, trained
+
+
+def _random_batches(data: Tensor, batch: int, seed: int) -> Callable[[], Tensor]:
+    """Batches drawn with replacement by a seeded generator: the same sequence for everyone."""
+    generator = torch.Generator().manual_seed(seed)
+    return lambda: data[torch.randint(len(data), (batch,), generator=generator)].float()
+
+
+def _consecutive_batches(stream: Tensor, batch: int) -> Callable[[], Tensor]:
+    """Consecutive batches of ``stream``, wrapping around at its end."""
+    position = 0
+
+    def next_batch() -> Tensor:
+        nonlocal position
+        start = position % (len(stream) - batch)
+        position += batch
+        return stream[start : start + batch]
+
+    return next_batch
+
+
+def sample_rate(contender: Contender, n: int, repeats: int = 3) -> float:
+    contender.module.eval()
+    with torch.no_grad():
+        contender.sample(n)  # warm-up
+        start = time.perf_counter()
+        for _ in range(repeats):
+            contender.sample(n)
+    return n * repeats / (time.perf_counter() - start)
+
+
+# --- Glow on digits ----------------------------------------------------------------------------
+
+
+def clayflow_glow(shape: tuple[int, int, int], levels: int) -> Contender:
+    flow = models.glow_image(shape, levels, scales=GLOW_SCALES, layers=GLOW_STEPS, hidden=GLOW_HIDDEN)
+    return Contender(
+        "clayflow",
+        clayflow.__version__,
+        flow,
+        flow.log_prob,
+        flow.sample,
+        lambda x: flow(x)[0],
+        lambda z: flow.inverse(z)[0],
+        "split priors conditioned on the kept half (Glow's); affine coupling scale sigmoid(r + 2)",
+        optimizer=clayflow_adam,
+    )
+
+
+def normflows_glow(shape: tuple[int, int, int], levels: int) -> Contender:
+    """normflows' Glow as in its Glow example (``MultiscaleFlow`` of ``GlowBlock``s, a
+    ``GlowBase`` per level), unconditional, on data dequantized and scaled as clayflow does:
+    y = (k + u) / levels - 1/2, so log p(k) >= log p(y) - D log(levels)."""
+    import normflows as nf
+
+    channels, height, width = shape
+    top = GLOW_SCALES
+    q0, merges, flows = [], [], []
+    for i in range(top):
+        level = [
+            nf.flows.GlowBlock(channels * 2 ** (top + 1 - i), GLOW_HIDDEN, split_mode="channel", scale=True)
+            for _ in range(GLOW_STEPS)
+        ]
+        flows.append([*level, nf.flows.Squeeze()])
+        if i > 0:
+            merges.append(nf.flows.Merge())
+            latent = (channels * 2 ** (top - i), height // 2 ** (top - i), width // 2 ** (top - i))
+        else:
+            latent = (channels * 2 ** (top + 1), height // 2**top, width // 2**top)
+        q0.append(nf.distributions.GlowBase(latent))
+    model = nf.MultiscaleFlow(q0, flows, merges, class_cond=False)
+    dims = channels * height * width
+
+    def log_prob(k: Tensor) -> Tensor:
+        y = (k + torch.rand_like(k)) / levels - 0.5
+        return model.log_prob(y, None) - dims * math.log(levels)
+
+    def sample(n: int) -> Tensor:
+        y, _ = model.sample(n)
+        return ((y + 0.5) * levels).floor().clamp(0, levels - 1)
+
+    return Contender(
+        "normflows",
+        _version("normflows"),
+        model,
+        log_prob,
+        sample,
+        lambda y: model.inverse_and_log_det(y)[0],
+        lambda z: model.forward_and_log_det(z)[0],
+        "per-level priors not conditioned on the kept half; no dequantization of its own (added here)",
+    )
+
+
+def glow_digits(budget: float, batch: int, lr: float, seed: int = 0, log=print) -> list[BudgetRow]:
+    data = load_dataset("digits")
+    shape, levels = tuple(data.train.shape[1:]), data.levels
+    rows = []
+    for build in (clayflow_glow, normflows_glow):
+        torch.manual_seed(seed)
+        contender = build(shape, levels)
+        batches = _random_batches(data.train, batch, seed)
+        steps, seconds = train_for(contender, batches, budget, lr, validation=data.val.float())
+        torch.manual_seed(seed + 1)  # the same dequantization noise for both test passes
+        nll = test_nll(contender, data.test.float())
+        dims = math.prod(shape)
+        rows.append(
+            BudgetRow(
+                "glow digits",
+                contender.name,
+                steps,
+                seconds,
+                nll,
+                nll / (dims * math.log(2)),
+                steps * batch / seconds,
+                sample_rate(contender, 256),
+            )
+        )
+        log(f"glow {contender.name}: {steps} steps in {seconds:.0f} s, test {rows[-1].test_bpd:.4f} bits/dim")
+    return rows
+
+
+# --- CNF on toys -------------------------------------------------------------------------------
+
+
+def clayflow_cnf() -> Contender:
+    flow = models.cnf(2, hidden=64, depth=2, trace="exact", eval_trace="exact")
+    return Contender(
+        "clayflow",
+        clayflow.__version__,
+        flow,
+        flow.log_prob,
+        flow.sample,
+        lambda x: flow(x)[0],
+        lambda z: flow.inverse(z)[0],
+        "concatsquash MLP 64-64 softplus; torchdiffeq dopri5, atol = rtol = 1e-5; exact trace",
+        optimizer=clayflow_adam,
+    )
+
+
+def zuko_cnf() -> Contender:
+    import zuko
+
+    flow = zuko.flows.CNF(2, hidden_features=(64, 64))
+    return Contender(
+        "zuko",
+        _version("zuko"),
+        flow,
+        lambda x: flow().log_prob(x),
+        lambda n: flow().sample((n,)),
+        lambda x: flow().transform(x),
+        lambda z: flow().transform.inv(z),
+        "MLP 64-64 ELU on (x, sin/cos time features); zuko's adaptive solver, atol 1e-6, rtol 1e-5; exact trace",
+    )
+
+
+def cnf_toys(toys, budget: float, batch: int, lr: float, test_size: int, seed: int = 0, log=print):
+    rows = []
+    for toy in toys:
+        stream, test = toy_data(toy, seed, 100_000 // batch + 1, batch, test_size)
+        for build in (clayflow_cnf, zuko_cnf):
+            torch.manual_seed(seed)
+            contender = build()
+            steps, seconds = train_for(contender, _consecutive_batches(stream, batch), budget, lr)
+            nll = test_nll(contender, test)
+            rows.append(
+                BudgetRow(
+                    f"cnf {toy}",
+                    contender.name,
+                    steps,
+                    seconds,
+                    nll,
+                    math.nan,
+                    steps * batch / seconds,
+                    sample_rate(contender, 2000, repeats=1),
+                )
+            )
+            log(f"cnf {toy} {contender.name}: {steps} steps in {seconds:.0f} s, test NLL {nll:.4f}")
+    return rows
+
+
+def module_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)

@@ -1,0 +1,132 @@
+"""clayflow beside nflows, normflows, zuko and FrEIA, and a plain-PyTorch RealNVP, in one run.
+
+    pip install -e ".[bench]"
+    python benchmarks/compare/run.py                  # everything, about 75 minutes on 2 cores
+    python benchmarks/compare/run.py --only speed     # one workload; the report merges what is there
+    python benchmarks/compare/run.py --quick          # a smoke test of every workload, 3 minutes
+
+Writes ``benchmarks/results/<date>.md`` (config, machine, versions, every table with ratios to
+clayflow, and the targets), and beside it ``<date>/{speed,quality,budget}.csv`` and
+``<date>/{speed,quality}.png``. A workload's CSV is replaced when it runs again; the report
+is rebuilt from whatever CSVs the folder holds (``--report-only`` rebuilds it alone).
+
+Workloads (see each module): ``speed`` (train steps/s, log_prob and sample throughput at dim
+2 and 64, batch 256 and 4096; parameters; round-trip error), ``quality`` (test NLL on four 2D
+toys after 3000 steps of batch 512, Adam 1e-3, 3 seeds), ``glow`` (Glow on digits at an
+equal wall-clock budget, against normflows' Glow) and ``cnf`` (a CNF on the toys at an equal
+budget, against zuko's CNF). Speed runs alone: nothing else should run on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import datetime
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import budget
+import quality
+import report
+import speed
+from contenders import BUILDERS, PEERS, compiled, with_fused_adam
+
+WORKLOADS = ("speed", "glow", "cnf", "quality")
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+
+
+def write_csv(path: Path, rows: list) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[field.name for field in dataclasses.fields(rows[0])])
+        writer.writeheader()
+        writer.writerows(dataclasses.asdict(row) for row in rows)
+
+
+def run_speed(args, log) -> list:
+    rows = []
+    for features in args.dims:
+        for batch in args.batches:
+            torch.manual_seed(0)
+            contenders = [BUILDERS[name](features) for name in ("clayflow", "plain PyTorch", *PEERS)]
+            contenders += [compiled(BUILDERS[name](features)) for name in ("clayflow", "plain PyTorch")]
+            contenders.append(with_fused_adam(compiled(BUILDERS["plain PyTorch"](features))))
+            log(f"speed: dim {features}, batch {batch}")
+            cell = speed.measure(contenders, features, batch, args.blocks, args.block_seconds)
+            extras = {c.name: (speed.parameters(c), speed.round_trip_error(c, features)) for c in contenders}
+            rows += cell
+            rows += [
+                speed.SpeedRow(name, features, batch, workload, value, value, value)
+                for name, (params, error) in extras.items()
+                for workload, value in (("parameters", params), ("round-trip error", error))
+            ]
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--only", nargs="+", choices=WORKLOADS, default=list(WORKLOADS))
+    parser.add_argument("--date", default=datetime.date.today().isoformat(), help="name of the report")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--dims", type=int, nargs="+", default=[2, 64])
+    parser.add_argument("--batches", type=int, nargs="+", default=[256, 4096])
+    parser.add_argument("--blocks", type=int, default=15, help="speed: timed blocks per figure")
+    parser.add_argument(
+        "--block-seconds", type=float, default=0.25, help="speed: seconds per contender per block"
+    )
+    parser.add_argument("--steps", type=int, default=3000, help="quality: training steps")
+    parser.add_argument("--seeds", type=int, default=3, help="quality: seeds per toy")
+    parser.add_argument("--batch", type=int, default=512, help="quality and cnf: batch size")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--test-size", type=int, default=20000, help="quality and cnf: test points per toy")
+    parser.add_argument("--glow-budget", type=float, default=240.0, help="glow: training seconds per model")
+    parser.add_argument("--glow-batch", type=int, default=64)
+    parser.add_argument("--cnf-budget", type=float, default=120.0, help="cnf: training seconds per model")
+    parser.add_argument("--quick", action="store_true", help="tiny budgets: checks that everything runs")
+    parser.add_argument("--report-only", action="store_true")
+    args = parser.parse_args()
+    if args.quick:
+        args.blocks, args.block_seconds, args.steps, args.seeds = 2, 0.05, 30, 1
+        args.glow_budget, args.cnf_budget, args.test_size, args.dims = 5.0, 5.0, 2000, [2, 8]
+        args.batches = [64, 256]
+    torch.set_num_threads(args.threads)
+    folder = args.out / args.date
+    log = print if not args.quick else (lambda line: print(line, flush=True))
+    config = {key: value for key, value in vars(args).items() if key not in ("out", "report_only")}
+    if not args.report_only:
+        if "speed" in args.only:
+            write_csv(folder / "speed.csv", run_speed(args, log))
+        if "glow" in args.only or "cnf" in args.only:
+            rows = []
+            if "glow" in args.only:
+                rows += budget.glow_digits(args.glow_budget, args.glow_batch, args.lr, log=log)
+            if "cnf" in args.only:
+                toys = quality.QUALITY_TOYS
+                rows += budget.cnf_toys(toys, args.cnf_budget, args.batch, args.lr, args.test_size, log=log)
+            keep = [
+                r
+                for r in report.read_rows(folder / "budget.csv")
+                if r["workload"].split()[0] not in args.only
+            ]
+            write_csv(
+                folder / "budget.csv",
+                [budget.BudgetRow(**report.typed(r, budget.BudgetRow)) for r in keep] + rows,
+            )
+        if "quality" in args.only:
+            builders = {name: BUILDERS[name] for name in ("clayflow", "plain PyTorch", *PEERS)}
+            rows = quality.run(builders, args.seeds, args.steps, args.batch, args.lr, args.test_size, log)
+            write_csv(folder / "quality.csv", rows)
+        report.save_config(folder, config)
+    path = report.write(folder, args.out / f"{args.date}.md")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
