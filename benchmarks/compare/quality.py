@@ -65,6 +65,7 @@ def test_nll(contender: Contender, test: torch.Tensor, chunk: int = 4096) -> flo
 
 def run(
     builders: dict[str, Callable[[int], Contender]],
+    toys: list[str],
     seeds: int,
     steps: int,
     batch: int,
@@ -73,7 +74,7 @@ def run(
     log: Callable[[str], None] = print,
 ) -> list[QualityRow]:
     rows = []
-    for toy in QUALITY_TOYS:
+    for toy in toys:
         for seed in range(seeds):
             stream, test = toy_data(toy, seed, steps, batch, test_size)
             for name, build in builders.items():

@@ -83,6 +83,7 @@ def main() -> None:
     )
     parser.add_argument("--steps", type=int, default=3000, help="quality: training steps")
     parser.add_argument("--seeds", type=int, default=3, help="quality: seeds per toy")
+    parser.add_argument("--toys", nargs="+", default=list(quality.QUALITY_TOYS), help="quality and cnf: toys")
     parser.add_argument("--batch", type=int, default=512, help="quality and cnf: batch size")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--test-size", type=int, default=20000, help="quality and cnf: test points per toy")
@@ -108,8 +109,9 @@ def main() -> None:
             if "glow" in args.only:
                 rows += budget.glow_digits(args.glow_budget, args.glow_batch, args.lr, log=log)
             if "cnf" in args.only:
-                toys = quality.QUALITY_TOYS
-                rows += budget.cnf_toys(toys, args.cnf_budget, args.batch, args.lr, args.test_size, log=log)
+                rows += budget.cnf_toys(
+                    args.toys, args.cnf_budget, args.batch, args.lr, args.test_size, log=log
+                )
             keep = [
                 r
                 for r in report.read_rows(folder / "budget.csv")
@@ -121,7 +123,9 @@ def main() -> None:
             )
         if "quality" in args.only:
             builders = {name: BUILDERS[name] for name in ("clayflow", "plain PyTorch", *PEERS)}
-            rows = quality.run(builders, args.seeds, args.steps, args.batch, args.lr, args.test_size, log)
+            rows = quality.run(
+                builders, args.toys, args.seeds, args.steps, args.batch, args.lr, args.test_size, log
+            )
             write_csv(folder / "quality.csv", rows)
         report.save_config(folder, config)
     path = report.write(folder, args.out / f"{args.date}.md")
