@@ -16,11 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from contenders import Contender, _version, clayflow_adam
+from contenders import Contender, _version, clayflow_contender
 from quality import test_nll, toy_data
 from torch import Tensor, nn
 
-import clayflow
 from clayflow import models
 from clayflow.data import load_dataset
 
@@ -109,16 +108,8 @@ def sample_rate(contender: Contender, n: int, repeats: int = 3) -> float:
 
 def clayflow_glow(shape: tuple[int, int, int], levels: int) -> Contender:
     flow = models.glow_image(shape, levels, scales=GLOW_SCALES, layers=GLOW_STEPS, hidden=GLOW_HIDDEN)
-    return Contender(
-        "clayflow",
-        clayflow.__version__,
-        flow,
-        flow.log_prob,
-        flow.sample,
-        lambda x: flow(x)[0],
-        lambda z: flow.inverse(z)[0],
-        "split priors conditioned on the kept half (Glow's); affine coupling scale sigmoid(r + 2)",
-        optimizer=clayflow_adam,
+    return clayflow_contender(
+        flow, "split priors conditioned on the kept half (Glow's); affine coupling scale sigmoid(r + 2)"
     )
 
 
@@ -199,16 +190,8 @@ def glow_digits(budget: float, batch: int, lr: float, seed: int = 0, log=print) 
 
 def clayflow_cnf() -> Contender:
     flow = models.cnf(2, hidden=64, depth=2, trace="exact", eval_trace="exact")
-    return Contender(
-        "clayflow",
-        clayflow.__version__,
-        flow,
-        flow.log_prob,
-        flow.sample,
-        lambda x: flow(x)[0],
-        lambda z: flow.inverse(z)[0],
-        "concatsquash MLP 64-64 softplus; torchdiffeq dopri5, atol = rtol = 1e-5; exact trace",
-        optimizer=clayflow_adam,
+    return clayflow_contender(
+        flow, "concatsquash MLP 64-64 softplus; torchdiffeq dopri5, atol = rtol = 1e-5; exact trace"
     )
 
 

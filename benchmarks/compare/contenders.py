@@ -73,18 +73,34 @@ def _version(package: str) -> str:
 # --- clayflow ----------------------------------------------------------------------------------
 
 
-def build_clayflow(features: int) -> Contender:
-    flow = models.realnvp(features, layers=LAYERS, hidden=HIDDEN, depth=2, mask="half")
+def flow_contender(
+    name: str, version: str, flow: nn.Module, differs: str, optimizer=torch.optim.Adam
+) -> Contender:
+    """A contender for a module with clayflow's interface: ``forward`` and ``inverse``
+    returning ``(output, logabsdet)``, ``log_prob`` and ``sample``."""
     return Contender(
-        "clayflow",
-        clayflow.__version__,
+        name,
+        version,
         flow,
         flow.log_prob,
         flow.sample,
         lambda x: flow(x)[0],
         lambda z: flow.inverse(z)[0],
+        differs,
+        optimizer,
+    )
+
+
+def clayflow_contender(flow: clayflow.Flow, differs: str) -> Contender:
+    """A clayflow model, trained with the Adam its trainer builds."""
+    return flow_contender("clayflow", clayflow.__version__, flow, differs, clayflow_adam)
+
+
+def build_clayflow(features: int) -> Contender:
+    flow = models.realnvp(features, layers=LAYERS, hidden=HIDDEN, depth=2, mask="half")
+    return clayflow_contender(
+        flow,
         "log-scale a * tanh(r) with a learned per-feature a (RealNVP's choice); its trainer's fused Adam",
-        optimizer=clayflow_adam,
     )
 
 
@@ -157,15 +173,10 @@ class ReferenceRealNVP(nn.Module):
 
 
 def build_reference(features: int) -> Contender:
-    flow = ReferenceRealNVP(features)
-    return Contender(
+    return flow_contender(
         "plain PyTorch",
         torch.__version__.split("+")[0],
-        flow,
-        flow.log_prob,
-        flow.sample,
-        lambda x: flow(x)[0],
-        lambda z: flow.inverse(z)[0],
+        ReferenceRealNVP(features),
         "the same math as clayflow, written by hand",
     )
 
@@ -310,14 +321,12 @@ def compiled(contender: Contender) -> Contender:
     else:
         for method in ("forward", "inverse", "log_prob"):
             setattr(module, method, torch.compile(getattr(module, method)))
-    return replace(
-        contender,
-        name=f"{contender.name} + compile",
-        log_prob=module.log_prob,
-        sample=module.sample,
-        to_latent=lambda x: module(x)[0],
-        to_data=lambda z: module.inverse(z)[0],
-        differs=f"{contender.differs}; torch.compile, default mode",
+    return flow_contender(
+        f"{contender.name} + compile",
+        contender.version,
+        module,
+        f"{contender.differs}; torch.compile, default mode",
+        contender.optimizer,
     )
 
 
