@@ -264,7 +264,8 @@ def _plots(folder: Path, speed_rows: list[dict], quality_rows: list[dict]) -> No
     if quality_rows:
         toys = list(dict.fromkeys(r["toy"] for r in quality_rows))
         names = list(dict.fromkeys(r["contender"] for r in quality_rows))
-        fig, axes = plt.subplots(1, len(toys), figsize=(4 * len(toys), 3.5))
+        fig, axes = plt.subplots(1, len(toys), figsize=(4 * len(toys), 3.5), squeeze=False)
+        axes = axes[0]
         for ax, toy in zip(axes, toys):
             for i, name in enumerate(names):
                 values = [
