@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from contenders import Contender, _version, clayflow_contender
 from quality import test_nll, toy_data
-from torch import Tensor, nn
+from torch import Tensor
 
 from clayflow import models
 from clayflow.data import load_dataset
@@ -234,7 +234,3 @@ def cnf_toys(toys, budget: float, batch: int, lr: float, test_size: int, seed: i
             )
             log(f"cnf {toy} {contender.name}: {steps} steps in {seconds:.0f} s, test NLL {nll:.4f}")
     return rows
-
-
-def module_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)

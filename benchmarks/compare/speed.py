@@ -31,7 +31,7 @@ class SpeedRow:
     high: float
 
 
-def _calls(contender: Contender, x: torch.Tensor) -> dict[str, tuple[Callable[[], object], float]]:
+def workload_calls(contender: Contender, x: torch.Tensor) -> dict[str, tuple[Callable[[], object], float]]:
     """Each workload as a no-argument call and the unit count one call does."""
     optimizer = contender.optimizer(contender.module.parameters(), lr=1e-3)
 
@@ -66,7 +66,7 @@ def measure(
     """Throughput of every contender on one (features, batch) cell, per workload."""
     x = torch.randn(batch, features, generator=torch.Generator().manual_seed(0))
     rows = []
-    calls = {c.name: _calls(c, x) for c in contenders}
+    calls = {c.name: workload_calls(c, x) for c in contenders}
     for workload in WORKLOADS:
         counts = {}
         for c in contenders:  # warm up (allocator, first-call caches, compilation) and calibrate

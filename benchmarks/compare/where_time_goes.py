@@ -20,7 +20,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from contenders import BUILDERS, compiled, with_fused_adam
-from speed import WORKLOADS, _calls
+from speed import WORKLOADS, workload_calls
 
 MATMUL = ("aten::mm", "aten::addmm", "aten::bmm", "aten::linear", "mkldnn", "cpp_fused", "extern_kernels")
 SHORT = {"train": WORKLOADS[0], "log_prob": WORKLOADS[1], "sample": WORKLOADS[2]}
@@ -47,7 +47,7 @@ def main() -> None:
     ]
     print(f"torch {torch.__version__}, 2 threads; {args.workload} at dim {args.dim}, batch {args.batch}")
     for contender in contenders:
-        call, _ = _calls(contender, x)[SHORT[args.workload]]
+        call, _ = workload_calls(contender, x)[SHORT[args.workload]]
         for _ in range(5):
             call()
         start = time.perf_counter()
