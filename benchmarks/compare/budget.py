@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from contenders import Contender, _version, clayflow_contender
+from contenders import Contender, _version, clayflow_contender, zuko_contender
 from quality import test_nll, toy_data
 from torch import Tensor
 
@@ -199,14 +199,8 @@ def zuko_cnf() -> Contender:
     import zuko
 
     flow = zuko.flows.CNF(2, hidden_features=(64, 64))
-    return Contender(
-        "zuko",
-        _version("zuko"),
+    return zuko_contender(
         flow,
-        lambda x: flow().log_prob(x),
-        lambda n: flow().sample((n,)),
-        lambda x: flow().transform(x),
-        lambda z: flow().transform.inv(z),
         "MLP 64-64 ELU on (x, sin/cos time features); zuko's adaptive solver, atol 1e-6, rtol 1e-5; exact trace",
     )
 

@@ -262,6 +262,13 @@ def build_zuko(features: int) -> Contender:
             zuko.distributions.DiagNormal, torch.zeros(features), torch.ones(features), buffer=True
         ),
     )
+    return zuko_contender(
+        flow, "log-scale r / (1 + |r| / 6.9) (zuko's soft bound); shift and scale interleaved in the output"
+    )
+
+
+def zuko_contender(flow: nn.Module, differs: str) -> Contender:
+    """A zuko flow: calling it gives the distribution, whose ``transform`` maps data -> latent."""
     return Contender(
         "zuko",
         _version("zuko"),
@@ -270,7 +277,7 @@ def build_zuko(features: int) -> Contender:
         lambda n: flow().sample((n,)),
         lambda x: flow().transform(x),
         lambda z: flow().transform.inv(z),
-        "log-scale r / (1 + |r| / 6.9) (zuko's soft bound); shift and scale interleaved in the output",
+        differs,
     )
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import functools
 import datetime
 import sys
 from pathlib import Path
@@ -36,6 +37,7 @@ import speed
 from contenders import BUILDERS, PEERS, compiled, with_fused_adam
 
 WORKLOADS = ("speed", "glow", "cnf", "quality")
+AS_SHIPPED = ("clayflow", "plain PyTorch", *PEERS)  # each library as it comes, not compiled
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
@@ -52,7 +54,7 @@ def run_speed(args, log) -> list:
     for features in args.dims:
         for batch in args.batches:
             torch.manual_seed(0)
-            contenders = [BUILDERS[name](features) for name in ("clayflow", "plain PyTorch", *PEERS)]
+            contenders = [BUILDERS[name](features) for name in AS_SHIPPED]
             contenders += [compiled(BUILDERS[name](features)) for name in ("clayflow", "plain PyTorch")]
             contenders.append(with_fused_adam(compiled(BUILDERS["plain PyTorch"](features))))
             log(f"speed: dim {features}, batch {batch}")
@@ -99,7 +101,7 @@ def main() -> None:
         args.batches = [64, 256]
     torch.set_num_threads(args.threads)
     folder = args.out / args.date
-    log = print if not args.quick else (lambda line: print(line, flush=True))
+    log = functools.partial(print, flush=True)
     config = {key: value for key, value in vars(args).items() if key not in ("out", "report_only")}
     if not args.report_only:
         if "speed" in args.only:
@@ -122,7 +124,7 @@ def main() -> None:
                 [budget.BudgetRow(**report.typed(r, budget.BudgetRow)) for r in keep] + rows,
             )
         if "quality" in args.only:
-            builders = {name: BUILDERS[name] for name in ("clayflow", "plain PyTorch", *PEERS)}
+            builders = {name: BUILDERS[name] for name in AS_SHIPPED}
             rows = quality.run(
                 builders, args.toys, args.seeds, args.steps, args.batch, args.lr, args.test_size, log
             )
