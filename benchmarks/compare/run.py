@@ -22,8 +22,8 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import functools
 import datetime
+import functools
 import sys
 from pathlib import Path
 
