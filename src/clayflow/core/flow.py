@@ -7,7 +7,13 @@ import math
 import torch
 from torch import Tensor, nn
 
-from clayflow.core.transform import Transform
+from clayflow.core.transform import Compose, Inverse, Transform
+from clayflow.errors import ClayflowError
+
+
+class EventShapeError(ClayflowError, ValueError):
+    """An input whose event shape is not the flow's: a ``ValueError``, as
+    ``torch.distributions`` raises, and a ``ClayflowError`` (one line in the CLI)."""
 
 
 class Flow(nn.Module):
@@ -25,37 +31,79 @@ class Flow(nn.Module):
     >>> flow.sample(3).shape
     torch.Size([3, 2])
 
+    Inputs of another event shape raise ``EventShapeError`` (a ``ValueError``) rather than
+    broadcast; an empty batch gives empty results (and leaves ActNorm and batch-norm state alone).
+
+    Args:
+        transform: data -> latent.
+        base: distribution over the latent, with ``event_shape``.
+        event_shape: the data's event shape. ``None``: the base's when no layer changes shapes
+            (``output_shape`` is the identity), else the input shape a first reshaping layer
+            records (``MultiScale.event_shape``), else unknown (then not checked here).
+            ``models.build`` records it for every model.
     Shape:
-        x: ``(B, *event_shape)``; log_prob -> ``(B,)``; sample(n) -> ``(n, *event_shape)``.
+        x: ``(B, *event_shape)``; log_prob -> ``(B,)``; sample(n) -> ``(n, *event_shape)``;
+        latent z: ``(B, *latent_shape)``.
     """
 
-    def __init__(self, transform: Transform, base: nn.Module):
+    def __init__(self, transform: Transform, base: nn.Module, event_shape: tuple[int, ...] | None = None):
         super().__init__()
         self.transform = transform
         self.base = base
+        if isinstance(event_shape, int):
+            event_shape = (event_shape,)
+        if event_shape is None:
+            self._event_shape = _infer_event_shape(transform, base)
+        else:
+            self._event_shape = torch.Size(event_shape)
 
     @property
-    def event_shape(self) -> torch.Size:
-        """Shape of one latent sample (equal to the data's for shape-preserving flows)."""
-        return self.base.event_shape
+    def event_shape(self) -> torch.Size | None:
+        """Shape of one data sample, e.g. ``(D,)`` or ``(C, H, W)``; ``None`` if unknown."""
+        return self._event_shape
+
+    @property
+    def latent_shape(self) -> torch.Size | None:
+        """Shape of one latent sample: the base's event shape (``(C * H * W,)`` for multi-scale)."""
+        shape = getattr(self.base, "event_shape", None)
+        return torch.Size(shape) if shape is not None else None
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Data -> latent: ``(z, log|det dz/dx|)``."""
+        """Data -> latent: ``(z, log|det dz/dx|)``, ``(B, *latent_shape)`` and ``(B,)``."""
+        self._check(x, self._event_shape, "data")
+        if x.shape[0] == 0 and self.latent_shape is not None:
+            return x.new_zeros((0, *self.latent_shape)), x.new_zeros(0)
         return self.transform(x, context)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Latent -> data: ``(x, log|det dx/dz|)``."""
+        """Latent -> data: ``(x, log|det dx/dz|)``, ``(B, *event_shape)`` and ``(B,)``."""
+        self._check(z, self.latent_shape, "latent")
+        if z.shape[0] == 0 and self._event_shape is not None:
+            return z.new_zeros((0, *self._event_shape)), z.new_zeros(0)
         return self.transform.inverse(z, context)
 
     def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        """Exact log-density of ``x`` in nats, ``(B,)``."""
+        """Exact log-density of ``x`` ``(B, *event_shape)`` in nats, ``(B,)``."""
+        self._check(x, self._event_shape, "data")
+        if x.shape[0] == 0:
+            return x.new_zeros(0)
         z, logabsdet = self.transform(x, context)
         return self.base.log_prob(z) + logabsdet
 
     def bits_per_dim(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         r"""``-log p(x) / (D ln 2)`` per sample, ``(B,)``; D = elements per sample."""
-        dims = x[0].numel()
+        dims = math.prod(x.shape[1:])
         return -self.log_prob(x, context) / (dims * math.log(2))
+
+    @staticmethod
+    def _check(t: Tensor, shape: torch.Size | None, what: str) -> None:
+        if shape is None or not isinstance(t, Tensor):
+            return
+        if t.dim() != len(shape) + 1 or t.shape[1:] != shape:
+            expected = "(B, " + ", ".join(str(s) for s in shape) + ")"
+            raise EventShapeError(
+                f"this flow's {what} have shape {expected}, got a tensor of shape {tuple(t.shape)}"
+            )
 
     def rsample(self, n: int, temperature: float = 1.0, context: Tensor | None = None) -> Tensor:
         """``n`` samples, differentiable w.r.t. the parameters; base draws are scaled by T."""
@@ -76,6 +124,8 @@ class Flow(nn.Module):
         """``n`` samples and their model log-density in one inverse pass: ``(x, log p(x))``."""
         z = self.base.sample(n)
         x, logabsdet = self.inverse(z, context)
+        if n == 0:
+            return x, logabsdet
         return x, self.base.log_prob(z) - logabsdet
 
     def compile(self, **options) -> Flow:
@@ -91,3 +141,28 @@ class Flow(nn.Module):
         self.inverse = torch.compile(self.inverse, **options)
         self.log_prob = torch.compile(self.log_prob, **options)
         return self
+
+
+def _infer_event_shape(transform: nn.Module, base: nn.Module) -> torch.Size | None:
+    """The data's event shape when the layers tell it: the base's if none changes shapes, or the
+    input shape recorded by the first one that does (``MultiScale.event_shape``); else None."""
+    for layer in _layers(transform):
+        if _reshapes(layer):
+            shape = getattr(layer, "event_shape", None)
+            return torch.Size(shape) if shape is not None else None
+    shape = getattr(base, "event_shape", None)
+    return torch.Size(shape) if shape is not None else None
+
+
+def _layers(transform: nn.Module) -> list[nn.Module]:
+    """The layers of nested ``Compose``s, data side first."""
+    if isinstance(transform, Compose):
+        return [layer for t in transform for layer in _layers(t)]
+    return [transform]
+
+
+def _reshapes(layer: nn.Module) -> bool:
+    """Whether ``layer`` may change event shapes: it overrides ``Transform.output_shape``."""
+    if isinstance(layer, Inverse):
+        return any(_reshapes(t) for t in _layers(layer.transform))
+    return getattr(type(layer), "output_shape", None) is not Transform.output_shape

@@ -23,6 +23,8 @@ TOY_SIZES = {"train": 50_000, "val": 5_000, "test": 10_000}
 SPLIT_FRACTIONS = (0.8, 0.1)  # train, validation; the rest is test
 MIN_ROWS = 10
 DATA_SEED = 0  # splits and toy samples never depend on the training seed
+_FLOAT32_EPS = float(np.finfo(np.float32).eps)
+_QR_ROWS = 65_536  # rows per block of the rank check
 
 
 @dataclass
@@ -79,18 +81,75 @@ def looks_like_path(spec: str) -> bool:
     return Path(spec).suffix.lower() in TABLE_SUFFIXES or "/" in spec or Path(spec).exists()
 
 
-def standardization(train: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-column mean and std of the training split; refuses constant columns."""
+def standardization(train: Tensor, columns: list[str] | None = None) -> tuple[Tensor, Tensor]:
+    """Per-column mean and std ``(D,)`` of the training split ``(N, D)`` of a table.
+
+    Refuses data with no density, naming the columns (by ``columns`` when given): constant
+    columns, and columns that are linear combinations of others (see ``check_full_rank``).
+    Both tests are relative to each column's own scale, so a column that varies by 1e-15
+    around 0 is fine: it is standardised inside the flow.
+    """
     mean = train.double().mean(0)
     std = train.double().std(0)
-    constant = (std <= 1e-12 * mean.abs().clamp_min(1.0)).nonzero().flatten().tolist()
+    # Constant: no variation beyond float32 rounding of the values (std 0 is constant at any mean).
+    constant = (std <= _FLOAT32_EPS * mean.abs()).nonzero().flatten().tolist()
     if constant:
-        cols = ", ".join(str(c + 1) for c in constant)
         raise ClayflowError(
-            f"column(s) {cols} are constant in the training data (zero variance), so they have "
-            "no density; drop them from the file"
+            f"column(s) {_column_names(constant, columns)} are constant in the training data (no "
+            "variation at float32 precision), so they have no density; drop them from the file"
         )
+    check_full_rank(train, mean, std, columns)
     return mean.float(), std.float()
+
+
+def check_full_rank(train: Tensor, mean: Tensor, std: Tensor, columns: list[str] | None = None) -> None:
+    """Refuse a table ``(N, D)`` with a column that is a linear combination of others.
+
+    Such data lie on a hyperplane: they have no density, and a flow's NLL falls without bound.
+    Column j (in order) counts as a combination of earlier independent columns when the std of
+    its residual after the least-squares fit on them, in standardised units, is within 4 times
+    the float32 rounding error of the columns involved: the data cannot tell it from an exact
+    relation (a column that varies at any scale, or a relation with noise, is accepted).
+    A QR factorisation of the standardised data, by blocks of rows (memory O(block * D)),
+    gives every fit from its D x D factor R. Not checked with N <= D rows, where any column
+    is a combination of the others after centring.
+    """
+    n, d = train.shape
+    if n <= d or d < 2:
+        return
+    mean, std = mean.double().numpy(), std.double().numpy()
+    r = np.zeros((0, d))
+    for block in train.split(_QR_ROWS):
+        z = (block.double().numpy() - mean) / std
+        r = np.linalg.qr(np.vstack([r, z]), mode="r")
+    # Std of the rounding error of each standardised column: float32 rounds x to a multiple
+    # of ulp(x) <= eps |x|, an error of std <= ulp / sqrt(12) (rms of x is sqrt(mean^2 + std^2)).
+    noise = _FLOAT32_EPS * np.sqrt(mean**2 + std**2) / (np.sqrt(12.0) * std)
+    independent: list[int] = []
+    problems = []
+    for j in range(d):
+        if independent:
+            coef, *_ = np.linalg.lstsq(r[:, independent], r[:, j], rcond=None)
+            residual = np.linalg.norm(r[:, j] - r[:, independent] @ coef) / np.sqrt(n - 1)
+            if residual <= 4 * np.sqrt(noise[j] ** 2 + coef**2 @ noise[independent] ** 2):
+                used = [i for i, c in zip(independent, coef) if abs(c) > 1e-6]
+                problems.append(
+                    f"column {_column_names([j], columns)} is a linear combination of "
+                    f"column{'s' if len(used) > 1 else ''} {_column_names(used, columns)}"
+                )
+                continue
+        independent.append(j)
+    if problems:
+        raise ClayflowError(
+            f"{'; '.join(problems)}; such data lie on a hyperplane and have no density, so drop "
+            "one column of each such group from the file"
+        )
+
+
+def _column_names(indices: list[int], columns: list[str] | None) -> str:
+    """``"1, 3"``, or with names ``"1, 3 (a, c)"`` (1-based)."""
+    numbers = ", ".join(str(i + 1) for i in indices)
+    return f"{numbers} ({', '.join(str(columns[i]) for i in indices)})" if columns else numbers
 
 
 def _toy_dataset(name: str) -> Dataset:

@@ -140,6 +140,46 @@ def _check_values(values: np.ndarray, path: Path) -> None:
         )
 
 
+def align_columns(
+    values: np.ndarray, columns: list[str] | None, expected: list[str] | None, path: str | os.PathLike
+) -> np.ndarray:
+    """The columns of ``values`` ``(N, D)`` put in the ``expected`` (training) order by name.
+
+    Matched by position when either side has no names (a file without a header, or a model
+    trained on one). With names on both sides, refuses names given twice, missing or not
+    trained on, in one line that names them. Returns ``(N, len(expected))`` or ``values``.
+    """
+    if columns is None or expected is None:
+        return values
+    columns, expected = [str(c) for c in columns], [str(c) for c in expected]
+    if columns == expected:
+        return values
+    trained = f"the model was trained on {', '.join(expected)}"
+    for names, whose in ((columns, f"the header of {path}"), (expected, "the training data")):
+        twice = sorted({c for c in names if names.count(c) > 1})
+        if twice:
+            raise ClayflowError(
+                f"{whose} names {_quoted(twice)} more than once, so columns cannot be matched by name; "
+                + trained
+            )
+    missing = [c for c in expected if c not in columns]
+    extra = [c for c in columns if c not in expected]
+    if missing or extra:
+        problems = [f"no {_columns(missing)} named {_quoted(missing)}"] if missing else []
+        if extra:
+            problems.append(f"{_columns(extra)} {_quoted(extra)} the model was not trained on")
+        raise ClayflowError(f"{path} has {' and has '.join(problems)}; {trained} (matched by name)")
+    return values[:, [columns.index(c) for c in expected]]
+
+
+def _quoted(names: list[str]) -> str:
+    return ", ".join(repr(n) for n in names)
+
+
+def _columns(names: list[str]) -> str:
+    return "column" if len(names) == 1 else "columns"
+
+
 def check_output_path(
     path: str | os.PathLike, suffixes: tuple[str, ...] = (".csv", ".npy"), force: bool = True
 ) -> Path:

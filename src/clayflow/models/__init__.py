@@ -77,20 +77,21 @@ def model_defaults(name: str, kind: str = VECTOR) -> dict[str, Any]:
 
 
 def build(spec: ModelSpec) -> Flow:
-    """A fresh (untrained) flow for ``spec``."""
+    """A fresh (untrained) flow for ``spec``, whose ``event_shape`` is ``spec.event_shape``
+    (the data's, which the latent's need not be: multi-scale flattens, augmentation adds)."""
     builder = _builder(spec.name, spec.kind)
     unknown = set(spec.options) - model_options(spec.name, spec.kind)
     if unknown:
         raise ClayflowError(f"model {spec.name!r} on {spec.kind}s has no option(s) {sorted(unknown)}")
     if spec.kind == IMAGE:
-        return builder(tuple(spec.event_shape), spec.levels, **spec.options)
+        flow = builder(tuple(spec.event_shape), spec.levels, **spec.options)
+        return Flow(flow.transform, flow.base, event_shape=tuple(spec.event_shape))
     if len(spec.event_shape) != 1:
         raise ClayflowError(f"models need vectors (D,) or images (C, H, W), got shape {spec.event_shape}")
     features = spec.event_shape[0]
     flow = builder(features, **spec.options)
-    if spec.standardize:
-        flow = Flow(Compose(Standardize(features), *flow.transform), flow.base)
-    return flow
+    transform = Compose(Standardize(features), *flow.transform) if spec.standardize else flow.transform
+    return Flow(transform, flow.base, event_shape=(features,))
 
 
 def _builder(name: str, kind: str):
