@@ -8,6 +8,7 @@ into place with ``os.replace`` (a crash leaves the previous one intact), and rea
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -33,19 +34,32 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
 
 def checkpoint_path(path: str | os.PathLike, prefer_best: bool = False) -> Path:
     """The checkpoint file of a run directory (``best.pt`` if ``prefer_best`` and the run kept
-    one, else ``last.pt``), or ``path`` itself if it is a file."""
+    one, else ``last.pt``), or ``path`` itself if it is a file.
+
+    Anything but a regular file (a FIFO, a device such as /dev/zero, a directory where the
+    checkpoint should be) is refused before it is opened: reading one could block forever.
+    """
     path = Path(path)
     if path.is_dir():
         if prefer_best and (path / BEST_NAME).exists():
-            return path / BEST_NAME
-        candidate = path / CHECKPOINT_NAME
-        if not candidate.exists():
+            path = path / BEST_NAME
+        elif (path / CHECKPOINT_NAME).exists():
+            path = path / CHECKPOINT_NAME
+        else:
             raise ClayflowError(
                 f"{path} has no checkpoint ({CHECKPOINT_NAME}); is it a clayflow run directory?"
             )
-        return candidate
-    if not path.exists():
+    elif not path.exists():
         raise ClayflowError(f"{path} does not exist; give a run directory or a checkpoint file")
+    if not path.is_file():
+        mode = path.stat().st_mode
+        kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                 (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                 (stat.S_ISSOCK, "a socket"))  # fmt: skip
+        kind = next((name for test, name in kinds if test(mode)), "a special file")
+        raise ClayflowError(
+            f"{path} is {kind}, not a regular file; give a run directory or a checkpoint file"
+        )
     return path
 
 

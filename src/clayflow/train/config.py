@@ -6,6 +6,8 @@ The resolved configuration is written to ``RUN/config.json`` and can be passed b
 from __future__ import annotations
 
 import json
+import math
+import re
 import tomllib
 import typing
 from dataclasses import asdict, dataclass, fields, replace
@@ -126,10 +128,23 @@ class TrainConfig:
         return options
 
 
-_POSITIVE = {"steps", "batch_size", "lr", "layers", "hidden", "scales", "eval_every", "checkpoint_every"}
-_NON_NEGATIVE = {
-    "depth", "augment", "weight_decay", "warmup", "clip", "ema", "seed", "patience", "kinetic", "jacobian"
+_POSITIVE = {
+    "steps", "batch_size", "lr", "layers", "hidden", "scales", "eval_every", "checkpoint_every",
+    "t1", "step_size",
 }  # fmt: skip
+_NON_NEGATIVE = {
+    "depth", "augment", "weight_decay", "warmup", "clip", "ema", "seed", "patience", "kinetic", "jacobian",
+    "atol", "rtol",
+}  # fmt: skip
+# torch.manual_seed and torch.Generator.manual_seed take seeds up to 2**64 - 1 (they map
+# negative ones onto that range, so only 0 .. 2**64 - 1 are distinct seeds).
+MAX_SEED = 2**64 - 1
+# Extra dimensions (vectors) or channels (images) of an augmented CNF. Each one widens every
+# ODE state (batch_size more values), every layer of the vector field, and the exact trace by
+# one backward pass; ANODE uses a handful, and D extra dimensions already let an ODE represent
+# any homeomorphism of R^D (Zhang et al. 2020). Far larger values cannot be allocated at all.
+MAX_AUGMENT = 1024
+_DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
 _CHOICES = {
     "optimizer": ("adam", "adamw"),
     "schedule": ("cosine", "constant"),
@@ -138,8 +153,11 @@ _CHOICES = {
 }
 
 
-def config_from_dict(values: dict[str, Any], source: str = "config") -> TrainConfig:
-    """A validated ``TrainConfig`` from (partial) ``values``; unknown keys or wrong types raise."""
+def config_from_dict(values: dict[str, Any], source: str = "config", *, here: bool = True) -> TrainConfig:
+    """A validated ``TrainConfig`` from (partial) ``values``; unknown keys, wrong types and
+    values out of range raise a ``UsageError`` naming ``source``. With ``here=False`` the
+    device need not exist on this machine (a saved run's config, whose device a resume may
+    override); its name must still be valid."""
     hints = typing.get_type_hints(TrainConfig)
     known = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(values) - known)
@@ -149,7 +167,7 @@ def config_from_dict(values: dict[str, Any], source: str = "config") -> TrainCon
         )
     checked = {key: _check_type(key, value, hints[key], source) for key, value in values.items()}
     config = TrainConfig(**checked)
-    _check_ranges(config, source)
+    _check_ranges(config, source, here)
     return config
 
 
@@ -190,7 +208,14 @@ def _check_type(key: str, value: Any, hint, source: str) -> Any:
     return value
 
 
-def _check_ranges(config: TrainConfig, source: str) -> None:
+def _check_ranges(config: TrainConfig, source: str, here: bool = True) -> None:
+    """Every value in its range and every combination meaningful, or a ``UsageError``: the
+    one place options are checked, before anything is created."""
+    hints = typing.get_type_hints(TrainConfig)
+    for f in fields(TrainConfig):  # nan passes every comparison below, inf most of them
+        value = getattr(config, f.name)
+        if field_type(hints[f.name])[0] is float and value is not None and not math.isfinite(value):
+            raise UsageError(f"{source}: {f.name} must be a finite number, got {value}")
     for key in _POSITIVE:
         if getattr(config, key) is not None and getattr(config, key) <= 0:
             raise UsageError(f"{source}: {key} must be > 0, got {getattr(config, key)}")
@@ -213,11 +238,92 @@ def _check_ranges(config: TrainConfig, source: str) -> None:
         raise UsageError(f"{source}: patience (early stopping) needs select_best, which tracks the best step")
     if config.ema >= 1:
         raise UsageError(f"{source}: ema is a decay in [0, 1), got {config.ema}")
+    if config.seed > MAX_SEED:
+        raise UsageError(f"{source}: seed must be in [0, 2**64 - 1] (torch's seed range), got {config.seed}")
+    if config.augment is not None and config.augment > MAX_AUGMENT:
+        raise UsageError(
+            f"{source}: augment must be at most {MAX_AUGMENT} extra dimensions or channels, got "
+            f"{config.augment}; each widens every ODE state and vector-field layer (ANODE uses a few)"
+        )
+    if config.model == "cnf":
+        _check_cnf_options(config, source)
+    try:
+        check_device(config.device, here)
+    except UsageError as exc:
+        raise UsageError(f"{source}: {exc}") from None
     for key, choices in _CHOICES.items():
         if getattr(config, key) not in choices:
             raise UsageError(
                 f"{source}: {key} must be one of {', '.join(choices)}, got {getattr(config, key)!r}"
             )
+
+
+def _check_cnf_options(config: TrainConfig, source: str) -> None:
+    """Refuse CNF options that the chosen solver or objective would silently ignore."""
+    from clayflow.transforms.continuous import ADAPTIVE_SOLVERS, FIXED_STEP_SOLVERS
+
+    solver = config.solver or "dopri5"  # the builders' default
+    if solver in ADAPTIVE_SOLVERS and config.step_size is not None:
+        raise UsageError(
+            f"{source}: --step-size is the step of fixed-step solvers, but {solver} adapts its steps "
+            f"to --atol/--rtol; drop --step-size or choose a fixed-step --solver "
+            f"({', '.join(FIXED_STEP_SOLVERS)})"
+        )
+    # implicit_adams is fixed-step but iterates its corrector to within atol/rtol.
+    if solver in FIXED_STEP_SOLVERS and solver != "implicit_adams":
+        tolerances = " and ".join(f"--{k}" for k in ("atol", "rtol") if getattr(config, k) is not None)
+        if tolerances:
+            raise UsageError(
+                f"{source}: {tolerances} {'set' if ' and ' in tolerances else 'sets'} the error tolerance of "
+                f"adaptive solvers, but {solver} takes fixed steps of --step-size; drop {tolerances} or "
+                f"choose an adaptive --solver ({', '.join(ADAPTIVE_SOLVERS)})"
+            )
+    if config.atol == 0 and config.rtol == 0:  # one 0 is fine: purely relative or absolute control
+        raise UsageError(f"{source}: --atol and --rtol are both 0, so no step can meet them; set one > 0")
+    between = [f"--{k.replace('_', '-')}" for k in ("actnorm", "batch_norm") if getattr(config, k)]
+    if between and (config.blocks or 1) < 2:
+        raise UsageError(
+            f"{source}: {' and '.join(between)} {'go' if len(between) > 1 else 'goes'} between CNF blocks, "
+            f"but there is one; add --blocks 2 or more, or drop {' and '.join(between)}"
+        )
+    if config.objective == "fm":
+        solves = "but flow matching trains without solving the ODE"
+        ignored = [
+            ("--kinetic", config.kinetic, f"regularises the ODE solves of maximum likelihood, {solves}"),
+            ("--jacobian", config.jacobian, f"regularises the ODE solves of maximum likelihood, {solves}"),
+            ("--trace", config.trace, f"is the divergence while training by maximum likelihood, {solves} "
+                                      "(evaluation and sampling use --eval-trace)"),
+            ("--adjoint", config.adjoint, f"backpropagates through ODE solves, {solves}"),
+            ("--learn-t1", config.learn_t1, "learns T by likelihood, but the flow-matching loss falls as "
+                                            "1/T^2, so it would only grow T (set it with --t1)"),
+        ]  # fmt: skip
+        for flag, value, why in ignored:
+            if value:
+                raise UsageError(f"{source}: {flag} {why}; drop {flag} or use --objective mle")
+
+
+def check_device(name: str, here: bool = True) -> str:
+    """``name`` if it is a device clayflow runs on (auto, cpu, cuda or cuda:N) and, with
+    ``here``, one this machine has (CUDA available, N below its device count), else a
+    ``UsageError``.
+
+    >>> check_device("cpu")
+    'cpu'
+    """
+    import torch
+
+    if not _DEVICE.fullmatch(name):
+        raise UsageError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
+    if here and name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UsageError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+        count, index = torch.cuda.device_count(), int(name.partition(":")[2] or 0)
+        if index >= count:
+            raise UsageError(
+                f"device {name!r} requested but this machine has {count} CUDA device(s), "
+                f"cuda:0 to cuda:{count - 1}"
+            )
+    return name
 
 
 def field_help() -> dict[str, str]:
