@@ -43,6 +43,7 @@ def _write_faulty_files(tmp: Path) -> None:
     (tmp / "a_file").write_text("x")
     (tmp / "existing.csv").write_text("keep me\n")
     (tmp / "unknown.json").write_text('{"stepz": 10}')
+    (tmp / "other_lr.json").write_text('{"lr": 0.5}')
     (tmp / "badtype.json").write_text('{"steps": "many"}')
     (tmp / "broken.json").write_text('{"steps": 10')
     (tmp / "corrupt.pt").write_bytes(b"PK\x03\x04 not really a checkpoint")
@@ -120,9 +121,10 @@ ROWS = [
     ("train", "config not JSON", ["train", "--config", "{tmp}/broken.json", "--out", O], RUNTIME, "is not valid JSON"),
     ("train", "existing run without --force", ["train", *FAST, "--out", "{run}"], USAGE, "is not empty"),
     ("train", "unwritable output directory", ["train", *FAST, "--out", "{tmp}/a_file/sub"], RUNTIME, "cannot write to output directory"),
-    ("train", "--config with --resume", ["train", "--resume", "{run}", "--config", "{tmp}/unknown.json"], USAGE, "--config and --resume contradict"),
+    ("train", "--config changing a resumed run", ["train", "--resume", "{run}", "--config", "{tmp}/other_lr.json"], USAGE, "changes --lr 0.002 -> 0.5"),
+    ("train", "--force with --resume", ["train", "--resume", "{run}", "--force"], USAGE, "--force and --resume contradict"),
     ("train", "--out other than --resume", ["train", "--resume", "{run}", "--out", O], USAGE, "name different directories"),
-    ("train", "resume with a model change", ["train", "--resume", "{run}", "--hidden", "64"], USAGE, "cannot change --hidden"),
+    ("train", "resume with a model change", ["train", "--resume", "{run}", "--hidden", "64"], USAGE, "changes --hidden 16 -> 64"),
     ("sample", "temperature zero", ["sample", "{run}", "--out", "{tmp}/s.csv", "--temperature", "0"], USAGE, "temperature must be > 0"),
     ("sample", "negative temperature", ["sample", "{run}", "--out", "{tmp}/s.csv", "--temperature", "-1"], USAGE, "temperature must be > 0"),
     ("sample", "zero samples", ["sample", "{run}", "--out", "{tmp}/s.csv", "--n", "0"], USAGE, "--n must be a positive"),
@@ -274,7 +276,7 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, c
 
     def save_until_the_disk_fills(obj, file, *args, **kwargs):
         calls.append(1)
-        if len(calls) > 2:  # the first last.pt and best.pt are written, then the disk is full
+        if len(calls) > 3:  # last.pt of steps 0, 10 and 20 are written, then the disk is full
             file.write(b"partial")
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real_save(obj, file, *args, **kwargs)

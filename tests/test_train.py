@@ -5,7 +5,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -36,6 +35,16 @@ def launch(*args) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def train_and_stop(at_step: int, where: str, signum: signal.Signals, *args) -> subprocess.CompletedProcess:
+    """``clayflow train`` stopped by ``signum`` from inside the process at ``at_step`` (see
+    ``interrupt.py``): the same point however fast or slow the machine is."""
+    cmd = [sys.executable, str(INTERRUPT), str(at_step), where, signum.name, "--no-plots", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, check=False)
+
+
+INTERRUPT = Path(__file__).parent / "interrupt.py"
+
+
 def flags(options: dict) -> list[str]:
     """Command-line flags for ``options``; ``True`` is a bare switch."""
     argv = []
@@ -44,14 +53,14 @@ def flags(options: dict) -> list[str]:
     return argv
 
 
-def wait_for_step(run: Path, step: int, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if (run / "metrics.csv").exists() and any(int(r["step"]) >= step for r in rows(run)):
-            return
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.01)
-    raise AssertionError("training did not reach the step in time")
+def same_training(run: Path, reference: Path) -> None:
+    """``run`` logged the same losses and ended with the same weights as ``reference``, bit for bit."""
+    got, want = rows(run), rows(reference)
+    assert [r["step"] for r in got] == [r["step"] for r in want]
+    assert [(r["train_nll"], r["val_nll"]) for r in got] == [(r["train_nll"], r["val_nll"]) for r in want]
+    final = torch.load(run / "checkpoints/last.pt", weights_only=True)["model"]
+    expected = torch.load(reference / "checkpoints/last.pt", weights_only=True)["model"]
+    assert all(torch.equal(final[k], expected[k]) for k in expected)
 
 
 @pytest.fixture(scope="module")
@@ -92,48 +101,56 @@ SMALL_CNF = {
     [(SMALL, 1), (SMALL, 2), (SMALL, 3), (SMALL_IMAGE, 4), (SMALL_GLOW, 5), (SMALL_CNF, 6)],
 )
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, small, seed):
-    """Killed at a random step (drawn from ``seed``, which also seeds training), resumed, and
-    bit-exact, including the random parts of training (dequantization noise, Hutchinson
-    probes, augmented dimensions): torch's RNG state is saved with the checkpoint."""
+    """SIGKILLed at a random step, or in the middle of a checkpoint write (both drawn from
+    ``seed``, which also seeds training), resumed, and bit-exact, including the random parts
+    of training (dequantization noise, Hutchinson probes, augmented dimensions): torch's RNG
+    state is saved with the checkpoint."""
     chance = random.Random(seed)
     options = {**small, "steps": 80, "seed": seed}
     reference = tmp_path / "reference"
     assert launch(*flags(options), "--out", str(reference)).wait() == 0
 
     killed = tmp_path / "killed"
-    proc = launch(*flags({**options, "steps": 100_000}), "--out", str(killed))
-    wait_for_step(killed, chance.randint(12, 60), proc)
-    time.sleep(chance.uniform(0, 0.3))  # anywhere between two metrics rows
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    if chance.random() < 0.5:
+        where, at_step = "step", chance.randint(12, 70)
+    else:
+        where, at_step = "checkpoint", chance.choice([20, 40, 60])
+    stopped = train_and_stop(at_step, where, signal.SIGKILL, *flags(options), "--out", str(killed))
+    assert stopped.returncode == -signal.SIGKILL, stopped.stderr
     last = killed / "checkpoints/last.pt"
-    resumed_from = torch.load(last, weights_only=True)["step"] if last.exists() else 0
-    print(
-        f"seed {seed}: killed after step {max(int(r['step']) for r in rows(killed))}, resumed from {resumed_from}"
-    )
-    resumed = launch("--resume", str(killed), "--steps", "80")
+    resumed_from = torch.load(last, weights_only=True)["step"]  # a run checkpoints step 0 first
+    assert resumed_from == (at_step - 1) // 20 * 20, (where, at_step)
+    assert bool(list((killed / "checkpoints").glob(".*.tmp"))) == (where == "checkpoint")
+    print(f"seed {seed}: killed at step {at_step} ({where}), resumed from {resumed_from}")
+
+    resumed = launch("--resume", str(killed))
     _, err = resumed.communicate()
     assert resumed.returncode == 0, err
-
-    got, want = rows(killed), rows(reference)
-    assert [r["step"] for r in got] == [r["step"] for r in want]
-    assert [(r["train_nll"], r["val_nll"]) for r in got] == [(r["train_nll"], r["val_nll"]) for r in want]
+    same_training(killed, reference)
     assert not list((killed / "checkpoints").glob(".*.tmp"))  # a write the kill cut short is cleaned up
-    final = torch.load(killed / "checkpoints/last.pt", weights_only=True)["model"]
-    expected = torch.load(reference / "checkpoints/last.pt", weights_only=True)["model"]
-    assert all(torch.equal(final[k], expected[k]) for k in expected)
 
 
-def test_sigint_saves_a_checkpoint_and_says_how_to_resume(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_stop_signals_save_a_checkpoint_and_resume_exactly(tmp_path, signum):
+    """Ctrl-C, ``kill``/``timeout``/Slurm (SIGTERM) and a closed terminal (SIGHUP) save the
+    step reached, say how to resume in one line, exit 128 + signal, and resume bit-exact."""
+    options = {**SMALL, "steps": 60, "seed": 7}
+    reference = tmp_path / "reference"
+    assert launch(*flags(options), "--out", str(reference)).wait() == 0
     run = tmp_path / "run"
-    proc = launch(*flags({**SMALL, "steps": 100_000}), "--out", str(run))
-    wait_for_step(run, 15, proc)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130
-    assert f"clayflow train --resume {run}" in err and "Traceback" not in err
-    saved = torch.load(run / "checkpoints/last.pt", weights_only=True)
-    assert saved["step"] >= 15
+    stopped = train_and_stop(25, "step", signum, *flags(options), "--out", str(run))
+    lines = stopped.stderr.strip().splitlines()
+    assert stopped.returncode == 128 + signum, stopped.stderr
+    assert lines[-1] == (
+        f"clayflow: error: interrupted by {signum.name} at step 25; checkpoint saved. "
+        f"Continue with: clayflow train --resume {run}"
+    )
+    assert "Traceback" not in stopped.stderr
+    assert torch.load(run / "checkpoints/last.pt", weights_only=True)["step"] == 25
+    resumed = launch("--resume", str(run), *flags(options))  # the same command, with --resume
+    _, err = resumed.communicate()
+    assert resumed.returncode == 0, err
+    same_training(run, reference)
 
 
 def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
@@ -191,10 +208,10 @@ def test_skip_mode_skips_a_bad_batch_and_stops_on_lasting_divergence(tmp_path, m
         train(TrainConfig(steps=60, nonfinite="skip", **SMALL), tmp_path / "run2", progress=False)
 
 
-def test_divergence_at_the_first_step_says_nothing_was_saved(tmp_path):
+def test_divergence_at_the_first_step_keeps_the_checkpoint_of_step_0(tmp_path):
     table = tmp_path / "huge.csv"
     table.write_text("".join(f"{i}e20,{(i * 7) % 11}e20\n" for i in range(40)))
-    with pytest.raises(TrainingStopped, match="non-finite at step 1; no checkpoint had been written yet"):
+    with pytest.raises(TrainingStopped, match="non-finite at step 1; kept the last good checkpoint \\(step 0\\)"):
         train(
             TrainConfig(data=str(table), standardize=False, steps=5, **SMALL),
             tmp_path / "run",
@@ -235,11 +252,33 @@ def test_ema_weights_are_used_for_evaluation_and_loading(tmp_path):
 
 
 def test_resume_before_first_checkpoint_starts_over(tmp_path):
+    """Killed while writing the checkpoint of step 0 (before any training): no last.pt, no
+    metrics, so ``--resume`` starts the run over, and it ends as an uninterrupted run."""
+    options = {**SMALL, "steps": 20}
+    reference, run = tmp_path / "reference", tmp_path / "run"
+    assert launch(*flags(options), "--out", str(reference)).wait() == 0
+    stopped = train_and_stop(0, "checkpoint", signal.SIGKILL, *flags(options), "--out", str(run))
+    assert stopped.returncode == -signal.SIGKILL and not (run / "checkpoints/last.pt").exists()
+    resumed = launch("--resume", str(run))
+    assert resumed.wait() == 0, resumed.communicate()
+    same_training(run, reference)
+
+
+@pytest.mark.parametrize("kept", ["results.json", "checkpoints/best.pt", "metrics.csv"])
+def test_resume_of_a_run_that_lost_its_checkpoint_is_refused(tmp_path, kept):
+    """A run whose last.pt is gone but that holds results, a best checkpoint or metrics rows
+    has trained: starting it over would replace them, so --resume refuses and changes nothing."""
+    from test_cli import snapshot
+
     run = tmp_path / "run"
     train(TrainConfig(steps=20, **SMALL), run, progress=False)
-    (run / "checkpoints/last.pt").unlink()  # as if killed before the first checkpoint
-    result = train(TrainConfig(steps=20, **SMALL), run, resume=True, progress=False)
-    assert result.steps == 20 and [r["step"] for r in rows(run)] == ["10", "20"]
+    (run / "checkpoints/last.pt").unlink()
+    for name in {"results.json", "checkpoints/best.pt", "metrics.csv"} - {kept}:
+        (run / name).unlink()
+    before = snapshot(run)
+    with pytest.raises(clayflow.ClayflowError, match="lost its checkpoint .* refusing to start it over"):
+        train(TrainConfig(steps=20, **SMALL), run, resume=True, progress=False)
+    assert snapshot(run) == before
 
 
 def test_training_defaults_depend_on_the_kind_of_data():

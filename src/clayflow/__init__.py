@@ -6,25 +6,50 @@ Forward is data -> latent everywhere (see ``clayflow.core.transform``).
 >>> flow = clayflow.models.realnvp(2)
 >>> flow.log_prob(torch.zeros(1, 2)).shape
 torch.Size([1])
+
+The names below are imported on first use (PEP 562), so ``import clayflow`` is instant and
+the ``clayflow`` command can answer Ctrl-C with one line even while torch is loading.
 """
 
-from clayflow import models, transforms
-from clayflow.core import Compose, DiagonalNormal, Flow, Inverse, StandardNormal, Transform
-from clayflow.errors import ClayflowError, UsageError
-from clayflow.train.checkpoint import load
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ClayflowError",
-    "Compose",
-    "DiagonalNormal",
-    "Flow",
-    "Inverse",
-    "StandardNormal",
-    "Transform",
-    "UsageError",
-    "load",
-    "models",
-    "transforms",
-]
+# public name -> the module that defines it
+_LAZY = {
+    "models": "clayflow.models",
+    "transforms": "clayflow.transforms",
+    "Compose": "clayflow.core",
+    "DiagonalNormal": "clayflow.core",
+    "Flow": "clayflow.core",
+    "Inverse": "clayflow.core",
+    "StandardNormal": "clayflow.core",
+    "Transform": "clayflow.core",
+    "ClayflowError": "clayflow.errors",
+    "UsageError": "clayflow.errors",
+    "load": "clayflow.train.checkpoint",
+}
+
+__all__ = sorted(_LAZY)
+
+if TYPE_CHECKING:
+    from clayflow import models, transforms
+    from clayflow.core import Compose, DiagonalNormal, Flow, Inverse, StandardNormal, Transform
+    from clayflow.errors import ClayflowError, UsageError
+    from clayflow.train.checkpoint import load
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'clayflow' has no attribute {name!r}")
+    module = importlib.import_module(_LAZY[name])
+    value = module if module.__name__ == f"clayflow.{name}" else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -29,15 +29,25 @@ EXAMPLES = {
     "  clayflow score runs/digits --data images:my_scans --out scores.csv",
     "plot": "example:\n  clayflow plot runs/mine",
 }
-# Options that may change when a run is resumed; the rest define the run.
-RESUMABLE_OPTIONS = {"steps", "device", "eval_every", "checkpoint_every", "patience", "nonfinite", "compile"}
 
 
 class _Parser(argparse.ArgumentParser):
     """argparse with a one-line usage error (exit 2) instead of the usage block."""
 
     def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        """Print ``clayflow: error: <message> (see <verb's prog> --help)`` and exit 2; a
+        subcommand's parser has prog ``clayflow <verb>``, and every error line starts alike."""
+        self.exit(2, f"clayflow: error: {message} (see {self.prog} --help)\n")
+
+    def parse_args(self, args=None, namespace=None):
+        """As argparse's, but unrecognised arguments are reported by the verb's parser, so the
+        line points at ``clayflow <verb> --help``."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            verbs = next((a for a in self._actions if isinstance(a, argparse._SubParsersAction)), None)
+            parser = verbs.choices.get(getattr(parsed, "verb", None), self) if verbs else self
+            parser.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,9 +121,19 @@ def _add_sample(verbs) -> None:
         "--temperature", type=float, default=1.0, help="scale of the base draws, > 0 (default: 1.0)"
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--device", default="cpu", help="device (default: cpu)")
+    p.add_argument("--device", type=_device, default="cpu", help="device (default: cpu)")
     p.add_argument("--force", action="store_true", help="replace an existing --out file")
     p.set_defaults(handler=cmd_sample)
+
+
+def _device(name: str) -> str:
+    """argparse ``type`` of ``--device``: auto, cpu, cuda or cuda:N that exists here."""
+    from clayflow.train.config import check_device
+
+    try:
+        return check_device(name)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _add_score(verbs) -> None:
@@ -131,7 +151,7 @@ def _add_score(verbs) -> None:
         metavar="FILE",
         help="output .csv (row, log_prob, bits_per_dim) or .npy (log_prob)",
     )
-    p.add_argument("--device", default="cpu", help="device (default: cpu)")
+    p.add_argument("--device", type=_device, default="cpu", help="device (default: cpu)")
     p.add_argument("--force", action="store_true", help="replace an existing --out file")
     p.set_defaults(handler=cmd_score)
 
@@ -146,33 +166,27 @@ def _add_plot(verbs) -> None:
 
 
 def resolve_train_config(args: argparse.Namespace):
-    """The run's config (defaults < --config < flags, or the resumed run's config) and its directory."""
+    """The run's config and its directory (``None``: the default name). A new run's config is
+    defaults < ``--config`` < flags; a resumed run's is its own ``config.json``, where
+    ``--config`` and flags may repeat its values but change only the resumable options."""
     from clayflow.train.config import TrainConfig, config_from_dict, read_config_file
-    from clayflow.train.run import default_run_dir, read_json
+    from clayflow.train.resume import resumed_config
 
     names = {f.name for f in fields(TrainConfig)}
     flags = {k: v for k, v in vars(args).items() if k in names}
-    if args.resume:
-        run_dir = Path(args.resume)
-        if args.config:
-            raise UsageError("--config and --resume contradict: a resumed run keeps its own config.json")
-        if args.out and Path(args.out).resolve() != run_dir.resolve():
-            raise UsageError("--out and --resume name different directories; --resume continues in place")
-        fixed = sorted(set(flags) - RESUMABLE_OPTIONS)
-        if fixed:
-            options = ", ".join("--" + k.replace("_", "-") for k in fixed)
-            raise UsageError(
-                f"cannot change {options} when resuming; only "
-                + ", ".join("--" + k.replace("_", "-") for k in sorted(RESUMABLE_OPTIONS))
-            )
-        saved = config_from_dict(read_json(run_dir / "config.json"), source=str(run_dir / "config.json"))
-        return config_from_dict({**saved.to_dict(), **flags}, source="options"), run_dir
     values = {}
     if args.config:
         values = read_config_file(args.config)
         config_from_dict(values, source=args.config)  # names the file in its errors
+    if args.resume:
+        run_dir = Path(args.resume)
+        if args.force:
+            raise UsageError("--force and --resume contradict: --resume continues a run, --force replaces one")
+        if args.out and Path(args.out).resolve() != run_dir.resolve():
+            raise UsageError("--out and --resume name different directories; --resume continues in place")
+        return resumed_config(run_dir, {**values, **flags}), run_dir
     config = config_from_dict({**values, **flags}, source="options")
-    return config, Path(args.out) if args.out else default_run_dir(config.model, config.data)
+    return config, Path(args.out) if args.out else None
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -186,21 +200,26 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"test NLL {result.test_nll:.4f} nats ({result.test_bpd:.4f} bits/dim) "
         f"with the weights of step {result.selected_step}"
     )
-    print(f"run directory: {run_dir}")
+    print(f"run directory: {result.run_dir}")
     if args.plots:
-        paths = _plot(run_dir, load(run_dir))
+        paths = _plot(result.run_dir, load(result.run_dir))
         print("plots: " + ", ".join(str(p) for p in paths))
     return 0
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
     """Write ``--n`` samples at ``--temperature``: rows to .csv/.npy, or images to .npy/.png."""
+    import math
+
     from clayflow.data.tabular import check_output_path, write_table
+    from clayflow.train.config import MAX_SEED
 
     if args.n <= 0:
         raise UsageError(f"--n must be a positive number of samples, got {args.n}")
-    if not args.temperature > 0:
-        raise UsageError(f"--temperature must be > 0, got {args.temperature}")
+    if not (args.temperature > 0 and math.isfinite(args.temperature)):
+        raise UsageError(f"--temperature must be > 0 and finite, got {args.temperature}")
+    if not 0 <= args.seed <= MAX_SEED:
+        raise UsageError(f"--seed must be in [0, 2**64 - 1] (torch's seed range), got {args.seed}")
     flow, payload = _load_run(args.run, args.device)
     spec = payload["model_spec"]
     images = spec.get("levels") is not None
@@ -211,6 +230,18 @@ def cmd_sample(args: argparse.Namespace) -> int:
     samples = torch.cat(
         [flow.sample(len(c), args.temperature).cpu() for c in torch.arange(args.n).split(chunk)]
     )
+    finite = torch.isfinite(samples.reshape(len(samples), -1)).all(1)
+    if not finite.all():  # never write NaN or inf as if they were samples
+        bad = int((~finite).sum())
+        why = (
+            "the flow cannot map draws that far out to finite values; lower --temperature"
+            if args.temperature > 1
+            else "the model gives non-finite values; check the run (it may have diverged)"
+        )
+        raise ClayflowError(
+            f"{bad} of {args.n} samples at temperature {args.temperature} are not finite (NaN or inf), "
+            f"so nothing was written: {why}"
+        )
     if images:
         _write_images(args.out, samples, spec["levels"])
     else:
@@ -243,7 +274,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     check_output_path(args.out, force=args.force)  # fail before the expensive part
     flow, payload = _load_run(args.run, args.device)
     spec = payload["model_spec"]
-    x = _examples_to_score(args.data, spec)
+    x = _examples_to_score(args.data, spec, payload.get("data_columns"))
     log_prob = log_prob_in_chunks(flow, x).numpy()
     bits_per_dim = -log_prob / (x[0].numel() * np.log(2))
     table = (
@@ -259,12 +290,16 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
-def _examples_to_score(data: str, spec: dict) -> torch.Tensor:
+def _examples_to_score(data: str, spec: dict, data_columns: list[str] | None = None) -> torch.Tensor:
     """The examples of ``data`` as a tensor, checked against the model's data shape:
-    every image of ``images:DIR``, the rows of a table file, or a dataset's test split."""
+    every image of ``images:DIR``, the rows of a table file, or a dataset's test split.
+
+    Table columns are matched to the training columns (``data_columns``) by name when both
+    have names, else by position. Shape: ``(N, *event_shape)`` float32.
+    """
     from clayflow.data import load_dataset, looks_like_path
     from clayflow.data.images import is_image_spec, load_image_source
-    from clayflow.data.tabular import read_table
+    from clayflow.data.tabular import align_columns, read_table
 
     shape = tuple(spec.get("event_shape") or [spec["features"]])
     levels = spec.get("levels")
@@ -273,9 +308,11 @@ def _examples_to_score(data: str, spec: dict) -> torch.Tensor:
     elif data.lower().endswith(".npy") and levels is not None:
         values = _read_image_array(data)
     elif looks_like_path(data) and not is_image_spec(data):
-        values, _ = read_table(data)
+        values, names = read_table(data)
+        values = align_columns(values, names, data_columns, data)
     else:
-        values = load_dataset(data).test.numpy()
+        dataset = load_dataset(data)
+        values = align_columns(dataset.test.numpy(), dataset.columns, data_columns, data)
     if tuple(values.shape[1:]) != shape:
         if len(shape) == 1 and values.ndim == 2:
             raise ClayflowError(
@@ -320,9 +357,9 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def _plot(run_dir: Path, flow) -> list[Path]:
     from clayflow.data import load_dataset
     from clayflow.plotting import plot_run
-    from clayflow.train.run import read_json
+    from clayflow.train.resume import read_run_config
 
-    data = load_dataset(read_json(run_dir / "config.json")["data"])
+    data = load_dataset(read_run_config(run_dir).data)
     try:
         return plot_run(run_dir, flow, data.test, data.columns, data.levels)
     except OSError as exc:
@@ -339,25 +376,28 @@ def _load_run(run: str, device: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``clayflow`` command; returns the exit code."""
+    """Parse ``argv`` and run the verb; returns the exit code. Every failure is one line on
+    stderr starting ``clayflow: error:`` (a traceback only with ``--debug``)."""
     from clayflow.train.loop import TrainingStopped
 
-    args = build_parser().parse_args(argv)
+    debug = False
     try:
+        args = build_parser().parse_args(argv)
+        debug = args.debug
         return args.handler(args)
     except TrainingStopped as exc:
-        print(f"clayflow: {exc}", file=sys.stderr)
+        print(f"clayflow: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except ClayflowError as exc:
-        if args.debug:
+        if debug:
             raise
         print(f"clayflow: error: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, UsageError) else 1
     except KeyboardInterrupt:
-        print("clayflow: interrupted", file=sys.stderr)
+        print("clayflow: error: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # a bug, not the user's fault: still one line unless --debug
-        if args.debug:
+        if debug:
             raise
         print(
             f"clayflow: error: unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
@@ -367,4 +407,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from clayflow.cli.output import guard_output_streams
+
+    guard_output_streams()
     sys.exit(main())

@@ -8,7 +8,6 @@ resumed with ``--resume`` produces the same losses as one that was never interru
 from __future__ import annotations
 
 import math
-import signal
 import sys
 import time
 from contextlib import contextmanager
@@ -36,8 +35,12 @@ from clayflow.train.checkpoint import (
 from clayflow.train.config import TrainConfig
 from clayflow.train.evaluate import evaluate_nll
 from clayflow.train.objective import flow_matching, maximum_likelihood
-from clayflow.train.run import MetricsLog, prepare_new_run, write_json
-from clayflow.train.schedule import make_optimizer, make_scheduler
+from clayflow.train.resume import check_can_start_over, check_same_run, data_fingerprint
+from clayflow.train.run import MetricsLog, write_json
+from clayflow.train.rundir import ExistingRun, NewRun, default_run_dir
+from clayflow.train.sampler import BatchSampler
+from clayflow.train.schedule import lr_factor, make_optimizer, make_scheduler
+from clayflow.train.signals import StopRequest
 
 INTERVAL_SUMS = ("loss", "nll", "nfe_forward", "nfe_backward")  # averaged into each metrics row
 MAX_SKIPS_IN_A_ROW = 20  # --nonfinite skip: a model that stays non-finite this long has diverged
@@ -57,9 +60,12 @@ class TrainingStopped(ClayflowError):
 
 
 class TrainingInterrupted(TrainingStopped):
-    """Ctrl-C: a checkpoint of the current step was saved; exit code 130 as for SIGINT."""
+    """Stopped by a signal (Ctrl-C, SIGTERM, SIGHUP) after saving a checkpoint of the current
+    step; the exit code is 128 + the signal's number, as for a process the signal killed."""
 
-    exit_code = 130
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 @dataclass
@@ -76,34 +82,6 @@ class TrainResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
-
-
-class BatchSampler:
-    """Shuffled epochs over ``n`` examples from a private generator; the last partial batch
-    of an epoch is dropped. Its state (generator, order, position) is checkpointed."""
-
-    def __init__(self, n: int, batch_size: int, seed: int):
-        self.n = n
-        self.batch_size = min(batch_size, n)
-        self.generator = torch.Generator().manual_seed(seed)
-        self.order = torch.randperm(n, generator=self.generator)
-        self.position = 0
-
-    def next(self) -> torch.Tensor:
-        if self.position + self.batch_size > self.n:
-            self.order = torch.randperm(self.n, generator=self.generator)
-            self.position = 0
-        indices = self.order[self.position : self.position + self.batch_size]
-        self.position += self.batch_size
-        return indices
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state(), "order": self.order, "position": self.position}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.generator.set_state(state["generator"])
-        self.order = state["order"]
-        self.position = state["position"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -132,13 +110,13 @@ def build_flow(config: TrainConfig, data: Dataset) -> tuple[Flow, ModelSpec]:
     flow = build(spec)
     if spec.standardize:
         standardize = flow.transform[0]
-        standardize.mean, standardize.std = standardization(data.train)
+        standardize.mean, standardize.std = standardization(data.train, data.columns)
     return flow, spec
 
 
 def train(
     config: TrainConfig,
-    run_dir: Path,
+    run_dir: Path | None = None,
     *,
     resume: bool = False,
     force: bool = False,
@@ -146,51 +124,71 @@ def train(
 ) -> TrainResult:
     """Train ``config`` into ``run_dir`` (new, or continued from its checkpoint with ``resume``).
 
+    A new run's directory is created only after the data and the model are ready, and must not
+    exist yet or be empty; ``force`` replaces an existing clayflow run once the new one has
+    written its first checkpoint (see ``clayflow.train.rundir``). ``run_dir=None`` is
+    ``runs/<model>-<data>-<time>`` (with a suffix if taken): ``TrainResult.run_dir`` says which.
+    The run is locked while training. ``resume`` checks that the checkpoint is of this model,
+    these options and this data (see ``clayflow.train.resume``).
+
     ``progress=None`` shows a progress bar when stderr is a terminal and log lines otherwise.
-    Raises ``TrainingStopped`` on divergence or Ctrl-C, after keeping a valid checkpoint.
+    Raises ``TrainingStopped`` on divergence, a failed write or a stop signal, after keeping a
+    valid checkpoint.
     """
     config = config.resolved()
-    device = resolve_device(config.device)
-    data = load_dataset(config.data)
-    flow, spec = build_flow(config, data)
-    checkpoint = None
-    if resume:  # temporary files of writes a kill cut short
-        for stale in (run_dir / CHECKPOINT_NAME).parent.glob(".*.tmp"):
-            stale.unlink()
-    if resume and (run_dir / CHECKPOINT_NAME).exists():
-        checkpoint = read_checkpoint(run_dir, map_location="cpu")
-        _check_same_model(checkpoint, spec, run_dir)
-    elif not resume:
-        prepare_new_run(run_dir, force)
-    # else: killed before its first checkpoint; start again from step 0 in place.
-    trainer = _Trainer(config, run_dir, data, flow, spec, device, checkpoint, progress)
-    write_json(run_dir / "config.json", config.to_dict())  # after a successful restore
-    return trainer.run()
-
-
-def _check_same_model(checkpoint: dict[str, Any], spec: ModelSpec, run_dir: Path) -> None:
-    """The checkpoint must describe the model that the run's ``config.json`` builds. Options a
-    checkpoint from an older clayflow did not record are not compared."""
+    if resume and run_dir is None:
+        raise UsageError("resuming needs the run directory")
+    run = ExistingRun(Path(run_dir)) if resume else None  # locked before anything is read
     try:
-        saved = ModelSpec.from_dict(checkpoint["model_spec"])
-    except TypeError as exc:
-        raise ClayflowError(f"checkpoint in {run_dir} has an unreadable model description: {exc}") from None
-    differences = [
-        name
-        for name in ("name", "event_shape", "standardize", "levels")
-        if getattr(saved, name) != getattr(spec, name)
-    ]
-    differences += [k for k, v in saved.options.items() if k not in spec.options or spec.options[k] != v]
-    if differences:
-        raise ClayflowError(
-            f"checkpoint in {run_dir} is of another model than its config.json "
-            f"(differs in {', '.join(differences)}); it cannot resume this run"
-        )
+        device = resolve_device(config.device)
+        data = load_dataset(config.data)
+        flow, spec = build_flow(config, data)
+        fingerprint = data_fingerprint(data)
+        checkpoint = None
+        if run is not None:
+            if (run.path / CHECKPOINT_NAME).exists():
+                checkpoint = read_checkpoint(run.path, map_location="cpu")
+                check_same_run(checkpoint, spec, config, fingerprint, run.path)
+                _say_if_schedule_changes(checkpoint, config)
+            else:  # killed before its first checkpoint: start again from step 0 in place
+                check_can_start_over(run.path)
+            run.remove_stale_temporaries()
+        else:
+            unique = run_dir is None
+            run = NewRun(default_run_dir(config.model, config.data) if unique else Path(run_dir),
+                         force=force, unique=unique)  # fmt: skip
+        trainer = _Trainer(config, run, data, flow, spec, device, checkpoint, progress, fingerprint)
+        write_json(run.path / "config.json", config.to_dict())  # after a successful restore
+        return trainer.run()
+    except BaseException:
+        if run is not None:
+            run.abandon()
+        raise
+    finally:
+        if run is not None:
+            run.release()
+
+
+def _say_if_schedule_changes(checkpoint: dict[str, Any], config: TrainConfig) -> None:
+    """A resume with a new ``--steps`` stretches a cosine schedule from the current step: say so."""
+    before = (checkpoint.get("config") or {}).get("steps")
+    if before is None or before == config.steps or config.schedule != "cosine":
+        return
+    step = checkpoint["step"]
+    old = lr_factor(step, config.warmup, before, config.schedule) * config.lr
+    new = lr_factor(step, config.warmup, config.steps, config.schedule) * config.lr
+    print(
+        f"--steps changed from {before} to {config.steps}: the cosine schedule now ends at step "
+        f"{config.steps}, so the learning rate after step {step} is {new:.3g} (it was {old:.3g}); "
+        "the continued run differs from an uninterrupted one",
+        file=sys.stderr,
+    )
 
 
 class _Trainer:
-    def __init__(self, config, run_dir, data, flow, spec, device, checkpoint, progress):
-        self.config, self.run_dir, self.data, self.spec, self.device = config, run_dir, data, spec, device
+    def __init__(self, config, run, data, flow, spec, device, checkpoint, progress, fingerprint):
+        self.config, self.directory, self.data, self.spec, self.device = config, run, data, spec, device
+        self.fingerprint = fingerprint
         self.flow = flow.to(device).train()
         self.optimizer = make_optimizer(
             self.flow.parameters(), config.optimizer, config.lr, config.weight_decay
@@ -216,15 +214,21 @@ class _Trainer:
         self.best_val_nll, self.best_step = math.inf, None
         if checkpoint is not None:
             self._restore(checkpoint)
-        self.metrics = MetricsLog(run_dir / "metrics.csv", resume_step=self.step if checkpoint else None)
+        self.metrics = MetricsLog(run.path / "metrics.csv", resume_step=self.step if checkpoint else None)
         self.progress = sys.stderr.isatty() if progress is None else progress
-        self.interrupted = False
+        self.stop = StopRequest()
+
+    @property
+    def run_dir(self) -> Path:
+        """Where the run's files are now (a run replacing another moves at its first checkpoint)."""
+        return self.directory.path
 
     # -- state ------------------------------------------------------------------------
     def _payload(self) -> dict[str, Any]:
         return {
             "model_spec": self.spec.to_dict(),
             "data_columns": self.data.columns,
+            "data_fingerprint": self.fingerprint,
             "config": self.config.to_dict(),
             "step": self.step,
             "model": self.flow.state_dict(),
@@ -244,9 +248,14 @@ class _Trainer:
     def _save(self) -> None:
         with self._writing("checkpoint"):
             save_checkpoint(self.run_dir / CHECKPOINT_NAME, self._payload())
+            if self.directory.pending and self.step > 0:  # the run it replaces goes only now
+                self.directory.commit()
+                self.metrics.path = self.run_dir / "metrics.csv"
         self.last_saved_step = self.step
 
     def _kept(self) -> str:
+        if self.directory.pending:
+            return f"the run in {self.directory.final} was not replaced"
         if self.last_saved_step is None:
             return "no checkpoint had been written yet"
         return f"kept the last good checkpoint (step {self.last_saved_step})"
@@ -258,9 +267,14 @@ class _Trainer:
         try:
             yield
         except OSError as exc:
+            then = (
+                "then run the command again"
+                if self.directory.pending
+                else f"then continue with: clayflow train --resume {self.run_dir}"
+            )
             raise TrainingStopped(
                 f"cannot write the {what} at step {self.step} ({exc.strerror or exc}); {self._kept()}. "
-                f"Fix the disk (space, permissions), then continue with: clayflow train --resume {self.run_dir}"
+                f"Fix the disk (space, permissions), {then}"
             ) from None
 
     def _restore(self, checkpoint: dict[str, Any]) -> None:
@@ -293,7 +307,11 @@ class _Trainer:
             total=config.steps, initial=self.step, disable=not self.progress, dynamic_ncols=True, leave=True
         )
         interval_start, interval_steps = time.perf_counter(), 0
-        with self._catch_sigint():
+        if self.last_saved_step is None:
+            # A checkpoint of step 0: every run that has trained at all has a last.pt, so a
+            # run without one provably never trained (see resume.check_can_start_over).
+            self._save()
+        with self.stop.catching():
             while self.step < config.steps and not self._out_of_patience():
                 taken = self._train_step()
                 if taken is not None:
@@ -309,12 +327,14 @@ class _Trainer:
                         interval_start, interval_steps = time.perf_counter(), 0
                     if self.step % config.checkpoint_every == 0 or self.step == config.steps:
                         self._save()
-                if self.interrupted:
-                    self._save()
+                if self.stop.signum is not None:
+                    if self.last_saved_step != self.step:
+                        self._save()
                     bar.close()
                     raise TrainingInterrupted(
-                        f"interrupted at step {self.step}; checkpoint saved. "
-                        f"Continue with: clayflow train --resume {self.run_dir}"
+                        f"interrupted by {self.stop.name} at step {self.step}; checkpoint saved. "
+                        f"Continue with: clayflow train --resume {self.run_dir}",
+                        self.stop.exit_code,
                     )
         bar.close()
         if self.last_saved_step != self.step:
@@ -441,20 +461,3 @@ class _Trainer:
         with self._writing("results"):
             write_json(self.run_dir / "results.json", result.to_dict())
         return result
-
-    @contextmanager
-    def _catch_sigint(self):
-        """Turn Ctrl-C into a flag checked between steps, so the saved state is consistent."""
-
-        def handler(signum, frame):
-            self.interrupted = True
-
-        try:
-            previous = signal.signal(signal.SIGINT, handler)
-        except ValueError:  # not the main thread: leave Ctrl-C alone
-            yield
-            return
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGINT, previous)

@@ -96,8 +96,13 @@ class MetricsLog:
             atomic_write(path, lambda f: f.write(buffer.getvalue().encode()))
 
     def append(self, row: dict[str, Any]) -> None:
+        """Append one row. The row is formatted first and written in one call, so a failure of
+        the file (a full disk: an ``OSError``) leaves at most a part of a line without its
+        newline, which ``read_metrics`` leaves out on resume."""
+        line = io.StringIO()
+        csv.DictWriter(line, METRIC_COLUMNS, lineterminator="\n").writerow(row)
         with self.path.open("a", newline="") as file:
-            csv.DictWriter(file, METRIC_COLUMNS, lineterminator="\n").writerow(row)
+            file.write(line.getvalue())
 
 
 def read_metrics(path: Path) -> list[dict[str, str]]:

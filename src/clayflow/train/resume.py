@@ -1,0 +1,162 @@
+"""What ``--resume`` checks so that a continued run is the run it claims to be.
+
+A resumed run continues bit for bit only if it trains the same model, with the same options,
+on the same data. The checkpoint records all three (``model_spec``, ``config``, and a
+fingerprint of the data: rows per split, shape and a SHA-256 of the values), and a resume
+compares them with what the run directory and the command give today: an edited
+``config.json``, a changed data file, or an option given with a new value is refused with one
+line naming what changed. Options equal to the run's own are accepted, so repeating the
+training command with ``--resume`` added works.
+
+Only ``RESUMABLE_OPTIONS`` may change. ``--steps`` is one of them: a new total stretches (or
+cuts) the cosine learning-rate schedule from the step the run has reached, so the steps after
+it differ from an uninterrupted run's; the same ``--steps`` (or none) continues exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+from typing import Any
+
+from clayflow.data import Dataset
+from clayflow.errors import ClayflowError, UsageError
+from clayflow.models import ModelSpec
+from clayflow.train.checkpoint import BEST_NAME, CHECKPOINT_NAME
+from clayflow.train.config import TrainConfig, config_from_dict
+from clayflow.train.rundir import is_run_dir
+from clayflow.train.run import read_json, read_metrics
+
+# Options that may change when a run is resumed; the rest define the run.
+RESUMABLE_OPTIONS = frozenset(
+    {"steps", "device", "eval_every", "checkpoint_every", "patience", "nonfinite", "compile"}
+)
+
+
+def flag(name: str) -> str:
+    """``batch_size`` -> ``--batch-size``."""
+    return "--" + name.replace("_", "-")
+
+
+def read_run_config(run_dir: Path) -> TrainConfig:
+    """The run's ``config.json`` as a validated config; a malformed one is a runtime error (the
+    file is broken, not the command)."""
+    path = run_dir / "config.json"
+    values = read_json(path)
+    if not isinstance(values, dict):
+        raise ClayflowError(f"{path} is malformed: it must hold an object of options")
+    try:
+        return config_from_dict(values, source=str(path), here=False)  # a resume may change --device
+    except UsageError as exc:
+        raise ClayflowError(f"{path} is malformed: {exc}") from None
+
+
+def resumed_config(run_dir: Path, given: dict[str, Any]) -> TrainConfig:
+    """The run's own config with the resumable options in ``given`` applied. Other options in
+    ``given`` must equal the run's (the training command repeated with ``--resume``); a real
+    change is a usage error naming the old and the new value."""
+    saved = read_run_config(run_dir)
+    saved_values = saved.to_dict()
+    changed = [
+        f"{flag(name)} {saved_values[name]!r} -> {value!r}"
+        for name, value in sorted(given.items())
+        if name not in RESUMABLE_OPTIONS and not _same(value, saved_values[name])
+    ]
+    if changed:
+        raise UsageError(
+            f"a resumed run keeps its options, but this command changes {', '.join(changed)}; "
+            f"start a new run for that (only {', '.join(flag(n) for n in sorted(RESUMABLE_OPTIONS))} may change)"
+        )
+    return config_from_dict({**saved_values, **given}, source="options")
+
+
+def _same(new: Any, old: Any) -> bool:
+    if isinstance(new, float) and isinstance(old, float):
+        return math.isclose(new, old, rel_tol=1e-12, abs_tol=0.0)
+    return new == old
+
+
+def has_checkpointed(run_dir: Path) -> bool:
+    """Whether the run ever wrote a checkpoint, a result or a metrics row: evidence that
+    starting it over would destroy something."""
+    return (
+        (run_dir / BEST_NAME).exists()
+        or (run_dir / "results.json").exists()
+        or bool(read_metrics(run_dir / "metrics.csv"))
+    )
+
+
+def check_can_start_over(run_dir: Path) -> None:
+    """A run without ``last.pt`` starts over only if it is provably clayflow's and provably
+    never trained: killed before the checkpoint of step 0, which a run writes before its first
+    step. A run with results, a best checkpoint or metrics rows has lost its ``last.pt`` (a
+    user or a disk deleted it), and starting it over would replace them: refused."""
+    if not run_dir.is_dir():
+        raise ClayflowError(f"{run_dir} does not exist; give --resume a run directory")
+    if not is_run_dir(run_dir):
+        raise ClayflowError(
+            f"{run_dir} has no checkpoint ({CHECKPOINT_NAME}) and is not a clayflow run directory; "
+            "nothing to resume"
+        )
+    if has_checkpointed(run_dir):
+        raise ClayflowError(
+            f"{run_dir} has lost its checkpoint ({CHECKPOINT_NAME}) but holds results of training; "
+            "refusing to start it over. Start a new run, or restore the checkpoint"
+        )
+
+
+def data_fingerprint(data: Dataset) -> dict[str, Any]:
+    """Rows per split, the example shape and a SHA-256 over every split's values: what a
+    resume compares to notice a data file that changed under a run."""
+    digest = hashlib.sha256()
+    for split in (data.train, data.val, data.test):
+        digest.update(split.contiguous().numpy().tobytes())
+    return {
+        "rows": [len(data.train), len(data.val), len(data.test)],
+        "shape": list(data.event_shape),
+        "sha256": digest.hexdigest(),
+    }
+
+
+def check_same_run(checkpoint: dict[str, Any], spec: ModelSpec, config: TrainConfig,
+                   fingerprint: dict[str, Any], run_dir: Path) -> None:  # fmt: skip
+    """The checkpoint must describe the model, options and data that the run directory and the
+    command give now. Facts a checkpoint of an older clayflow did not record are not compared."""
+    try:
+        saved = ModelSpec.from_dict(checkpoint["model_spec"])
+    except TypeError as exc:
+        raise ClayflowError(f"checkpoint in {run_dir} has an unreadable model description: {exc}") from None
+    differences = [
+        name
+        for name in ("name", "event_shape", "standardize", "levels")
+        if getattr(saved, name) != getattr(spec, name)
+    ]
+    differences += [k for k, v in saved.options.items() if k not in spec.options or spec.options[k] != v]
+    if differences:
+        raise ClayflowError(
+            f"checkpoint in {run_dir} is of another model than its config.json "
+            f"(differs in {', '.join(differences)}); it cannot resume this run"
+        )
+    saved_config = checkpoint.get("config") or {}
+    edited = [
+        f"{name} {saved_config[name]!r} -> {value!r}"
+        for name, value in config.to_dict().items()
+        if name in saved_config and name not in RESUMABLE_OPTIONS and not _same(value, saved_config[name])
+    ]
+    if edited:
+        raise ClayflowError(
+            f"{run_dir / 'config.json'} was edited since the checkpoint ({', '.join(edited)}); "
+            "restore it, or start a new run with --config"
+        )
+    saved_data = checkpoint.get("data_fingerprint")
+    if saved_data is not None and saved_data != fingerprint:
+        what = (
+            f"{sum(saved_data['rows'])} rows then, {sum(fingerprint['rows'])} now"
+            if saved_data["rows"] != fingerprint["rows"] or saved_data["shape"] != fingerprint["shape"]
+            else "same size, other values"
+        )
+        raise ClayflowError(
+            f"the data {config.data!r} changed since {run_dir} was checkpointed ({what}); "
+            "resume with the original data, or start a new run"
+        )

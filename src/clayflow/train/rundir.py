@@ -1,0 +1,272 @@
+"""Run directories that clayflow can prove it wrote: the marker, the lock, creation and replacement.
+
+A run directory holds ``clayflow-run.json`` (the *marker*: a format version and a run id),
+written when clayflow creates the directory and never by anything else, so ``--force`` clears
+only directories that carry it, never a folder that merely holds a ``config.json``.
+
+While a process trains in a run it holds an exclusive ``fcntl.flock`` on ``RUN/.clayflow.lock``
+(which names its PID): a second ``train`` or ``--resume`` of the same run is refused with one
+line naming the holder. The kernel releases the lock when the process dies, so a killed run
+is never left locked.
+
+New runs are created with ``mkdir`` (never ``exist_ok``), so two trainings started at once
+cannot share a directory; a default name that is taken gets a ``-2``, ``-3``, ... suffix. A
+run replaced with ``--force`` is built beside the old one (``.NAME.new-<id>``) and swapped in
+only when it has written its first checkpoint: a command that fails before that changes
+nothing.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+from clayflow.errors import ClayflowError, UsageError
+from clayflow.files import atomic_write
+
+MARKER_NAME = "clayflow-run.json"
+LOCK_NAME = ".clayflow.lock"
+MARKER_FORMAT = 1
+_MAX_SUFFIX = 1000
+
+
+def default_run_dir(model: str, data: str) -> Path:
+    """``runs/<model>-<data>-<timestamp>``, with the data path reduced to its file stem (a
+    name taken by a run started in the same second gets a suffix when it is created)."""
+    stem = Path(data).stem if "/" in data or "." in data else data
+    return Path("runs") / f"{model}-{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def is_run_dir(path: Path) -> bool:
+    """Whether ``path`` carries the marker that only clayflow writes."""
+    marker = path / MARKER_NAME
+    try:
+        return json.loads(marker.read_text()).get("format") is not None
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+class RunLock:
+    """An exclusive, non-blocking ``flock`` on ``RUN/.clayflow.lock``, released by ``release``
+    or by the kernel when the process ends. The file is emptied on release, so an idle run's
+    files do not change when a command is refused."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / LOCK_NAME
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise ClayflowError(f"cannot lock run {run_dir}: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.pread(self.fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(self.fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise ClayflowError(
+                    f"run {run_dir} is in use by another clayflow process (PID {holder}); "
+                    "wait for it to finish or stop it first"
+                ) from None
+            raise ClayflowError(f"cannot lock run {run_dir}: {exc.strerror or exc}") from None
+        try:  # the PID is for the message of a refused second process: best effort on a full disk
+            os.ftruncate(self.fd, 0)
+            os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:
+            pass
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        try:
+            os.ftruncate(self.fd, 0)
+        except OSError:
+            pass  # a full disk cannot stop the unlock
+        os.close(self.fd)  # closing the only descriptor releases the flock
+        self.fd = None
+
+
+def check_replaceable_location(path: Path) -> None:
+    """Refuse ``path`` as a run directory when it is ``/``, the home directory, the working
+    directory or one of its parents: clearing or filling them would hit the user's own files."""
+    resolved = path.expanduser().resolve()
+    cwd = Path.cwd().resolve()
+    home = Path.home().resolve()
+    if resolved == Path(resolved.anchor) or resolved == home or resolved == cwd or resolved in cwd.parents:
+        what = {Path(resolved.anchor): "the root directory", home: "your home directory"}.get(
+            resolved, "the working directory or one of its parents"
+        )
+        raise UsageError(f"refusing to use {path} ({what}) as a run directory; give --out a new folder")
+
+
+class NewRun:
+    """A run directory being created for a new run: claimed (created and locked) at once, and
+    made final by ``commit`` at the first checkpoint.
+
+    Without ``force`` the run is created at ``path`` itself (``unique=True``: a taken name gets
+    a numbered suffix, for default names). With ``force`` an existing run at ``path`` (one with
+    the marker) is kept until ``commit``: the new run lives in a hidden sibling until then.
+    """
+
+    def __init__(self, path: Path, *, force: bool = False, unique: bool = False):
+        check_replaceable_location(path)
+        self.final = path
+        self.old_lock: RunLock | None = None
+        self.created = True  # whether this command made the directory (else: an empty one was given)
+        self.run_id = uuid.uuid4().hex
+        if path.exists() and not path.is_dir():
+            raise ClayflowError(f"output path {path} exists and is not a directory")
+        if force and path.is_dir() and _has_entries(path):
+            if not is_run_dir(path):
+                raise UsageError(
+                    f"output directory {path} is not a clayflow run (no {MARKER_NAME}); "
+                    "refusing to clear it even with --force"
+                )
+            self.old_lock = RunLock(path)  # nobody may be training in the run we replace
+            self.path = path.parent / f".{path.name}.new-{self.run_id[:8]}"
+            _make_dir(self.path)
+        else:
+            self.path, self.created = _claim(path, unique)
+            self.final = self.path  # with a suffix, when the default name was taken
+        self.lock: RunLock | None = None
+        try:
+            self.lock = RunLock(self.path)
+            if set(os.listdir(self.path)) != {LOCK_NAME}:  # an empty folder someone else claimed first
+                raise UsageError(f"output directory {self.path} was taken by another process; choose another --out")
+            self._write_marker()
+        except BaseException:
+            self._undo()
+            raise
+
+    @property
+    def pending(self) -> bool:
+        """Whether the run still lives beside the run it will replace."""
+        return self.path != self.final
+
+    def _write_marker(self) -> None:
+        from clayflow import __version__
+
+        marker = {
+            "format": MARKER_FORMAT,
+            "run_id": self.run_id,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "clayflow": __version__,
+        }
+        try:
+            atomic_write(self.path / MARKER_NAME, lambda f: f.write((json.dumps(marker) + "\n").encode()))
+        except OSError as exc:
+            raise ClayflowError(f"cannot write to output directory {self.path}: {exc.strerror or exc}") from None
+
+    def commit(self) -> None:
+        """Put a pending run in place of the run it replaces (after its first checkpoint)."""
+        if not self.pending:
+            return
+        aside = self.final.parent / f".{self.final.name}.old-{self.run_id[:8]}"
+        os.rename(self.final, aside)
+        os.rename(self.path, self.final)
+        self.path = self.final
+        self.old_lock.release()
+        self.old_lock = None
+        shutil.rmtree(aside, ignore_errors=True)
+
+    def abandon(self) -> None:
+        """A run that failed before its first checkpoint: remove what it created, if it replaced
+        nothing (a new directory at its final place is kept when it holds a checkpoint)."""
+        if self.pending:
+            self._undo()
+
+    def release(self) -> None:
+        self.lock.release()
+        if self.old_lock is not None:
+            self.old_lock.release()
+
+    def _undo(self) -> None:
+        """Remove what this command created, but only while holding the run's lock: without it,
+        the directory may be another process's run."""
+        if self.lock is not None:
+            if self.pending or self.created:
+                shutil.rmtree(self.path, ignore_errors=True)
+            else:  # an empty folder the user gave: leave it empty again
+                for name in (MARKER_NAME, LOCK_NAME):
+                    (self.path / name).unlink(missing_ok=True)
+            self.lock.release()
+        if self.old_lock is not None:
+            self.old_lock.release()
+
+
+class ExistingRun:
+    """A run being resumed: locked for as long as it trains. Only a directory that clayflow
+    provably wrote (the marker, or a checkpoint) is locked and written to."""
+
+    pending = False
+
+    def __init__(self, path: Path):
+        from clayflow.train.checkpoint import CHECKPOINT_NAME
+
+        if not path.is_dir():
+            raise ClayflowError(f"{path} is not a run directory; give --resume the folder of a run")
+        if not (is_run_dir(path) or (path / CHECKPOINT_NAME).is_file()):
+            raise ClayflowError(
+                f"{path} is not a clayflow run directory (no {MARKER_NAME}, no {CHECKPOINT_NAME}); nothing to resume"
+            )
+        self.path = self.final = path
+        self.lock = RunLock(path)
+
+    def remove_stale_temporaries(self) -> None:
+        """Delete the temporary files of writes that a kill cut short (``atomic_write``'s
+        ``.NAME.XXXX.tmp``), in the run and its checkpoint folder."""
+        from clayflow.train.checkpoint import CHECKPOINT_NAME
+
+        for folder in (self.path, self.path / CHECKPOINT_NAME.parent):
+            for stale in folder.glob(".*.tmp"):
+                stale.unlink(missing_ok=True)
+
+    def commit(self) -> None:
+        """Nothing to do: a resumed run is in place from the start."""
+
+    def abandon(self) -> None:
+        """Nothing to undo: a resumed run keeps its last checkpoint."""
+
+    def release(self) -> None:
+        self.lock.release()
+
+
+def _has_entries(path: Path) -> bool:
+    return any(path.iterdir())
+
+
+def _make_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        raise ClayflowError(f"cannot write to output directory {path}: {exc.strerror or exc}") from None
+
+
+def _claim(path: Path, unique: bool) -> tuple[Path, bool]:
+    """Create ``path``, or use it when it is an existing empty directory (a non-empty one is
+    refused). With ``unique`` (default names) an existing ``path`` is never used: the first
+    free ``path-2``, ``path-3``, ... is created instead. Returns the directory and whether
+    this call created it."""
+    for n in range(1, _MAX_SUFFIX):
+        candidate = path if n == 1 else path.with_name(f"{path.name}-{n}")
+        try:
+            _make_dir(candidate)
+            return candidate, True
+        except FileExistsError:
+            if unique:  # another run may be creating it right now
+                continue
+            if not candidate.is_dir():
+                raise ClayflowError(f"output path {candidate} exists and is not a directory") from None
+            if not _has_entries(candidate):
+                return candidate, False
+            raise UsageError(
+                f"output directory {candidate} is not empty; choose another --out, --resume it, or pass --force"
+            ) from None
+    raise ClayflowError(f"no free run directory name beside {path}; clean up {path.parent}")
