@@ -1,17 +1,21 @@
-"""Run ``clayflow train`` in this process and stop it from inside, at a step the test chooses.
+"""Run ``clayflow train`` in this process and interrupt it from inside, at a step the test chooses.
 
-    python tests/interrupt.py STEP WHERE SIGNAL train-args...
+    python tests/interrupt.py STEP WHERE ACTION train-args...
 
-WHERE is ``step`` (the signal is sent right after optimisation step STEP, before its metrics
-row and checkpoint) or ``checkpoint`` (sent while the checkpoint of step STEP is half written:
-half its bytes are in the temporary file). SIGNAL is a name such as SIGKILL or SIGTERM.
-Nothing depends on how fast the machine is: tests that kill a run at a wall-clock time fail
-on a quiet machine (training got further than assumed) or a busy one.
+WHERE is ``step`` (right after optimisation step STEP, before its metrics row and checkpoint)
+or ``checkpoint`` (while the checkpoint of step STEP is half written: half its bytes are in
+the temporary file). ACTION is a signal name such as SIGKILL or SIGTERM, sent to this
+process, or ``fill:PATH``: write zeros to PATH until its file system is full, as another
+program filling the disk would. Nothing depends on how fast the machine is: tests that act
+on a run at a wall-clock time fail on a quiet machine (training got further than assumed)
+or a busy one.
 """
 
+import errno
 import os
 import signal
 import sys
+from functools import partial
 
 import torch
 
@@ -19,10 +23,27 @@ from clayflow.cli.main import main
 from clayflow.train import loop
 
 
+def fill_disk(path: str) -> None:
+    """Append zeros to ``path`` until the file system refuses (ENOSPC)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        while True:
+            os.write(fd, bytes(1 << 20))
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+    finally:
+        os.close(fd)
+
+
 def run() -> int:
     """Install the stop named on the command line, then run ``clayflow train``."""
-    step, where, signum = int(sys.argv[1]), sys.argv[2], signal.Signals[sys.argv[3]]
+    step, where, action = int(sys.argv[1]), sys.argv[2], sys.argv[3]
     argv = sys.argv[4:]
+    if action.startswith("fill:"):
+        act = partial(fill_disk, action.removeprefix("fill:"))
+    else:
+        act = partial(os.kill, os.getpid(), signal.Signals[action])
 
     if where == "step":
         take_step = loop._Trainer._train_step
@@ -30,7 +51,7 @@ def run() -> int:
         def _train_step(self):
             taken = take_step(self)
             if self.step == step and taken is not None:
-                os.kill(os.getpid(), signum)
+                act()
             return taken
 
         loop._Trainer._train_step = _train_step
@@ -42,7 +63,7 @@ def run() -> int:
                 save(obj, file, *args, **kwargs)
                 file.truncate(file.tell() // 2)
                 file.flush()
-                os.kill(os.getpid(), signum)
+                act()
             return save(obj, file, *args, **kwargs)
 
         torch.save = _save

@@ -76,7 +76,7 @@ def test_score_matches_columns_by_name(named_run, tmp_path, capsys, header, orde
 def test_score_refuses_missing_extra_or_duplicated_names(named_run, tmp_path, capsys, header, words):
     data = _write_csv(tmp_path / "new.csv", _rows(30, 1)[:, [i % 3 for i in range(len(header))]], header)
     before = snapshot(named_run), snapshot(tmp_path)
-    code, out, err = run_cli(capsys, "score", named_run, "--data", data, "--out", tmp_path / "s.csv")
+    code, _out, err = run_cli(capsys, "score", named_run, "--data", data, "--out", tmp_path / "s.csv")
     lines = err.strip().splitlines()
     assert code == 1 and len(lines) == 1 and lines[0].startswith("clayflow: error: "), err
     assert words in lines[0] and "trained on a, b, c" in lines[0], lines[0]
@@ -217,7 +217,7 @@ def test_correlated_but_noisy_columns_are_accepted():
     rng = np.random.default_rng(2)
     a, b = rng.normal(size=(2, 5000))
     x = _table(a, b, a + b + 1e-4 * rng.normal(size=5000), 1e6 + rng.normal(size=5000))
-    mean, std = standardization(x)
+    _mean, std = standardization(x)
     assert torch.all(std > 0)
 
 

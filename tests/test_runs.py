@@ -111,7 +111,7 @@ def test_runs_started_in_the_same_second_get_their_own_directories(tmp_path):
     exist_ok), and a taken name gets a suffix, so no two runs share one."""
     procs = [
         subprocess.Popen([sys.executable, "-c", CLAIM], cwd=tmp_path, stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for _ in range(4)
     ]
     outputs = [p.communicate("go") for p in procs]

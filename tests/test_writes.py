@@ -5,12 +5,11 @@ umask. The full-disk rows run on real tmpfs filesystems (root only)."""
 import csv
 import errno
 import os
+import re
 import shutil
 import stat
-import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -155,7 +154,7 @@ def test_plots_that_cannot_be_written_give_one_line(good_run, tmp_path, capsys):
     shutil.copytree(good_run, run)
     shutil.rmtree(run / "plots", ignore_errors=True)
     (run / "plots").write_text("a file where the plots folder goes\n")
-    code, out, err = run_cli(capsys, "plot", run)
+    code, _out, err = run_cli(capsys, "plot", run)
     assert code == 1 and err.count("\n") == 1, err
     assert err.startswith(f"clayflow: error: cannot write the plots of {run}:"), err
 
@@ -199,17 +198,6 @@ def tmpfs(tmp_path):
             self.filler.unlink(missing_ok=True)
             self.filler.write_bytes(b"\0" * (self.available() - n))
             assert self.available() == n
-
-        def fill(self) -> None:
-            """Write zeros until the disk refuses: another program fills the disk."""
-            fd = os.open(self.filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-            try:
-                while True:
-                    os.write(fd, bytes(1 << 20))
-            except OSError as exc:
-                assert exc.errno == errno.ENOSPC, exc
-            finally:
-                os.close(fd)
 
         def free(self) -> None:
             self.filler.unlink()
@@ -296,31 +284,22 @@ def test_a_full_disk_stops_training_with_one_line_and_the_run_resumes(tmpfs, tmp
     proc = _clayflow("train", *moons, *every_10, "--out", run)
     check("later checkpoint", f"{free // 1024} KiB free", run, proc, every_10, "checkpoint", first=False)
 
-    # Filled by another program once the run has a checkpoint: a new page of metrics.csv (a row
-    # every step, a page every ~28 rows) is the first write that does not fit.
+    # Filled by another program after step 26 (from inside the run, so at that step on any
+    # machine): the metrics row of step 26 is the first write that does not fit.
     rng = np.random.default_rng(0)
     x = rng.normal(size=(300, 2))
     np.savetxt(tmp_path / "d.csv", np.c_[x[:, 0], x[:, 1] + x[:, 0] ** 2], delimiter=",")
     base = ["--data", tmp_path / "d.csv", *TINY, "--no-select-best"]  # small data: quick evaluations
     options = ["--steps", "100", "--eval-every", "1", "--checkpoint-every", "50"]
     run = tmpfs.path / "run2"
-    with open(tmp_path / "stderr", "w+") as stderr:
-        training = subprocess.Popen(
-            [sys.executable, "-m", "clayflow.cli.main", *map(str, ["train", *base, *options, "--out", run])],
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-        )
-        try:
-            while not (run / "checkpoints/last.pt").exists() and training.poll() is None:
-                time.sleep(0.01)
-            assert training.poll() is None, "the run ended before the disk could be filled"
-            tmpfs.fill()
-            training.wait(timeout=120)
-        finally:
-            training.kill()
-            training.wait()
-        stderr.seek(0)
-        proc = subprocess.CompletedProcess(training.args, training.returncode, "", stderr.read())
+    tmpfs.filler.unlink(missing_ok=True)
+    interrupt = Path(__file__).parent / "interrupt.py"
+    proc = subprocess.run(
+        [sys.executable, str(interrupt), "26", "step", f"fill:{tmpfs.filler}",
+         *map(str, [*base, *options, "--out", run])],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert "cannot write the metrics at step 26" in proc.stderr, proc.stderr
     check("metrics row", "filled while training", run, proc, options, "metrics", first=False)
 
     run = tmpfs.path / "run1"

@@ -33,13 +33,32 @@ _LAZY = {
     "load": "clayflow.train.checkpoint",
 }
 
-__all__ = sorted(_LAZY)
+__all__ = [
+    "ClayflowError",
+    "Compose",
+    "DiagonalNormal",
+    "Flow",
+    "Inverse",
+    "StandardNormal",
+    "Transform",
+    "UsageError",
+    "load",
+    "models",
+    "transforms",
+]
 
-if TYPE_CHECKING:
-    from clayflow import models, transforms
-    from clayflow.core import Compose, DiagonalNormal, Flow, Inverse, StandardNormal, Transform
-    from clayflow.errors import ClayflowError, UsageError
-    from clayflow.train.checkpoint import load
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ imports on first use
+    from clayflow import models as models
+    from clayflow import transforms as transforms
+    from clayflow.core import Compose as Compose
+    from clayflow.core import DiagonalNormal as DiagonalNormal
+    from clayflow.core import Flow as Flow
+    from clayflow.core import Inverse as Inverse
+    from clayflow.core import StandardNormal as StandardNormal
+    from clayflow.core import Transform as Transform
+    from clayflow.errors import ClayflowError as ClayflowError
+    from clayflow.errors import UsageError as UsageError
+    from clayflow.train.checkpoint import load as load
 
 
 def __getattr__(name: str):

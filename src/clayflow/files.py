@@ -48,7 +48,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
                 os.fsync(file.fileno())
         except (OSError, ClayflowError):  # already a write error, or a message for the user
             raise
-        except Exception as exc:  # noqa: BLE001 - a writer may raise anything on a failed write
+        except Exception as exc:
             raise _write_error(exc, path, tmp) from exc
         os.replace(tmp, path)
     except BaseException:

@@ -291,11 +291,11 @@ def _check_cnf_options(config: TrainConfig, source: str) -> None:
         ignored = [
             ("--kinetic", config.kinetic, f"regularises the ODE solves of maximum likelihood, {solves}"),
             ("--jacobian", config.jacobian, f"regularises the ODE solves of maximum likelihood, {solves}"),
-            ("--trace", config.trace, f"is the divergence while training by maximum likelihood, {solves} "
-                                      "(evaluation and sampling use --eval-trace)"),
+            ("--trace", config.trace, (f"is the divergence while training by maximum likelihood, {solves} "
+                                      "(evaluation and sampling use --eval-trace)")),
             ("--adjoint", config.adjoint, f"backpropagates through ODE solves, {solves}"),
-            ("--learn-t1", config.learn_t1, "learns T by likelihood, but the flow-matching loss falls as "
-                                            "1/T^2, so it would only grow T (set it with --t1)"),
+            ("--learn-t1", config.learn_t1, ("learns T by likelihood, but the flow-matching loss falls as "
+                                            "1/T^2, so it would only grow T (set it with --t1)")),
         ]  # fmt: skip
         for flag, value, why in ignored:
             if value:

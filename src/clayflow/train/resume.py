@@ -25,8 +25,8 @@ from clayflow.errors import ClayflowError, UsageError
 from clayflow.models import ModelSpec
 from clayflow.train.checkpoint import BEST_NAME, CHECKPOINT_NAME
 from clayflow.train.config import TrainConfig, config_from_dict
-from clayflow.train.rundir import is_run_dir
 from clayflow.train.run import read_json, read_metrics
+from clayflow.train.rundir import is_run_dir
 
 # Options that may change when a run is resumed; the rest define the run.
 RESUMABLE_OPTIONS = frozenset(

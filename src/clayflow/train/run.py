@@ -1,16 +1,15 @@
-"""The run directory: ``RUN/{config.json, metrics.csv, results.json, checkpoints/, plots/}``."""
+"""The files of a run directory: ``config.json``, ``results.json`` and ``metrics.csv`` (the
+directory itself, its marker and its lock are in ``rundir.py``)."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
-import shutil
-import time
 from pathlib import Path
 from typing import Any
 
-from clayflow.errors import ClayflowError, UsageError
+from clayflow.errors import ClayflowError
 from clayflow.files import atomic_write
 
 # train_loss is the objective (with regularisers; the flow-matching loss for --objective fm),
@@ -29,36 +28,6 @@ METRIC_COLUMNS = (
     "elapsed_s",
     "skipped_steps",  # steps skipped for a non-finite loss or gradient (--nonfinite skip)
 )
-
-
-def default_run_dir(model: str, data: str) -> Path:
-    """``runs/<model>-<data>-<timestamp>``, with the data path reduced to its file stem."""
-    stem = Path(data).stem if "/" in data or "." in data else data
-    return Path("runs") / f"{model}-{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def prepare_new_run(path: Path, force: bool) -> None:
-    """Create ``path`` for a new run. An existing non-empty directory is refused unless
-    ``force`` is given and it is a clayflow run (has ``config.json``), which is then cleared."""
-    if path.exists() and not path.is_dir():
-        raise ClayflowError(f"output path {path} exists and is not a directory")
-    if path.is_dir() and any(path.iterdir()):
-        if not force:
-            raise UsageError(
-                f"output directory {path} is not empty; choose another --out, --resume it, or pass --force"
-            )
-        if not (path / "config.json").exists():
-            raise UsageError(
-                f"output directory {path} is not a clayflow run; refusing to clear it even with --force"
-            )
-        shutil.rmtree(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise ClayflowError(f"cannot write to output directory {path}: {exc.strerror or exc}") from None
 
 
 def write_json(path: Path, values: dict[str, Any]) -> None:
