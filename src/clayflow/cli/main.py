@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from clayflow import __version__
 from clayflow.errors import ClayflowError, UsageError
 
 EXAMPLES = {
@@ -59,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run 'clayflow <command> --help' for a command's options.",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    parser.add_argument("--version", action="version", version=f"clayflow {__version__}")
     verbs = parser.add_subparsers(dest="verb", metavar="<command>", required=True)
     _add_train(verbs)
     _add_sample(verbs)
