@@ -286,3 +286,139 @@ def test_stop_signal_exit_codes_follow_the_shell_convention():
     with request.catching():
         os.kill(os.getpid(), signal.SIGTERM)
     assert (request.name, request.exit_code) == ("SIGTERM", 143)
+
+
+# -- found by review: stops and failures around the edges of a run -------------------------------
+
+
+def test_ctrl_c_during_a_replacement_keeps_the_old_run(tmp_path, capsys):
+    """Ctrl-C a few steps into ``--force`` usually means "wrong command": the old run stays."""
+    from test_train import train_and_stop
+
+    run = tmp_path / "run"
+    assert run_cli(capsys, "train", *FAST, "--out", run)[0] == 0
+    before = snapshot(run)
+    stopped = train_and_stop(3, "step", signal.SIGINT, *FAST, "--seed", "9", "--out", str(run), "--force")
+    assert stopped.returncode == 130
+    assert f"before the new run's first checkpoint: the run in {run} was not replaced" in one_error_line(stopped.stderr)
+    assert snapshot(run) == before and sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+@pytest.mark.parametrize("renameat2", [True, False])
+def test_directories_are_exchanged_whole_or_not_at_all(tmp_path, monkeypatch, renameat2):
+    from clayflow.train import rundir
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder in (a, b):
+        folder.mkdir()
+        (folder / "name").write_text(folder.name)
+    if not renameat2:
+        monkeypatch.setattr(rundir, "_renameat2", lambda: None)
+    rundir.exchange_directories(a, b)
+    assert ((a / "name").read_text(), (b / "name").read_text()) == ("b", "a")
+    # The fallback's second rename fails (a full directory, a busy mount): the first is undone.
+    monkeypatch.setattr(rundir, "_renameat2", lambda: None)
+    calls = []
+    real_rename = os.rename
+
+    def rename(src, dst):
+        calls.append(src)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        real_rename(src, dst)
+
+    monkeypatch.setattr(rundir.os, "rename", rename)
+    with pytest.raises(OSError):
+        rundir.exchange_directories(a, b)
+    assert ((a / "name").read_text(), (b / "name").read_text()) == ("b", "a")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]
+
+
+@pytest.mark.parametrize("module", ["torch", "clayflow.train.loop", "sklearn"])
+def test_ctrl_c_at_any_moment_of_startup_is_one_line(tmp_path, module):
+    code = CTRL_C_WHILE_TORCH_LOADS.replace('name == "torch"', f"name == {module!r}")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=False)
+    assert proc.returncode == 130 and "interrupted" in one_error_line(proc.stderr), proc.stderr
+
+
+@pytest.mark.parametrize("redirect", ["stdout to /dev/full", "stderr closed"])
+def test_output_that_cannot_be_written_does_not_fail_the_run(tmp_path, redirect):
+    run = tmp_path / "run"
+    argv = [*CLI, "train", *map(str, FAST[:-1]), "--out", str(run)]
+    if redirect == "stdout to /dev/full":
+        with open("/dev/full", "w") as full:
+            proc = subprocess.run(argv, stdout=full, stderr=subprocess.PIPE, text=True, check=False)
+    else:
+        proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, check=False,
+                              pass_fds=(), preexec_fn=lambda: os.close(2))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert (run / "results.json").exists() and (run / "plots/samples.png").exists()
+
+
+def test_a_config_file_value_that_a_flag_overrides_is_not_checked(tmp_path, capsys):
+    config = tmp_path / "gpu.json"
+    config.write_text(json.dumps({"device": "cuda:7"}))  # refused alone, here: no CUDA
+    code, _, err = run_cli(capsys, "train", *FAST, "--config", config, "--device", "cpu", "--out", tmp_path / "r")
+    assert code == 0, err
+
+
+def test_a_saved_config_an_older_clayflow_accepted_still_plots(good_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(good_run, run)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "patience": 3, "select_best": False}))
+    code, _, err = run_cli(capsys, "plot", run)
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("how", ["./t.csv", "from a sub-folder"])
+def test_resume_accepts_the_same_data_spelled_another_way(tmp_path, monkeypatch, capsys, how):
+    table = tmp_path / "t.csv"
+    table.write_text("".join(f"{i % 7},{(i * 3) % 11}\n" for i in range(100)))
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(capsys, "train", *FAST, "--steps", "20", "--data", "t.csv", "--out", "run")[0] == 0
+    if how == "./t.csv":
+        code, _, err = run_cli(capsys, "train", "--resume", "run", "--data", "./t.csv", "--steps", "30")
+    else:
+        (tmp_path / "sub").mkdir()
+        monkeypatch.chdir(tmp_path / "sub")
+        code, _, err = run_cli(capsys, "train", "--resume", "../run", "--data", "../t.csv", "--steps", "30")
+    assert code == 0, err
+    other = tmp_path / "other.csv"
+    other.write_text("".join(f"{i % 5},{(i * 3) % 13}\n" for i in range(100)))
+    code, _, err = run_cli(capsys, "train", "--resume", tmp_path / "run", "--data", other, "--steps", "40")
+    assert code == 1 and "other.csv' holds other data than " in one_error_line(err)
+
+
+@pytest.mark.parametrize(
+    "argv, code, words",
+    [
+        (["train", "--resume", "{tmp}/afile"], 1, "does not exist"),
+        (["train", "--resume", "{run}", "--steps", "10"], 2, "the run has reached step 30; --steps 10"),
+        (["train", *FAST, "--out", "{run}/inner"], 2, "is inside the run"),
+        (["train", *FAST, "--out", "{tmp}/afile"], 2, "exists and is not a directory"),
+    ],
+    ids=["resume a file", "resume to fewer steps", "a run inside a run", "out is a file"],
+)
+def test_more_bad_run_directories_give_one_line(good_run, tmp_path, capsys, argv, code, words):
+    (tmp_path / "afile").write_text("x")
+    before = snapshot(good_run), snapshot(tmp_path)
+    got, _, err = run_cli(capsys, *[a.format(run=good_run, tmp=tmp_path) for a in argv])
+    assert got == code and words in one_error_line(err)
+    assert (snapshot(good_run), snapshot(tmp_path)) == before
+
+
+def test_python_api_checks_the_config_and_resumes_with_the_runs_own(tmp_path):
+    from clayflow.errors import UsageError
+    from clayflow.train import TrainConfig, train
+
+    with pytest.raises(UsageError, match="lr must be a finite number"):
+        train(TrainConfig(lr=float("nan")), tmp_path / "nan")
+    assert not (tmp_path / "nan").exists()
+    run = tmp_path / "run"
+    train(TrainConfig(steps=20, hidden=16, layers=2, eval_every=10), run, progress=False)
+    assert train(None, run, resume=True, progress=False).steps == 20
+    with pytest.raises(UsageError, match="changes --hidden 16 -> 32"):
+        train(TrainConfig(steps=20, hidden=32, layers=2, eval_every=10), run, resume=True, progress=False)

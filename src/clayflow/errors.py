@@ -5,13 +5,17 @@ class ClayflowError(Exception):
     """A problem with the user's input, files or options.
 
     The message is one line that names the problem and says what to do; the CLI prints it
-    as ``clayflow: error: <message>`` and exits non-zero, without a traceback.
+    as ``clayflow: error: <message>`` and exits with ``exit_code``, without a traceback.
     """
+
+    exit_code = 1  # a runtime problem
 
 
 class UsageError(ClayflowError):
     """A problem with the options (flags, config values, names of models or datasets): the
     CLI exits 2, as for a command-line usage error, rather than 1 for a runtime problem."""
+
+    exit_code = 2
 
 
 def first_line(exc: BaseException) -> str:

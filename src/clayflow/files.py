@@ -10,15 +10,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-from clayflow.errors import ClayflowError, first_line
+from clayflow.errors import first_line
 
 PROBE_BYTES = 1 << 16  # written past a failed write's data to ask the disk what is wrong
 LOW_SPACE_BYTES = 1 << 20  # less than this free beside a failed write: the disk is full
 
 
 class WriteError(OSError):
-    """A write that failed with an error other than ``OSError`` (torch's zip writer raises
-    ``RuntimeError: ... unexpected pos ...`` on a full disk), as an ``OSError`` so that every
+    """A write that failed with a ``RuntimeError`` (torch's zip writer raises ``RuntimeError:
+    ... unexpected pos ...`` on a full disk), as an ``OSError`` so that every
     caller handles it as the write failure it is. ``errno``/``strerror`` say the cause when it
     can be told (``ENOSPC``: "No space left on device"); the original error is its ``__cause__``.
     """
@@ -32,9 +32,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
     ``path``: readers see the old file or the new one, never half of one.
 
     The file gets the mode of the file it replaces, or ``0o666 & ~umask`` when new (as
-    ``open`` would give it). Every failure is an ``OSError`` (a ``WriteError`` when ``write``
-    raised something else); a ``ClayflowError``, ``KeyboardInterrupt`` or ``SystemExit`` passes
-    through unchanged.
+    ``open`` would give it). A failed write is an ``OSError`` (a ``WriteError`` when ``write``
+    raised a ``RuntimeError``, as torch's zip writer does on a full disk); other exceptions
+    (bugs, ``KeyboardInterrupt``) pass through unchanged, and the temporary file is removed.
     """
     path = Path(path)
     mode = _mode_for(path)
@@ -46,9 +46,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
                 write(file)
                 file.flush()
                 os.fsync(file.fileno())
-        except (OSError, ClayflowError):  # already a write error, or a message for the user
-            raise
-        except Exception as exc:
+        except RuntimeError as exc:  # torch's zip writer on a full disk; other types are bugs
             raise _write_error(exc, path, tmp) from exc
         os.replace(tmp, path)
     except BaseException:

@@ -171,15 +171,14 @@ def resolve_train_config(args: argparse.Namespace):
     """The run's config and its directory (``None``: the default name). A new run's config is
     defaults < ``--config`` < flags; a resumed run's is its own ``config.json``, where
     ``--config`` and flags may repeat its values but change only the resumable options."""
-    from clayflow.train.config import TrainConfig, config_from_dict, read_config_file
+    from clayflow.train.config import TrainConfig, check_keys_and_types, config_from_dict, read_config_file
     from clayflow.train.resume import resumed_config
 
     names = {f.name for f in fields(TrainConfig)}
     flags = {k: v for k, v in vars(args).items() if k in names}
     values = {}
-    if args.config:
-        values = read_config_file(args.config)
-        config_from_dict(values, source=args.config)  # names the file in its errors
+    if args.config:  # its keys and types now (naming the file); its values once flags override them
+        values = check_keys_and_types(read_config_file(args.config), source=args.config)
     if args.resume:
         run_dir = Path(args.resume)
         if args.force:
@@ -187,6 +186,8 @@ def resolve_train_config(args: argparse.Namespace):
         if args.out and Path(args.out).resolve() != run_dir.resolve():
             raise UsageError("--out and --resume name different directories; --resume continues in place")
         return resumed_config(run_dir, {**values, **flags}), run_dir
+    if values:  # the file's own values (those no flag overrides), naming the file in errors
+        config_from_dict({k: v for k, v in values.items() if k not in flags}, source=args.config, saved=True)
     config = config_from_dict({**values, **flags}, source="options")
     return config, Path(args.out) if args.out else None
 
@@ -380,21 +381,16 @@ def _load_run(run: str, device: str):
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the verb; returns the exit code. Every failure is one line on
     stderr starting ``clayflow: error:`` (a traceback only with ``--debug``)."""
-    from clayflow.train.loop import TrainingStopped
-
     debug = False
     try:
         args = build_parser().parse_args(argv)
         debug = args.debug
         return args.handler(args)
-    except TrainingStopped as exc:
-        print(f"clayflow: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except ClayflowError as exc:
-        if debug:
+    except ClayflowError as exc:  # UsageError: 2; training stopped by a signal: 128 + its number
+        if debug and exc.exit_code in (1, 2):
             raise
         print(f"clayflow: error: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, UsageError) else 1
+        return exc.exit_code
     except KeyboardInterrupt:
         print("clayflow: error: interrupted", file=sys.stderr)
         return 130

@@ -1,10 +1,11 @@
 """Output that cannot fail the work: a closed pipe or a terminal that cannot show a character.
 
-``clayflow train ... | head -1`` closes stdout after one line, and an ASCII-only terminal
-cannot encode a non-ASCII path. Neither may turn a finished training run into a failure or
-skip its plots: after ``guard_output_streams()`` characters the stream cannot encode are
-written as backslash escapes, and once a reader has gone, further output to that stream is
-dropped instead of raising ``BrokenPipeError``.
+``clayflow train ... | head -1`` closes stdout after one line, ``> /dev/full`` or a closed
+terminal make every write fail, ``2>&-`` leaves no stderr at all, and an ASCII-only terminal
+cannot encode a non-ASCII path. None of these may turn a finished training run into a failure
+or skip its plots: after ``guard_output_streams()`` characters the stream cannot encode are
+written as backslash escapes, a missing stream is a null one, and once writing to a stream
+has failed (a gone reader, a full or vanished device), further output to it is dropped.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 
 
 class _DroppingStream(io.TextIOBase):
-    """A text stream that forwards to ``stream`` until it reports a broken pipe, then drops."""
+    """A text stream that forwards to ``stream`` until a write fails, then drops what follows."""
 
     def __init__(self, stream):
         self.stream = stream
@@ -25,7 +26,7 @@ class _DroppingStream(io.TextIOBase):
         if not self.broken:
             try:
                 self.stream.write(text)
-            except (BrokenPipeError, ConnectionResetError):
+            except OSError:
                 self._break()
         return len(text)
 
@@ -33,7 +34,7 @@ class _DroppingStream(io.TextIOBase):
         if not self.broken:
             try:
                 self.stream.flush()
-            except (BrokenPipeError, ConnectionResetError):
+            except OSError:
                 self._break()
 
     def _break(self) -> None:
@@ -50,6 +51,9 @@ class _DroppingStream(io.TextIOBase):
     def isatty(self) -> bool:
         return not self.broken and self.stream.isatty()
 
+    def writable(self) -> bool:
+        return True
+
     def fileno(self) -> int:
         return self.stream.fileno()
 
@@ -62,11 +66,27 @@ def guard_output_streams() -> None:
     """Make ``sys.stdout`` and ``sys.stderr`` safe for the rest of the process (idempotent)."""
     for name in ("stdout", "stderr"):
         stream = getattr(sys, name)
-        if stream is None or isinstance(stream, _DroppingStream):
+        if isinstance(stream, _DroppingStream):
             continue
+        if stream is None:  # started with the descriptor closed (2>&-)
+            stream = _null_stream(1 if name == "stdout" else 2)
         if hasattr(stream, "reconfigure"):
             try:
                 stream.reconfigure(errors="backslashreplace")
             except (ValueError, io.UnsupportedOperation):
                 pass
         setattr(sys, name, _DroppingStream(stream))
+
+
+def _null_stream(fd: int):
+    """A text stream on /dev/null placed at descriptor ``fd`` when ``fd`` is closed, so that no
+    file opened later (a checkpoint) can take that number and receive what C code prints there."""
+    try:
+        os.fstat(fd)
+    except OSError:  # closed: put /dev/null there
+        null = os.open(os.devnull, os.O_WRONLY)
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+        return os.fdopen(fd, "w")
+    return open(os.devnull, "w")

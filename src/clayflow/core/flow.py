@@ -145,8 +145,12 @@ class Flow(nn.Module):
 
 def _infer_event_shape(transform: nn.Module, base: nn.Module) -> torch.Size | None:
     """The data's event shape when the layers tell it: the base's if none changes shapes, or the
-    input shape recorded by the first one that does (``MultiScale.event_shape``); else None."""
-    for layer in _layers(transform):
+    input shape recorded by the first one that does (``MultiScale.event_shape``); else None.
+    A layer clayflow does not define may change shapes without saying so: then None (unchecked)."""
+    layers = _layers(transform)
+    if any(not type(layer).__module__.startswith("clayflow.") for layer in layers):
+        return None
+    for layer in layers:
         if _reshapes(layer):
             shape = getattr(layer, "event_shape", None)
             return torch.Size(shape) if shape is not None else None

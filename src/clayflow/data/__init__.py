@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.linalg import solve_triangular
 from torch import Tensor
 
 from clayflow.data.images import ImageSource, is_image_spec, load_image_source
@@ -129,8 +130,12 @@ def check_full_rank(train: Tensor, mean: Tensor, std: Tensor, columns: list[str]
     problems = []
     for j in range(d):
         if independent:
-            coef, *_ = np.linalg.lstsq(r[:, independent], r[:, j], rcond=None)
-            residual = np.linalg.norm(r[:, j] - r[:, independent] @ coef) / np.sqrt(n - 1)
+            if len(independent) == j:  # all earlier columns independent: R's own triangle solves it
+                coef = solve_triangular(r[:j, :j], r[:j, j])
+                residual = abs(r[j, j]) / np.sqrt(n - 1)
+            else:  # after a dependent column (the data are refused anyway): a general fit
+                coef, *_ = np.linalg.lstsq(r[:, independent], r[:, j], rcond=None)
+                residual = np.linalg.norm(r[:, j] - r[:, independent] @ coef) / np.sqrt(n - 1)
             if residual <= 4 * np.sqrt(noise[j] ** 2 + coef**2 @ noise[independent] ** 2):
                 used = [i for i, c in zip(independent, coef) if abs(c) > 1e-6]
                 problems.append(

@@ -57,7 +57,7 @@ def cnf(
     solve = {"t1": t1, "learn_t1": learn_t1, "solver": solver, "atol": atol, "rtol": rtol,
              "step_size": step_size, "trace": trace, "eval_trace": eval_trace, "adjoint": adjoint}  # fmt: skip
     steps = _augment(augment) + _blocks(field, width, blocks, actnorm, batch_norm, solve)
-    return Flow(Compose(*steps), StandardNormal(width))
+    return Flow(Compose(*steps), StandardNormal(width), event_shape=(features,))
 
 
 def cnf_image(
@@ -105,7 +105,7 @@ def cnf_image(
              "step_size": step_size, "trace": trace, "eval_trace": eval_trace, "adjoint": adjoint}  # fmt: skip
     preprocess = [Dequantize(levels), ScalarAffine(1.0 / levels), Logit(alpha)]
     steps = preprocess + _augment(augment) + _blocks(field, augmented, blocks, actnorm, batch_norm, solve)
-    return Flow(Compose(*steps), StandardNormal((augmented, height, width)))
+    return Flow(Compose(*steps), StandardNormal((augmented, height, width)), event_shape=(channels, height, width))
 
 
 def _augment(extra: int) -> list:

@@ -153,11 +153,27 @@ _CHOICES = {
 }
 
 
-def config_from_dict(values: dict[str, Any], source: str = "config", *, here: bool = True) -> TrainConfig:
-    """A validated ``TrainConfig`` from (partial) ``values``; unknown keys, wrong types and
-    values out of range raise a ``UsageError`` naming ``source``. With ``here=False`` the
-    device need not exist on this machine (a saved run's config, whose device a resume may
-    override); its name must still be valid."""
+def config_from_dict(
+    values: dict[str, Any], source: str = "config", *, here: bool = True, saved: bool = False
+) -> TrainConfig:
+    """A validated ``TrainConfig`` from (partial) ``values``; unknown keys, wrong types, values
+    out of range and options that cannot apply together raise a ``UsageError`` naming ``source``.
+
+    With ``here=False`` the device need not exist on this machine, only be a valid name. With
+    ``saved=True`` (a run's own ``config.json``, perhaps written by an older clayflow, which
+    accepted combinations this one refuses) combinations of options are not checked.
+    """
+    config = TrainConfig(**check_keys_and_types(values, source))
+    _check_values(config, source, here)
+    if not saved:
+        _check_combinations(config, source)
+    return config
+
+
+def check_keys_and_types(values: dict[str, Any], source: str) -> dict[str, Any]:
+    """``values`` with ints widened to float where a float is expected, if every key is an
+    option and every value has its type; else a ``UsageError``. Ranges are not checked: a
+    ``--config`` file may hold values that flags then override."""
     hints = typing.get_type_hints(TrainConfig)
     known = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(values) - known)
@@ -165,10 +181,7 @@ def config_from_dict(values: dict[str, Any], source: str = "config", *, here: bo
         raise UsageError(
             f"{source}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}"
         )
-    checked = {key: _check_type(key, value, hints[key], source) for key, value in values.items()}
-    config = TrainConfig(**checked)
-    _check_ranges(config, source, here)
-    return config
+    return {key: _check_type(key, value, hints[key], source) for key, value in values.items()}
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
@@ -208,9 +221,8 @@ def _check_type(key: str, value: Any, hint, source: str) -> Any:
     return value
 
 
-def _check_ranges(config: TrainConfig, source: str, here: bool = True) -> None:
-    """Every value in its range and every combination meaningful, or a ``UsageError``: the
-    one place options are checked, before anything is created."""
+def _check_values(config: TrainConfig, source: str, here: bool = True) -> None:
+    """Every value finite and in its range, or a ``UsageError``."""
     hints = typing.get_type_hints(TrainConfig)
     for f in fields(TrainConfig):  # nan passes every comparison below, inf most of them
         value = getattr(config, f.name)
@@ -222,6 +234,29 @@ def _check_ranges(config: TrainConfig, source: str, here: bool = True) -> None:
     for key in _NON_NEGATIVE:
         if getattr(config, key) is not None and getattr(config, key) < 0:
             raise UsageError(f"{source}: {key} must be >= 0, got {getattr(config, key)}")
+    if config.ema >= 1:
+        raise UsageError(f"{source}: ema is a decay in [0, 1), got {config.ema}")
+    if config.seed > MAX_SEED:
+        raise UsageError(f"{source}: seed must be in [0, 2**64 - 1] (torch's seed range), got {config.seed}")
+    if config.augment is not None and config.augment > MAX_AUGMENT:
+        raise UsageError(
+            f"{source}: augment must be at most {MAX_AUGMENT} extra dimensions or channels, got "
+            f"{config.augment}; each widens every ODE state and vector-field layer (ANODE uses a few)"
+        )
+    try:
+        check_device(config.device, here)
+    except UsageError as exc:
+        raise UsageError(f"{source}: {exc}") from None
+    for key, choices in _CHOICES.items():
+        if getattr(config, key) not in choices:
+            raise UsageError(
+                f"{source}: {key} must be one of {', '.join(choices)}, got {getattr(config, key)!r}"
+            )
+
+
+def _check_combinations(config: TrainConfig, source: str) -> None:
+    """Options that cannot apply together (or to the chosen model) are a ``UsageError``: refused,
+    rather than silently ignored."""
     if config.model != "cnf" and (config.objective == "fm" or config.kinetic or config.jacobian or config.ot):
         raise UsageError(
             f"{source}: --objective fm, --kinetic, --jacobian and --ot train continuous flows; use --model cnf"
@@ -236,26 +271,8 @@ def _check_ranges(config: TrainConfig, source: str, here: bool = True) -> None:
         raise UsageError(f"{source}: --ot pairs noise and data for flow matching; add --objective fm")
     if config.patience and not config.select_best:
         raise UsageError(f"{source}: patience (early stopping) needs select_best, which tracks the best step")
-    if config.ema >= 1:
-        raise UsageError(f"{source}: ema is a decay in [0, 1), got {config.ema}")
-    if config.seed > MAX_SEED:
-        raise UsageError(f"{source}: seed must be in [0, 2**64 - 1] (torch's seed range), got {config.seed}")
-    if config.augment is not None and config.augment > MAX_AUGMENT:
-        raise UsageError(
-            f"{source}: augment must be at most {MAX_AUGMENT} extra dimensions or channels, got "
-            f"{config.augment}; each widens every ODE state and vector-field layer (ANODE uses a few)"
-        )
     if config.model == "cnf":
         _check_cnf_options(config, source)
-    try:
-        check_device(config.device, here)
-    except UsageError as exc:
-        raise UsageError(f"{source}: {exc}") from None
-    for key, choices in _CHOICES.items():
-        if getattr(config, key) not in choices:
-            raise UsageError(
-                f"{source}: {key} must be one of {', '.join(choices)}, got {getattr(config, key)!r}"
-            )
 
 
 def _check_cnf_options(config: TrainConfig, source: str) -> None:

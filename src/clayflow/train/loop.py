@@ -32,10 +32,10 @@ from clayflow.train.checkpoint import (
     save_checkpoint,
     state_dict_mismatch,
 )
-from clayflow.train.config import TrainConfig
+from clayflow.train.config import TrainConfig, config_from_dict
 from clayflow.train.evaluate import evaluate_nll
 from clayflow.train.objective import flow_matching, maximum_likelihood
-from clayflow.train.resume import check_can_start_over, check_same_run, data_fingerprint
+from clayflow.train.resume import check_can_start_over, check_same_run, data_fingerprint, resumed_config
 from clayflow.train.run import MetricsLog, write_json
 from clayflow.train.rundir import ExistingRun, NewRun, default_run_dir
 from clayflow.train.sampler import BatchSampler
@@ -115,7 +115,7 @@ def build_flow(config: TrainConfig, data: Dataset) -> tuple[Flow, ModelSpec]:
 
 
 def train(
-    config: TrainConfig,
+    config: TrainConfig | None,
     run_dir: Path | None = None,
     *,
     resume: bool = False,
@@ -128,16 +128,28 @@ def train(
     exist yet or be empty; ``force`` replaces an existing clayflow run once the new one has
     written its first checkpoint (see ``clayflow.train.rundir``). ``run_dir=None`` is
     ``runs/<model>-<data>-<time>`` (with a suffix if taken): ``TrainResult.run_dir`` says which.
-    The run is locked while training. ``resume`` checks that the checkpoint is of this model,
-    these options and this data (see ``clayflow.train.resume``).
+    The run is locked while training. With ``resume`` the run keeps its own options:
+    ``config`` may be None, or repeat them and change only the resumable ones; the checkpoint
+    must be of this model, these options and this data (see ``clayflow.train.resume``).
 
     ``progress=None`` shows a progress bar when stderr is a terminal and log lines otherwise.
     Raises ``TrainingStopped`` on divergence, a failed write or a stop signal, after keeping a
     valid checkpoint.
     """
+    stop = StopRequest()
+    with stop.catching():
+        return _train(config, run_dir, resume, force, progress, stop)
+
+
+def _train(config, run_dir, resume, force, progress, stop) -> TrainResult:
+    if resume:
+        if run_dir is None:
+            raise UsageError("resuming needs the run directory")
+        # The run's own options; those in ``config`` must equal them or be resumable.
+        config = resumed_config(Path(run_dir), config.resolved().to_dict() if config is not None else {})
+    else:
+        config = config_from_dict(config.to_dict(), source="TrainConfig")
     config = config.resolved()
-    if resume and run_dir is None:
-        raise UsageError("resuming needs the run directory")
     run = ExistingRun(Path(run_dir)) if resume else None  # locked before anything is read
     try:
         device = resolve_device(config.device)
@@ -149,16 +161,23 @@ def train(
             if (run.path / CHECKPOINT_NAME).exists():
                 checkpoint = read_checkpoint(run.path, map_location="cpu")
                 check_same_run(checkpoint, spec, config, fingerprint, run.path)
-                _say_if_schedule_changes(checkpoint, config)
+                _check_steps(checkpoint, config)
             else:  # killed before its first checkpoint: start again from step 0 in place
                 check_can_start_over(run.path)
+        if stop.signum is not None:
+            raise TrainingInterrupted(f"interrupted by {stop.name} before training started; nothing was written",
+                                      stop.exit_code)  # fmt: skip
+        if run is not None:
             run.remove_stale_temporaries()
         else:
             unique = run_dir is None
             run = NewRun(default_run_dir(config.model, config.data) if unique else Path(run_dir),
                          force=force, unique=unique)  # fmt: skip
-        trainer = _Trainer(config, run, data, flow, spec, device, checkpoint, progress, fingerprint)
-        write_json(run.path / "config.json", config.to_dict())  # after a successful restore
+        try:  # with the marker, so that a run directory always holds both
+            write_json(run.path / "config.json", config.to_dict())
+        except OSError as exc:
+            raise ClayflowError(f"cannot write {run.path / 'config.json'}: {exc.strerror or exc}") from None
+        trainer = _Trainer(config, run, data, flow, spec, device, checkpoint, progress, fingerprint, stop)
         return trainer.run()
     except BaseException:
         if run is not None:
@@ -169,12 +188,15 @@ def train(
             run.release()
 
 
-def _say_if_schedule_changes(checkpoint: dict[str, Any], config: TrainConfig) -> None:
-    """A resume with a new ``--steps`` stretches a cosine schedule from the current step: say so."""
-    before = (checkpoint.get("config") or {}).get("steps")
-    if before is None or before == config.steps or config.schedule != "cosine":
-        return
+def _check_steps(checkpoint: dict[str, Any], config: TrainConfig) -> None:
+    """``--steps`` may grow or shrink on resume, down to the step reached; a cosine schedule is
+    then stretched from that step, which is said, with the learning rate before and after."""
     step = checkpoint["step"]
+    if config.steps < step:
+        raise UsageError(f"the run has reached step {step}; --steps {config.steps} would undo that, give at least {step}")
+    before = (checkpoint.get("config") or {}).get("steps")
+    if before is None or before == config.steps or config.schedule != "cosine" or step < config.warmup:
+        return
     old = lr_factor(step, config.warmup, before, config.schedule) * config.lr
     new = lr_factor(step, config.warmup, config.steps, config.schedule) * config.lr
     print(
@@ -186,7 +208,7 @@ def _say_if_schedule_changes(checkpoint: dict[str, Any], config: TrainConfig) ->
 
 
 class _Trainer:
-    def __init__(self, config, run, data, flow, spec, device, checkpoint, progress, fingerprint):
+    def __init__(self, config, run, data, flow, spec, device, checkpoint, progress, fingerprint, stop):
         self.config, self.directory, self.data, self.spec, self.device = config, run, data, spec, device
         self.fingerprint = fingerprint
         self.flow = flow.to(device).train()
@@ -216,7 +238,7 @@ class _Trainer:
             self._restore(checkpoint)
         self.metrics = MetricsLog(run.path / "metrics.csv", resume_step=self.step if checkpoint else None)
         self.progress = sys.stderr.isatty() if progress is None else progress
-        self.stop = StopRequest()
+        self.stop = stop  # the signal that asked training to stop, checked between steps
 
     @property
     def run_dir(self) -> Path:
@@ -248,17 +270,24 @@ class _Trainer:
     def _save(self) -> None:
         with self._writing("checkpoint"):
             save_checkpoint(self.run_dir / CHECKPOINT_NAME, self._payload())
-            if self.directory.pending and self.step > 0:  # the run it replaces goes only now
-                self.directory.commit()
-                self.metrics.path = self.run_dir / "metrics.csv"
+            self.directory.checkpoint_written(self.step)  # a replacement takes the old run's place
+            self.metrics.path = self.run_dir / "metrics.csv"
         self.last_saved_step = self.step
 
     def _kept(self) -> str:
         if self.directory.pending:
             return f"the run in {self.directory.final} was not replaced"
+        if self.directory.removed_on_failure:
+            return "no checkpoint had been written, so the run was removed"
         if self.last_saved_step is None:
             return "no checkpoint had been written yet"
         return f"kept the last good checkpoint (step {self.last_saved_step})"
+
+    def _then(self) -> str:
+        """What to do after a failure: run the command again, or resume."""
+        if self.directory.removed_on_failure:
+            return "then run the command again"
+        return f"then continue with: clayflow train --resume {self.run_dir}"
 
     @contextmanager
     def _writing(self, what: str):
@@ -267,14 +296,9 @@ class _Trainer:
         try:
             yield
         except OSError as exc:
-            then = (
-                "then run the command again"
-                if self.directory.pending
-                else f"then continue with: clayflow train --resume {self.run_dir}"
-            )
             raise TrainingStopped(
                 f"cannot write the {what} at step {self.step} ({exc.strerror or exc}); {self._kept()}. "
-                f"Fix the disk (space, permissions), {then}"
+                f"Fix the disk (space, permissions), {self._then()}"
             ) from None
 
     def _restore(self, checkpoint: dict[str, Any]) -> None:
@@ -311,31 +335,24 @@ class _Trainer:
             # A checkpoint of step 0: every run that has trained at all has a last.pt, so a
             # run without one provably never trained (see resume.check_can_start_over).
             self._save()
-        with self.stop.catching():
-            while self.step < config.steps and not self._out_of_patience():
-                taken = self._train_step()
-                if taken is not None:
-                    loss, grad_norm = taken
-                    interval_steps += 1
-                    bar.update(1)
-                    if self.step % 10 == 0:
-                        bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
-                    if self.step % config.eval_every == 0 or self.step == config.steps:
-                        seconds = time.perf_counter() - interval_start
-                        self.train_seconds += seconds
-                        self._log(grad_norm, interval_steps / max(seconds, 1e-9), bar)
-                        interval_start, interval_steps = time.perf_counter(), 0
-                    if self.step % config.checkpoint_every == 0 or self.step == config.steps:
-                        self._save()
-                if self.stop.signum is not None:
-                    if self.last_saved_step != self.step:
-                        self._save()
-                    bar.close()
-                    raise TrainingInterrupted(
-                        f"interrupted by {self.stop.name} at step {self.step}; checkpoint saved. "
-                        f"Continue with: clayflow train --resume {self.run_dir}",
-                        self.stop.exit_code,
-                    )
+        while self.step < config.steps and not self._out_of_patience():
+            if self.stop.signum is not None:
+                bar.close()
+                self._stop_for_signal()
+            taken = self._train_step()
+            if taken is not None:
+                loss, grad_norm = taken
+                interval_steps += 1
+                bar.update(1)
+                if self.step % 10 == 0:
+                    bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+                if self.step % config.eval_every == 0 or self.step == config.steps:
+                    seconds = time.perf_counter() - interval_start
+                    self.train_seconds += seconds
+                    self._log(grad_norm, interval_steps / max(seconds, 1e-9), bar)
+                    interval_start, interval_steps = time.perf_counter(), 0
+                if self.step % config.checkpoint_every == 0 or self.step == config.steps:
+                    self._save()
         bar.close()
         if self.last_saved_step != self.step:
             self._save()
@@ -346,6 +363,23 @@ class _Trainer:
                 file=sys.stderr,
             )
         return self._finish()
+
+    def _stop_for_signal(self) -> None:
+        """Stop for the signal received: save the step reached and say how to resume, or, for a
+        replacement that has not taken the old run's place yet, leave the old run as it was."""
+        if self.directory.pending:
+            raise TrainingInterrupted(
+                f"interrupted by {self.stop.name} at step {self.step}, before the new run's first "
+                f"checkpoint: the run in {self.directory.final} was not replaced",
+                self.stop.exit_code,
+            )
+        if self.last_saved_step != self.step:
+            self._save()
+        raise TrainingInterrupted(
+            f"interrupted by {self.stop.name} at step {self.step}; checkpoint saved. "
+            f"Continue with: clayflow train --resume {self.run_dir}",
+            self.stop.exit_code,
+        )
 
     def _out_of_patience(self) -> bool:
         """Early stopping: ``patience`` evaluations since the best one. Derived from the

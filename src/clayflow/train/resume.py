@@ -6,7 +6,8 @@ fingerprint of the data: rows per split, shape and a SHA-256 of the values), and
 compares them with what the run directory and the command give today: an edited
 ``config.json``, a changed data file, or an option given with a new value is refused with one
 line naming what changed. Options equal to the run's own are accepted, so repeating the
-training command with ``--resume`` added works.
+training command with ``--resume`` added works; ``--data`` may name the same data another way
+(a relative path from another folder): the fingerprint decides.
 
 Only ``RESUMABLE_OPTIONS`` may change. ``--steps`` is one of them: a new total stretches (or
 cuts) the cosine learning-rate schedule from the step the run has reached, so the steps after
@@ -32,6 +33,9 @@ from clayflow.train.rundir import is_run_dir
 RESUMABLE_OPTIONS = frozenset(
     {"steps", "device", "eval_every", "checkpoint_every", "patience", "nonfinite", "compile"}
 )
+# May be spelled differently (``./d.csv``, ``../d.csv`` from a sub-folder, a moved file) when
+# it names the same data: the checkpoint's data fingerprint decides.
+SAME_DATA_OPTIONS = frozenset({"data"})
 
 
 def flag(name: str) -> str:
@@ -47,9 +51,10 @@ def read_run_config(run_dir: Path) -> TrainConfig:
     if not isinstance(values, dict):
         raise ClayflowError(f"{path} is malformed: it must hold an object of options")
     try:
-        return config_from_dict(values, source=str(path), here=False)  # a resume may change --device
+        return config_from_dict(values, source=str(path), here=False, saved=True)  # a resume may change --device
     except UsageError as exc:
-        raise ClayflowError(f"{path} is malformed: {exc}") from None
+        reason = str(exc).removeprefix(f"{path}: ")
+        raise ClayflowError(f"{path} is malformed: {reason}") from None
 
 
 def resumed_config(run_dir: Path, given: dict[str, Any]) -> TrainConfig:
@@ -61,14 +66,14 @@ def resumed_config(run_dir: Path, given: dict[str, Any]) -> TrainConfig:
     changed = [
         f"{flag(name)} {saved_values[name]!r} -> {value!r}"
         for name, value in sorted(given.items())
-        if name not in RESUMABLE_OPTIONS and not _same(value, saved_values[name])
+        if name not in RESUMABLE_OPTIONS | SAME_DATA_OPTIONS and not _same(value, saved_values[name])
     ]
     if changed:
         raise UsageError(
             f"a resumed run keeps its options, but this command changes {', '.join(changed)}; "
             f"start a new run for that (only {', '.join(flag(n) for n in sorted(RESUMABLE_OPTIONS))} may change)"
         )
-    return config_from_dict({**saved_values, **given}, source="options")
+    return config_from_dict({**saved_values, **given}, source="options", saved=True)
 
 
 def _same(new: Any, old: Any) -> bool:
@@ -142,21 +147,28 @@ def check_same_run(checkpoint: dict[str, Any], spec: ModelSpec, config: TrainCon
     edited = [
         f"{name} {saved_config[name]!r} -> {value!r}"
         for name, value in config.to_dict().items()
-        if name in saved_config and name not in RESUMABLE_OPTIONS and not _same(value, saved_config[name])
+        if name in saved_config
+        and name not in RESUMABLE_OPTIONS | SAME_DATA_OPTIONS
+        and not _same(value, saved_config[name])
     ]
     if edited:
         raise ClayflowError(
             f"{run_dir / 'config.json'} was edited since the checkpoint ({', '.join(edited)}); "
             "restore it, or start a new run with --config"
         )
-    saved_data = checkpoint.get("data_fingerprint")
+    saved_data, saved_name = checkpoint.get("data_fingerprint"), saved_config.get("data", config.data)
+    if saved_data is None and saved_name != config.data:  # a checkpoint of an older clayflow
+        raise ClayflowError(
+            f"{run_dir} was trained on {saved_name!r}, and its checkpoint cannot tell whether "
+            f"{config.data!r} holds the same data; resume with --data {saved_name}"
+        )
     if saved_data is not None and saved_data != fingerprint:
         what = (
             f"{sum(saved_data['rows'])} rows then, {sum(fingerprint['rows'])} now"
             if saved_data["rows"] != fingerprint["rows"] or saved_data["shape"] != fingerprint["shape"]
             else "same size, other values"
         )
-        raise ClayflowError(
-            f"the data {config.data!r} changed since {run_dir} was checkpointed ({what}); "
-            "resume with the original data, or start a new run"
-        )
+        which = f"the data {config.data!r} changed since {run_dir} was checkpointed"
+        if saved_name != config.data:
+            which = f"{config.data!r} holds other data than {saved_name!r}, which {run_dir} was trained on"
+        raise ClayflowError(f"{which} ({what}); resume with the original data, or start a new run")

@@ -39,8 +39,10 @@ def read_json(path: Path) -> dict[str, Any]:
     """The object in a run's JSON file, or a ClayflowError naming the file."""
     try:
         return json.loads(path.read_text())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         raise ClayflowError(f"{path} does not exist; is {path.parent} a clayflow run directory?") from None
+    except OSError as exc:
+        raise ClayflowError(f"cannot read {path}: {exc.strerror or exc}") from None
     except ValueError as exc:
         raise ClayflowError(f"{path} is not valid JSON: {exc}") from None
 

@@ -11,13 +11,14 @@ is never left locked.
 
 New runs are created with ``mkdir`` (never ``exist_ok``), so two trainings started at once
 cannot share a directory; a default name that is taken gets a ``-2``, ``-3``, ... suffix. A
-run replaced with ``--force`` is built beside the old one (``.NAME.new-<id>``) and swapped in
-only when it has written its first checkpoint: a command that fails before that changes
-nothing.
+run replaced with ``--force`` is built beside the old one (``.NAME.clayflow-<id>``) and swapped
+in only when it has written its first checkpoint after step 0: a command that fails or is
+interrupted before that changes nothing.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import json
@@ -54,13 +55,14 @@ def is_run_dir(path: Path) -> bool:
 
 class RunLock:
     """An exclusive, non-blocking ``flock`` on ``RUN/.clayflow.lock``, released by ``release``
-    or by the kernel when the process ends. The file is emptied on release, so an idle run's
-    files do not change when a command is refused."""
+    or by the kernel when the process ends. The holder writes its PID into the file (for the
+    message a refused second process prints) and empties it on release, so the content of an
+    idle run's files is the same before and after a refused command."""
 
     def __init__(self, run_dir: Path):
         self.path = run_dir / LOCK_NAME
         try:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
         except OSError as exc:
             raise ClayflowError(f"cannot lock run {run_dir}: {exc.strerror or exc}") from None
         try:
@@ -91,10 +93,11 @@ class RunLock:
         self.fd = None
 
 
-def check_replaceable_location(path: Path) -> None:
-    """Refuse ``path`` as a run directory when it is ``/``, the home directory, the working
-    directory or one of its parents: clearing or filling them would hit the user's own files."""
-    resolved = path.expanduser().resolve()
+def check_new_run_location(path: Path) -> None:
+    """Refuse ``path`` for a new run when it is ``/``, the home directory, the working directory
+    or one of its parents (clearing or filling them would hit the user's own files), or when it
+    lies inside another run (replacing that run would delete it)."""
+    resolved = path.resolve()
     cwd = Path.cwd().resolve()
     home = Path.home().resolve()
     if resolved == Path(resolved.anchor) or resolved == home or resolved == cwd or resolved in cwd.parents:
@@ -102,45 +105,61 @@ def check_replaceable_location(path: Path) -> None:
             resolved, "the working directory or one of its parents"
         )
         raise UsageError(f"refusing to use {path} ({what}) as a run directory; give --out a new folder")
+    inside = next((parent for parent in resolved.parents if is_run_dir(parent)), None)
+    if inside is not None:
+        raise UsageError(f"{path} is inside the run {inside}; give --out a folder outside it")
 
 
 class NewRun:
-    """A run directory being created for a new run: claimed (created and locked) at once, and
-    made final by ``commit`` at the first checkpoint.
+    """The directory of a new run: claimed (created and locked) at once.
 
     Without ``force`` the run is created at ``path`` itself (``unique=True``: a taken name gets
     a numbered suffix, for default names). With ``force`` an existing run at ``path`` (one with
-    the marker) is kept until ``commit``: the new run lives in a hidden sibling until then.
+    the marker) is kept, and locked, until the new run has written a checkpoint after step 0:
+    the new run lives in a hidden sibling (``pending``) until ``checkpoint_written`` swaps the
+    two directories in one atomic step.
     """
 
     def __init__(self, path: Path, *, force: bool = False, unique: bool = False):
-        check_replaceable_location(path)
+        check_new_run_location(path)
         self.final = path
         self.old_lock: RunLock | None = None
+        self.lock: RunLock | None = None
         self.created = True  # whether this command made the directory (else: an empty one was given)
+        self.has_checkpoint = False
         self.run_id = uuid.uuid4().hex
         if path.exists() and not path.is_dir():
-            raise ClayflowError(f"output path {path} exists and is not a directory")
+            raise UsageError(f"output path {path} exists and is not a directory; choose another --out")
         if force and path.is_dir() and _has_entries(path):
             if not is_run_dir(path):
+                what = "its marker is unreadable" if (path / MARKER_NAME).exists() else f"no {MARKER_NAME}"
                 raise UsageError(
-                    f"output directory {path} is not a clayflow run (no {MARKER_NAME}); "
-                    "refusing to clear it even with --force"
+                    f"output directory {path} is not a clayflow run ({what}); refusing to clear it even with --force"
                 )
+            if os.path.ismount(path):
+                raise UsageError(f"{path} is a mount point, which cannot be replaced; give --out a folder in it")
             self.old_lock = RunLock(path)  # nobody may be training in the run we replace
-            self.path = path.parent / f".{path.name}.new-{self.run_id[:8]}"
-            _make_dir(self.path)
+            self.path = path.parent / f".{path.name}.clayflow-{self.run_id[:8]}"
+            try:
+                _make_dir(self.path)
+            except BaseException:
+                self.old_lock.release()
+                raise
         else:
             self.path, self.created = _claim(path, unique)
             self.final = self.path  # with a suffix, when the default name was taken
-        self.lock: RunLock | None = None
         try:
             self.lock = RunLock(self.path)
-            if set(os.listdir(self.path)) != {LOCK_NAME}:  # an empty folder someone else claimed first
-                raise UsageError(f"output directory {self.path} was taken by another process; choose another --out")
+        except BaseException:
+            self._release_locks()  # the folder is another process's now: leave it alone
+            raise
+        if set(os.listdir(self.path)) != {LOCK_NAME}:  # an empty folder someone else filled first
+            self._release_locks()
+            raise UsageError(f"output directory {self.path} was taken by another process; choose another --out")
+        try:
             self._write_marker()
         except BaseException:
-            self._undo()
+            self.abandon()
             raise
 
     @property
@@ -162,41 +181,79 @@ class NewRun:
         except OSError as exc:
             raise ClayflowError(f"cannot write to output directory {self.path}: {exc.strerror or exc}") from None
 
-    def commit(self) -> None:
-        """Put a pending run in place of the run it replaces (after its first checkpoint)."""
-        if not self.pending:
+    def checkpoint_written(self, step: int) -> None:
+        """Note that a checkpoint of ``step`` was written. The first one after step 0 puts a
+        pending run in place of the run it replaces: the two directories are exchanged
+        atomically, then the old one (now in the hidden sibling) is deleted."""
+        self.has_checkpoint = True
+        if not self.pending or step == 0:
             return
-        aside = self.final.parent / f".{self.final.name}.old-{self.run_id[:8]}"
-        os.rename(self.final, aside)
-        os.rename(self.path, self.final)
+        exchange_directories(self.path, self.final)
         self.path = self.final
         self.old_lock.release()
         self.old_lock = None
-        shutil.rmtree(aside, ignore_errors=True)
+        shutil.rmtree(self.final.parent / f".{self.final.name}.clayflow-{self.run_id[:8]}", ignore_errors=True)
+
+    @property
+    def removed_on_failure(self) -> bool:
+        """Whether ``abandon`` removes the run: a pending replacement, or a run without a checkpoint."""
+        return self.pending or not self.has_checkpoint
 
     def abandon(self) -> None:
-        """A run that failed before its first checkpoint: remove what it created, if it replaced
-        nothing (a new directory at its final place is kept when it holds a checkpoint)."""
-        if self.pending:
-            self._undo()
-
-    def release(self) -> None:
-        self.lock.release()
-        if self.old_lock is not None:
-            self.old_lock.release()
-
-    def _undo(self) -> None:
-        """Remove what this command created, but only while holding the run's lock: without it,
-        the directory may be another process's run."""
-        if self.lock is not None:
+        """Undo a run that stopped before it could stand on its own: a pending replacement is
+        removed (the old run stays as it was), and so is a directory this command created when
+        no checkpoint made it into it (an empty folder the user gave is emptied again)."""
+        if self.lock is not None and self.removed_on_failure:
             if self.pending or self.created:
                 shutil.rmtree(self.path, ignore_errors=True)
-            else:  # an empty folder the user gave: leave it empty again
-                for name in (MARKER_NAME, LOCK_NAME):
-                    (self.path / name).unlink(missing_ok=True)
-            self.lock.release()
-        if self.old_lock is not None:
-            self.old_lock.release()
+            else:
+                for name in os.listdir(self.path):
+                    target = self.path / name
+                    shutil.rmtree(target) if target.is_dir() and not target.is_symlink() else target.unlink()
+        self._release_locks()
+
+    def release(self) -> None:
+        self._release_locks()
+
+    def _release_locks(self) -> None:
+        for lock in (self.lock, self.old_lock):
+            if lock is not None:
+                lock.release()
+
+
+def exchange_directories(a: Path, b: Path) -> None:
+    """Swap the directories ``a`` and ``b`` in one step (Linux ``renameat2(RENAME_EXCHANGE)``),
+    so a crash leaves either both as they were or both swapped. Where the system or the file
+    system cannot, two renames, the first undone if the second fails."""
+    renameat2 = _renameat2()
+    if renameat2 is not None:
+        if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise OSError(err, os.strerror(err), str(b))
+    aside = b.with_name(f".{b.name}.clayflow-aside-{uuid.uuid4().hex[:8]}")
+    os.rename(b, aside)
+    try:
+        os.rename(a, b)
+    except BaseException:
+        os.rename(aside, b)
+        raise
+    os.rename(aside, a)
+
+
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
+
+
+def _renameat2():
+    """glibc's ``renameat2``, or None where there is none (other systems, other C libraries)."""
+    try:
+        function = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
 
 
 class ExistingRun:
@@ -204,6 +261,7 @@ class ExistingRun:
     provably wrote (the marker, or a checkpoint) is locked and written to."""
 
     pending = False
+    removed_on_failure = False
 
     def __init__(self, path: Path):
         from clayflow.train.checkpoint import CHECKPOINT_NAME
@@ -226,7 +284,7 @@ class ExistingRun:
             for stale in folder.glob(".*.tmp"):
                 stale.unlink(missing_ok=True)
 
-    def commit(self) -> None:
+    def checkpoint_written(self, step: int) -> None:
         """Nothing to do: a resumed run is in place from the start."""
 
     def abandon(self) -> None:
@@ -263,7 +321,7 @@ def _claim(path: Path, unique: bool) -> tuple[Path, bool]:
             if unique:  # another run may be creating it right now
                 continue
             if not candidate.is_dir():
-                raise ClayflowError(f"output path {candidate} exists and is not a directory") from None
+                raise UsageError(f"output path {candidate} exists and is not a directory; choose another --out") from None
             if not _has_entries(candidate):
                 return candidate, False
             raise UsageError(

@@ -1,9 +1,10 @@
 """Signals that stop a training run politely: Ctrl-C, ``kill``, ``timeout``, Slurm, ``docker stop``.
 
 SIGINT (Ctrl-C), SIGTERM (``kill``, ``timeout``, Slurm preemption, ``docker stop``, systemd)
-and SIGHUP (a closed terminal) set a flag that the training loop checks between steps, so it
-saves a consistent checkpoint, prints how to resume, and exits with 128 + the signal's number
-(130, 143, 129), as a process killed by that signal would report in a shell.
+and SIGHUP (a closed terminal) set a flag that training checks between steps (and before the
+first), so it saves a consistent checkpoint, prints how to resume, and exits with 128 + the
+signal's number (130, 143, 129), as a process killed by that signal would report in a shell.
+A second signal is not caught: it stops the process at once, as if clayflow had not been there.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ class StopRequest:
         def handler(signum, frame):
             if self.signum is None:
                 self.signum = signum
+            for other, old in previous.items():  # a second signal acts at once, as without us
+                signal.signal(other, old)
 
         previous = {}
         try:
