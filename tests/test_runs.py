@@ -422,3 +422,43 @@ def test_python_api_checks_the_config_and_resumes_with_the_runs_own(tmp_path):
     assert train(None, run, resume=True, progress=False).steps == 20
     with pytest.raises(UsageError, match="changes --hidden 16 -> 32"):
         train(TrainConfig(steps=20, hidden=32, layers=2, eval_every=10), run, resume=True, progress=False)
+
+
+@pytest.mark.parametrize("name", ["config.json", "metrics.csv", "clayflow-run.json"])
+@pytest.mark.parametrize("verb", ["train --resume", "plot", "train --force"])
+def test_a_fifo_inside_a_run_is_refused_not_read(good_run, tmp_path, name, verb):
+    """Reading a FIFO blocks until a writer comes: every run file is checked to be a regular
+    file first. A subprocess, so that a hang fails the test instead of stopping the suite."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(good_run, run)
+    (run / name).unlink()
+    os.mkfifo(run / name)
+    argv = {"train --resume": ["train", "--resume", run], "plot": ["plot", run],
+            "train --force": ["train", *FAST, "--out", run, "--force"]}[verb]  # fmt: skip
+    proc = cli(*argv, cwd=tmp_path, timeout=120)
+    # plot and a resume do not need the marker (a checkpoint proves the run is clayflow's);
+    # --force needs it, and replaces a run whatever its other files are (without reading them).
+    marker = name == "clayflow-run.json"
+    expected = {"train --force": 2 if marker else 0}.get(verb, 0 if marker else 1)
+    assert proc.returncode == expected and "Traceback" not in proc.stderr, proc.stderr
+    assert stat_is_fifo(run / name) == (expected != 0 or verb != "train --force")
+
+
+def stat_is_fifo(path: Path) -> bool:
+    import stat
+
+    return path.exists() and stat.S_ISFIFO(os.stat(path).st_mode)
+
+
+def test_a_killed_replacement_is_cleaned_up_by_the_next(tmp_path, capsys):
+    from test_train import train_and_stop
+
+    run = tmp_path / "run"
+    assert run_cli(capsys, "train", *FAST, "--out", run)[0] == 0
+    stopped = train_and_stop(3, "step", signal.SIGKILL, *FAST, "--out", str(run), "--force")
+    assert stopped.returncode == -signal.SIGKILL
+    assert len(list(tmp_path.glob(".run.clayflow-*"))) == 1  # what a SIGKILL cannot clean up
+    assert run_cli(capsys, "train", *FAST, "--out", run, "--force")[0] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]

@@ -54,6 +54,17 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
         raise
 
 
+def read_regular_text(path: str | os.PathLike, encoding: str = "utf-8") -> str:
+    """The text of ``path`` if it is a regular file; a FIFO, device or directory raises
+    ``IsADirectoryError``-like ``OSError`` (``EINVAL``) at once instead of blocking a read for
+    ever. Opened without blocking, so even a FIFO with no writer cannot hang the open."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as file:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        return file.read().decode(encoding)
+
+
 def current_umask() -> int:
     """The process umask, read without changing it where the system allows (Linux's
     ``/proc/self/status``); else set and restored at once, as ``os.umask`` only allows."""

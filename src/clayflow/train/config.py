@@ -187,8 +187,10 @@ def check_keys_and_types(values: dict[str, Any], source: str) -> dict[str, Any]:
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """The key/value pairs of a ``.json`` or ``.toml`` config file."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ClayflowError(f"config file {path} does not exist")
+    if not path.is_file():
+        raise ClayflowError(f"config file {path} is not a regular file")
     try:
         text = path.read_text(encoding="utf-8")
         values = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)

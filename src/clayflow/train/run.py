@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from clayflow.errors import ClayflowError
-from clayflow.files import atomic_write
+from clayflow.files import atomic_write, read_regular_text
 
 # train_loss is the objective (with regularisers; the flow-matching loss for --objective fm),
 # train_nll its NLL part (empty for flow matching); nfe_* are ODE function evaluations per step.
@@ -38,7 +38,7 @@ def write_json(path: Path, values: dict[str, Any]) -> None:
 def read_json(path: Path) -> dict[str, Any]:
     """The object in a run's JSON file, or a ClayflowError naming the file."""
     try:
-        return json.loads(path.read_text())
+        return json.loads(read_regular_text(path))
     except (FileNotFoundError, NotADirectoryError):
         raise ClayflowError(f"{path} does not exist; is {path.parent} a clayflow run directory?") from None
     except OSError as exc:
@@ -81,7 +81,10 @@ def read_metrics(path: Path) -> list[dict[str, str]]:
     without its newline is a row cut short by a crash or a full disk, and is left out."""
     if not path.exists():
         return []
-    text = path.read_text()
+    try:
+        text = read_regular_text(path)
+    except OSError as exc:
+        raise ClayflowError(f"cannot read {path}: {exc.strerror or exc}") from None
     if not text.endswith("\n"):
         text = text[: text.rfind("\n") + 1]
     return list(csv.DictReader(io.StringIO(text, newline="")))

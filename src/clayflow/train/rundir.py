@@ -29,7 +29,7 @@ import uuid
 from pathlib import Path
 
 from clayflow.errors import ClayflowError, UsageError
-from clayflow.files import atomic_write
+from clayflow.files import atomic_write, read_regular_text
 
 MARKER_NAME = "clayflow-run.json"
 LOCK_NAME = ".clayflow.lock"
@@ -48,7 +48,7 @@ def is_run_dir(path: Path) -> bool:
     """Whether ``path`` carries the marker that only clayflow writes."""
     marker = path / MARKER_NAME
     try:
-        return json.loads(marker.read_text()).get("format") is not None
+        return json.loads(read_regular_text(marker)).get("format") is not None
     except (OSError, ValueError, AttributeError):
         return False
 
@@ -139,6 +139,7 @@ class NewRun:
             if os.path.ismount(path):
                 raise UsageError(f"{path} is a mount point, which cannot be replaced; give --out a folder in it")
             self.old_lock = RunLock(path)  # nobody may be training in the run we replace
+            _remove_abandoned_replacements(path)
             self.path = path.parent / f".{path.name}.clayflow-{self.run_id[:8]}"
             try:
                 _make_dir(self.path)
@@ -219,6 +220,20 @@ class NewRun:
         for lock in (self.lock, self.old_lock):
             if lock is not None:
                 lock.release()
+
+
+def _remove_abandoned_replacements(path: Path) -> None:
+    """Delete the hidden siblings ``.NAME.clayflow-*`` that earlier ``--force`` replacements of
+    ``path`` left when they were killed: clayflow's (they carry the marker) and unlocked."""
+    for sibling in path.parent.glob(f".{path.name}.clayflow-*"):
+        if not (sibling.is_dir() and not sibling.is_symlink() and is_run_dir(sibling)):
+            continue
+        try:
+            lock = RunLock(sibling)
+        except ClayflowError:  # another replacement is running
+            continue
+        shutil.rmtree(sibling, ignore_errors=True)
+        lock.release()
 
 
 def exchange_directories(a: Path, b: Path) -> None:
