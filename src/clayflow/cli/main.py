@@ -80,19 +80,19 @@ def _verb(verbs, name: str, help: str):
 
 
 def _add_train(verbs) -> None:
-    from clayflow.train.config import TrainConfig, field_help, field_type
+    from clayflow.train.config import TrainConfig, field_help, field_type, flag
 
     p = _verb(verbs, "train", "Train a flow by maximum likelihood into a run directory.")
     helps, hints, defaults = field_help(), typing.get_type_hints(TrainConfig), TrainConfig()
     for f in fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
+        option = flag(f.name)
         kind, _ = field_type(hints[f.name])
         default = getattr(defaults, f.name)
         text = helps.get(f.name, "") + ("" if default is None else f" (default: {default})")
         if kind is bool:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
+            p.add_argument(option, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
         else:
-            p.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=text, metavar=f.name.upper())
+            p.add_argument(option, type=kind, default=argparse.SUPPRESS, help=text, metavar=f.name.upper())
     p.add_argument("--config", metavar="FILE", help="JSON or TOML file of options (flags override it)")
     p.add_argument("--out", metavar="DIR", help="run directory (default: runs/<model>-<data>-<time>)")
     p.add_argument("--resume", metavar="RUN", help="continue the run in RUN from its last checkpoint")

@@ -123,7 +123,7 @@ class TrainConfig:
         for name in options:
             if name not in accepted:
                 raise UsageError(
-                    f"model {self.model!r} on {kind} data has no option --{name.replace('_', '-')}"
+                    f"model {self.model!r} on {kind} data has no option {flag(name)}"
                 )
         return options
 
@@ -201,6 +201,11 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(values, dict):
         raise ClayflowError(f"config file {path} must hold an object of key/value pairs")
     return values
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a config field: ``batch_size`` -> ``--batch-size``."""
+    return "--" + name.replace("_", "-")
 
 
 def field_type(hint) -> tuple[type, bool]:
@@ -299,7 +304,7 @@ def _check_cnf_options(config: TrainConfig, source: str) -> None:
             )
     if config.atol == 0 and config.rtol == 0:  # one 0 is fine: purely relative or absolute control
         raise UsageError(f"{source}: --atol and --rtol are both 0, so no step can meet them; set one > 0")
-    between = [f"--{k.replace('_', '-')}" for k in ("actnorm", "batch_norm") if getattr(config, k)]
+    between = [flag(k) for k in ("actnorm", "batch_norm") if getattr(config, k)]
     if between and (config.blocks or 1) < 2:
         raise UsageError(
             f"{source}: {' and '.join(between)} {'go' if len(between) > 1 else 'goes'} between CNF blocks, "
@@ -316,9 +321,9 @@ def _check_cnf_options(config: TrainConfig, source: str) -> None:
             ("--learn-t1", config.learn_t1, ("learns T by likelihood, but the flow-matching loss falls as "
                                             "1/T^2, so it would only grow T (set it with --t1)")),
         ]  # fmt: skip
-        for flag, value, why in ignored:
+        for option, value, why in ignored:
             if value:
-                raise UsageError(f"{source}: {flag} {why}; drop {flag} or use --objective mle")
+                raise UsageError(f"{source}: {option} {why}; drop {option} or use --objective mle")
 
 
 def check_device(name: str, here: bool = True) -> str:

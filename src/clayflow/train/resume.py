@@ -25,7 +25,7 @@ from clayflow.data import Dataset
 from clayflow.errors import ClayflowError, UsageError
 from clayflow.models import ModelSpec
 from clayflow.train.checkpoint import BEST_NAME, CHECKPOINT_NAME
-from clayflow.train.config import TrainConfig, config_from_dict
+from clayflow.train.config import TrainConfig, config_from_dict, flag
 from clayflow.train.run import read_json, read_metrics
 from clayflow.train.rundir import is_run_dir
 
@@ -36,11 +36,6 @@ RESUMABLE_OPTIONS = frozenset(
 # May be spelled differently (``./d.csv``, ``../d.csv`` from a sub-folder, a moved file) when
 # it names the same data: the checkpoint's data fingerprint decides.
 SAME_DATA_OPTIONS = frozenset({"data"})
-
-
-def flag(name: str) -> str:
-    """``batch_size`` -> ``--batch-size``."""
-    return "--" + name.replace("_", "-")
 
 
 def read_run_config(run_dir: Path) -> TrainConfig:
