@@ -152,6 +152,8 @@ ZOO.update(
         "multiscale_learned_prior": _split_with_prior,
         "glow_image": _glow_image,
         "glow_vector": _glow_vector,
+        "power_transform": lambda: (T.PowerTransform(4), (4,)),
+        "whitening": lambda: (T.Whitening(4), (4,)),
     }
 )
 
@@ -167,6 +169,7 @@ PARAMETER_SCALES = {"realnvp_image": 0.1, "glow_image": 0.1}
 
 STOCHASTIC = {
     "dequantize": lambda: (T.Dequantize(17), (1, 3, 3)),
+    "dequantize_columns": lambda: (T.DequantizeColumns(3, [0, 2]), (3,)),
     "augment": lambda: (T.Augment(2), (3,)),
     "augment_image": lambda: (T.Augment(1), (2, 3, 3)),
 }

@@ -4,12 +4,12 @@ from clayflow.core.transform import Compose, Inverse
 from clayflow.transforms.augment import Augment
 from clayflow.transforms.continuous import CNF
 from clayflow.transforms.coupling import AdditiveCoupling, AffineCoupling, ScaleBound
-from clayflow.transforms.elementwise import Scaling, Standardize
-from clayflow.transforms.linear import InvertibleConv1x1, Permutation
+from clayflow.transforms.elementwise import PowerTransform, Scaling, Standardize
+from clayflow.transforms.linear import InvertibleConv1x1, Permutation, Whitening
 from clayflow.transforms.masks import MaskKind, alternating_mask, checkerboard_mask, half_mask
 from clayflow.transforms.multiscale import LearnedPrior, MultiScale
 from clayflow.transforms.normalization import ActNorm, BatchNorm
-from clayflow.transforms.preprocess import Dequantize, Logit, ScalarAffine
+from clayflow.transforms.preprocess import Dequantize, DequantizeColumns, Logit, ScalarAffine
 from clayflow.transforms.reshape import Squeeze
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "BatchNorm",
     "Compose",
     "Dequantize",
+    "DequantizeColumns",
     "Inverse",
     "InvertibleConv1x1",
     "LearnedPrior",
@@ -28,11 +29,13 @@ __all__ = [
     "MaskKind",
     "MultiScale",
     "Permutation",
+    "PowerTransform",
     "ScalarAffine",
     "ScaleBound",
     "Scaling",
     "Squeeze",
     "Standardize",
+    "Whitening",
     "alternating_mask",
     "checkerboard_mask",
     "half_mask",

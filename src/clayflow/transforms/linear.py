@@ -1,5 +1,5 @@
-"""Linear maps over the feature (or channel) dimension: fixed permutations and Glow's
-learned invertible 1x1 convolution (plain or LU-decomposed)."""
+"""Linear maps over the feature (or channel) dimension: fixed permutations, Glow's learned
+invertible 1x1 convolution (plain or LU-decomposed), and a learned whitening of vectors."""
 
 from __future__ import annotations
 
@@ -53,17 +53,23 @@ class InvertibleConv1x1(Transform):
       log|det dz/dx| = n sum(log_s), no determinant to compute.
 
     n = 1 for vectors (a learned linear layer) and H * W for images. Outside training and
-    autograd (e.g. sampling), W^-1 is cached until the weights change.
+    autograd (e.g. sampling), W^-1 is cached until the weights change. ``init="identity"``
+    starts from W = I (LU only) instead of a random rotation, drawing no random numbers.
 
     Shape:
         x: ``(B, C)`` or ``(B, C, H, W)`` -> z like x, logabsdet ``(B,)``.
     Reference: Kingma & Dhariwal, Glow, 2018, Sec. 3.2.
     """
 
-    def __init__(self, features: int, lu: bool = True):
+    def __init__(self, features: int, lu: bool = True, init: str = "rotation"):
         super().__init__()
         self.lu = bool(lu)
-        rotation = torch.linalg.qr(torch.randn(features, features))[0]
+        if init not in ("rotation", "identity") or (init == "identity" and not self.lu):
+            raise ClayflowError(f"init must be 'rotation', or 'identity' with lu=True; got {init!r}")
+        if init == "identity":
+            rotation = torch.eye(features)
+        else:
+            rotation = torch.linalg.qr(torch.randn(features, features))[0]
         if not self.lu:
             self.weight = nn.Parameter(rotation)
         else:
@@ -85,6 +91,19 @@ class InvertibleConv1x1(Transform):
         sign = 1 - 2 * self.negative.to(self.log_s.dtype)
         upper = torch.triu(self.upper, 1) + torch.diag(sign * torch.exp(self.log_s))
         return (lower @ upper)[self.row_order]
+
+    @torch.no_grad()
+    def set_lower_triangular(self, weight: Tensor) -> None:
+        """Set W to ``weight`` ``(C, C)``, lower triangular with a positive diagonal (LU only):
+        P = I, L = weight / diag, U = diag (no random rotation is kept)."""
+        diagonal = weight.diagonal()
+        if not self.lu or not torch.equal(weight, weight.tril()) or not bool((diagonal > 0).all()):
+            raise ClayflowError("set_lower_triangular needs lu=True and a lower-triangular weight with diagonal > 0")
+        self.row_order.copy_(torch.arange(len(diagonal)))
+        self.negative.zero_()
+        self.lower.copy_(torch.tril(weight / diagonal, -1))
+        self.upper.zero_()
+        self.log_s.copy_(diagonal.log())
 
     def log_abs_det_weight(self) -> Tensor:
         """log|det W| (a scalar)."""
@@ -115,3 +134,45 @@ class InvertibleConv1x1(Transform):
 
     def extra_repr(self) -> str:
         return f"features={self.log_s.numel() if self.lu else self.weight.shape[0]}, lu={self.lu}"
+
+
+class Whitening(Transform):
+    r"""z = W (x - shift) with W = LU-decomposed (as ``InvertibleConv1x1``) and a learned shift.
+
+    ``fit(x)`` sets ``shift`` to the mean of ``x`` ``(N, D)`` and W to ``C^{-1}`` where
+    ``C C^T = cov(x)`` (Cholesky, maximum likelihood with 1/N): then z has zero mean and
+    identity covariance on ``x``, and with an N(0, I) base the flow is exactly the
+    full-covariance Gaussian fitted to ``x``. Both stay trainable. Until fitted (or loaded)
+    it is the identity.
+
+        log|det dz/dx| = sum log diag(U) = log|det W|
+
+    Shape:
+        x: ``(B, D)`` -> z ``(B, D)``, logabsdet ``(B,)``.
+    """
+
+    def __init__(self, features: int):
+        super().__init__()
+        self.shift = nn.Parameter(torch.zeros(features))
+        self.linear = InvertibleConv1x1(features, lu=True, init="identity")
+
+    @torch.no_grad()
+    def fit(self, x: Tensor) -> None:
+        """Whiten ``x`` ``(N, D)``: computed in float64; refuses a singular covariance."""
+        x = x.double()
+        mean = x.mean(0)
+        cov = (x - mean).T @ (x - mean) / len(x)
+        factor, info = torch.linalg.cholesky_ex(cov)
+        if info != 0:
+            raise ClayflowError("cannot whiten: the covariance of the data is singular")
+        eye = torch.eye(len(mean), dtype=cov.dtype)
+        weight = torch.linalg.solve_triangular(factor, eye, upper=False)
+        self.shift.copy_(mean)
+        self.linear.set_lower_triangular(weight.to(self.shift.dtype))
+
+    def forward(self, x, context=None):
+        return self.linear(x - self.shift)
+
+    def inverse(self, z, context=None):
+        x, logabsdet = self.linear.inverse(z)
+        return x + self.shift, logabsdet
