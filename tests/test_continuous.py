@@ -166,7 +166,7 @@ def test_cnf_trains_by_likelihood_and_by_flow_matching(tmp_path, objective, lr, 
 
     from clayflow.data import load_dataset
     from clayflow.train import TrainConfig, evaluate_nll, train
-    from clayflow.train.loop import build_flow
+    from clayflow.train.setup import build_flow
 
     fast = {"steps": steps, "batch_size": 256, "lr": lr, "warmup": 0, "schedule": "constant"}
     model = {"hidden": 64, "depth": 2, "solver": "rk4", "step_size": 0.25}

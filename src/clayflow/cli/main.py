@@ -372,7 +372,7 @@ def _plot(run_dir: Path, flow) -> list[Path]:
 def _load_run(run: str, device: str):
     """The trained flow (eval mode, on ``device``) and the checkpoint it came from."""
     from clayflow.train.checkpoint import flow_from_checkpoint, read_checkpoint
-    from clayflow.train.loop import resolve_device
+    from clayflow.train.setup import resolve_device
 
     payload = read_checkpoint(run, prefer_best=True)
     return flow_from_checkpoint(payload).to(resolve_device(device)).eval(), payload

@@ -26,6 +26,9 @@ MIN_ROWS = 10
 DATA_SEED = 0  # splits and toy samples never depend on the training seed
 _FLOAT32_EPS = float(np.finfo(np.float32).eps)
 _QR_ROWS = 65_536  # rows per block of the rank check
+# A column of whole numbers with at most this many distinct values is discrete (a count, a
+# category code, a rating, an intensity level); with more it is treated as continuous.
+MAX_DISCRETE_VALUES = 32
 
 
 @dataclass
@@ -82,6 +85,43 @@ def looks_like_path(spec: str) -> bool:
     return Path(spec).suffix.lower() in TABLE_SUFFIXES or "/" in spec or Path(spec).exists()
 
 
+def discrete_columns(data: Dataset, choice: str = "auto") -> list[int]:
+    """The columns (0-based) of a table to dequantize, by ``choice``.
+
+    ``"auto"``: every column whose values in all splits are whole numbers with at most
+    ``MAX_DISCRETE_VALUES`` distinct values. ``"none"``: none. Otherwise a comma-separated
+    list of column names or 1-based numbers, each of which must hold whole numbers only.
+    """
+    if choice == "none":
+        return []
+    values = torch.cat([data.train, data.val, data.test]).double()
+    whole = (values == values.round()).all(0)
+    if choice == "auto":
+        return [
+            j for j in range(values.shape[1])
+            if whole[j] and len(values[:, j].unique()) <= MAX_DISCRETE_VALUES
+        ]  # fmt: skip
+    chosen = [_column_index(item.strip(), data.columns, values.shape[1]) for item in choice.split(",")]
+    fractional = [j for j in chosen if not whole[j]]
+    if fractional:
+        raise UsageError(
+            f"--discrete: column(s) {column_names(fractional, data.columns)} hold values that are "
+            "not whole numbers; only integer columns can be dequantized"
+        )
+    return sorted(set(chosen))
+
+
+def _column_index(item: str, columns: list[str] | None, width: int) -> int:
+    if columns and item in columns:
+        return columns.index(item)
+    if item.isdigit() and 1 <= int(item) <= width:
+        return int(item) - 1
+    named = f"; columns: {', '.join(columns)}" if columns else ""
+    raise UsageError(
+        f"--discrete: no column {item!r} (give auto, none, or column names or numbers 1-{width}{named})"
+    )
+
+
 def standardization(train: Tensor, columns: list[str] | None = None) -> tuple[Tensor, Tensor]:
     """Per-column mean and std ``(D,)`` of the training split ``(N, D)`` of a table.
 
@@ -96,7 +136,7 @@ def standardization(train: Tensor, columns: list[str] | None = None) -> tuple[Te
     constant = (std <= _FLOAT32_EPS * mean.abs()).nonzero().flatten().tolist()
     if constant:
         raise ClayflowError(
-            f"column(s) {_column_names(constant, columns)} are constant in the training data (no "
+            f"column(s) {column_names(constant, columns)} are constant in the training data (no "
             "variation at float32 precision), so they have no density; drop them from the file"
         )
     check_full_rank(train, mean, std, columns)
@@ -139,8 +179,8 @@ def check_full_rank(train: Tensor, mean: Tensor, std: Tensor, columns: list[str]
             if residual <= 4 * np.sqrt(noise[j] ** 2 + coef**2 @ noise[independent] ** 2):
                 used = [i for i, c in zip(independent, coef) if abs(c) > 1e-6]
                 problems.append(
-                    f"column {_column_names([j], columns)} is a linear combination of "
-                    f"column{'s' if len(used) > 1 else ''} {_column_names(used, columns)}"
+                    f"column {column_names([j], columns)} is a linear combination of "
+                    f"column{'s' if len(used) > 1 else ''} {column_names(used, columns)}"
                 )
                 continue
         independent.append(j)
@@ -151,8 +191,8 @@ def check_full_rank(train: Tensor, mean: Tensor, std: Tensor, columns: list[str]
         )
 
 
-def _column_names(indices: list[int], columns: list[str] | None) -> str:
-    """``"1, 3"``, or with names ``"1, 3 (a, c)"`` (1-based)."""
+def column_names(indices: list[int], columns: list[str] | None) -> str:
+    """Columns by 0-based ``indices`` for a message: ``"1, 3"``, or with names ``"1, 3 (a, c)"`` (1-based)."""
     numbers = ", ".join(str(i + 1) for i in indices)
     return f"{numbers} ({', '.join(str(columns[i]) for i in indices)})" if columns else numbers
 

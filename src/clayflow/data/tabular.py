@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import os
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +18,13 @@ from clayflow.errors import ClayflowError, UsageError
 from clayflow.files import atomic_write
 
 # Bundled with scikit-learn (no download): name -> loader returning a Bunch with .data.
+# Diabetes in its original units (age in years, sex coded 1/2, ...), as a user's file has
+# it, not scikit-learn's default rescaling of each column.
 SKLEARN_TABLES = {
     "iris": skd.load_iris,
     "wine": skd.load_wine,
     "breast_cancer": skd.load_breast_cancer,
-    "diabetes": skd.load_diabetes,
+    "diabetes": partial(skd.load_diabetes, scaled=False),
 }
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".npy")

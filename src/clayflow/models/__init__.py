@@ -16,8 +16,8 @@ from clayflow.errors import ClayflowError, UsageError
 from clayflow.models.continuous import cnf, cnf_image
 from clayflow.models.glow import glow_image, glow_vector
 from clayflow.models.image import realnvp_image
+from clayflow.models.start import start_transforms
 from clayflow.models.vector import nice, realnvp
-from clayflow.transforms import Standardize
 
 VECTOR, IMAGE = "vector", "image"
 MODELS = {
@@ -32,9 +32,9 @@ MODELS = {
 class ModelSpec:
     """A model by name for data of ``event_shape``, JSON-serialisable.
 
-    Vectors: ``MODELS[name]["vector"](D, **options)``, optionally preceded by a
-    ``Standardize`` layer whose statistics live in the state dict. Images:
-    ``MODELS[name]["image"]((C, H, W), levels, **options)``.
+    Vectors: ``MODELS[name]["vector"](D, **options)``, preceded by the start layers of
+    ``clayflow.models.start`` that are switched on (their fitted values live in the state
+    dict). Images: ``MODELS[name]["image"]((C, H, W), levels, **options)``.
     """
 
     name: str
@@ -42,6 +42,9 @@ class ModelSpec:
     options: dict[str, Any] = field(default_factory=dict)
     standardize: bool = False
     levels: int | None = None  # intensity levels of image data (the builder dequantizes)
+    discrete: list[int] = field(default_factory=list)  # vectors: dequantized columns (0-based)
+    power: bool = False  # vectors: a Yeo-Johnson power transform after standardising
+    whiten: bool = False  # vectors: a learned whitening after that
 
     @property
     def kind(self) -> str:
@@ -90,7 +93,8 @@ def build(spec: ModelSpec) -> Flow:
         raise ClayflowError(f"models need vectors (D,) or images (C, H, W), got shape {spec.event_shape}")
     features = spec.event_shape[0]
     flow = builder(features, **spec.options)
-    transform = Compose(Standardize(features), *flow.transform) if spec.standardize else flow.transform
+    start = start_transforms(features, spec.discrete, spec.standardize, spec.power, spec.whiten)
+    transform = Compose(*start, *flow.transform) if start else flow.transform
     return Flow(transform, flow.base, event_shape=(features,))
 
 

@@ -8,7 +8,7 @@ from functools import partial
 
 from clayflow.core import Compose, Flow, StandardNormal
 from clayflow.errors import ClayflowError, UsageError, parse_choice
-from clayflow.models.options import check_sizes
+from clayflow.models.options import check_dropout, check_sizes
 from clayflow.nn import MLP
 from clayflow.nn.resnet import GlowNet
 from clayflow.transforms import (
@@ -131,19 +131,22 @@ def glow_vector(
     lu: bool = True,
     coupling: str = "affine",
     scale_bound: str = "tanh",
+    dropout: float = 0.0,
 ) -> Flow:
     """Glow for vectors: ``layers`` steps of [ActNorm, invertible linear map (LU or plain),
     coupling of alternating halves with an MLP], then an ActNorm, with base N(0, I).
 
-    Args as ``glow_image``; ``hidden`` and ``depth`` are the MLP's width and hidden layers.
+    Args as ``glow_image``; ``hidden`` and ``depth`` are the MLP's width and hidden layers,
+    ``dropout`` its dropout probability while training.
     Reference: Kingma & Dhariwal, Glow, 2018.
     """
     if features < 2:
         raise ClayflowError(f"coupling flows need at least 2 features (data columns), got {features}")
     check_sizes(layers=layers, hidden=hidden, depth=depth)
+    check_dropout(dropout)
     kind = parse_choice(CouplingKind, coupling, "coupling")
     bound = parse_choice(ScaleBound, scale_bound, "scale bound")
-    make_net = partial(MLP, hidden=hidden, depth=depth)
+    make_net = partial(MLP, hidden=hidden, depth=depth, dropout=dropout)
     steps = []
     for k in range(layers):
         steps += _step(features, make_net, lu, kind, bound, k)

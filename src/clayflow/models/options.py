@@ -18,3 +18,9 @@ def check_sizes(**values) -> None:
         least = MIN_SIZES[name]
         if int(value) != value or value < least:
             raise UsageError(f"--{name} must be an integer >= {least}, got {value}")
+
+
+def check_dropout(dropout: float) -> None:
+    """A dropout probability must be in [0, 1), else a UsageError."""
+    if not 0 <= dropout < 1:
+        raise UsageError(f"--dropout must be in [0, 1), got {dropout}")

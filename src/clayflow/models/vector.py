@@ -7,7 +7,7 @@ from functools import partial
 
 from clayflow.core import Compose, DiagonalNormal, Flow, StandardNormal
 from clayflow.errors import ClayflowError, parse_choice
-from clayflow.models.options import check_sizes
+from clayflow.models.options import check_dropout, check_sizes
 from clayflow.nn import MLP, ResidualMLP
 from clayflow.transforms import AdditiveCoupling, AffineCoupling, BatchNorm, MaskKind, ScaleBound, Scaling
 from clayflow.transforms.masks import make_mask
@@ -27,16 +27,17 @@ class Base(str, Enum):
     DIAGONAL = "diagonal"
 
 
-def _check_sizes(features: int, layers: int, hidden: int, depth: int) -> None:
+def _check_sizes(features: int, layers: int, hidden: int, depth: int, dropout: float) -> None:
     if features < 2:
         raise ClayflowError(f"coupling flows need at least 2 features (data columns), got {features}")
     check_sizes(layers=layers, hidden=hidden, depth=depth)
+    check_dropout(dropout)
 
 
-def _make_net(conditioner: str, hidden: int, depth: int):
+def _make_net(conditioner: str, hidden: int, depth: int, dropout: float):
     kind = parse_choice(Conditioner, conditioner, "conditioner")
     net = MLP if kind is Conditioner.MLP else ResidualMLP
-    return partial(net, hidden=hidden, depth=depth)
+    return partial(net, hidden=hidden, depth=depth, dropout=dropout)
 
 
 def _make_base(base: str, features: int):
@@ -55,6 +56,7 @@ def realnvp(
     scale_bound: str = "tanh",
     batch_norm: bool = False,
     base: str = "normal",
+    dropout: float = 0.0,
 ) -> Flow:
     """RealNVP for vectors: ``layers`` affine couplings whose masks alternate parity.
 
@@ -67,10 +69,11 @@ def realnvp(
         scale_bound: ``"tanh"`` (RealNVP, learned factor) or ``"soft_clamp"``.
         batch_norm: insert a ``BatchNorm`` flow layer between couplings.
         base: ``"normal"`` (N(0, I)) or ``"diagonal"`` (learned mean and scale).
+        dropout: dropout probability in the conditioners while training (small tables).
     Reference: Dinh et al., Density estimation using Real NVP, 2017.
     """
-    _check_sizes(features, layers, hidden, depth)
-    make_net = _make_net(conditioner, hidden, depth)
+    _check_sizes(features, layers, hidden, depth, dropout)
+    make_net = _make_net(conditioner, hidden, depth, dropout)
     mask_kind = parse_choice(MaskKind, mask, "mask")
     bound = parse_choice(ScaleBound, scale_bound, "scale bound")
     steps = []
@@ -90,14 +93,15 @@ def nice(
     conditioner: str = "mlp",
     mask: str = "alternating",
     base: str = "normal",
+    dropout: float = 0.0,
 ) -> Flow:
     """NICE: ``layers`` additive couplings with alternating masks, then a diagonal scaling.
 
     Arguments as ``realnvp``. Volume is changed only by the final ``Scaling`` layer.
     Reference: Dinh et al., NICE: Non-linear Independent Components Estimation, 2015.
     """
-    _check_sizes(features, layers, hidden, depth)
-    make_net = _make_net(conditioner, hidden, depth)
+    _check_sizes(features, layers, hidden, depth, dropout)
+    make_net = _make_net(conditioner, hidden, depth, dropout)
     mask_kind = parse_choice(MaskKind, mask, "mask")
     steps = [AdditiveCoupling(make_mask(mask_kind, features, i), make_net) for i in range(layers)]
     return Flow(Compose(*steps, Scaling(features)), _make_base(base, features))

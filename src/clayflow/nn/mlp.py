@@ -6,7 +6,10 @@ from torch import Tensor, nn
 
 
 class MLP(nn.Sequential):
-    """in -> [Linear(hidden), activation] x depth -> Linear(out).
+    """in -> [Linear(hidden), activation, Dropout(dropout)] x depth -> Linear(out).
+
+    Dropout (regularisation for small tables) acts in training mode only, so a coupling
+    with this conditioner is still an exact bijection in evaluation mode.
 
     Shape:
         ``(B, in_features) -> (B, out_features)``.
@@ -19,23 +22,26 @@ class MLP(nn.Sequential):
         hidden: int = 128,
         depth: int = 2,
         activation: type[nn.Module] = nn.ReLU,
+        dropout: float = 0.0,
     ):
         layers: list[nn.Module] = []
         width = in_features
         for _ in range(depth):
             layers += [nn.Linear(width, hidden), activation()]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
             width = hidden
         layers.append(nn.Linear(width, out_features))
         super().__init__(*layers)
 
 
 class ResidualBlock(nn.Module):
-    """h + Linear(act(Linear(act(h)))): a pre-activation residual block of constant width."""
+    """h + Linear(dropout(act(Linear(act(h))))): a pre-activation residual block of constant width."""
 
-    def __init__(self, width: int, activation: type[nn.Module] = nn.ReLU):
+    def __init__(self, width: int, activation: type[nn.Module] = nn.ReLU, dropout: float = 0.0):
         super().__init__()
         self.body = nn.Sequential(
-            activation(), nn.Linear(width, width), activation(), nn.Linear(width, width)
+            activation(), nn.Linear(width, width), activation(), nn.Dropout(dropout), nn.Linear(width, width)
         )
 
     def forward(self, h: Tensor) -> Tensor:
@@ -43,7 +49,8 @@ class ResidualBlock(nn.Module):
 
 
 class ResidualMLP(nn.Module):
-    """in -> Linear(hidden) -> residual blocks x depth -> act -> Linear(out) (ResNet-style).
+    """in -> Linear(hidden) -> residual blocks x depth -> act -> Linear(out) (ResNet-style),
+    with ``dropout`` inside each block (training mode only).
 
     Shape:
         ``(B, in_features) -> (B, out_features)``.
@@ -56,10 +63,11 @@ class ResidualMLP(nn.Module):
         hidden: int = 128,
         depth: int = 2,
         activation: type[nn.Module] = nn.ReLU,
+        dropout: float = 0.0,
     ):
         super().__init__()
         self.input = nn.Linear(in_features, hidden)
-        self.blocks = nn.Sequential(*[ResidualBlock(hidden, activation) for _ in range(depth)])
+        self.blocks = nn.Sequential(*[ResidualBlock(hidden, activation, dropout) for _ in range(depth)])
         self.activation = activation()
         self.output = nn.Linear(hidden, out_features)  # registered last: zero-initialised
 

@@ -67,14 +67,17 @@ def plot_run(
 
 def plot_losses(metrics: list[dict[str, str]], path: Path) -> Path:
     """Train and validation NLL against the step; for flow matching (no train NLL) the
-    flow-matching loss on a second axis."""
+    flow-matching loss on a second axis. The step-0 row (the fitted start, before any
+    training step) has a train NLL but no flow-matching loss."""
     steps = [int(row["step"]) for row in metrics]
     fig, ax = plt.subplots(figsize=(6, 4))
     if all(row.get("train_nll") for row in metrics):
         ax.plot(steps, [float(row["train_nll"]) for row in metrics], label="train")
     else:
+        trained = [row for row in metrics if row.get("train_loss")]
         loss_ax = ax.twinx()
-        loss_ax.plot(steps, [float(row["train_loss"]) for row in metrics], color="C2", label="train loss")
+        loss_ax.plot([int(row["step"]) for row in trained], [float(row["train_loss"]) for row in trained],
+                     color="C2", label="train loss")  # fmt: skip
         loss_ax.set_ylabel("flow-matching loss")
         loss_ax.legend(loc="upper center")
     ax.plot(steps, [float(row["val_nll"]) for row in metrics], color="C1", label="validation")

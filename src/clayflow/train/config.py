@@ -48,6 +48,7 @@ MODEL_FIELDS = (
     "trace",
     "eval_trace",
     "adjoint",
+    "dropout",
 )
 
 
@@ -68,6 +69,7 @@ class TrainConfig:
     scale_bound: str | None = None  # tanh, soft_clamp or sigmoid (default tanh; Glow images sigmoid)
     batch_norm: bool | None = None  # batch-norm flow layers between couplings or CNF blocks (default off)
     base: str | None = None  # vector models: base normal or diagonal (learned) (default normal)
+    dropout: float | None = None  # vector models: dropout in the conditioners while training (default 0)
     scales: int | None = None  # image models: number of scales/levels (default: the most that fit, up to 3)
     norm: str | None = None  # image models: conditioner normalisation, batch or none (default batch)
     alpha: float | None = None  # realnvp and cnf images: logit boundary alpha (default 0.05)
@@ -91,6 +93,9 @@ class TrainConfig:
     jacobian: float = 0.0  # cnf: weight of the Jacobian Frobenius regulariser (RNODE, e.g. 0.01)
     ot: bool = False  # flow matching: pair noise and data by minibatch optimal transport
     standardize: bool = True  # tables: standardise columns inside the flow (likelihood stays in data units)
+    power_transform: bool = True  # tables: a learned Yeo-Johnson power per column, fitted before training
+    whiten: bool = True  # tables: a learned linear map fitted to whiten the training rows (start from a Gaussian)
+    discrete: str = "auto"  # tables: columns to dequantize: auto (integer columns with few values), none, or names/numbers
     optimizer: str = "adam"  # adam or adamw
     weight_decay: float = 0.0  # decoupled with adamw, L2 with adam
     schedule: str = "cosine"  # cosine (after warm-up) or constant
@@ -98,10 +103,10 @@ class TrainConfig:
     clip: float = 10.0  # gradient-norm clipping threshold (0 disables)
     ema: float = 0.0  # EMA decay of the weights used to evaluate (0 disables, e.g. 0.999)
     select_best: bool = True  # keep and use the weights with the lowest validation NLL
-    patience: int = 0  # stop after this many evaluations without a lower validation NLL (0: never)
+    patience: int | None = None  # stop after this many evaluations without a lower validation NLL (0: never; default: vectors max(20, 500 steps), images 0)
     nonfinite: str = "stop"  # on a NaN/inf loss or gradient: stop, or skip the step (stops after 20 in a row)
     seed: int = 0  # seed of initialisation and batch order
-    eval_every: int = 250  # steps between validation evaluations (and metrics rows)
+    eval_every: int | None = None  # steps between validation evaluations and metrics rows (default: one epoch)
     checkpoint_every: int = 500  # steps between checkpoints
     device: str = "auto"  # auto, cpu, cuda or cuda:N
     compile: bool = False  # torch.compile the training step (coupling flows; same numbers, faster)
@@ -110,7 +115,8 @@ class TrainConfig:
         return asdict(self)
 
     def resolved(self) -> TrainConfig:
-        """A copy with the data-dependent training defaults filled in (see ``KIND_DEFAULTS``)."""
+        """A copy with the defaults of the data's kind filled in (see ``KIND_DEFAULTS``); the
+        defaults that depend on the data's size are ``clayflow.train.setup.data_defaults``."""
         from clayflow.data.images import is_image_spec
 
         defaults = KIND_DEFAULTS["image" if is_image_spec(self.data) else "vector"]

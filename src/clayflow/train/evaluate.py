@@ -34,10 +34,15 @@ def log_prob_in_chunks(flow: Flow, x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def evaluate_nll(flow: Flow, x: torch.Tensor) -> float:
-    """Mean negative log-likelihood of ``x`` (nats per example) in eval mode."""
+def evaluate_log_probs(flow: Flow, x: torch.Tensor) -> torch.Tensor:
+    """``log p(x)`` of every row ``(N,)`` (float64, CPU) in eval mode."""
     was_training = flow.training
     flow.eval()
-    nll = -log_prob_in_chunks(flow, x).mean().item()
+    log_probs = log_prob_in_chunks(flow, x)
     flow.train(was_training)
-    return nll
+    return log_probs
+
+
+def evaluate_nll(flow: Flow, x: torch.Tensor) -> float:
+    """Mean negative log-likelihood of ``x`` (nats per example) in eval mode."""
+    return -evaluate_log_probs(flow, x).mean().item()

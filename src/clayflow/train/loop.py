@@ -21,9 +21,8 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from clayflow.core import Flow
-from clayflow.data import Dataset, load_dataset, standardization
+from clayflow.data import load_dataset
 from clayflow.errors import ClayflowError, UsageError, first_line
-from clayflow.models import VECTOR, ModelSpec, build, data_kind, model_defaults, model_options
 from clayflow.train.checkpoint import (
     BEST_NAME,
     CHECKPOINT_NAME,
@@ -33,16 +32,20 @@ from clayflow.train.checkpoint import (
     state_dict_mismatch,
 )
 from clayflow.train.config import TrainConfig, config_from_dict
-from clayflow.train.evaluate import evaluate_nll
+from clayflow.train.evaluate import evaluate_log_probs, evaluate_nll
 from clayflow.train.objective import flow_matching, maximum_likelihood
 from clayflow.train.resume import check_can_start_over, check_same_run, data_fingerprint, resumed_config
 from clayflow.train.run import MetricsLog, write_json
 from clayflow.train.rundir import ExistingRun, NewRun, default_run_dir
 from clayflow.train.sampler import BatchSampler
 from clayflow.train.schedule import lr_factor, make_optimizer, make_scheduler
+from clayflow.train.selection import BestModel
+from clayflow.train.setup import build_flow, data_defaults, resolve_device
 from clayflow.train.signals import StopRequest
 
 INTERVAL_SUMS = ("loss", "nll", "nfe_forward", "nfe_backward")  # averaged into each metrics row
+LOG_STEPS = 250  # steps between log lines, roughly (metrics rows are written at every evaluation)
+STEP0_TRAIN_ROWS = 10_000  # training rows whose NLL the step-0 metrics row reports
 MAX_SKIPS_IN_A_ROW = 20  # --nonfinite skip: a model that stays non-finite this long has diverged
 
 
@@ -79,39 +82,11 @@ class TrainResult:
     val_nll: float
     train_seconds: float
     selected_step: int  # the step whose weights were evaluated (best validation, or last)
+    patience: int  # early stopping after this many evaluations without a better model (0: off)
+    stopped_early: bool
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; an unavailable CUDA device is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"device {name!r} requested but CUDA is not available; use --device cpu")
-    return device
-
-
-def build_flow(config: TrainConfig, data: Dataset) -> tuple[Flow, ModelSpec]:
-    """The untrained flow for ``config`` on ``data`` (standardisation of tables fitted to its train split)."""
-    kind = data_kind(data.event_shape)
-    options = {
-        **model_defaults(config.model, kind),
-        **config.model_options(model_options(config.model, kind), kind),
-    }
-    standardize = config.standardize and kind == VECTOR
-    spec = ModelSpec(config.model, list(data.event_shape), options, standardize, data.levels)
-    torch.manual_seed(config.seed)
-    flow = build(spec)
-    if spec.standardize:
-        standardize = flow.transform[0]
-        standardize.mean, standardize.std = standardization(data.train, data.columns)
-    return flow, spec
 
 
 def train(
@@ -146,15 +121,15 @@ def _train(config, run_dir, resume, force, progress, stop) -> TrainResult:
         if run_dir is None:
             raise UsageError("resuming needs the run directory")
         # The run's own options; those in ``config`` must equal them or be resumable.
-        config = resumed_config(Path(run_dir), config.resolved().to_dict() if config is not None else {})
+        config = resumed_config(Path(run_dir), config.to_dict() if config is not None else {})
     else:
         config = config_from_dict(config.to_dict(), source="TrainConfig")
-    config = config.resolved()
     run = ExistingRun(Path(run_dir)) if resume else None  # locked before anything is read
     try:
         device = resolve_device(config.device)
         data = load_dataset(config.data)
-        flow, spec = build_flow(config, data)
+        config = data_defaults(config, data)
+        flow, spec = build_flow(config, data, verbose=True)
         fingerprint = data_fingerprint(data)
         checkpoint = None
         if run is not None:
@@ -233,7 +208,7 @@ class _Trainer:
             self.objective = torch.compile(self.objective)
         self.last_saved_step = None
         self.skipped, self.skipped_in_a_row = 0, 0  # --nonfinite skip: since the last row, and in a row
-        self.best_val_nll, self.best_step = math.inf, None
+        self.best = BestModel()
         if checkpoint is not None:
             self._restore(checkpoint)
         self.metrics = MetricsLog(run.path / "metrics.csv", resume_step=self.step if checkpoint else None)
@@ -263,8 +238,7 @@ class _Trainer:
             "interval_count": self.count,
             "skipped": (self.skipped, self.skipped_in_a_row),
             "train_seconds": self.train_seconds,
-            "best_val_nll": self.best_val_nll,
-            "best_step": self.best_step,
+            **self.best.state_dict(),
         }
 
     def _save(self) -> None:
@@ -318,7 +292,7 @@ class _Trainer:
                 self.sums = {**dict.fromkeys(INTERVAL_SUMS, 0.0), "loss": loss_sum, "nll": loss_sum}
             self.skipped, self.skipped_in_a_row = checkpoint.get("skipped", (0, 0))
             self.train_seconds = checkpoint["train_seconds"]
-            self.best_val_nll, self.best_step = checkpoint["best_val_nll"], checkpoint["best_step"]
+            self.best.load_state_dict(checkpoint)
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             reason = state_dict_mismatch(exc) if isinstance(exc, RuntimeError) else first_line(exc)
             raise ClayflowError(f"checkpoint in {self.run_dir} cannot resume this run: {reason}") from None
@@ -332,8 +306,10 @@ class _Trainer:
         )
         interval_start, interval_steps = time.perf_counter(), 0
         if self.last_saved_step is None:
-            # A checkpoint of step 0: every run that has trained at all has a last.pt, so a
-            # run without one provably never trained (see resume.check_can_start_over).
+            # The untrained flow (the fitted start) is the first candidate for the best model,
+            # and a checkpoint of step 0: every run that has trained at all has a last.pt, so
+            # a run without one provably never trained (see resume.check_can_start_over).
+            self._log(None, None, bar)
             self._save()
         while self.step < config.steps and not self._out_of_patience():
             if self.stop.signum is not None:
@@ -359,10 +335,28 @@ class _Trainer:
         if self._out_of_patience():
             print(
                 f"stopped early at step {self.step}: no lower validation NLL in the last "
-                f"{config.patience} evaluations (best at step {self.best_step})",
+                f"{config.patience} evaluations (best at step {self.best.step})",
                 file=sys.stderr,
             )
         return self._finish()
+
+    def _print_every(self) -> int:
+        """Steps between log lines (without a progress bar): the evaluations nearest to every
+        ``LOG_STEPS`` steps, so that a table validated every step does not print 4000 lines."""
+        every = self.config.eval_every
+        return every * max(1, round(LOG_STEPS / every))
+
+    def _plan(self) -> str:
+        """Validation and early stopping, said at step 0."""
+        every = self.config.eval_every
+        epoch = max(1, len(self.data.train) // min(self.config.batch_size, len(self.data.train)))
+        when = "once per epoch" if every == epoch else f"every {every} steps"
+        stopping = (
+            f"early stopping after {self.config.patience} evaluations without a better model"
+            if self.config.patience
+            else "no early stopping"
+        )
+        return f"validation {when}, {every} step{'s' if every > 1 else ''}; {stopping}"
 
     def _stop_for_signal(self) -> None:
         """Stop for the signal received: save the step reached and say how to resume, or, for a
@@ -386,7 +380,7 @@ class _Trainer:
         checkpointed best step, so a resumed run stops where an uninterrupted one did."""
         patience, every = self.config.patience, self.config.eval_every
         return (
-            bool(patience) and self.best_step is not None and self.step - self.best_step >= patience * every
+            bool(patience) and self.best.step is not None and self.step - self.best.step >= patience * every
         )
 
     def _train_step(self) -> tuple[float, float] | None:
@@ -432,17 +426,26 @@ class _Trainer:
     def _eval_flow(self) -> Flow:
         return self.ema.module if self.ema is not None else self.flow
 
-    def _log(self, grad_norm: float, steps_per_s: float, bar: tqdm) -> None:
-        val_nll = evaluate_nll(self._eval_flow(), self.data.val)
+    def _log(self, grad_norm: float | None, steps_per_s: float | None, bar: tqdm) -> None:
+        """Evaluate on the validation rows and write a metrics row: the mean training loss
+        since the last row, or at step 0 the NLL of (up to ``STEP0_TRAIN_ROWS``) training rows."""
+        val_log_probs = evaluate_log_probs(self._eval_flow(), self.data.val)
+        val_nll = -val_log_probs.mean().item()
+        if self.step == 0:
+            train_nll = evaluate_nll(self._eval_flow(), self.data.train[:STEP0_TRAIN_ROWS])
+            train_loss = train_nll if self.config.objective == "mle" else ""
+        else:
+            train_loss = self.sums["loss"] / max(self.count, 1)
+            train_nll = self.sums["nll"] / max(self.count, 1) if self.config.objective == "mle" else ""
         row = {
             "step": self.step,
-            "train_loss": self.sums["loss"] / max(self.count, 1),
-            "train_nll": self.sums["nll"] / max(self.count, 1) if self.config.objective == "mle" else "",
+            "train_loss": train_loss,
+            "train_nll": train_nll,
             "val_nll": val_nll,
             "val_bpd": val_nll / (self.data.dims * math.log(2)),
             "lr": self.scheduler.get_last_lr()[0],
-            "grad_norm": grad_norm,
-            "steps_per_s": steps_per_s,
+            "grad_norm": "" if grad_norm is None else grad_norm,
+            "steps_per_s": "" if steps_per_s is None else steps_per_s,
             "nfe_forward": self.sums["nfe_forward"] / max(self.count, 1),
             "nfe_backward": self.sums["nfe_backward"] / max(self.count, 1),
             "elapsed_s": self.train_seconds,
@@ -451,18 +454,22 @@ class _Trainer:
         with self._writing("metrics"):
             self.metrics.append(row)
         self.skipped = 0
-        if self.config.select_best and val_nll < self.best_val_nll:
-            self.best_val_nll, self.best_step = val_nll, self.step
+        if self.config.select_best and self.best.consider(self.step, val_log_probs):
             self._save_best(val_nll)
         self.sums, self.count = dict.fromkeys(INTERVAL_SUMS, 0.0), 0
         nfe = f"  nfe {row['nfe_forward']:.0f}+{row['nfe_backward']:.0f}" if row["nfe_forward"] else ""
-        bar.set_postfix(loss=f"{row['train_loss']:.3f}", val=f"{val_nll:.3f}", nfe=nfe.strip(), refresh=True)
-        if not self.progress:
-            print(
-                f"step {self.step}/{self.config.steps}  train loss {row['train_loss']:.4f}  "
-                f"val nll {val_nll:.4f}{nfe}  ({steps_per_s:.0f} steps/s)",
-                file=sys.stderr,
+        if self.step == 0:
+            line = f"step 0/{self.config.steps}  val nll {val_nll:.4f}  (the untrained flow; {self._plan()})"
+        else:
+            bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{val_nll:.3f}", nfe=nfe.strip(), refresh=True)
+            line = (
+                f"step {self.step}/{self.config.steps}  train loss {train_loss:.4f}  "
+                f"val nll {val_nll:.4f}{nfe}  ({steps_per_s:.0f} steps/s)"
             )
+        if self.step == 0 and self.progress:
+            bar.write(line, file=sys.stderr)
+        elif not self.progress and (self.step % self._print_every() == 0 or self.step == self.config.steps):
+            print(line, file=sys.stderr)
 
     def _save_best(self, val_nll: float) -> None:
         payload = {
@@ -476,9 +483,9 @@ class _Trainer:
             save_checkpoint(self.run_dir / BEST_NAME, payload)
 
     def _finish(self) -> TrainResult:
-        if self.best_step is not None:
+        if self.best.step is not None:
             flow = flow_from_checkpoint(read_checkpoint(self.run_dir / BEST_NAME)).to(self.device)
-            selected_step, val_nll = self.best_step, self.best_val_nll
+            selected_step, val_nll = self.best.step, self.best.val_nll
         else:
             flow, selected_step = self._eval_flow(), self.step
             val_nll = evaluate_nll(flow, self.data.val)
@@ -491,6 +498,8 @@ class _Trainer:
             val_nll=val_nll,
             train_seconds=self.train_seconds,
             selected_step=selected_step,
+            patience=self.config.patience,
+            stopped_early=self._out_of_patience(),
         )
         with self._writing("results"):
             write_json(self.run_dir / "results.json", result.to_dict())

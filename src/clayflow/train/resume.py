@@ -21,6 +21,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from clayflow.data import Dataset
 from clayflow.errors import ClayflowError, UsageError
 from clayflow.models import ModelSpec
@@ -58,6 +60,7 @@ def resumed_config(run_dir: Path, given: dict[str, Any]) -> TrainConfig:
     change is a usage error naming the old and the new value."""
     saved = read_run_config(run_dir)
     saved_values = saved.to_dict()
+    given = {name: value for name, value in given.items() if value is not None}  # None: not given
     changed = [
         f"{flag(name)} {saved_values[name]!r} -> {value!r}"
         for name, value in sorted(given.items())
@@ -78,13 +81,25 @@ def _same(new: Any, old: Any) -> bool:
 
 
 def has_checkpointed(run_dir: Path) -> bool:
-    """Whether the run ever wrote a checkpoint, a result or a metrics row: evidence that
-    starting it over would destroy something."""
-    return (
-        (run_dir / BEST_NAME).exists()
-        or (run_dir / "results.json").exists()
-        or bool(read_metrics(run_dir / "metrics.csv"))
-    )
+    """Whether the run ever wrote a result, or a metrics row or best checkpoint of a step after
+    0: evidence that starting it over would destroy something. (Those of step 0 are the
+    evaluation of the untrained flow, which starting over repeats exactly.)"""
+    if (run_dir / "results.json").exists():
+        return True
+    if any(_step_of(row) != 0 for row in read_metrics(run_dir / "metrics.csv")):
+        return True
+    best = run_dir / BEST_NAME
+    return best.exists() and _step_of(best) != 0
+
+
+def _step_of(source: dict[str, str] | Path) -> int | None:
+    """The step of a metrics row or a checkpoint file, or None if it cannot be read."""
+    try:
+        if isinstance(source, Path):
+            return int(torch.load(source, map_location="cpu", weights_only=True)["step"])
+        return int(source["step"])
+    except Exception:  # noqa: BLE001 - unreadable for any reason: not provably step 0
+        return None
 
 
 def check_can_start_over(run_dir: Path) -> None:
@@ -129,7 +144,7 @@ def check_same_run(checkpoint: dict[str, Any], spec: ModelSpec, config: TrainCon
         raise ClayflowError(f"checkpoint in {run_dir} has an unreadable model description: {exc}") from None
     differences = [
         name
-        for name in ("name", "event_shape", "standardize", "levels")
+        for name in ("name", "event_shape", "standardize", "levels", "discrete", "power", "whiten")
         if getattr(saved, name) != getattr(spec, name)
     ]
     differences += [k for k, v in saved.options.items() if k not in spec.options or spec.options[k] != v]

@@ -1,0 +1,111 @@
+"""What a run is made of before its first step: the device, and the untrained flow fitted to
+the training data (the start layers of ``clayflow.models.start``)."""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import replace
+from functools import partial
+
+import torch
+
+from clayflow.core import Flow
+from clayflow.data import Dataset, column_names, discrete_columns, standardization
+from clayflow.errors import UsageError
+from clayflow.models import VECTOR, ModelSpec, build, data_kind, model_defaults, model_options
+from clayflow.models.start import fit_start
+from clayflow.train.config import TrainConfig
+
+_LISTED_COLUMNS = 8  # a message names at most this many columns
+
+# Defaults chosen from the data's size (see ``data_defaults``). Tables with fewer training rows
+# than SMALL_TABLE_ROWS overfit within a few hundred steps with the networks that suit 2D toys
+# of 50,000 rows: for them, small batches, narrow conditioners and dropout.
+SMALL_TABLE_ROWS = 5_000
+SMALL_TABLE = {"batch_size": 64, "dropout": 0.3}
+SMALL_TABLE_MIN_HIDDEN = 32  # conditioner width: the smallest power of 2 >= 2 D, in [32, 128]
+MAX_HIDDEN = 128
+# Early stopping: the patience is at least this many evaluations, and at least PATIENCE_STEPS.
+MIN_PATIENCE = 20
+PATIENCE_STEPS = 500
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; an unavailable CUDA device is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+    return device
+
+
+def data_defaults(config: TrainConfig, data: Dataset) -> TrainConfig:
+    """``config`` with every option left at ``None`` that depends on the data filled in, by rule
+    (the result is what ``config.json`` records; an option given is never changed):
+
+    * all data: validation once per epoch (``eval_every`` = training rows // batch size steps);
+    * vectors: early stopping after ``max(20, 500 / eval_every)`` evaluations without a lower
+      validation NLL (``patience``; images train without it);
+    * tables with fewer than ``SMALL_TABLE_ROWS`` training rows, coupling models: batches of 64,
+      dropout 0.3 in the conditioners, and conditioners of width ``2 D`` rounded up to a power
+      of 2 in [32, 128];
+    * then the kind defaults of ``TrainConfig.resolved`` (batch size, learning rate).
+    """
+    vector = data_kind(data.event_shape) == VECTOR
+    rows = len(data.train)
+    values: dict = {}
+    if vector and rows < SMALL_TABLE_ROWS and "dropout" in model_options(config.model, VECTOR):
+        values.update(SMALL_TABLE)
+        width = 2 ** math.ceil(math.log2(2 * data.features))
+        values["hidden"] = min(MAX_HIDDEN, max(SMALL_TABLE_MIN_HIDDEN, width))
+    config = replace(config, **{k: v for k, v in values.items() if getattr(config, k) is None}).resolved()
+    if config.eval_every is None:
+        config = replace(config, eval_every=max(1, rows // min(config.batch_size, rows)))
+    if config.patience is None:
+        patience = max(MIN_PATIENCE, math.ceil(PATIENCE_STEPS / config.eval_every))
+        config = replace(config, patience=patience if vector and config.select_best else 0)
+    return config
+
+
+def build_flow(config: TrainConfig, data: Dataset, *, verbose: bool = False) -> tuple[Flow, ModelSpec]:
+    """The untrained flow for ``config`` on ``data``; a vector flow's start layers are fitted
+    to the training split. With ``verbose``, says which columns are dequantized."""
+    kind = data_kind(data.event_shape)
+    options = {
+        **model_defaults(config.model, kind),
+        **config.model_options(model_options(config.model, kind), kind),
+    }
+    vector = kind == VECTOR
+    discrete = discrete_columns(data, config.discrete) if vector else []
+    spec = ModelSpec(
+        config.model, list(data.event_shape), options, config.standardize and vector, data.levels,
+        discrete=discrete, power=config.power_transform and vector, whiten=config.whiten and vector,
+    )  # fmt: skip
+    torch.manual_seed(config.seed)
+    flow = build(spec)
+    if vector:
+        fit_start(flow, data.train, partial(standardization, columns=data.columns), seed=config.seed)
+        if config.objective == "fm":  # flow matching trains the CNF alone; the fitted start stays
+            for layer in list(flow.transform)[:-1]:
+                layer.requires_grad_(False)
+    if verbose and discrete and config.discrete == "auto":
+        print(_discrete_message(discrete, data), file=sys.stderr)
+    return flow, spec
+
+
+def _discrete_message(discrete: list[int], data: Dataset) -> str:
+    which = (
+        f"column(s) {column_names(discrete, data.columns)}"
+        if len(discrete) <= _LISTED_COLUMNS
+        else f"{len(discrete)} of the {data.features} columns"
+    )
+    return (
+        f"{which} hold few whole-number values: they are dequantized (uniform noise on [0, 1)), "
+        "so log-likelihoods are lower bounds on the discrete probabilities, in the same units "
+        "(--discrete none turns this off)"
+    )

@@ -1,0 +1,141 @@
+"""Tables as users have them: the fitted start (an untrained flow is the Gaussian fit),
+discrete columns, and defaults chosen from the data's size."""
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from clayflow import transforms as T
+from clayflow.cli.main import main
+from clayflow.data import MAX_DISCRETE_VALUES, Dataset, discrete_columns, load_dataset
+from clayflow.errors import UsageError
+from clayflow.train import TrainConfig, train
+from clayflow.train.setup import SMALL_TABLE_ROWS, build_flow, data_defaults
+
+
+def _table(values: np.ndarray, columns=None) -> Dataset:
+    t = torch.as_tensor(values, dtype=torch.float32)
+    return Dataset("t", t[:-4], t[-4:-2], t[-2:], columns)
+
+
+def test_whitening_fit_gives_zero_mean_identity_covariance():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 4, generator=g, dtype=torch.float64) @ torch.randn(4, 4, generator=g, dtype=torch.float64) + 3
+    whitening = T.Whitening(4).double()
+    whitening.fit(x)
+    z, logabsdet = whitening(x)
+    torch.testing.assert_close(z.mean(0), torch.zeros(4, dtype=torch.float64), atol=1e-10, rtol=0)
+    torch.testing.assert_close(z.T @ z / len(z), torch.eye(4, dtype=torch.float64))
+    assert torch.allclose(logabsdet, -0.5 * torch.logdet(torch.cov(x.T, correction=0)).expand(300))
+
+
+def test_power_transform_fit_pulls_in_a_long_tail():
+    g = torch.Generator().manual_seed(0)
+    skewed = torch.randn(2000, 1, generator=g).exp()  # log-normal: long right tail
+    standardized = (skewed - skewed.mean()) / skewed.std()
+    power = T.PowerTransform(1)
+    power.fit(standardized)
+    z = power(standardized)[0].detach()
+    assert power.power.item() < 0.5
+    assert abs(stats.skew(z.squeeze().numpy())) < 0.2 * abs(stats.skew(standardized.squeeze().numpy()))
+
+
+def test_untrained_flow_is_the_full_covariance_gaussian_fit():
+    """Without the power transform, the untrained flow's log-density is the Gaussian maximum
+    likelihood fit to the training rows, in the data's own units."""
+    config = TrainConfig(data="wine", power_transform=False)
+    data = load_dataset("wine")
+    flow, _ = build_flow(data_defaults(config, data), data)
+    train_rows = data.train.double().numpy()
+    gaussian = stats.multivariate_normal(train_rows.mean(0), np.cov(train_rows.T, bias=True))
+    expected = gaussian.logpdf(data.test.double().numpy())
+    got = flow.double().eval().log_prob(data.test.double()).detach().numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_the_untrained_flow_is_a_candidate_for_the_best_model(tmp_path):
+    """A learning rate far too high: training only makes the model worse, and the run reports
+    the fitted start, whose validation NLL is the first metrics row."""
+    run = tmp_path / "run"
+    result = train(TrainConfig(data="wine", steps=30, lr=0.05, warmup=0), run, progress=False)
+    with (run / "metrics.csv").open() as f:
+        metrics = list(csv.DictReader(f))
+    assert metrics[0]["step"] == "0" and metrics[0]["train_nll"] and not metrics[0]["grad_norm"]
+    assert result.selected_step == 0
+    assert result.val_nll == pytest.approx(float(metrics[0]["val_nll"]))
+    assert min(float(r["val_nll"]) for r in metrics[1:]) > result.val_nll
+
+
+def test_discrete_columns_are_detected_by_values_and_chosen_by_name_or_number():
+    rng = np.random.default_rng(0)
+    values = np.column_stack([
+        rng.normal(size=60),                    # continuous
+        rng.integers(1, 3, size=60),            # two codes: discrete
+        rng.integers(0, 1000, size=60),         # whole numbers, too many values: continuous
+        np.round(rng.normal(size=60), 1),       # a grid, not whole numbers: continuous
+    ])  # fmt: skip
+    data = _table(values, ["x", "sex", "count", "rounded"])
+    assert len(np.unique(values[:, 2])) > MAX_DISCRETE_VALUES
+    assert discrete_columns(data, "auto") == [1]
+    assert discrete_columns(data, "none") == []
+    assert discrete_columns(data, "count,2") == [1, 2]
+    with pytest.raises(UsageError, match=r"column\(s\) 4 \(rounded\) hold values that are not whole"):
+        discrete_columns(data, "rounded")
+    with pytest.raises(UsageError, match="no column 'age'.*columns: x, sex, count, rounded"):
+        discrete_columns(data, "age")
+
+
+def test_dequantized_columns_round_trip_and_bound_the_discrete_probability():
+    """Flow on one binary column: its log-likelihood of a value is at most log P = log 1/2."""
+    layer = T.DequantizeColumns(3, [1])
+    x = torch.tensor([[0.3, 1.0, -2.0], [1.5, 2.0, 0.0]])
+    y, logabsdet = layer(x)
+    assert torch.equal(y[:, [0, 2]], x[:, [0, 2]]) and bool(((y[:, 1] - x[:, 1]) >= 0).all())
+    assert bool(((y[:, 1] - x[:, 1]) < 1).all()) and torch.equal(logabsdet, torch.zeros(2))
+    assert torch.equal(layer.inverse(y)[0], x)
+
+
+def test_diabetes_sex_column_is_dequantized_and_said(tmp_path, capsys):
+    assert main(["train", "--data", "diabetes", "--steps", "2", "--no-plots", "--out", str(tmp_path / "r")]) == 0
+    assert "column(s) 2 (sex) hold few whole-number values: they are dequantized" in capsys.readouterr().err
+    spec = torch.load(tmp_path / "r/checkpoints/last.pt", weights_only=False)["model_spec"]
+    assert spec["discrete"] == [1] and spec["power"] and spec["whiten"]
+
+
+def test_a_bad_discrete_choice_is_one_usage_line(tmp_path, capsys):
+    assert main(["train", "--data", "wine", "--discrete", "alcohol", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("clayflow: error: --discrete: column(s) 1 (alcohol) hold values") and err.count("\n") == 1
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        # 142 training rows: the small-table rule, epochs of 2 batches of 64
+        ("wine", {"batch_size": 64, "dropout": 0.3, "hidden": 32, "eval_every": 2, "patience": 250}),
+        # digits as images: once per epoch, no early stopping, no table rule
+        ("digits", {"batch_size": 64, "dropout": None, "hidden": None, "eval_every": 22, "patience": 0}),
+        # a 2D toy of 50,000 rows: big batches, epochs of 97 steps, patience of 20 epochs
+        ("moons", {"batch_size": 512, "dropout": None, "hidden": None, "eval_every": 97, "patience": 20}),
+    ],
+)
+def test_defaults_follow_the_size_of_the_data(data, expected):
+    config = data_defaults(TrainConfig(data=data), load_dataset(data))
+    assert {k: getattr(config, k) for k in expected} == expected
+
+
+def test_given_options_win_over_the_data_rule_and_config_json_records_the_rule(tmp_path):
+    config = data_defaults(TrainConfig(data="wine", hidden=128, patience=0), load_dataset("wine"))
+    assert (config.hidden, config.patience, config.dropout) == (128, 0, 0.3)
+    assert len(load_dataset("breast_cancer").train) < SMALL_TABLE_ROWS
+    run = tmp_path / "run"
+    assert main(["train", "--data", "wine", "--steps", "4", "--no-plots", "--out", str(run)]) == 0
+    saved = json.loads((run / "config.json").read_text())
+    assert (saved["hidden"], saved["dropout"], saved["eval_every"], saved["patience"]) == (32, 0.3, 2, 250)
+    assert math.isclose(saved["lr"], 2e-3)
