@@ -429,12 +429,12 @@ class _Trainer:
     def _log(self, grad_norm: float | None, steps_per_s: float | None, bar: tqdm) -> None:
         """Evaluate on the validation rows and write a metrics row: the mean training loss
         since the last row, or at step 0 the NLL of (up to ``STEP0_TRAIN_ROWS``) training rows."""
-        val_log_probs = evaluate_log_probs(self._eval_flow(), self.data.val)
-        val_nll = -val_log_probs.mean().item()
-        if self.step == 0:
+        if self.step == 0:  # the training rows first: data-dependent layers (ActNorm) initialise on them
             train_nll = evaluate_nll(self._eval_flow(), self.data.train[:STEP0_TRAIN_ROWS])
             train_loss = train_nll if self.config.objective == "mle" else ""
-        else:
+        val_log_probs = evaluate_log_probs(self._eval_flow(), self.data.val)
+        val_nll = -val_log_probs.mean().item()
+        if self.step > 0:
             train_loss = self.sums["loss"] / max(self.count, 1)
             train_nll = self.sums["nll"] / max(self.count, 1) if self.config.objective == "mle" else ""
         row = {
