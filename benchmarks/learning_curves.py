@@ -65,7 +65,7 @@ def main() -> None:
                 f"before ({args.before})": (run_default(tmp / "before", args.data, args.seed, tmp / "a"), tmp / "a"),
                 "after (this checkout)": (run_default(ROOT, args.data, args.seed, tmp / "b"), tmp / "b"),
             }
-            fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+            fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
             for ax, (label, (result, run)) in zip(axes, runs.items()):
                 curve = read_curve(run)
                 ax.plot(curve["step"], curve["train"], label="train NLL")

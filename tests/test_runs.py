@@ -467,3 +467,13 @@ def test_a_killed_replacement_is_cleaned_up_by_the_next(tmp_path, capsys):
     assert len(list(tmp_path.glob(".run.clayflow-*"))) == 1  # what a SIGKILL cannot clean up
     assert run_cli(capsys, "train", *FAST, "--out", run, "--force")[0] == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_resume_does_not_block_on_a_fifo_best_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    assert subprocess.run([*CLI, "train", *FAST, "--out", str(run)], capture_output=True, check=False).returncode == 0
+    for name in ("checkpoints/last.pt", "checkpoints/best.pt", "metrics.csv", "results.json"):
+        (run / name).unlink()
+    os.mkfifo(run / "checkpoints/best.pt")
+    done = subprocess.run([*CLI, "train", "--resume", str(run)], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 1 and "has lost its checkpoint" in one_error_line(done.stderr)

@@ -10,11 +10,14 @@ import pytest
 import torch
 from scipy import stats
 
+import clayflow
 from clayflow import transforms as T
 from clayflow.cli.main import main
 from clayflow.data import MAX_DISCRETE_VALUES, Dataset, discrete_columns, load_dataset
 from clayflow.errors import UsageError
 from clayflow.train import TrainConfig, train
+from clayflow.train.evaluate import evaluate_nll
+from clayflow.train.selection import BestModel
 from clayflow.train.setup import SMALL_TABLE_ROWS, build_flow, data_defaults
 
 
@@ -58,17 +61,40 @@ def test_untrained_flow_is_the_full_covariance_gaussian_fit():
     np.testing.assert_allclose(got, expected, rtol=1e-6)
 
 
-def test_the_untrained_flow_is_a_candidate_for_the_best_model(tmp_path):
-    """A learning rate far too high: training only makes the model worse, and the run reports
-    the fitted start, whose validation NLL is the first metrics row."""
+def test_the_untrained_flow_is_a_candidate_for_the_best_model(tmp_path, monkeypatch):
+    """When every trained step is worse on validation, the run reports the fitted start,
+    whose validation NLL is the first metrics row."""
+    from clayflow.train import loop
+
+    real = loop.evaluate_log_probs
+    worse = {"calls": 0}
+
+    def worse_after_step_0(flow, x):
+        worse["calls"] += 1
+        return real(flow, x) - (0.0 if worse["calls"] == 1 else 1.0)
+
+    monkeypatch.setattr(loop, "evaluate_log_probs", worse_after_step_0)
     run = tmp_path / "run"
-    result = train(TrainConfig(data="wine", steps=30, lr=0.05, warmup=0), run, progress=False)
+    result = train(TrainConfig(data="wine", steps=30), run, progress=False)
     with (run / "metrics.csv").open() as f:
         metrics = list(csv.DictReader(f))
     assert metrics[0]["step"] == "0" and metrics[0]["train_nll"] and not metrics[0]["grad_norm"]
-    assert result.selected_step == 0
+    assert result.selected_step == 0 and result.steps == 30
     assert result.val_nll == pytest.approx(float(metrics[0]["val_nll"]))
-    assert min(float(r["val_nll"]) for r in metrics[1:]) > result.val_nll
+    assert result.test_nll == pytest.approx(evaluate_nll(clayflow.load(run), load_dataset("wine").test))
+
+
+def test_a_trained_step_must_beat_the_start_beyond_the_validation_noise():
+    best = BestModel()
+    start = torch.tensor([-1.0, -2.0, -3.0, -4.0])
+    assert best.consider(0, start) and best.step == 0
+    lucky = start + torch.tensor([2.0, -1.5, 1.0, -1.0])  # better on average (+0.125), not beyond 2 s.e.
+    assert not best.consider(10, lucky) and best.step == 0
+    assert best.consider(20, start + 0.5) and best.step == 20  # every row better: accepted
+    assert best.consider(30, start + lucky - start + 0.6) and best.step == 30  # then the lowest mean NLL wins
+    assert not best.consider(40, start + 0.1) and best.step == 30
+    one_row = BestModel()
+    assert one_row.consider(0, torch.tensor([-1.0])) and not one_row.consider(1, torch.tensor([5.0]))
 
 
 def test_discrete_columns_are_detected_by_values_and_chosen_by_name_or_number():
@@ -144,10 +170,35 @@ def test_given_options_win_over_the_data_rule_and_config_json_records_the_rule(t
 def test_actnorm_initialises_on_the_training_rows_at_step_0(tmp_path):
     """Glow's first ActNorm sees the whitened training rows first (mean 0, std 1 exactly), so it
     starts as the identity; initialised on the 18 validation rows it would not."""
-    import clayflow
-
     run = tmp_path / "run"
     result = train(TrainConfig(model="glow", data="wine", steps=1), run, progress=False)
     assert result.selected_step == 0
     actnorm = next(m for m in clayflow.load(run).modules() if isinstance(m, T.ActNorm))
     assert actnorm.loc.abs().max() < 1e-4 and actnorm.log_scale.abs().max() < 1e-4
+
+
+def test_a_run_of_the_previous_version_resumes(tmp_path, capsys):
+    """Runs written before the fitted start existed have no power_transform/whiten/discrete
+    in config.json and none of discrete/power/whiten in the checkpoint's model: they resume
+    as they were trained."""
+    run = tmp_path / "run"
+    argv = ["train", "--data", "wine", "--steps", "4", "--no-power-transform", "--no-whiten", "--discrete", "none"]
+    assert main([*argv, "--hidden", "16", "--dropout", "0", "--no-plots", "--out", str(run)]) == 0
+    config = json.loads((run / "config.json").read_text())
+    for key in ("power_transform", "whiten", "discrete", "dropout"):
+        del config[key]
+    (run / "config.json").write_text(json.dumps(config))
+    checkpoint = torch.load(run / "checkpoints/last.pt", weights_only=False)
+    for key in ("discrete", "power", "whiten"):
+        del checkpoint["model_spec"][key]
+    del checkpoint["model_spec"]["options"]["dropout"]
+    checkpoint["config"] = config
+    torch.save(checkpoint, run / "checkpoints/last.pt")
+    assert main(["train", "--resume", str(run), "--steps", "6", "--no-plots"]) == 0, capsys.readouterr().err
+
+
+def test_residual_conditioners_without_dropout_keep_their_parameter_names():
+    from clayflow.nn import ResidualMLP
+
+    names = set(ResidualMLP(3, 4, hidden=8, depth=1).state_dict())
+    assert "blocks.0.body.3.weight" in names and not any("body.4" in n for n in names)

@@ -92,6 +92,7 @@ def discrete_columns(data: Dataset, choice: str = "auto") -> list[int]:
     ``MAX_DISCRETE_VALUES`` distinct values. ``"none"``: none. Otherwise a comma-separated
     list of column names or 1-based numbers, each of which must hold whole numbers only.
     """
+    choice = choice.strip()
     if choice == "none":
         return []
     values = torch.cat([data.train, data.val, data.test]).double()

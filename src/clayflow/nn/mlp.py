@@ -40,9 +40,8 @@ class ResidualBlock(nn.Module):
 
     def __init__(self, width: int, activation: type[nn.Module] = nn.ReLU, dropout: float = 0.0):
         super().__init__()
-        self.body = nn.Sequential(
-            activation(), nn.Linear(width, width), activation(), nn.Dropout(dropout), nn.Linear(width, width)
-        )
+        dropped = [nn.Dropout(dropout)] if dropout > 0 else []  # none at 0: older checkpoints keep their keys
+        self.body = nn.Sequential(activation(), nn.Linear(width, width), activation(), *dropped, nn.Linear(width, width))
 
     def forward(self, h: Tensor) -> Tensor:
         return h + self.body(h)

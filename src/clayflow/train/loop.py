@@ -34,13 +34,19 @@ from clayflow.train.checkpoint import (
 from clayflow.train.config import TrainConfig, config_from_dict
 from clayflow.train.evaluate import evaluate_log_probs, evaluate_nll
 from clayflow.train.objective import flow_matching, maximum_likelihood
-from clayflow.train.resume import check_can_start_over, check_same_run, data_fingerprint, resumed_config
+from clayflow.train.resume import (
+    check_can_start_over,
+    check_same_run,
+    check_steps,
+    data_fingerprint,
+    resumed_config,
+)
 from clayflow.train.run import MetricsLog, write_json
 from clayflow.train.rundir import ExistingRun, NewRun, default_run_dir
 from clayflow.train.sampler import BatchSampler
-from clayflow.train.schedule import lr_factor, make_optimizer, make_scheduler
+from clayflow.train.schedule import make_optimizer, make_scheduler
 from clayflow.train.selection import BestModel
-from clayflow.train.setup import build_flow, data_defaults, resolve_device
+from clayflow.train.setup import build_flow, data_defaults, resolve_device, steps_per_epoch
 from clayflow.train.signals import StopRequest
 
 INTERVAL_SUMS = ("loss", "nll", "nfe_forward", "nfe_backward")  # averaged into each metrics row
@@ -128,7 +134,7 @@ def _train(config, run_dir, resume, force, progress, stop) -> TrainResult:
     try:
         device = resolve_device(config.device)
         data = load_dataset(config.data)
-        config = data_defaults(config, data)
+        config = data_defaults(config, data, new_run=not resume)
         flow, spec = build_flow(config, data, verbose=True)
         fingerprint = data_fingerprint(data)
         checkpoint = None
@@ -136,7 +142,7 @@ def _train(config, run_dir, resume, force, progress, stop) -> TrainResult:
             if (run.path / CHECKPOINT_NAME).exists():
                 checkpoint = read_checkpoint(run.path, map_location="cpu")
                 check_same_run(checkpoint, spec, config, fingerprint, run.path)
-                _check_steps(checkpoint, config)
+                check_steps(checkpoint, config)
             else:  # killed before its first checkpoint: start again from step 0 in place
                 check_can_start_over(run.path)
         if stop.signum is not None:
@@ -161,25 +167,6 @@ def _train(config, run_dir, resume, force, progress, stop) -> TrainResult:
     finally:
         if run is not None:
             run.release()
-
-
-def _check_steps(checkpoint: dict[str, Any], config: TrainConfig) -> None:
-    """``--steps`` may grow or shrink on resume, down to the step reached; a cosine schedule is
-    then stretched from that step, which is said, with the learning rate before and after."""
-    step = checkpoint["step"]
-    if config.steps < step:
-        raise UsageError(f"the run has reached step {step}; --steps {config.steps} would undo that, give at least {step}")
-    before = (checkpoint.get("config") or {}).get("steps")
-    if before is None or before == config.steps or config.schedule != "cosine" or step < config.warmup:
-        return
-    old = lr_factor(step, config.warmup, before, config.schedule) * config.lr
-    new = lr_factor(step, config.warmup, config.steps, config.schedule) * config.lr
-    print(
-        f"--steps changed from {before} to {config.steps}: the cosine schedule now ends at step "
-        f"{config.steps}, so the learning rate after step {step} is {new:.3g} (it was {old:.3g}); "
-        "the continued run differs from an uninterrupted one",
-        file=sys.stderr,
-    )
 
 
 class _Trainer:
@@ -297,6 +284,8 @@ class _Trainer:
             reason = state_dict_mismatch(exc) if isinstance(exc, RuntimeError) else first_line(exc)
             raise ClayflowError(f"checkpoint in {self.run_dir} cannot resume this run: {reason}") from None
         self.last_saved_step = self.step
+        if self.config.select_best and self.best.step == self.step:
+            self._save_best(self.best.val_nll)  # it may have been lost with the killed process
 
     # -- loop ---------------------------------------------------------------------------
     def run(self) -> TrainResult:
@@ -310,7 +299,8 @@ class _Trainer:
             # and a checkpoint of step 0: every run that has trained at all has a last.pt, so
             # a run without one provably never trained (see resume.check_can_start_over).
             self._log(None, None, bar)
-            self._save()
+            if self.last_saved_step != self.step:
+                self._save()
         while self.step < config.steps and not self._out_of_patience():
             if self.stop.signum is not None:
                 bar.close()
@@ -327,14 +317,15 @@ class _Trainer:
                     self.train_seconds += seconds
                     self._log(grad_norm, interval_steps / max(seconds, 1e-9), bar)
                     interval_start, interval_steps = time.perf_counter(), 0
-                if self.step % config.checkpoint_every == 0 or self.step == config.steps:
+                due = self.step % config.checkpoint_every == 0 or self.step == config.steps
+                if due and self.last_saved_step != self.step:
                     self._save()
         bar.close()
         if self.last_saved_step != self.step:
             self._save()
-        if self._out_of_patience():
+        if self._stopped_early():
             print(
-                f"stopped early at step {self.step}: no lower validation NLL in the last "
+                f"stopped early at step {self.step}: no better model in the last "
                 f"{config.patience} evaluations (best at step {self.best.step})",
                 file=sys.stderr,
             )
@@ -349,7 +340,7 @@ class _Trainer:
     def _plan(self) -> str:
         """Validation and early stopping, said at step 0."""
         every = self.config.eval_every
-        epoch = max(1, len(self.data.train) // min(self.config.batch_size, len(self.data.train)))
+        epoch = steps_per_epoch(len(self.data.train), self.config.batch_size)
         when = "once per epoch" if every == epoch else f"every {every} steps"
         stopping = (
             f"early stopping after {self.config.patience} evaluations without a better model"
@@ -382,6 +373,9 @@ class _Trainer:
         return (
             bool(patience) and self.best.step is not None and self.step - self.best.step >= patience * every
         )
+
+    def _stopped_early(self) -> bool:
+        return self.step < self.config.steps and self._out_of_patience()
 
     def _train_step(self) -> tuple[float, float] | None:
         """One optimisation step: ``(loss, grad_norm)``, or None when a non-finite loss or
@@ -455,6 +449,9 @@ class _Trainer:
             self.metrics.append(row)
         self.skipped = 0
         if self.config.select_best and self.best.consider(self.step, val_log_probs):
+            # last.pt first, then best.pt: a kill in between leaves a checkpoint whose best step
+            # is its own step, and resuming it rewrites best.pt (see ``_restore``).
+            self._save()
             self._save_best(val_nll)
         self.sums, self.count = dict.fromkeys(INTERVAL_SUMS, 0.0), 0
         nfe = f"  nfe {row['nfe_forward']:.0f}+{row['nfe_backward']:.0f}" if row["nfe_forward"] else ""
@@ -499,7 +496,7 @@ class _Trainer:
             train_seconds=self.train_seconds,
             selected_step=selected_step,
             patience=self.config.patience,
-            stopped_early=self._out_of_patience(),
+            stopped_early=self._stopped_early(),
         )
         with self._writing("results"):
             write_json(self.run_dir / "results.json", result.to_dict())

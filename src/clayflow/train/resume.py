@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+import stat
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ from clayflow.train.checkpoint import BEST_NAME, CHECKPOINT_NAME
 from clayflow.train.config import TrainConfig, config_from_dict, flag
 from clayflow.train.run import read_json, read_metrics
 from clayflow.train.rundir import is_run_dir
+from clayflow.train.schedule import lr_factor
 
 # Options that may change when a run is resumed; the rest define the run.
 RESUMABLE_OPTIONS = frozenset(
@@ -40,6 +43,11 @@ RESUMABLE_OPTIONS = frozenset(
 SAME_DATA_OPTIONS = frozenset({"data"})
 
 
+# Options added since runs were first written, with the value that matches how a run without
+# them was trained (issue 15 added the fitted start and the discrete columns of tables).
+OPTIONS_BEFORE_THEY_EXISTED = {"power_transform": False, "whiten": False, "discrete": "none"}
+
+
 def read_run_config(run_dir: Path) -> TrainConfig:
     """The run's ``config.json`` as a validated config; a malformed one is a runtime error (the
     file is broken, not the command)."""
@@ -47,6 +55,7 @@ def read_run_config(run_dir: Path) -> TrainConfig:
     values = read_json(path)
     if not isinstance(values, dict):
         raise ClayflowError(f"{path} is malformed: it must hold an object of options")
+    values = {**OPTIONS_BEFORE_THEY_EXISTED, **values}
     try:
         return config_from_dict(values, source=str(path), here=False, saved=True)  # a resume may change --device
     except UsageError as exc:
@@ -93,9 +102,12 @@ def has_checkpointed(run_dir: Path) -> bool:
 
 
 def _step_of(source: dict[str, str] | Path) -> int | None:
-    """The step of a metrics row or a checkpoint file, or None if it cannot be read."""
+    """The step of a metrics row or a checkpoint file, or None if it cannot be read (or is
+    not a regular file: a FIFO would block the read)."""
     try:
         if isinstance(source, Path):
+            if not stat.S_ISREG(source.stat().st_mode):
+                return None
             return int(torch.load(source, map_location="cpu", weights_only=True)["step"])
         return int(source["step"])
     except Exception:  # noqa: BLE001 - unreadable for any reason: not provably step 0
@@ -105,8 +117,10 @@ def _step_of(source: dict[str, str] | Path) -> int | None:
 def check_can_start_over(run_dir: Path) -> None:
     """A run without ``last.pt`` starts over only if it is provably clayflow's and provably
     never trained: killed before the checkpoint of step 0, which a run writes before its first
-    step. A run with results, a best checkpoint or metrics rows has lost its ``last.pt`` (a
-    user or a disk deleted it), and starting it over would replace them: refused."""
+    step (after evaluating the untrained flow, whose metrics row and best checkpoint of step 0
+    a start-over repeats exactly). A run with results, or a best checkpoint or metrics rows of
+    a later step, has lost its ``last.pt`` (a user or a disk deleted it), and starting it over
+    would replace them: refused."""
     if not run_dir.is_dir():
         raise ClayflowError(f"{run_dir} does not exist; give --resume a run directory")
     if not is_run_dir(run_dir):
@@ -182,3 +196,22 @@ def check_same_run(checkpoint: dict[str, Any], spec: ModelSpec, config: TrainCon
         if saved_name != config.data:
             which = f"{config.data!r} holds other data than {saved_name!r}, which {run_dir} was trained on"
         raise ClayflowError(f"{which} ({what}); resume with the original data, or start a new run")
+
+
+def check_steps(checkpoint: dict[str, Any], config: TrainConfig) -> None:
+    """``--steps`` may grow or shrink on resume, down to the step reached; a cosine schedule is
+    then stretched from that step, which is said, with the learning rate before and after."""
+    step = checkpoint["step"]
+    if config.steps < step:
+        raise UsageError(f"the run has reached step {step}; --steps {config.steps} would undo that, give at least {step}")
+    before = (checkpoint.get("config") or {}).get("steps")
+    if before is None or before == config.steps or config.schedule != "cosine" or step < config.warmup:
+        return
+    old = lr_factor(step, config.warmup, before, config.schedule) * config.lr
+    new = lr_factor(step, config.warmup, config.steps, config.schedule) * config.lr
+    print(
+        f"--steps changed from {before} to {config.steps}: the cosine schedule now ends at step "
+        f"{config.steps}, so the learning rate after step {step} is {new:.3g} (it was {old:.3g}); "
+        "the continued run differs from an uninterrupted one",
+        file=sys.stderr,
+    )

@@ -1,16 +1,17 @@
 r"""Model selection on the validation rows: which step's weights a run reports.
 
 The untrained flow (step 0, the fitted start of ``clayflow.models.start`` for tables) is the
-first candidate. A later step replaces the best so far when its validation NLL is lower and,
-when the validation rows are few, when it beats the start by more than their noise: with
+first candidate. Training replaces it only when validation says so beyond its noise: with
 per-row log-likelihood gains ``d_i = log p_step(x_i) - log p_start(x_i)`` over the n
-validation rows, it must hold that
+validation rows, the first trained step to be chosen must satisfy
 
     mean(d) > MARGIN * std(d) / sqrt(n),
 
 so on 18 validation rows a model that is better by luck is not chosen over the Gaussian it
-started from (on thousands of rows the margin is negligible). Without the start's
-log-likelihoods (a checkpoint of an older clayflow) only the mean counts.
+started from (on thousands of rows the margin is negligible; with fewer than 2 rows the
+start is kept). From then on, a step replaces the best so far when its validation NLL is
+lower. Without the start's log-likelihoods (a checkpoint of an older clayflow, or a run
+resumed from one) the lowest validation NLL is chosen.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ class BestModel:
         val_nll = -log_probs.mean().item()
         if step == 0 and self.start_log_probs is None:
             self.start_log_probs = log_probs.double().cpu()
-        elif not self.beats_start(log_probs):
+        elif self.step == 0 and not self.beats_start(log_probs):  # the start is still the best
             return False
         if val_nll < self.val_nll:
             self.val_nll, self.step = val_nll, step
@@ -49,7 +50,7 @@ class BestModel:
             return True
         gains = log_probs.double().cpu() - self.start_log_probs
         if len(gains) < 2:
-            return bool(gains.mean() > 0)
+            return False
         return bool(gains.mean() > MARGIN * gains.std() / math.sqrt(len(gains)))
 
     def state_dict(self) -> dict[str, Any]:

@@ -44,9 +44,17 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def data_defaults(config: TrainConfig, data: Dataset) -> TrainConfig:
+def steps_per_epoch(rows: int, batch_size: int) -> int:
+    """Optimisation steps in one pass over ``rows`` training rows (the last partial batch of an
+    epoch is dropped, see ``BatchSampler``)."""
+    return max(1, rows // min(batch_size, rows))
+
+
+def data_defaults(config: TrainConfig, data: Dataset, *, new_run: bool = True) -> TrainConfig:
     """``config`` with every option left at ``None`` that depends on the data filled in, by rule
-    (the result is what ``config.json`` records; an option given is never changed):
+    (the result is what ``config.json`` records; an option given is never changed). The model
+    options of the small-table rule apply to new runs only: a resumed run keeps the model it
+    was built with (a run of an older clayflow recorded ``None`` for the builder's defaults).
 
     * all data: validation once per epoch (``eval_every`` = training rows // batch size steps);
     * vectors: early stopping after ``max(20, 500 / eval_every)`` evaluations without a lower
@@ -59,13 +67,13 @@ def data_defaults(config: TrainConfig, data: Dataset) -> TrainConfig:
     vector = data_kind(data.event_shape) == VECTOR
     rows = len(data.train)
     values: dict = {}
-    if vector and rows < SMALL_TABLE_ROWS and "dropout" in model_options(config.model, VECTOR):
+    if new_run and vector and rows < SMALL_TABLE_ROWS and "dropout" in model_options(config.model, VECTOR):
         values.update(SMALL_TABLE)
         width = 2 ** math.ceil(math.log2(2 * data.features))
         values["hidden"] = min(MAX_HIDDEN, max(SMALL_TABLE_MIN_HIDDEN, width))
     config = replace(config, **{k: v for k, v in values.items() if getattr(config, k) is None}).resolved()
     if config.eval_every is None:
-        config = replace(config, eval_every=max(1, rows // min(config.batch_size, rows)))
+        config = replace(config, eval_every=steps_per_epoch(rows, config.batch_size))
     if config.patience is None:
         patience = max(MIN_PATIENCE, math.ceil(PATIENCE_STEPS / config.eval_every))
         config = replace(config, patience=patience if vector and config.select_best else 0)
@@ -81,6 +89,8 @@ def build_flow(config: TrainConfig, data: Dataset, *, verbose: bool = False) -> 
         **config.model_options(model_options(config.model, kind), kind),
     }
     vector = kind == VECTOR
+    if not vector and config.discrete != "auto":
+        raise UsageError("--discrete chooses columns of a table; images are dequantized as a whole")
     discrete = discrete_columns(data, config.discrete) if vector else []
     spec = ModelSpec(
         config.model, list(data.event_shape), options, config.standardize and vector, data.levels,

@@ -107,7 +107,7 @@ class PowerTransform(Transform):
     def forward(self, x, context=None):
         lam = self.power
         positive = x >= 0
-        magnitude = torch.log1p(x.abs())  # log(1 + |x|)
+        magnitude = torch.log1p(torch.where(positive, x, -x))  # log(1 + |x|), with slope 1 at 0
         exponent = torch.where(positive, lam, 2 - lam)
         z = torch.expm1(exponent * magnitude) / exponent
         z = torch.where(positive, z, -z)
@@ -118,7 +118,7 @@ class PowerTransform(Transform):
         lam = self.power
         positive = z >= 0
         exponent = torch.where(positive, lam, 2 - lam)
-        magnitude = torch.log1p(exponent * z.abs()) / exponent  # log(1 + |x|)
+        magnitude = torch.log1p(exponent * torch.where(positive, z, -z)) / exponent  # log(1 + |x|)
         x = torch.expm1(magnitude)
         x = torch.where(positive, x, -x)
         logabsdet = -(torch.where(positive, lam - 1, 1 - lam) * magnitude).sum(1)

@@ -92,19 +92,6 @@ class InvertibleConv1x1(Transform):
         upper = torch.triu(self.upper, 1) + torch.diag(sign * torch.exp(self.log_s))
         return (lower @ upper)[self.row_order]
 
-    @torch.no_grad()
-    def set_lower_triangular(self, weight: Tensor) -> None:
-        """Set W to ``weight`` ``(C, C)``, lower triangular with a positive diagonal (LU only):
-        P = I, L = weight / diag, U = diag (no random rotation is kept)."""
-        diagonal = weight.diagonal()
-        if not self.lu or not torch.equal(weight, weight.tril()) or not bool((diagonal > 0).all()):
-            raise ClayflowError("set_lower_triangular needs lu=True and a lower-triangular weight with diagonal > 0")
-        self.row_order.copy_(torch.arange(len(diagonal)))
-        self.negative.zero_()
-        self.lower.copy_(torch.tril(weight / diagonal, -1))
-        self.upper.zero_()
-        self.log_s.copy_(diagonal.log())
-
     def log_abs_det_weight(self) -> Tensor:
         """log|det W| (a scalar)."""
         return self.log_s.sum() if self.lu else torch.linalg.slogdet(self.weight).logabsdet
@@ -137,15 +124,19 @@ class InvertibleConv1x1(Transform):
 
 
 class Whitening(Transform):
-    r"""z = W (x - shift) with W = LU-decomposed (as ``InvertibleConv1x1``) and a learned shift.
+    r"""z = A (W (x - mean) - shift): a fixed whitening W fitted to data, then a learned linear
+    map A (LU-decomposed, as ``InvertibleConv1x1``) and shift, both starting as the identity.
 
-    ``fit(x)`` sets ``shift`` to the mean of ``x`` ``(N, D)`` and W to ``C^{-1}`` where
+    ``fit(x)`` sets ``mean`` to the mean of ``x`` ``(N, D)`` and W to ``C^{-1}`` where
     ``C C^T = cov(x)`` (Cholesky, maximum likelihood with 1/N): then z has zero mean and
     identity covariance on ``x``, and with an N(0, I) base the flow is exactly the
-    full-covariance Gaussian fitted to ``x``. Both stay trainable. Until fitted (or loaded)
-    it is the identity.
+    full-covariance Gaussian fitted to ``x``. Training moves the whole map A W through A, in
+    whitened coordinates, where the optimiser's steps are well scaled (learning W itself in the
+    data's coordinates is ill-conditioned when columns are strongly correlated), and weight
+    decay pulls A towards the identity, i.e. back towards the fitted whitening. Until fitted
+    (or loaded) W is the identity.
 
-        log|det dz/dx| = sum log diag(U) = log|det W|
+        log|det dz/dx| = log|det A| + log|det W| = sum log diag(U_A) - sum log diag(C)
 
     Shape:
         x: ``(B, D)`` -> z ``(B, D)``, logabsdet ``(B,)``.
@@ -153,6 +144,8 @@ class Whitening(Transform):
 
     def __init__(self, features: int):
         super().__init__()
+        self.register_buffer("mean", torch.zeros(features))
+        self.register_buffer("cholesky", torch.eye(features))  # C (its lower triangle): W = C^-1
         self.shift = nn.Parameter(torch.zeros(features))
         self.linear = InvertibleConv1x1(features, lu=True, init="identity")
 
@@ -163,16 +156,20 @@ class Whitening(Transform):
         mean = x.mean(0)
         cov = (x - mean).T @ (x - mean) / len(x)
         factor, info = torch.linalg.cholesky_ex(cov)
-        if info != 0:
+        if info != 0 or not bool((factor.diagonal() > 0).all()):
             raise ClayflowError("cannot whiten: the covariance of the data is singular")
-        eye = torch.eye(len(mean), dtype=cov.dtype)
-        weight = torch.linalg.solve_triangular(factor, eye, upper=False)
-        self.shift.copy_(mean)
-        self.linear.set_lower_triangular(weight.to(self.shift.dtype))
+        self.mean.copy_(mean)
+        self.cholesky.copy_(factor)
+
+    def _log_abs_det_whitening(self, x: Tensor) -> Tensor:
+        return -self.cholesky.diagonal().abs().log().sum().expand(x.shape[0])
 
     def forward(self, x, context=None):
-        return self.linear(x - self.shift)
+        white = torch.linalg.solve_triangular(self.cholesky, (x - self.mean).T, upper=False).T
+        z, logabsdet = self.linear(white - self.shift)
+        return z, logabsdet + self._log_abs_det_whitening(x)
 
     def inverse(self, z, context=None):
-        x, logabsdet = self.linear.inverse(z)
-        return x + self.shift, logabsdet
+        white, logabsdet = self.linear.inverse(z)
+        x = (white + self.shift) @ self.cholesky.tril().T + self.mean
+        return x, logabsdet - self._log_abs_det_whitening(z)
