@@ -120,7 +120,8 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, small, seed):
     assert stopped.returncode == -signal.SIGKILL, stopped.stderr
     last = killed / "checkpoints/last.pt"
     resumed_from = torch.load(last, weights_only=True)["step"]  # a run checkpoints step 0 first
-    assert resumed_from == (at_step - 1) // 20 * 20, (where, at_step)
+    # every 20 steps, and at each new best validation NLL (every 10 steps here)
+    assert (at_step - 1) // 20 * 20 <= resumed_from < at_step and resumed_from % 10 == 0, (where, at_step)
     assert bool(list((killed / "checkpoints").glob(".*.tmp"))) == (where == "checkpoint")
     print(f"seed {seed}: killed at step {at_step} ({where}), resumed from {resumed_from}")
 
@@ -166,11 +167,11 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(loop._Trainer, "_train_step", poisoned)
     run = tmp_path / "run"
     with pytest.raises(
-        TrainingStopped, match="non-finite at step 31; kept the last good checkpoint \\(step 20\\)"
+        TrainingStopped, match="non-finite at step 31; kept the last good checkpoint \\(step 30\\)"
     ):
         train(TrainConfig(steps=60, **SMALL), run, progress=False)
     saved = torch.load(run / "checkpoints/last.pt", weights_only=True)
-    assert saved["step"] == 20
+    assert saved["step"] == 30  # the checkpoint of the new best at step 30
     assert all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())
 
 
@@ -204,7 +205,7 @@ def test_skip_mode_skips_a_bad_batch_and_stops_on_lasting_divergence(tmp_path, m
 
     monkeypatch.setattr(loop._Trainer, "_train_step", poisoned_weights)
     with pytest.raises(
-        TrainingStopped, match="non-finite in 21 steps in a row at step 31; kept .* \\(step 20\\)"
+        TrainingStopped, match="non-finite in 21 steps in a row at step 31; kept .* \\(step 30\\)"
     ):
         train(TrainConfig(steps=60, nonfinite="skip", **SMALL), tmp_path / "run2", progress=False)
 
@@ -222,23 +223,24 @@ def test_divergence_at_the_first_step_keeps_the_checkpoint_of_step_0(tmp_path):
 
 def test_best_validation_weights_are_kept_and_loaded(tmp_path):
     """On 300 rows of the moons (far from Gaussian, so training beats the fitted start by far
-    more than the validation noise), a big flow without dropout overfits within 400 steps."""
+    more than the validation noise), a big flow without dropout overfits within 1000 steps."""
     from clayflow.data.toys import TOYS
 
     table = tmp_path / "moons.csv"
     points = TOYS["moons"](300, np.random.default_rng(0))
     table.write_text("".join(f"{x:.6f},{y:.6f}\n" for x, y in points))
     run = tmp_path / "run"
-    config = TrainConfig(data=str(table), steps=400, eval_every=50, hidden=128, dropout=0.0, patience=0)
+    config = TrainConfig(data=str(table), steps=1000, lr=5e-3, eval_every=50, hidden=128, dropout=0.0, patience=0)
     result = train(config, run, progress=False)
     val = {int(r["step"]): float(r["val_nll"]) for r in rows(run)}
     best_step = min(val, key=val.get)
     assert (
-        best_step < 400
+        0 < best_step < 1000
         and result.selected_step == best_step
         and result.val_nll == pytest.approx(val[best_step])
     )
     best = torch.load(run / "checkpoints/best.pt", weights_only=True)
+    assert best["step"] == best_step
     key = next(iter(best["model"]))
     assert torch.equal(clayflow.load(run).state_dict()[key], best["model"][key])
 

@@ -448,12 +448,12 @@ class _Trainer:
         with self._writing("metrics"):
             self.metrics.append(row)
         self.skipped = 0
+        self.sums, self.count = dict.fromkeys(INTERVAL_SUMS, 0.0), 0  # before a checkpoint records them
         if self.config.select_best and self.best.consider(self.step, val_log_probs):
             # last.pt first, then best.pt: a kill in between leaves a checkpoint whose best step
             # is its own step, and resuming it rewrites best.pt (see ``_restore``).
             self._save()
             self._save_best(val_nll)
-        self.sums, self.count = dict.fromkeys(INTERVAL_SUMS, 0.0), 0
         nfe = f"  nfe {row['nfe_forward']:.0f}+{row['nfe_backward']:.0f}" if row["nfe_forward"] else ""
         if self.step == 0:
             line = f"step 0/{self.config.steps}  val nll {val_nll:.4f}  (the untrained flow; {self._plan()})"
