@@ -55,13 +55,6 @@ STEP0_TRAIN_ROWS = 10_000  # training rows whose NLL the step-0 metrics row repo
 MAX_SKIPS_IN_A_ROW = 20  # --nonfinite skip: a model that stays non-finite this long has diverged
 
 
-def _nll_value(step_loss, loss_value: float) -> float:
-    """The step's NLL as a float, without a second host sync when it is the loss itself."""
-    if step_loss.nll is None:
-        return 0.0
-    return loss_value if step_loss.nll is step_loss.loss else step_loss.nll.item()
-
-
 class TrainingStopped(ClayflowError):
     """Training ended early (divergence, a failed write, Ctrl-C); the last checkpoint is intact."""
 
@@ -408,7 +401,7 @@ class _Trainer:
         nfe_forward, nfe_backward = step_loss.nfe()
         values = {
             "loss": loss_value,
-            "nll": _nll_value(step_loss, loss_value),
+            "nll": step_loss.nll_value(loss_value),
             "nfe_forward": nfe_forward,
             "nfe_backward": nfe_backward,
         }

@@ -35,6 +35,13 @@ class StepLoss:
     nll: Tensor | None
     solves: list[SolveStats] = field(default_factory=list)
 
+    def nll_value(self, loss_value: float) -> float:
+        """The NLL as a float given the loss's (``loss_value``), without a second host sync when
+        the NLL is the loss itself; 0 for flow matching."""
+        if self.nll is None:
+            return 0.0
+        return loss_value if self.nll is self.loss else self.nll.item()
+
     def nfe(self) -> tuple[int, int]:
         """Function evaluations of all solves of this step: (forward, backward)."""
         return sum(s.nfe_forward for s in self.solves), sum(s.nfe_backward for s in self.solves)
