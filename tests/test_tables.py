@@ -13,12 +13,13 @@ from scipy import stats
 import clayflow
 from clayflow import transforms as T
 from clayflow.cli.main import main
-from clayflow.data import MAX_DISCRETE_VALUES, Dataset, discrete_columns, load_dataset
+from clayflow.data import Dataset, load_dataset
+from clayflow.data.discrete import MAX_DISCRETE_VALUES, discrete_columns
 from clayflow.errors import UsageError
 from clayflow.train import TrainConfig, train
 from clayflow.train.evaluate import evaluate_nll
 from clayflow.train.selection import BestModel
-from clayflow.train.setup import SMALL_TABLE_ROWS, build_flow, data_defaults
+from clayflow.train.setup import SMALL_TABLE_ROWS, build_flow, data_defaults, input_noise_factor
 
 
 def _table(values: np.ndarray, columns=None) -> Dataset:
@@ -100,30 +101,56 @@ def test_a_trained_step_must_beat_the_start_beyond_the_validation_noise():
 def test_discrete_columns_are_detected_by_values_and_chosen_by_name_or_number():
     rng = np.random.default_rng(0)
     values = np.column_stack([
-        rng.normal(size=60),                    # continuous
-        rng.integers(1, 3, size=60),            # two codes: discrete
-        rng.integers(0, 1000, size=60),         # whole numbers, too many values: continuous
-        np.round(rng.normal(size=60), 1),       # a grid, not whole numbers: continuous
+        rng.normal(size=60),                            # continuous
+        rng.integers(1, 3, size=60),                    # two codes: discrete, step 1
+        rng.integers(0, 1000, size=60),                 # whole numbers, too many values: continuous
+        np.round(rng.uniform(0, 2, size=60), 1),        # recorded to 0.1, 21 values: discrete, step 0.1
+        np.round(rng.uniform(0, 2, size=60), 2),        # recorded to 0.01, ~50 values: continuous
+        2.5 * rng.integers(0, 5, size=60),              # a rating in steps of 2.5
     ])  # fmt: skip
-    data = _table(values, ["x", "sex", "count", "rounded"])
-    assert len(np.unique(values[:, 2])) > MAX_DISCRETE_VALUES
-    assert discrete_columns(data, "auto") == [1]
-    assert discrete_columns(data, "none") == []
-    assert discrete_columns(data, "count,2") == [1, 2]
-    with pytest.raises(UsageError, match=r"column\(s\) 4 \(rounded\) hold values that are not whole"):
-        discrete_columns(data, "rounded")
-    with pytest.raises(UsageError, match="no column 'age'.*columns: x, sex, count, rounded"):
+    data = _table(values, ["x", "sex", "count", "width", "length", "stars"])
+    assert len(np.unique(values[:, 2])) > MAX_DISCRETE_VALUES and len(np.unique(values[:, 4])) > MAX_DISCRETE_VALUES
+    assert discrete_columns(data, "auto") == {1: 1.0, 3: pytest.approx(0.1), 5: 2.5}
+    assert discrete_columns(data, "none") == {}
+    assert discrete_columns(data, "count,2,length") == {1: 1.0, 2: 1.0, 4: pytest.approx(0.01)}
+    with pytest.raises(UsageError, match=r"column\(s\) 1 \(x\) hold values that are not on a grid"):
+        discrete_columns(data, "x")
+    with pytest.raises(UsageError, match="no column 'age'.*columns: x, sex, count, width, length, stars"):
         discrete_columns(data, "age")
 
 
-def test_dequantized_columns_round_trip_and_bound_the_discrete_probability():
-    """Flow on one binary column: its log-likelihood of a value is at most log P = log 1/2."""
-    layer = T.DequantizeColumns(3, [1])
-    x = torch.tensor([[0.3, 1.0, -2.0], [1.5, 2.0, 0.0]])
-    y, logabsdet = layer(x)
-    assert torch.equal(y[:, [0, 2]], x[:, [0, 2]]) and bool(((y[:, 1] - x[:, 1]) >= 0).all())
-    assert bool(((y[:, 1] - x[:, 1]) < 1).all()) and torch.equal(logabsdet, torch.zeros(2))
-    assert torch.equal(layer.inverse(y)[0], x)
+@pytest.mark.parametrize(
+    ("steps", "grid"),
+    [
+        (None, [[7.0, 5.0], [3.0, 2.0], [-1.0, 0.0]]),  # integers
+        # float32 stores 0.7 below 0.7 and 0.3 above 0.3: both are put back on their grid point
+        ([0.1, 2.5], [[0.7, 5.0], [0.3, 2.5], [-1.0, 0.0]]),
+    ],
+)
+def test_dequantized_columns_round_trip_and_stay_within_one_step(steps, grid):
+    layer = T.DequantizeColumns(3, [0, 1], steps)
+    width = torch.tensor(steps or [1.0, 1.0])
+    x = torch.cat([torch.tensor(grid), torch.tensor([[-2.0], [0.0], [3.3]])], dim=1)
+    for _ in range(20):
+        y, logabsdet = layer(x)
+        assert torch.equal(y[:, 2], x[:, 2]) and torch.equal(logabsdet, torch.zeros(3))
+        assert bool(((y[:, :2] - x[:, :2]) >= 0).all()) and bool(((y[:, :2] - x[:, :2]) < width).all())
+        assert torch.equal(layer.inverse(y)[0], x)
+
+
+def test_iris_widths_recorded_to_a_millimetre_are_dequantized_and_said(tmp_path, capsys):
+    """A GaussianMixture puts a near-singular component on iris' 29 setosa petal widths of
+    exactly 0.2 cm (+6 nats on such test rows): recorded values on a coarse grid have no
+    density. They are dequantized across their 0.1 cm step, for clayflow and the benchmark's
+    baselines alike."""
+    assert main(["train", "--data", "iris", "--steps", "2", "--no-plots", "--out", str(tmp_path / "r")]) == 0
+    err = capsys.readouterr().err
+    assert "column(s) 2, 4 (sepal width (cm), petal width (cm)) hold few values on a grid (step 0.1)" in err
+    spec = torch.load(tmp_path / "r/checkpoints/last.pt", weights_only=False)["model_spec"]
+    assert spec["discrete"] == [1, 3] and spec["discrete_steps"] == pytest.approx([0.1, 0.1])
+    flow = clayflow.load(tmp_path / "r")
+    dequantize = next(m for m in flow.modules() if isinstance(m, T.DequantizeColumns))
+    assert dequantize.step.tolist() == pytest.approx([0.0, 0.1, 0.0, 0.1])
 
 
 def test_diabetes_sex_column_is_dequantized_and_said(tmp_path, capsys):
@@ -134,9 +161,11 @@ def test_diabetes_sex_column_is_dequantized_and_said(tmp_path, capsys):
 
 
 def test_a_bad_discrete_choice_is_one_usage_line(tmp_path, capsys):
-    assert main(["train", "--data", "wine", "--discrete", "alcohol", "--out", str(tmp_path / "r")]) == 2
+    argv = ["train", "--data", "breast_cancer", "--discrete", "mean smoothness", "--out", str(tmp_path / "r")]
+    assert main(argv) == 2  # recorded to 4 decimals: a measurement, not on a grid
     err = capsys.readouterr().err
-    assert err.startswith("clayflow: error: --discrete: column(s) 1 (alcohol) hold values") and err.count("\n") == 1
+    assert err.startswith("clayflow: error: --discrete: column(s) 5 (mean smoothness) hold values that are not")
+    assert err.count("\n") == 1
     assert not (tmp_path / "r").exists()
 
 
@@ -144,11 +173,11 @@ def test_a_bad_discrete_choice_is_one_usage_line(tmp_path, capsys):
     ("data", "expected"),
     [
         # 142 training rows: the small-table rule, epochs of 2 batches of 64
-        ("wine", {"batch_size": 64, "dropout": 0.3, "hidden": 32, "eval_every": 2, "patience": 250}),
+        ("wine", {"batch_size": 64, "dropout": 0.3, "activation": "tanh", "hidden": 32, "eval_every": 2, "patience": 250}),
         # digits as images: once per epoch, no early stopping, no table rule
-        ("digits", {"batch_size": 64, "dropout": None, "hidden": None, "eval_every": 22, "patience": 0}),
+        ("digits", {"batch_size": 64, "dropout": None, "activation": None, "hidden": None, "eval_every": 22, "patience": 0}),
         # a 2D toy of 50,000 rows: big batches, epochs of 97 steps, patience of 20 epochs
-        ("moons", {"batch_size": 512, "dropout": None, "hidden": None, "eval_every": 97, "patience": 20}),
+        ("moons", {"batch_size": 512, "dropout": None, "activation": None, "hidden": None, "eval_every": 97, "patience": 20}),
     ],
 )
 def test_defaults_follow_the_size_of_the_data(data, expected):
@@ -165,6 +194,41 @@ def test_given_options_win_over_the_data_rule_and_config_json_records_the_rule(t
     saved = json.loads((run / "config.json").read_text())
     assert (saved["hidden"], saved["dropout"], saved["eval_every"], saved["patience"]) == (32, 0.3, 2, 250)
     assert math.isclose(saved["lr"], 2e-3)
+
+
+@pytest.mark.parametrize("model", ["realnvp", "nice", "glow"])
+def test_small_tables_get_tanh_conditioners_and_a_bad_activation_is_one_usage_line(tmp_path, capsys, model):
+    """tanh conditioners have bounded outputs, so a coupling cannot extrapolate a test row
+    outside the training range linearly (with ReLU, wine's outlying test rows lost 20-130 nats)."""
+    run = tmp_path / "run"
+    assert main(["train", "--data", "wine", "--model", model, "--steps", "2", "--no-plots", "--out", str(run)]) == 0
+    spec = torch.load(run / "checkpoints/last.pt", weights_only=False)["model_spec"]
+    assert spec["options"]["activation"] == "tanh"
+    activations = {type(m) for m in clayflow.load(run).modules() if isinstance(m, (torch.nn.Tanh, torch.nn.ReLU))}
+    assert activations == {torch.nn.Tanh}
+    capsys.readouterr()
+    argv = ["train", "--data", "wine", "--model", model, "--activation", "swish", "--out", str(tmp_path / "bad")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == "clayflow: error: unknown activation 'swish'; choose one of: relu, tanh\n"
+    assert not (tmp_path / "bad").exists()
+
+
+def test_input_noise_is_shaped_as_the_continuous_columns_covariance():
+    data = load_dataset("diabetes")  # column 1 (sex) is discrete
+    factor = input_noise_factor(0.2, data, [1]).double()
+    covariance = torch.cov(data.train.double().T)
+    continuous = [j for j in range(data.features) if j != 1]
+    expected = 0.04 * covariance[continuous][:, continuous]
+    torch.testing.assert_close((factor @ factor.T)[continuous][:, continuous], expected, rtol=1e-5, atol=0.0)
+    assert not factor[1].any() and not factor[:, 1].any()
+    assert input_noise_factor(0.0, data, [1]) is None
+
+
+def test_input_noise_is_refused_on_images(tmp_path, capsys):
+    assert main(["train", "--data", "digits", "--input-noise", "0.1", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("clayflow: error: --input-noise regularises tables") and err.count("\n") == 1
 
 
 def test_actnorm_initialises_on_the_training_rows_at_step_0(tmp_path):

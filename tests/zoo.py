@@ -170,6 +170,7 @@ PARAMETER_SCALES = {"realnvp_image": 0.1, "glow_image": 0.1}
 STOCHASTIC = {
     "dequantize": lambda: (T.Dequantize(17), (1, 3, 3)),
     "dequantize_columns": lambda: (T.DequantizeColumns(3, [0, 2]), (3,)),
+    "dequantize_columns_on_a_grid": lambda: (T.DequantizeColumns(3, [0, 2], [0.1, 2.5]), (3,)),
     "augment": lambda: (T.Augment(2), (3,)),
     "augment_image": lambda: (T.Augment(1), (2, 3, 3)),
 }

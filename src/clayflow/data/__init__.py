@@ -26,9 +26,6 @@ MIN_ROWS = 10
 DATA_SEED = 0  # splits and toy samples never depend on the training seed
 _FLOAT32_EPS = float(np.finfo(np.float32).eps)
 _QR_ROWS = 65_536  # rows per block of the rank check
-# A column of whole numbers with at most this many distinct values is discrete (a count, a
-# category code, a rating, an intensity level); with more it is treated as continuous.
-MAX_DISCRETE_VALUES = 32
 
 
 @dataclass
@@ -83,44 +80,6 @@ def load_dataset(spec: str) -> Dataset:
 def looks_like_path(spec: str) -> bool:
     """Whether ``spec`` names a file rather than a built-in dataset."""
     return Path(spec).suffix.lower() in TABLE_SUFFIXES or "/" in spec or Path(spec).exists()
-
-
-def discrete_columns(data: Dataset, choice: str = "auto") -> list[int]:
-    """The columns (0-based) of a table to dequantize, by ``choice``.
-
-    ``"auto"``: every column whose values in all splits are whole numbers with at most
-    ``MAX_DISCRETE_VALUES`` distinct values. ``"none"``: none. Otherwise a comma-separated
-    list of column names or 1-based numbers, each of which must hold whole numbers only.
-    """
-    choice = choice.strip()
-    if choice == "none":
-        return []
-    values = torch.cat([data.train, data.val, data.test]).double()
-    whole = (values == values.round()).all(0)
-    if choice == "auto":
-        return [
-            j for j in range(values.shape[1])
-            if whole[j] and len(values[:, j].unique()) <= MAX_DISCRETE_VALUES
-        ]  # fmt: skip
-    chosen = [_column_index(item.strip(), data.columns, values.shape[1]) for item in choice.split(",")]
-    fractional = [j for j in chosen if not whole[j]]
-    if fractional:
-        raise UsageError(
-            f"--discrete: column(s) {column_names(fractional, data.columns)} hold values that are "
-            "not whole numbers; only integer columns can be dequantized"
-        )
-    return sorted(set(chosen))
-
-
-def _column_index(item: str, columns: list[str] | None, width: int) -> int:
-    if columns and item in columns:
-        return columns.index(item)
-    if item.isdigit() and 1 <= int(item) <= width:
-        return int(item) - 1
-    named = f"; columns: {', '.join(columns)}" if columns else ""
-    raise UsageError(
-        f"--discrete: no column {item!r} (give auto, none, or column names or numbers 1-{width}{named})"
-    )
 
 
 def standardization(train: Tensor, columns: list[str] | None = None) -> tuple[Tensor, Tensor]:

@@ -9,7 +9,7 @@ from functools import partial
 from clayflow.core import Compose, Flow, StandardNormal
 from clayflow.errors import ClayflowError, UsageError, parse_choice
 from clayflow.models.options import check_dropout, check_sizes
-from clayflow.nn import MLP
+from clayflow.nn import MLP, conditioner_activation
 from clayflow.nn.resnet import GlowNet
 from clayflow.transforms import (
     ActNorm,
@@ -132,12 +132,14 @@ def glow_vector(
     coupling: str = "affine",
     scale_bound: str = "tanh",
     dropout: float = 0.0,
+    activation: str = "relu",
 ) -> Flow:
     """Glow for vectors: ``layers`` steps of [ActNorm, invertible linear map (LU or plain),
     coupling of alternating halves with an MLP], then an ActNorm, with base N(0, I).
 
     Args as ``glow_image``; ``hidden`` and ``depth`` are the MLP's width and hidden layers,
-    ``dropout`` its dropout probability while training.
+    ``dropout`` its dropout probability while training, ``activation`` its hidden activation
+    (``relu`` or ``tanh``, as ``realnvp``).
     Reference: Kingma & Dhariwal, Glow, 2018.
     """
     if features < 2:
@@ -146,7 +148,7 @@ def glow_vector(
     check_dropout(dropout)
     kind = parse_choice(CouplingKind, coupling, "coupling")
     bound = parse_choice(ScaleBound, scale_bound, "scale bound")
-    make_net = partial(MLP, hidden=hidden, depth=depth, dropout=dropout)
+    make_net = partial(MLP, hidden=hidden, depth=depth, dropout=dropout, activation=conditioner_activation(activation))
     steps = []
     for k in range(layers):
         steps += _step(features, make_net, lu, kind, bound, k)

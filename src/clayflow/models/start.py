@@ -3,7 +3,7 @@ training rows so that an untrained flow is already the best simple model of the 
 
 In order (data -> latent), each optional:
 
-1. ``DequantizeColumns``: uniform noise on the integer-valued (discrete) columns;
+1. ``DequantizeColumns``: uniform noise across one grid step on the discrete columns;
 2. ``Standardize``: fixed per-column mean and std, so the networks see unit-scale inputs;
 3. ``PowerTransform``: a learned Yeo-Johnson power per column, fitted by maximum likelihood;
 4. ``Whitening``: a learned linear map, fitted to the mean and covariance of the above.
@@ -24,10 +24,11 @@ from clayflow.transforms import DequantizeColumns, PowerTransform, Standardize, 
 
 
 def start_transforms(
-    features: int, discrete: list[int], standardize: bool, power: bool, whiten: bool
+    features: int, discrete: dict[int, float], standardize: bool, power: bool, whiten: bool
 ) -> list:
-    """The start layers (identities until ``fit_start``) of a flow on ``features`` columns."""
-    layers = [DequantizeColumns(features, discrete)] if discrete else []
+    """The start layers (identities until ``fit_start``) of a flow on ``features`` columns;
+    ``discrete`` maps each dequantized column (0-based) to its grid step."""
+    layers = [DequantizeColumns(features, list(discrete), list(discrete.values()))] if discrete else []
     if standardize:
         layers.append(Standardize(features))
     if power:
@@ -49,7 +50,7 @@ def fit_start(flow: Flow, train: Tensor, standardization, seed: int = 0) -> None
     for layer in flow.transform:
         if isinstance(layer, DequantizeColumns):
             noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(seed), dtype=x.dtype)
-            x = x + noise * layer.mask.to(x.dtype)
+            x = x + noise * layer.step.to(x.dtype)
         elif isinstance(layer, Standardize):
             mean, std = standardization(x)
             layer.mean, layer.std = mean.to(layer.mean), std.to(layer.std)

@@ -8,7 +8,7 @@ from functools import partial
 from clayflow.core import Compose, DiagonalNormal, Flow, StandardNormal
 from clayflow.errors import ClayflowError, parse_choice
 from clayflow.models.options import check_dropout, check_sizes
-from clayflow.nn import MLP, ResidualMLP
+from clayflow.nn import MLP, ResidualMLP, conditioner_activation
 from clayflow.transforms import AdditiveCoupling, AffineCoupling, BatchNorm, MaskKind, ScaleBound, Scaling
 from clayflow.transforms.masks import make_mask
 
@@ -34,10 +34,10 @@ def _check_sizes(features: int, layers: int, hidden: int, depth: int, dropout: f
     check_dropout(dropout)
 
 
-def _make_net(conditioner: str, hidden: int, depth: int, dropout: float):
+def _make_net(conditioner: str, hidden: int, depth: int, dropout: float, activation: str):
     kind = parse_choice(Conditioner, conditioner, "conditioner")
     net = MLP if kind is Conditioner.MLP else ResidualMLP
-    return partial(net, hidden=hidden, depth=depth, dropout=dropout)
+    return partial(net, hidden=hidden, depth=depth, dropout=dropout, activation=conditioner_activation(activation))
 
 
 def _make_base(base: str, features: int):
@@ -57,6 +57,7 @@ def realnvp(
     batch_norm: bool = False,
     base: str = "normal",
     dropout: float = 0.0,
+    activation: str = "relu",
 ) -> Flow:
     """RealNVP for vectors: ``layers`` affine couplings whose masks alternate parity.
 
@@ -70,10 +71,12 @@ def realnvp(
         batch_norm: insert a ``BatchNorm`` flow layer between couplings.
         base: ``"normal"`` (N(0, I)) or ``"diagonal"`` (learned mean and scale).
         dropout: dropout probability in the conditioners while training (small tables).
+        activation: the conditioners' hidden activation, ``"relu"`` or ``"tanh"`` (bounded
+            outputs: the flow keeps the start's tails far from the data; small tables).
     Reference: Dinh et al., Density estimation using Real NVP, 2017.
     """
     _check_sizes(features, layers, hidden, depth, dropout)
-    make_net = _make_net(conditioner, hidden, depth, dropout)
+    make_net = _make_net(conditioner, hidden, depth, dropout, activation)
     mask_kind = parse_choice(MaskKind, mask, "mask")
     bound = parse_choice(ScaleBound, scale_bound, "scale bound")
     steps = []
@@ -94,6 +97,7 @@ def nice(
     mask: str = "alternating",
     base: str = "normal",
     dropout: float = 0.0,
+    activation: str = "relu",
 ) -> Flow:
     """NICE: ``layers`` additive couplings with alternating masks, then a diagonal scaling.
 
@@ -101,7 +105,7 @@ def nice(
     Reference: Dinh et al., NICE: Non-linear Independent Components Estimation, 2015.
     """
     _check_sizes(features, layers, hidden, depth, dropout)
-    make_net = _make_net(conditioner, hidden, depth, dropout)
+    make_net = _make_net(conditioner, hidden, depth, dropout, activation)
     mask_kind = parse_choice(MaskKind, mask, "mask")
     steps = [AdditiveCoupling(make_mask(mask_kind, features, i), make_net) for i in range(layers)]
     return Flow(Compose(*steps, Scaling(features)), _make_base(base, features))

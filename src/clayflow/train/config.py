@@ -76,7 +76,7 @@ class TrainConfig:
     lu: bool | None = None  # glow: LU-decomposed 1x1 convolutions, else plain (default on)
     coupling: str | None = None  # glow: affine or additive couplings (default affine)
     blocks: int | None = None  # cnf: CNF blocks in sequence (default 1)
-    activation: str | None = None  # cnf: vector field activation, softplus or tanh (default softplus)
+    activation: str | None = None  # network activation: cnf softplus or tanh (default softplus); coupling models relu or tanh (default relu; tables under 5,000 rows tanh)
     augment: int | None = None  # cnf: extra N(0, I) dimensions or channels (ANODE; NLL becomes a bound)
     actnorm: bool | None = None  # cnf: ActNorm between CNF blocks (default off)
     t1: float | None = None  # cnf: integration time T (default 1.0)
@@ -96,6 +96,7 @@ class TrainConfig:
     power_transform: bool = True  # tables: a learned Yeo-Johnson power per column, fitted before training
     whiten: bool = True  # tables: a learned linear map fitted to whiten the training rows (start from a Gaussian)
     discrete: str = "auto"  # tables: columns to dequantize: auto (integer columns with few values), none, or names/numbers
+    input_noise: float = 0.0  # tables: Gaussian noise on each training batch, shaped as the training covariance of the continuous columns and scaled by this factor (noise regularisation, e.g. 0.2; default off)
     optimizer: str = "adam"  # adam or adamw
     weight_decay: float = 0.0  # decoupled with adamw, L2 with adam
     schedule: str = "cosine"  # cosine (after warm-up) or constant
@@ -140,7 +141,7 @@ _POSITIVE = {
 }  # fmt: skip
 _NON_NEGATIVE = {
     "depth", "augment", "weight_decay", "warmup", "clip", "ema", "seed", "patience", "kinetic", "jacobian",
-    "atol", "rtol",
+    "atol", "rtol", "input_noise",
 }  # fmt: skip
 # torch.manual_seed and torch.Generator.manual_seed take seeds up to 2**64 - 1 (they map
 # negative ones onto that range, so only 0 .. 2**64 - 1 are distinct seeds).

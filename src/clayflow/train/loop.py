@@ -46,7 +46,13 @@ from clayflow.train.rundir import ExistingRun, NewRun, default_run_dir
 from clayflow.train.sampler import BatchSampler
 from clayflow.train.schedule import make_optimizer, make_scheduler
 from clayflow.train.selection import BestModel
-from clayflow.train.setup import build_flow, data_defaults, resolve_device, steps_per_epoch
+from clayflow.train.setup import (
+    build_flow,
+    data_defaults,
+    input_noise_factor,
+    resolve_device,
+    steps_per_epoch,
+)
 from clayflow.train.signals import StopRequest
 
 INTERVAL_SUMS = ("loss", "nll", "nfe_forward", "nfe_backward")  # averaged into each metrics row
@@ -178,6 +184,7 @@ class _Trainer:
         )
         self.sampler = BatchSampler(len(data.train), config.batch_size, config.seed)
         self.train_x = data.train.to(device)
+        self.noise_factor = input_noise_factor(config.input_noise, data, spec.discrete)
         self.step, self.train_seconds = 0, 0.0
         self.sums, self.count = dict.fromkeys(INTERVAL_SUMS, 0.0), 0  # since the last metrics row
         if config.objective == "fm":
@@ -374,6 +381,8 @@ class _Trainer:
         """One optimisation step: ``(loss, grad_norm)``, or None when a non-finite loss or
         gradient was skipped (``--nonfinite skip``; the batch is consumed, the step is not)."""
         batch = self.train_x[self.sampler.next().to(self.train_x.device)].float()
+        if self.noise_factor is not None:
+            batch = batch + torch.randn_like(batch) @ self.noise_factor.to(batch.device).T
         step_loss = self.objective(self.flow, batch)
         self.optimizer.zero_grad(set_to_none=True)
         step_loss.loss.backward()

@@ -45,7 +45,7 @@ SAME_DATA_OPTIONS = frozenset({"data"})
 
 # Options added since runs were first written, with the value that matches how a run without
 # them was trained (issue 15 added the fitted start and the discrete columns of tables).
-OPTIONS_BEFORE_THEY_EXISTED = {"power_transform": False, "whiten": False, "discrete": "none"}
+OPTIONS_BEFORE_THEY_EXISTED = {"power_transform": False, "whiten": False, "discrete": "none", "input_noise": 0.0}
 
 
 def read_run_config(run_dir: Path) -> TrainConfig:
@@ -158,7 +158,7 @@ def check_same_run(checkpoint: dict[str, Any], spec: ModelSpec, config: TrainCon
         raise ClayflowError(f"checkpoint in {run_dir} has an unreadable model description: {exc}") from None
     differences = [
         name
-        for name in ("name", "event_shape", "standardize", "levels", "discrete", "power", "whiten")
+        for name in ("name", "event_shape", "standardize", "levels", "discrete", "discrete_steps", "power", "whiten")
         if getattr(saved, name) != getattr(spec, name)
     ]
     differences += [k for k, v in saved.options.items() if k not in spec.options or spec.options[k] != v]

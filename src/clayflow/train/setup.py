@@ -9,9 +9,11 @@ from dataclasses import replace
 from functools import partial
 
 import torch
+from torch import Tensor
 
 from clayflow.core import Flow
-from clayflow.data import Dataset, column_names, discrete_columns, standardization
+from clayflow.data import Dataset, column_names, standardization
+from clayflow.data.discrete import discrete_columns
 from clayflow.errors import UsageError
 from clayflow.models import VECTOR, ModelSpec, build, data_kind, model_defaults, model_options
 from clayflow.models.start import fit_start
@@ -21,9 +23,10 @@ _LISTED_COLUMNS = 8  # a message names at most this many columns
 
 # Defaults chosen from the data's size (see ``data_defaults``). Tables with fewer training rows
 # than SMALL_TABLE_ROWS overfit within a few hundred steps with the networks that suit 2D toys
-# of 50,000 rows: for them, small batches, narrow conditioners and dropout.
+# of 50,000 rows: for them, small batches, narrow conditioners, dropout, and tanh conditioners,
+# whose bounded outputs keep the fitted start's tails for rows outside the training range.
 SMALL_TABLE_ROWS = 5_000
-SMALL_TABLE = {"batch_size": 64, "dropout": 0.3}
+SMALL_TABLE = {"batch_size": 64, "dropout": 0.3, "activation": "tanh"}
 SMALL_TABLE_MIN_HIDDEN = 32  # conditioner width: the smallest power of 2 >= 2 D, in [32, 128]
 MAX_HIDDEN = 128
 # Early stopping: the patience is at least this many evaluations, and at least PATIENCE_STEPS.
@@ -60,8 +63,8 @@ def data_defaults(config: TrainConfig, data: Dataset, *, new_run: bool = True) -
     * vectors: early stopping after ``max(20, 500 / eval_every)`` evaluations without a lower
       validation NLL (``patience``; images train without it);
     * tables with fewer than ``SMALL_TABLE_ROWS`` training rows, coupling models: batches of 64,
-      dropout 0.3 in the conditioners, and conditioners of width ``2 D`` rounded up to a power
-      of 2 in [32, 128];
+      dropout 0.3 in the conditioners, tanh conditioners, and conditioners of width ``2 D``
+      rounded up to a power of 2 in [32, 128];
     * then the kind defaults of ``TrainConfig.resolved`` (batch size, learning rate).
     """
     vector = data_kind(data.event_shape) == VECTOR
@@ -91,10 +94,13 @@ def build_flow(config: TrainConfig, data: Dataset, *, verbose: bool = False) -> 
     vector = kind == VECTOR
     if not vector and config.discrete != "auto":
         raise UsageError("--discrete chooses columns of a table; images are dequantized as a whole")
-    discrete = discrete_columns(data, config.discrete) if vector else []
+    if not vector and config.input_noise:
+        raise UsageError("--input-noise regularises tables; images are dequantized as a whole")
+    discrete = discrete_columns(data, config.discrete) if vector else {}
     spec = ModelSpec(
         config.model, list(data.event_shape), options, config.standardize and vector, data.levels,
-        discrete=discrete, power=config.power_transform and vector, whiten=config.whiten and vector,
+        discrete=list(discrete), discrete_steps=list(discrete.values()),
+        power=config.power_transform and vector, whiten=config.whiten and vector,
     )  # fmt: skip
     torch.manual_seed(config.seed)
     flow = build(spec)
@@ -108,14 +114,39 @@ def build_flow(config: TrainConfig, data: Dataset, *, verbose: bool = False) -> 
     return flow, spec
 
 
-def _discrete_message(discrete: list[int], data: Dataset) -> str:
+def input_noise_factor(noise: float, data: Dataset, discrete: list[int]) -> Tensor | None:
+    r"""A factor ``F``, shape ``(D, D)``, of the Gaussian noise added to each training batch
+    (noise regularisation, Rothfuss et al. 2019): ``x + eps @ F.T`` with ``eps ~ N(0, I)`` has
+    noise covariance ``noise**2 * Sigma``, where ``Sigma`` is the training covariance of the
+    continuous columns (0 on dequantized columns, whose uniform noise already smooths them);
+    shaped like the data, as a KDE's bandwidth matrix, so that thin directions of correlated
+    columns are not blurred. Training then fits the data convolved with this noise, which a
+    flow cannot collapse onto the training rows. None when there is no noise."""
+    if not noise:
+        return None
+    continuous = [j for j in range(data.features) if j not in set(discrete)]
+    factor = torch.zeros(data.features, data.features, dtype=torch.float64)
+    if continuous:
+        covariance = torch.cov(data.train.double()[:, continuous].T).reshape(len(continuous), -1)
+        cholesky, _ = torch.linalg.cholesky_ex(covariance)
+        factor[torch.tensor(continuous)[:, None], torch.tensor(continuous)] = noise * cholesky
+    return factor.float()
+
+
+def _discrete_message(discrete: dict[int, float], data: Dataset) -> str:
+    columns = list(discrete)
     which = (
-        f"column(s) {column_names(discrete, data.columns)}"
-        if len(discrete) <= _LISTED_COLUMNS
-        else f"{len(discrete)} of the {data.features} columns"
+        f"column(s) {column_names(columns, data.columns)}"
+        if len(columns) <= _LISTED_COLUMNS
+        else f"{len(columns)} of the {data.features} columns"
     )
+    steps = sorted(set(discrete.values()), reverse=True)
+    if steps == [1.0]:
+        grid = "few whole-number values"
+    else:
+        grid = f"few values on a grid (step {' or '.join(f'{s:g}' for s in steps)})"
     return (
-        f"{which} hold few whole-number values: they are dequantized (uniform noise on [0, 1)), "
-        "so log-likelihoods are lower bounds on the discrete probabilities, in the same units "
-        "(--discrete none turns this off)"
+        f"{which} hold {grid}: they are dequantized (uniform noise across one step), so "
+        "log-likelihoods are lower bounds on the discrete probabilities per unit of the step, "
+        "in the same units as continuous columns (--discrete none turns this off)"
     )

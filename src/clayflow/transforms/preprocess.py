@@ -17,6 +17,10 @@ import torch.nn.functional as F
 from clayflow.core.transform import Transform, identity_logabsdet, sum_except_batch
 from clayflow.errors import ClayflowError, UsageError
 
+# DequantizeColumns.inverse: a fraction of a grid step by which a value may fall short of its
+# grid point (float32 stores 3.4 as 3.4000001, and 0.3 as 0.30000001, but 0.7 as 0.69999999).
+GRID_TOLERANCE = 1e-4
+
 
 class Dequantize(Transform):
     r"""Uniform dequantization: y = x + u, u ~ U[0, 1)^D, for integers x in {0, ..., k-1}.
@@ -49,34 +53,43 @@ class Dequantize(Transform):
 
 
 class DequantizeColumns(Transform):
-    r"""Uniform dequantization of some columns of a table: y_j = x_j + u_j, u_j ~ U[0, 1),
-    for the integer-valued columns j in ``columns``; the others pass unchanged.
+    r"""Uniform dequantization of some columns of a table: y_j = x_j + h_j u_j, u_j ~ U[0, 1),
+    for the columns j in ``columns``, whose values lie on a grid of step h_j (``steps``,
+    default 1: integers); the others pass unchanged.
 
     log|det| = 0. The flow's density is then one over the continuous columns and the
-    dequantized ones, and ``E_u log p(x + u)`` is a lower bound on the log of the discrete
-    probability times the continuous density: the same units as an all-continuous table, as
-    the width of each bin is 1. Noise is drawn on every call, in training and evaluation
-    (as ``Dequantize``); ``inverse`` floors the dequantized columns.
+    dequantized ones, and ``E_u log p(x + h u)`` is a lower bound on the log of the discrete
+    probability over prod_j h_j, times the continuous density: the same units as an
+    all-continuous table. Noise is drawn on every call, in training and evaluation (as
+    ``Dequantize``); ``inverse`` rounds the dequantized columns down to their grid.
 
     Shape:
         x: ``(B, D)`` -> y ``(B, D)``, logabsdet ``(B,)`` of zeros.
     """
 
-    def __init__(self, features: int, columns: list[int]):
+    def __init__(self, features: int, columns: list[int], steps: list[float] | None = None):
         super().__init__()
         mask = torch.zeros(features, dtype=torch.bool)
         mask[list(columns)] = True
         self.register_buffer("mask", mask)
+        step = torch.zeros(features)
+        step[list(columns)] = torch.tensor(steps if steps is not None else [1.0] * len(columns))
+        # Not in the state dict: the model's spec records the steps (checkpoints from before
+        # steps existed hold integer columns, step 1).
+        self.register_buffer("step", step, persistent=False)
 
     def forward(self, x, context=None):
-        noise = torch.rand_like(x) * self.mask.to(x.dtype)
-        return x + noise, identity_logabsdet(x)
+        return x + torch.rand_like(x) * self.step.to(x.dtype), identity_logabsdet(x)
 
     def inverse(self, z, context=None):
-        return torch.where(self.mask, z.floor(), z), identity_logabsdet(z)
+        step = torch.where(self.mask, self.step, 1.0).to(z.dtype)
+        # The tolerance puts a value that float rounding left just below its grid point back on it.
+        on_grid = torch.floor(z / step + GRID_TOLERANCE) * step
+        return torch.where(self.mask, on_grid, z), identity_logabsdet(z)
 
     def extra_repr(self) -> str:
-        return f"columns={self.mask.nonzero().flatten().tolist()}"
+        columns = self.mask.nonzero().flatten().tolist()
+        return f"columns={columns}, steps={self.step[columns].tolist()}"
 
 
 class ScalarAffine(Transform):

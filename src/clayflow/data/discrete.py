@@ -1,0 +1,83 @@
+"""Discrete columns of a table: values recorded on a grid (counts, category codes, ratings,
+measurements to 0.1 cm), which a continuous density cannot fit without blowing up on the
+repeated values, and which clayflow therefore dequantizes across one grid step.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from clayflow.data import Dataset, column_names
+from clayflow.errors import UsageError
+
+# A column whose values lie on a grid with at most this many distinct values is discrete (a
+# count, a category code, a rating, a measurement at a coarse resolution); with more it is
+# treated as continuous.
+MAX_DISCRETE_VALUES = 32
+# A grid's step is found among whole multiples of 10**-MAX_DECIMALS: values with more
+# decimals are continuous measurements.
+MAX_DECIMALS = 3
+
+
+def grid_step(values: Tensor) -> float | None:
+    """The step of the grid through 0 that a column's values ``(N,)`` lie on: their greatest
+    common divisor, when they are whole multiples of ``10**-MAX_DECIMALS`` (up to float32
+    rounding); None when they are not (or too large for float64 to tell). A column of zeros
+    has step 1.
+
+    >>> grid_step(torch.tensor([0.2, 1.4, 0.5]))
+    0.1
+    >>> grid_step(torch.tensor([2.0, -6.0, 10.0])), grid_step(torch.tensor([0.0, 5.0, 2.5]))
+    (2.0, 2.5)
+    >>> grid_step(torch.tensor([0.1234, 0.5]))
+    """
+    scale = 10**MAX_DECIMALS
+    scaled = values.double().unique() * scale
+    whole = scaled.round()
+    if (scaled.abs() > 2**53).any() or ((scaled - whole).abs() > 1e-2 + 1e-6 * scaled.abs()).any():
+        return None
+    divisor = math.gcd(*whole.abs().long().tolist())
+    return divisor / scale if divisor else 1.0
+
+
+def discrete_columns(data: Dataset, choice: str = "auto") -> dict[int, float]:
+    """The columns (0-based) of a table ``data`` to dequantize, each with its
+    grid step, by ``choice``.
+
+    ``"auto"``: every column whose values in all splits lie on a grid (``grid_step``) with 2 to
+    ``MAX_DISCRETE_VALUES`` distinct values (a constant column is left to the check that
+    refuses it: it carries no information). ``"none"``: none. Otherwise a comma-separated
+    list of column names or 1-based numbers, each of which must lie on a grid.
+    """
+    choice = choice.strip()
+    if choice == "none":
+        return {}
+    values = torch.cat([data.train, data.val, data.test])
+    if choice == "auto":
+        few = [j for j in range(values.shape[1]) if 2 <= len(values[:, j].unique()) <= MAX_DISCRETE_VALUES]
+        steps = {j: grid_step(values[:, j]) for j in few}
+        return {j: step for j, step in steps.items() if step is not None}
+    chosen = sorted({_column_index(item.strip(), data.columns, values.shape[1]) for item in choice.split(",")})
+    steps = {j: grid_step(values[:, j]) for j in chosen}
+    off_grid = [j for j, step in steps.items() if step is None]
+    if off_grid:
+        raise UsageError(
+            f"--discrete: column(s) {column_names(off_grid, data.columns)} hold values that are not "
+            f"on a grid (whole multiples of a step of at most {MAX_DECIMALS} decimals); only "
+            "counts, codes and values recorded at a fixed resolution can be dequantized"
+        )
+    return steps
+
+
+def _column_index(item: str, columns: list[str] | None, width: int) -> int:
+    if columns and item in columns:
+        return columns.index(item)
+    if item.isdigit() and 1 <= int(item) <= width:
+        return int(item) - 1
+    named = f"; columns: {', '.join(columns)}" if columns else ""
+    raise UsageError(
+        f"--discrete: no column {item!r} (give auto, none, or column names or numbers 1-{width}{named})"
+    )
