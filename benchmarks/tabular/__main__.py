@@ -25,10 +25,11 @@ Fairness rules (what makes the numbers comparable):
    CSV of the integer levels 0..16 with a header; clayflow gets the file (``--data FILE``), the
    baselines ``load_dataset(FILE)`` (``datasets.py``).
 2. Same units for discrete columns. clayflow dequantizes the columns of
-   ``clayflow.data.discrete_columns(data, "auto")`` itself (diabetes' sex, every digit column)
-   and scores E_u log p(x + u), u ~ U[0, 1): a lower bound on the discrete probability times the
-   density of the rest. It is given the raw data, never pre-dequantized rows. The baselines fit
-   the training rows plus one U[0, 1) draw on those columns (numpy Generator seeded by the seed)
+   ``clayflow.data.discrete.discrete_columns(data, "auto")`` itself (diabetes' sex, every digit
+   column, iris' widths recorded to 0.1 cm) and scores E_u log p(x + h u), u ~ U[0, 1), for grid
+   step h: a lower bound on the discrete probability over h times the density of the rest. It is
+   given the raw data, never pre-dequantized rows. The baselines fit the training rows plus one
+   U[0, h) draw on those columns (numpy Generator seeded by the seed)
    and score the validation and test rows with fresh noise, averaging log q over 8 draws a row.
 3. Units check, twice, at run time: the Gaussian's validation and test log-likelihoods computed in
    raw units and in standardised units plus the standardisation's log-det (−Σ log std) agree to
@@ -48,7 +49,8 @@ Fairness rules (what makes the numbers comparable):
 
 Written to ``benchmarks/results/tabular/`` (``--quick``: its ``quick/``): ``tabular.md``,
 ``tabular.png``, ``fits.csv`` (every fit), ``selection.csv`` (every selection candidate),
-``metrics/<run>.csv`` (each flow run's metrics.csv) and ``config.json``; flow run directories,
+``metrics/<run>.csv`` (each flow run's metrics.csv), ``test_rows/<fit>.csv`` (each fit's
+per-row test log-likelihoods) and ``config.json``; flow run directories,
 their logs and the digits CSV go under ``--work`` (default ``<results>/runs/``, git-ignored).
 
 Time on 2 CPU cores (measured 2026-12-01 with the defaults of then, cores shared with other
@@ -72,7 +74,17 @@ from pathlib import Path
 from .baselines import BASELINES
 from .datasets import DATASETS, TOYS, load_rows
 from .flows import FLOWS, fit_flow
-from .records import FIT_FIELDS, REPO, SELECTION_FIELDS, Fit, fit_key, provenance, read_csv, write_csv
+from .records import (
+    FIT_FIELDS,
+    REPO,
+    SELECTION_FIELDS,
+    Fit,
+    fit_key,
+    provenance,
+    read_csv,
+    write_csv,
+    write_test_rows,
+)
 from .report import ESTIMATORS, report
 
 RESULTS = REPO / "benchmarks" / "results" / "tabular"
@@ -186,6 +198,8 @@ def main(argv: list[str] | None = None) -> None:
         same = (d, e, str(s))
         selection = [r for r in selection if (r["dataset"], r["estimator"], str(r["seed"])) != same]
         selection += [{"dataset": d, "estimator": e, "seed": s, **c} for c in fit.candidates]
+        if fit.test_rows is not None:
+            write_test_rows(args.out, row, fit.test_rows)
         write_csv(fits_csv, rows, FIT_FIELDS)
         write_csv(selection_csv, selection, SELECTION_FIELDS)
         if e in FLOWS:

@@ -2,8 +2,8 @@
 GaussianMixture and KernelDensity, each scored as mean test log-likelihood per row in the
 data's own units (nats, higher is better).
 
-All three fit the training rows of ``Rows.noisy(seed)`` (one U[0, 1) draw on the discrete
-columns) and score the validation and test copies (fresh draws, averaged), as clayflow does.
+All three fit the training rows of ``Rows.noisy(seed)`` (one U[0, h) draw on the discrete
+columns of grid step h) and score the validation and test copies (fresh draws, averaged), as clayflow does.
 The mixture and the KDE are fitted to standardised rows and scored with the standardisation's
 log-det added (``Standardiser.in_data_units``).
 
@@ -28,7 +28,7 @@ import warnings
 import numpy as np
 from scipy.linalg import solve_triangular
 
-from .datasets import Rows, Standardiser, mean_ll
+from .datasets import Rows, Standardiser, mean_ll, row_ll
 from .records import Fit
 
 UNITS_RTOL = 1e-9
@@ -73,7 +73,11 @@ def fit_gaussian(rows: Rows, seed: int) -> Fit:
                 f"in standardised units + log-det (relative gap {gap:.1e} > {UNITS_RTOL:g})"
             )
         scores[split], gaps = a, [*gaps, gap]
-    return Fit(test_ll=scores["test"], val_ll=scores["val"], check=f"raw-vs-standardised {max(gaps):.1e}")
+    test_rows = row_ll(raw, data.test).tolist()
+    return Fit(
+        test_ll=scores["test"], val_ll=scores["val"], test_rows=test_rows,
+        check=f"raw-vs-standardised {max(gaps):.1e}",
+    )  # fmt: skip
 
 
 def _gmm_fits(rows: Rows, seed: int):
@@ -114,8 +118,10 @@ def _fit_gmm(rows: Rows, seed: int, by: str) -> Fit:
     best, other = (by_val, f"BIC would pick {by_bic}") if by == "val" else (by_bic, f"validation would pick {by_val}")
     gmm, val, _ = fits[best]
     edge = "largest k of the grid; " if best.endswith(f"k={GMM_COMPONENTS[-1]}") else ""
+    test_rows = row_ll(std.in_data_units(gmm.score_samples), data.test)
     return Fit(
-        test_ll=mean_ll(std.in_data_units(gmm.score_samples), data.test),
+        test_ll=float(test_rows.mean()),
+        test_rows=test_rows.tolist(),
         val_ll=val,
         choice=best,
         detail=f"{edge}{other}",
@@ -161,8 +167,10 @@ def fit_kde(rows: Rows, seed: int) -> Fit:
         {"candidate": f"h={b:.4g}", "score": s + std.logdet}
         for b, s in zip(KDE_BANDWIDTHS, search.cv_results_["mean_test_score"])
     ]
+    test_rows = row_ll(log_q, data.test)
     return Fit(
-        test_ll=mean_ll(log_q, data.test),
+        test_ll=float(test_rows.mean()),
+        test_rows=test_rows.tolist(),
         val_ll=mean_ll(log_q, data.val),
         choice=f"h={h:.3g}",
         detail=detail,

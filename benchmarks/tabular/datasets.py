@@ -8,9 +8,10 @@ tensors converted to float64 here. Nothing is re-split.
 ``load_digits()`` written once as a CSV with a header; clayflow trains on that file
 (``--data FILE``) and the baselines load the same file with ``load_dataset(FILE)``.
 
-Discrete columns are clayflow's own choice, ``discrete_columns(data, "auto")`` (whole numbers
-in every split, at most ``MAX_DISCRETE_VALUES`` distinct values): diabetes' ``sex`` (1/2) and
-all 64 digit columns. clayflow scores them as E_u log p(x + u), u ~ U[0, 1) on those columns;
+Discrete columns are clayflow's own choice, ``discrete_columns(data, "auto")`` (values on a
+grid of step h in every split, at most ``MAX_DISCRETE_VALUES`` distinct values): diabetes'
+``sex`` (1/2, h = 1), all 64 digit columns (h = 1), iris' sepal and petal widths (recorded to
+0.1 cm). clayflow scores them as E_u log p(x + h u), u ~ U[0, 1) on those columns;
 ``Noisy`` gives the baselines the same units: one noise draw on the training rows to fit on,
 and ``SCORE_DRAWS`` fresh draws of the validation and test rows, averaged, to score.
 """
@@ -60,7 +61,8 @@ class Rows:
     train: np.ndarray
     val: np.ndarray
     test: np.ndarray
-    discrete: tuple[int, ...]  # 0-based, by clayflow.data.discrete_columns(data, "auto")
+    discrete: tuple[int, ...]  # 0-based, by clayflow.data.discrete.discrete_columns(data, "auto")
+    steps: tuple[float, ...]  # their grid steps (1: integers; iris is recorded to 0.1 cm)
 
     @property
     def shape_text(self) -> str:
@@ -72,17 +74,17 @@ class Rows:
         rng = np.random.default_rng(seed)
         draws = SCORE_DRAWS if self.discrete else 1
         return Noisy(
-            train=dequantize(self.train, self.discrete, rng),
-            val=[dequantize(self.val, self.discrete, rng) for _ in range(draws)],
-            test=[dequantize(self.test, self.discrete, rng) for _ in range(draws)],
+            train=dequantize(self.train, self.discrete, self.steps, rng),
+            val=[dequantize(self.val, self.discrete, self.steps, rng) for _ in range(draws)],
+            test=[dequantize(self.test, self.discrete, self.steps, rng) for _ in range(draws)],
         )
 
 
 @dataclass(frozen=True)
 class Noisy:
-    """Training rows with one draw of U[0, 1) noise on the discrete columns, and copies of the
-    validation and test rows with fresh draws (one copy when no column is discrete). Drawn in
-    that order from ``numpy.random.default_rng(seed)``, so every baseline of a seed sees the
+    """Training rows with one draw of U[0, h) noise on the discrete columns of grid step h, and
+    copies of the validation and test rows with fresh draws (one copy when no column is
+    discrete). Drawn in that order from ``numpy.random.default_rng(seed)``, so every baseline of a seed sees the
     same noise and every candidate of a selection is scored on the same copies."""
 
     train: np.ndarray
@@ -90,29 +92,38 @@ class Noisy:
     test: list[np.ndarray]
 
 
-def dequantize(x: np.ndarray, discrete: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
-    """``x`` plus U[0, 1) noise on the ``discrete`` columns (a copy; ``x`` itself if none)."""
+def dequantize(
+    x: np.ndarray, discrete: tuple[int, ...], steps: tuple[float, ...], rng: np.random.Generator
+) -> np.ndarray:
+    """``x`` plus U[0, h) noise on the ``discrete`` columns of steps h (a copy; ``x`` itself if none)."""
     if not discrete:
         return x
     out = x.copy()
-    out[:, discrete] += rng.random((len(x), len(discrete)))
+    out[:, discrete] += rng.random((len(x), len(discrete))) * np.asarray(steps)
     return out
+
+
+def row_ll(log_q, copies: list[np.ndarray]) -> np.ndarray:
+    """Per row ``(N,)``, E_u log q(x + u), estimated by averaging ``log_q`` over the copies."""
+    return np.mean([log_q(x) for x in copies], axis=0)
 
 
 def mean_ll(log_q, copies: list[np.ndarray]) -> float:
     """Mean over rows of E_u log q(x + u), estimated by averaging ``log_q`` over the copies."""
-    return float(np.mean([log_q(x).mean() for x in copies]))
+    return float(row_ll(log_q, copies).mean())
 
 
 @functools.cache
 def load_rows(name: str, work: Path) -> Rows:
     """``name``'s rows from ``clayflow.data.load_dataset``: the rows clayflow trains and tests on."""
-    from clayflow.data import discrete_columns, load_dataset
+    from clayflow.data import load_dataset
+    from clayflow.data.discrete import discrete_columns
 
     spec = data_spec(name, work)
     data = load_dataset(spec)
     train, val, test = (split.double().numpy() for split in (data.train, data.val, data.test))
-    return Rows(name, spec, train, val, test, tuple(discrete_columns(data, "auto")))
+    discrete = discrete_columns(data, "auto")
+    return Rows(name, spec, train, val, test, tuple(discrete), tuple(discrete.values()))
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,8 @@ clayflow, ``train_seconds``, ``selected_step``, ``steps``, the run directory, it
 and a hash of clayflow's sources at the time. ``selection.csv``: every candidate the
 baselines' selection scored (GaussianMixture components and covariance type by validation
 log-likelihood, with BIC; KDE bandwidths by cross-validated log-likelihood).
+``test_rows/<dataset>-<estimator>-s<seed>.csv``: the log-likelihood of each test row, one per
+line in the split's order, for the paired comparison of two estimators on the same rows.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class Fit:
     """The outcome of one estimator on one dataset and seed."""
 
     test_ll: float = math.nan  # mean test log-likelihood per row, nats, data units
+    test_rows: list[float] | None = None  # the log-likelihood of each test row (its mean is test_ll)
     val_ll: float = math.nan
     status: str = "ok"  # or "failed"
     choice: str = ""  # what was selected: "full k=3", "h=0.31", "step 1500/4000"
@@ -46,6 +49,26 @@ class Fit:
 
 def fit_key(row: dict) -> tuple[str, str, str, str]:
     return (row["dataset"], row["estimator"], str(row["seed"]), str(row["steps_flag"] or ""))
+
+
+def test_rows_path(folder: Path, row: dict) -> Path:
+    """Where the per-row test log-likelihoods of the fit in ``row`` (a fits.csv row) are kept."""
+    steps = f"-steps{row['steps_flag']}" if row.get("steps_flag") not in ("", None) else ""
+    return folder / "test_rows" / f"{row['dataset']}-{row['estimator']}-s{row['seed']}{steps}.csv"
+
+
+def write_test_rows(folder: Path, row: dict, values: list[float]) -> None:
+    path = test_rows_path(folder, row)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_suffix(".tmp")
+    temp.write_text("".join(f"{v!r}\n" for v in values))
+    os.replace(temp, path)
+
+
+def read_test_rows(folder: Path, row: dict) -> list[float] | None:
+    """The per-row test log-likelihoods of a fit, or None where none were kept."""
+    path = test_rows_path(folder, row)
+    return [float(v) for v in path.read_text().split()] if path.exists() else None
 
 
 def read_csv(path: Path) -> list[dict]:
