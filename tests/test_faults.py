@@ -39,7 +39,7 @@ def _write_faulty_files(tmp: Path) -> None:
     (tmp / "inf.csv").write_text("1,2\n3,inf\n" * 10)
     (tmp / "one.csv").write_text("a,b\n1,2\n")
     (tmp / "three.csv").write_text("1,2,3\n" * 10)
-    np.savetxt(tmp / "constant.csv", np.c_[rng.normal(size=50), np.full(50, 3.0)], delimiter=",")  # constant: refused, not dequantized
+    np.savetxt(tmp / "constant.csv", np.c_[rng.normal(size=50), np.full(50, 5.5)], delimiter=",")  # constant, not a whole number
     (tmp / "a_file").write_text("x")
     (tmp / "existing.csv").write_text("keep me\n")
     (tmp / "unknown.json").write_text('{"stepz": 10}')

@@ -25,31 +25,33 @@ MAX_DECIMALS = 3
 def grid_step(values: Tensor) -> float | None:
     """The step of the grid through 0 that a column's values ``(N,)`` lie on: their greatest
     common divisor, when they are whole multiples of ``10**-MAX_DECIMALS`` (up to float32
-    rounding); None when they are not (or too large for float64 to tell). A column of zeros
-    has step 1.
+    rounding); None when they are not (or too large for float64 to tell). A constant column
+    has no grid of its own: step 1 when it holds a whole number (a pixel that is always 0),
+    else None.
 
     >>> grid_step(torch.tensor([0.2, 1.4, 0.5]))
     0.1
     >>> grid_step(torch.tensor([2.0, -6.0, 10.0])), grid_step(torch.tensor([0.0, 5.0, 2.5]))
     (2.0, 2.5)
-    >>> grid_step(torch.tensor([0.1234, 0.5]))
+    >>> grid_step(torch.tensor([0.1234, 0.5])), grid_step(torch.tensor([5.5, 5.5]))
+    (None, None)
     """
     scale = 10**MAX_DECIMALS
     scaled = values.double().unique() * scale
     whole = scaled.round()
     if (scaled.abs() > 2**53).any() or ((scaled - whole).abs() > 1e-2 + 1e-6 * scaled.abs()).any():
         return None
-    divisor = math.gcd(*whole.abs().long().tolist())
-    return divisor / scale if divisor else 1.0
+    if len(whole) == 1:
+        return 1.0 if whole.item() % scale == 0 else None
+    return math.gcd(*whole.abs().long().tolist()) / scale
 
 
 def discrete_columns(data: Dataset, choice: str = "auto") -> dict[int, float]:
     """The columns (0-based) of a table ``data`` to dequantize, each with its
     grid step, by ``choice``.
 
-    ``"auto"``: every column whose values in all splits lie on a grid (``grid_step``) with 2 to
-    ``MAX_DISCRETE_VALUES`` distinct values (a constant column is left to the check that
-    refuses it: it carries no information). ``"none"``: none. Otherwise a comma-separated
+    ``"auto"``: every column whose values in all splits lie on a grid (``grid_step``) with at
+    most ``MAX_DISCRETE_VALUES`` distinct values. ``"none"``: none. Otherwise a comma-separated
     list of column names or 1-based numbers, each of which must lie on a grid.
     """
     choice = choice.strip()
@@ -57,7 +59,7 @@ def discrete_columns(data: Dataset, choice: str = "auto") -> dict[int, float]:
         return {}
     values = torch.cat([data.train, data.val, data.test])
     if choice == "auto":
-        few = [j for j in range(values.shape[1]) if 2 <= len(values[:, j].unique()) <= MAX_DISCRETE_VALUES]
+        few = [j for j in range(values.shape[1]) if len(values[:, j].unique()) <= MAX_DISCRETE_VALUES]
         steps = {j: grid_step(values[:, j]) for j in few}
         return {j: step for j, step in steps.items() if step is not None}
     chosen = sorted({_column_index(item.strip(), data.columns, values.shape[1]) for item in choice.split(",")})
