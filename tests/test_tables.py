@@ -119,23 +119,26 @@ def test_discrete_columns_are_detected_by_values_and_chosen_by_name_or_number():
         discrete_columns(data, "age")
 
 
-@pytest.mark.parametrize(
-    ("steps", "grid"),
-    [
-        (None, [[7.0, 5.0], [3.0, 2.0], [-1.0, 0.0]]),  # integers
-        # float32 stores 0.7 below 0.7 and 0.3 above 0.3: both are put back on their grid point
-        ([0.1, 2.5], [[0.7, 5.0], [0.3, 2.5], [-1.0, 0.0]]),
-    ],
-)
-def test_dequantized_columns_round_trip_and_stay_within_one_step(steps, grid):
-    layer = T.DequantizeColumns(3, [0, 1], steps)
-    width = torch.tensor(steps or [1.0, 1.0])
-    x = torch.cat([torch.tensor(grid), torch.tensor([[-2.0], [0.0], [3.3]])], dim=1)
-    for _ in range(20):
-        y, logabsdet = layer(x)
-        assert torch.equal(y[:, 2], x[:, 2]) and torch.equal(logabsdet, torch.zeros(3))
-        assert bool(((y[:, :2] - x[:, :2]) >= 0).all()) and bool(((y[:, :2] - x[:, :2]) < width).all())
-        assert torch.equal(layer.inverse(y)[0], x)
+@pytest.mark.parametrize("step", [1.0, 0.1, 0.01, 0.001, 2.5])
+def test_dequantized_columns_round_trip_exactly_and_stay_within_one_step(step):
+    """Every value of a grid as float32 reads it from a file ("0.9" is 0.89999998) comes back
+    exactly, up to 3,000 steps from 0, from either edge of its bin (to within 2 float32 ulps)."""
+    k = torch.arange(-3000, 3000, dtype=torch.float64)
+    grid = (k * step).round(decimals=9).float()  # the float32 nearest to each grid point
+    x = torch.stack([grid, torch.linspace(-1, 1, len(k)), grid.flip(0)], dim=1)
+    layer = T.DequantizeColumns(3, [0, 2], [step, step])
+    for u in (0.0, 0.5, 0.99):  # the edges of the bins, and the middle
+        y = x + torch.tensor([step, 0.0, step]) * u
+        assert torch.equal(layer.inverse(y)[0], x), u
+    # Drawn noise: within one step. (Far from 0 a draw within an ulp of the top of its bin
+    # rounds, in float32, onto the next grid point; near 0 that cannot happen.)
+    torch.manual_seed(0)
+    near = x[2900:3100]
+    y, logabsdet = layer(near)
+    assert torch.equal(y[:, 1], near[:, 1]) and torch.equal(logabsdet, torch.zeros(len(near)))
+    noise = y[:, [0, 2]] - near[:, [0, 2]]
+    assert bool((noise >= 0).all()) and bool((noise < step * 1.0001).all()) and noise.std() > step / 4
+    assert torch.equal(layer.inverse(y)[0], near)
 
 
 def test_iris_widths_recorded_to_a_millimetre_are_dequantized_and_said(tmp_path, capsys):
@@ -150,7 +153,7 @@ def test_iris_widths_recorded_to_a_millimetre_are_dequantized_and_said(tmp_path,
     assert spec["discrete"] == [1, 3] and spec["discrete_steps"] == pytest.approx([0.1, 0.1])
     flow = clayflow.load(tmp_path / "r")
     dequantize = next(m for m in flow.modules() if isinstance(m, T.DequantizeColumns))
-    assert dequantize.step.tolist() == pytest.approx([0.0, 0.1, 0.0, 0.1])
+    assert dequantize.steps == pytest.approx([0.0, 0.1, 0.0, 0.1])
 
 
 def test_diabetes_sex_column_is_dequantized_and_said(tmp_path, capsys):
@@ -225,10 +228,25 @@ def test_input_noise_is_shaped_as_the_continuous_columns_covariance():
     assert input_noise_factor(0.0, data, [1]) is None
 
 
+def test_input_noise_changes_the_training_batches_only(tmp_path):
+    losses, start = {}, {}
+    for noise in (0.0, 0.5):
+        run = tmp_path / f"noise{noise}"
+        train(TrainConfig(data="wine", steps=4, eval_every=2, input_noise=noise), run, progress=False)
+        with (run / "metrics.csv").open() as file:
+            rows = list(csv.DictReader(file))
+        start[noise] = (rows[0]["train_nll"], rows[0]["val_nll"])  # step 0: the clean rows
+        losses[noise] = [float(r["train_loss"]) for r in rows[1:]]
+        assert json.loads((run / "config.json").read_text())["input_noise"] == noise
+    assert start[0.0] == start[0.5] and len(losses[0.0]) == 2
+    assert all(a != b for a, b in zip(losses[0.0], losses[0.5]))
+
+
 def test_input_noise_is_refused_on_images(tmp_path, capsys):
     assert main(["train", "--data", "digits", "--input-noise", "0.1", "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("clayflow: error: --input-noise regularises tables") and err.count("\n") == 1
+    assert err.startswith("clayflow: error: --input-noise regularises the training rows of tables")
+    assert err.count("\n") == 1
 
 
 def test_actnorm_initialises_on_the_training_rows_at_step_0(tmp_path):
@@ -259,6 +277,26 @@ def test_a_run_of_the_previous_version_resumes(tmp_path, capsys):
     checkpoint["config"] = config
     torch.save(checkpoint, run / "checkpoints/last.pt")
     assert main(["train", "--resume", str(run), "--steps", "6", "--no-plots"]) == 0, capsys.readouterr().err
+
+
+def test_a_run_of_the_previous_version_keeps_its_columns_and_relu(tmp_path, capsys):
+    """An iris run of the previous version dequantized no column (its widths are on a 0.1 grid,
+    not whole numbers) and used ReLU conditioners, with config.json saying discrete "auto" and
+    activation null: it resumes as it was built, though a new run would choose otherwise."""
+    run = tmp_path / "run"
+    argv = ["train", "--data", "iris", "--steps", "4", "--discrete", "none", "--activation", "relu"]
+    assert main([*argv, "--no-plots", "--out", str(run)]) == 0
+    config = {**json.loads((run / "config.json").read_text()), "discrete": "auto", "activation": None}
+    (run / "config.json").write_text(json.dumps(config))
+    checkpoint = torch.load(run / "checkpoints/last.pt", weights_only=False)
+    del checkpoint["model_spec"]["discrete_steps"], checkpoint["model_spec"]["options"]["activation"]
+    checkpoint["config"] = config
+    torch.save(checkpoint, run / "checkpoints/last.pt")
+    assert main(["train", "--resume", str(run), "--steps", "6", "--no-plots"]) == 0, capsys.readouterr().err
+    flow = clayflow.load(run)
+    assert not any(isinstance(m, T.DequantizeColumns) for m in flow.modules())
+    assert any(isinstance(m, torch.nn.ReLU) for m in flow.modules())
+    assert not any(isinstance(m, torch.nn.Tanh) for m in flow.modules())
 
 
 def test_residual_conditioners_without_dropout_keep_their_parameter_names():

@@ -24,8 +24,8 @@ MAX_DECIMALS = 3
 
 def grid_step(values: Tensor) -> float | None:
     """The step of the grid through 0 that a column's values ``(N,)`` lie on: their greatest
-    common divisor, when they are whole multiples of ``10**-MAX_DECIMALS`` (up to float32
-    rounding); None when they are not (or too large for float64 to tell). A constant column
+    common divisor, when each is the float32 nearest to a whole multiple of
+    ``10**-MAX_DECIMALS``; None when they are not (or too large for float64 to tell). A constant column
     has no grid of its own: step 1 when it holds a whole number (a pixel that is always 0),
     else None.
 
@@ -37,9 +37,10 @@ def grid_step(values: Tensor) -> float | None:
     (None, None)
     """
     scale = 10**MAX_DECIMALS
-    scaled = values.double().unique() * scale
-    whole = scaled.round()
-    if (scaled.abs() > 2**53).any() or ((scaled - whole).abs() > 1e-2 + 1e-6 * scaled.abs()).any():
+    distinct = values.float().unique()
+    whole = (distinct.double() * scale).round()
+    # Exactly the float32 nearest to a multiple of 10**-MAX_DECIMALS, as a file's "1.3" reads.
+    if (whole.abs() > 2**53).any() or not torch.equal((whole / scale).float(), distinct):
         return None
     if len(whole) == 1:
         return 1.0 if whole.item() % scale == 0 else None

@@ -43,9 +43,13 @@ class ModelSpec:
     standardize: bool = False
     levels: int | None = None  # intensity levels of image data (the builder dequantizes)
     discrete: list[int] = field(default_factory=list)  # vectors: dequantized columns (0-based)
-    discrete_steps: list[float] = field(default_factory=list)  # their grid steps (none written: all 1)
+    discrete_steps: list[float] = field(default_factory=list)  # their grid steps (not recorded: all 1)
     power: bool = False  # vectors: a Yeo-Johnson power transform after standardising
     whiten: bool = False  # vectors: a learned whitening after that
+
+    def __post_init__(self):
+        if self.discrete and not self.discrete_steps:  # written before grid steps existed: integers
+            self.discrete_steps = [1.0] * len(self.discrete)
 
     @property
     def kind(self) -> str:
@@ -94,8 +98,8 @@ def build(spec: ModelSpec) -> Flow:
         raise ClayflowError(f"models need vectors (D,) or images (C, H, W), got shape {spec.event_shape}")
     features = spec.event_shape[0]
     flow = builder(features, **spec.options)
-    steps = spec.discrete_steps or [1.0] * len(spec.discrete)
-    start = start_transforms(features, dict(zip(spec.discrete, steps)), spec.standardize, spec.power, spec.whiten)
+    discrete = dict(zip(spec.discrete, spec.discrete_steps))
+    start = start_transforms(features, discrete, spec.standardize, spec.power, spec.whiten)
     transform = Compose(*start, *flow.transform) if start else flow.transform
     return Flow(transform, flow.base, event_shape=(features,))
 

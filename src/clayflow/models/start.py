@@ -50,7 +50,7 @@ def fit_start(flow: Flow, train: Tensor, standardization, seed: int = 0) -> None
     for layer in flow.transform:
         if isinstance(layer, DequantizeColumns):
             noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(seed), dtype=x.dtype)
-            x = x + noise * layer.step.to(x.dtype)
+            x = x + noise * layer.steps_like(x)
         elif isinstance(layer, Standardize):
             mean, std = standardization(x)
             layer.mean, layer.std = mean.to(layer.mean), std.to(layer.std)

@@ -40,6 +40,7 @@ from clayflow.train.resume import (
     check_steps,
     data_fingerprint,
     resumed_config,
+    saved_discrete_columns,
 )
 from clayflow.train.run import MetricsLog, write_json
 from clayflow.train.rundir import ExistingRun, NewRun, default_run_dir
@@ -134,12 +135,13 @@ def _train(config, run_dir, resume, force, progress, stop) -> TrainResult:
         device = resolve_device(config.device)
         data = load_dataset(config.data)
         config = data_defaults(config, data, new_run=not resume)
-        flow, spec = build_flow(config, data, verbose=True)
-        fingerprint = data_fingerprint(data)
         checkpoint = None
+        if run is not None and (run.path / CHECKPOINT_NAME).exists():
+            checkpoint = read_checkpoint(run.path, map_location="cpu")
+        flow, spec = build_flow(config, data, verbose=True, discrete=saved_discrete_columns(checkpoint))
+        fingerprint = data_fingerprint(data)
         if run is not None:
-            if (run.path / CHECKPOINT_NAME).exists():
-                checkpoint = read_checkpoint(run.path, map_location="cpu")
+            if checkpoint is not None:
                 check_same_run(checkpoint, spec, config, fingerprint, run.path)
                 check_steps(checkpoint, config)
             else:  # killed before its first checkpoint: start again from step 0 in place
@@ -184,7 +186,7 @@ class _Trainer:
         )
         self.sampler = BatchSampler(len(data.train), config.batch_size, config.seed)
         self.train_x = data.train.to(device)
-        self.noise_factor = input_noise_factor(config.input_noise, data, spec.discrete)
+        self.noise_factor = input_noise_factor(config.input_noise, data, spec.discrete, device)
         self.step, self.train_seconds = 0, 0.0
         self.sums, self.count = dict.fromkeys(INTERVAL_SUMS, 0.0), 0  # since the last metrics row
         if config.objective == "fm":
@@ -382,7 +384,7 @@ class _Trainer:
         gradient was skipped (``--nonfinite skip``; the batch is consumed, the step is not)."""
         batch = self.train_x[self.sampler.next().to(self.train_x.device)].float()
         if self.noise_factor is not None:
-            batch = batch + torch.randn_like(batch) @ self.noise_factor.to(batch.device).T
+            batch = batch + torch.randn_like(batch) @ self.noise_factor.T
         step_loss = self.objective(self.flow, batch)
         self.optimizer.zero_grad(set_to_none=True)
         step_loss.loss.backward()

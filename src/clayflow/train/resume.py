@@ -148,6 +148,17 @@ def data_fingerprint(data: Dataset) -> dict[str, Any]:
     }
 
 
+def saved_discrete_columns(checkpoint: dict[str, Any] | None) -> dict[int, float] | None:
+    """The dequantized columns and grid steps a checkpoint's model was built with: a resumed
+    run keeps them, even where today's detection would choose others (runs from before grid
+    steps existed dequantized whole numbers only). None without a readable checkpoint."""
+    try:
+        saved = ModelSpec.from_dict(checkpoint["model_spec"]) if checkpoint is not None else None
+    except (KeyError, TypeError):
+        return None  # check_same_run says what is wrong with it
+    return None if saved is None else dict(zip(saved.discrete, saved.discrete_steps))
+
+
 def check_same_run(checkpoint: dict[str, Any], spec: ModelSpec, config: TrainConfig,
                    fingerprint: dict[str, Any], run_dir: Path) -> None:  # fmt: skip
     """The checkpoint must describe the model, options and data that the run directory and the

@@ -83,9 +83,13 @@ def data_defaults(config: TrainConfig, data: Dataset, *, new_run: bool = True) -
     return config
 
 
-def build_flow(config: TrainConfig, data: Dataset, *, verbose: bool = False) -> tuple[Flow, ModelSpec]:
+def build_flow(
+    config: TrainConfig, data: Dataset, *, verbose: bool = False, discrete: dict[int, float] | None = None
+) -> tuple[Flow, ModelSpec]:
     """The untrained flow for ``config`` on ``data``; a vector flow's start layers are fitted
-    to the training split. With ``verbose``, says which columns are dequantized."""
+    to the training split. ``discrete`` ({column: grid step}) overrides the columns that
+    ``config.discrete`` chooses (a resumed run keeps its own). With ``verbose``, says which
+    columns are dequantized."""
     kind = data_kind(data.event_shape)
     options = {
         **model_defaults(config.model, kind),
@@ -95,8 +99,9 @@ def build_flow(config: TrainConfig, data: Dataset, *, verbose: bool = False) -> 
     if not vector and config.discrete != "auto":
         raise UsageError("--discrete chooses columns of a table; images are dequantized as a whole")
     if not vector and config.input_noise:
-        raise UsageError("--input-noise regularises tables; images are dequantized as a whole")
-    discrete = discrete_columns(data, config.discrete) if vector else {}
+        raise UsageError("--input-noise regularises the training rows of tables; images have no such option")
+    if discrete is None:
+        discrete = discrete_columns(data, config.discrete) if vector else {}
     spec = ModelSpec(
         config.model, list(data.event_shape), options, config.standardize and vector, data.levels,
         discrete=list(discrete), discrete_steps=list(discrete.values()),
@@ -114,23 +119,28 @@ def build_flow(config: TrainConfig, data: Dataset, *, verbose: bool = False) -> 
     return flow, spec
 
 
-def input_noise_factor(noise: float, data: Dataset, discrete: list[int]) -> Tensor | None:
+def input_noise_factor(
+    noise: float, data: Dataset, discrete: list[int], device: torch.device | str = "cpu"
+) -> Tensor | None:
     r"""A factor ``F``, shape ``(D, D)``, of the Gaussian noise added to each training batch
     (noise regularisation, Rothfuss et al. 2019): ``x + eps @ F.T`` with ``eps ~ N(0, I)`` has
     noise covariance ``noise**2 * Sigma``, where ``Sigma`` is the training covariance of the
     continuous columns (0 on dequantized columns, whose uniform noise already smooths them);
     shaped like the data, as a KDE's bandwidth matrix, so that thin directions of correlated
     columns are not blurred. Training then fits the data convolved with this noise, which a
-    flow cannot collapse onto the training rows. None when there is no noise."""
+    flow cannot collapse onto the training rows. The factor comes from an eigendecomposition, so
+    a singular covariance (possible with ``--no-standardize``, which skips the rank check) is
+    fine. On ``device``; None when there is no noise."""
     if not noise:
         return None
     continuous = [j for j in range(data.features) if j not in set(discrete)]
     factor = torch.zeros(data.features, data.features, dtype=torch.float64)
     if continuous:
         covariance = torch.cov(data.train.double()[:, continuous].T).reshape(len(continuous), -1)
-        cholesky, _ = torch.linalg.cholesky_ex(covariance)
-        factor[torch.tensor(continuous)[:, None], torch.tensor(continuous)] = noise * cholesky
-    return factor.float()
+        eigenvalues, eigenvectors = torch.linalg.eigh(covariance)  # covariance = V diag(l) V^T
+        root = eigenvectors * eigenvalues.clamp(min=0).sqrt()
+        factor[torch.tensor(continuous)[:, None], torch.tensor(continuous)] = noise * root
+    return factor.float().to(device)
 
 
 def _discrete_message(discrete: dict[int, float], data: Dataset) -> str:

@@ -13,13 +13,12 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from clayflow.core.transform import Transform, identity_logabsdet, sum_except_batch
 from clayflow.errors import ClayflowError, UsageError
 
-# DequantizeColumns.inverse: a fraction of a grid step by which a value may fall short of its
-# grid point (float32 stores 3.4 as 3.4000001, and 0.3 as 0.30000001, but 0.7 as 0.69999999).
-GRID_TOLERANCE = 1e-4
+_FLOAT32_EPS = torch.finfo(torch.float32).eps
 
 
 class Dequantize(Transform):
@@ -69,27 +68,37 @@ class DequantizeColumns(Transform):
 
     def __init__(self, features: int, columns: list[int], steps: list[float] | None = None):
         super().__init__()
+        steps = [1.0] * len(columns) if steps is None else [float(h) for h in steps]
+        if len(steps) != len(columns) or not all(h > 0 for h in steps):
+            raise ClayflowError(f"DequantizeColumns needs a positive step per column, got {steps} for {columns}")
         mask = torch.zeros(features, dtype=torch.bool)
         mask[list(columns)] = True
         self.register_buffer("mask", mask)
-        step = torch.zeros(features)
-        step[list(columns)] = torch.tensor(steps if steps is not None else [1.0] * len(columns))
-        # Not in the state dict: the model's spec records the steps (checkpoints from before
-        # steps existed hold integer columns, step 1).
-        self.register_buffer("step", step, persistent=False)
+        # Python floats, 0 on continuous columns: exact decimals that ``.to(dtype)`` cannot round,
+        # and no state-dict entry (the model's spec records them; older checkpoints: step 1).
+        self.steps = [0.0] * features
+        for j, h in zip(columns, steps):
+            self.steps[j] = h
+
+    def steps_like(self, x: Tensor) -> Tensor:
+        """The step of each column ``(D,)`` (0 on continuous ones) in ``x``'s dtype and device."""
+        return torch.tensor(self.steps, dtype=x.dtype, device=x.device)
 
     def forward(self, x, context=None):
-        return x + torch.rand_like(x) * self.step.to(x.dtype), identity_logabsdet(x)
+        return x + torch.rand_like(x) * self.steps_like(x), identity_logabsdet(x)
 
     def inverse(self, z, context=None):
-        step = torch.where(self.mask, self.step, 1.0).to(z.dtype)
-        # The tolerance puts a value that float rounding left just below its grid point back on it.
-        on_grid = torch.floor(z / step + GRID_TOLERANCE) * step
+        z64 = z.double()
+        step = torch.where(self.mask, self.steps_like(z64), 1.0)
+        # floor(z / h), allowing 2 float32 ulps for a grid value stored just below its point (0.9
+        # is 0.89999998); k h is then rounded to 9 decimals, so 9 * 0.1 is 0.9, not 0.9000000000000001.
+        k = torch.floor(z64 / step + 2 * _FLOAT32_EPS * z64.abs() / step)
+        on_grid = torch.round(k * step, decimals=9).to(z.dtype)
         return torch.where(self.mask, on_grid, z), identity_logabsdet(z)
 
     def extra_repr(self) -> str:
         columns = self.mask.nonzero().flatten().tolist()
-        return f"columns={columns}, steps={self.step[columns].tolist()}"
+        return f"columns={columns}, steps={[self.steps[j] for j in columns]}"
 
 
 class ScalarAffine(Transform):
