@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -65,14 +66,16 @@ def main() -> None:
                 f"before ({args.before})": (run_default(tmp / "before", args.data, args.seed, tmp / "a"), tmp / "a"),
                 "after (this checkout)": (run_default(ROOT, args.data, args.seed, tmp / "b"), tmp / "b"),
             }
-            fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+            fig, axes = plt.subplots(1, 2, figsize=(11, 4))  # own y scales: the curves differ by 10^4
             for ax, (label, (result, run)) in zip(axes, runs.items()):
                 curve = read_curve(run)
                 ax.plot(curve["step"], curve["train"], label="train NLL")
                 ax.plot(curve["step"], curve["val"], label="validation NLL")
                 ax.axvline(result["selected_step"], color="0.5", ls="--", label=f"selected step {result['selected_step']}")
-                ax.set_yscale("symlog")
-                ax.set(xlabel="step", ylabel="NLL (nats / row, symlog)",
+                values = [abs(v) for v in curve["train"] + curve["val"] if math.isfinite(v) and v != 0]
+                scale = "symlog" if values and max(values) > 100 * min(values) else "linear"
+                ax.set_yscale(scale)
+                ax.set(xlabel="step", ylabel=f"NLL (nats / row, {scale})",
                        title=f"{label}: test NLL {result['test_nll']:.2f}")  # fmt: skip
                 ax.legend()
                 ax.grid(alpha=0.3)

@@ -147,7 +147,9 @@ def paired_gap(folder: Path, cells: dict, dataset: str) -> str:
             return "—"
         per_row.append([statistics.fmean(values) for values in zip(*kept)])
     gaps = [a - b for a, b in zip(*per_row)]
-    return f"{with_se(statistics.fmean(gaps), statistics.stdev(gaps) / math.sqrt(len(gaps)), sign=True)} over {len(gaps)} rows"
+    mean, se = statistics.fmean(gaps), statistics.stdev(gaps) / math.sqrt(len(gaps))
+    noise = " (within 2 s.e.)" if abs(mean) < 2 * se else ""
+    return f"{with_se(mean, se, sign=True)} over {len(gaps)} rows{noise}"
 
 
 def header_lines(info: dict, rows: list[dict], estimators: list[str]) -> list[str]:
