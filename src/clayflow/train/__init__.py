@@ -3,6 +3,7 @@
 from clayflow.train.checkpoint import load
 from clayflow.train.config import TrainConfig
 from clayflow.train.evaluate import evaluate_nll
-from clayflow.train.loop import TrainingStopped, TrainResult, train
+from clayflow.train.loop import TrainingStopped, train
+from clayflow.train.run import TrainResult
 
 __all__ = ["TrainConfig", "TrainResult", "TrainingStopped", "evaluate_nll", "load", "train"]

@@ -11,7 +11,6 @@ import math
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,7 @@ from clayflow.train.resume import (
     resumed_config,
     saved_discrete_columns,
 )
-from clayflow.train.run import MetricsLog, write_json
+from clayflow.train.run import MetricsLog, TrainResult, write_json
 from clayflow.train.rundir import ExistingRun, NewRun, default_run_dir
 from clayflow.train.sampler import BatchSampler
 from clayflow.train.schedule import make_optimizer, make_scheduler
@@ -75,24 +74,6 @@ class TrainingInterrupted(TrainingStopped):
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
         self.exit_code = exit_code
-
-
-@dataclass
-class TrainResult:
-    """What a finished run measured (also written to ``RUN/results.json``)."""
-
-    run_dir: Path
-    steps: int
-    test_nll: float
-    test_bpd: float
-    val_nll: float
-    train_seconds: float
-    selected_step: int  # the step whose weights were evaluated (best validation, or last)
-    patience: int  # early stopping after this many evaluations without a better model (0: off)
-    stopped_early: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
 
 
 def train(

@@ -1,16 +1,36 @@
-"""The files of a run directory: ``config.json``, ``results.json`` and ``metrics.csv`` (the
-directory itself, its marker and its lock are in ``rundir.py``)."""
+"""The files of a run directory: ``config.json``, ``results.json`` (a ``TrainResult``) and
+``metrics.csv`` (the directory itself, its marker and its lock are in ``rundir.py``)."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from clayflow.errors import ClayflowError
 from clayflow.files import atomic_write, read_regular_text
+
+
+@dataclass
+class TrainResult:
+    """What a finished run measured (also written to ``RUN/results.json``)."""
+
+    run_dir: Path
+    steps: int
+    test_nll: float
+    test_bpd: float
+    val_nll: float
+    train_seconds: float
+    selected_step: int  # the step whose weights were evaluated (best validation, or last)
+    patience: int  # early stopping after this many evaluations without a better model (0: off)
+    stopped_early: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
+
 
 # train_loss is the objective (with regularisers; the flow-matching loss for --objective fm),
 # train_nll its NLL part (empty for flow matching); nfe_* are ODE function evaluations per step.
