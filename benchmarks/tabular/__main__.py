@@ -50,7 +50,7 @@ Fairness rules (what makes the numbers comparable):
 Written to ``benchmarks/results/tabular/`` (``--quick``: its ``quick/``): ``tabular.md``,
 ``tabular.png``, ``fits.csv`` (every fit), ``selection.csv`` (every selection candidate),
 ``metrics/<run>.csv`` (each flow run's metrics.csv), ``test_rows/<fit>.csv`` (each fit's
-per-row test log-likelihoods) and ``config.json``; flow run directories,
+per-row test log-likelihoods, for the tables) and ``config.json``; flow run directories,
 their logs and the digits CSV go under ``--work`` (default ``<results>/runs/``, git-ignored).
 
 Time on 2 CPU cores (measured 2026-12-01 with the defaults of then, cores shared with other
@@ -89,6 +89,10 @@ from .report import ESTIMATORS, report
 
 RESULTS = REPO / "benchmarks" / "results" / "tabular"
 SEEDS = (0, 1, 2)
+# Per-row test log-likelihoods are kept (for the paired comparison) for test splits up to this
+# size: the tables. A toy's 10,000 rows would add 200 KB a fit to the repository, and its
+# seeds' standard error is already small.
+MAX_KEPT_TEST_ROWS = 1_000
 QUICK = {"datasets": ["iris"], "models": ["gaussian", "gmm", "kde", "realnvp"], "seeds": [0], "steps": 200}
 
 
@@ -198,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
         same = (d, e, str(s))
         selection = [r for r in selection if (r["dataset"], r["estimator"], str(r["seed"])) != same]
         selection += [{"dataset": d, "estimator": e, "seed": s, **c} for c in fit.candidates]
-        if fit.test_rows is not None:
+        if fit.test_rows is not None and len(fit.test_rows) <= MAX_KEPT_TEST_ROWS:
             write_test_rows(args.out, row, fit.test_rows)
         write_csv(fits_csv, rows, FIT_FIELDS)
         write_csv(selection_csv, selection, SELECTION_FIELDS)

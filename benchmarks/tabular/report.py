@@ -135,7 +135,8 @@ def realnvp_gap(cells: dict, dataset: str) -> tuple[str, bool | None]:
 
 def paired_gap(folder: Path, cells: dict, dataset: str) -> str:
     """Default realnvp − best sklearn per test row (each estimator's log-likelihood of the row
-    averaged over its seeds): "mean ± s.e. over N rows", or "—" without the per-row files."""
+    averaged over its seeds): "mean ± s.e. over N rows", or "—" without the per-row files
+    (kept for the tables only)."""
     name, _ = best_of(cells, dataset, SKLEARN)
     if (dataset, DEFAULT_FLOW) not in cells or name is None:
         return "—"
