@@ -97,3 +97,32 @@ def test_compiled_flow_gives_the_eager_numbers():
     for (name, p), q in zip(eager.named_parameters(), compiled.parameters()):
         torch.testing.assert_close(q.grad, p.grad, msg=name)
     assert compiled.state_dict().keys() == eager.state_dict().keys()
+
+
+def test_input_of_another_dtype_is_cast_to_the_flows_own():
+    """float64 (what ``torch.from_numpy`` gives) and integers reach the flow in its dtype, as a
+    torch user expects; ``flow.double()`` computes in float64 end to end."""
+    flow = randomize(models.realnvp(3, layers=2, hidden=8)).eval()
+    x = torch.randn(5, 3)
+    expected = flow.log_prob(x)
+    assert flow.dtype == torch.float32 and torch.equal(flow.log_prob(x.double()), expected)
+    assert torch.equal(flow.log_prob(x.round().long()), flow.log_prob(x.round()))
+    z, _ = flow(x.double())
+    back, _ = flow.inverse(z.double())
+    assert z.dtype == back.dtype == torch.float32
+    torch.testing.assert_close(back, x, atol=1e-5, rtol=1e-5)
+    flow = flow.double()
+    assert flow.dtype == torch.float64 and flow.log_prob(x).dtype == torch.float64
+    torch.testing.assert_close(flow.log_prob(x), expected.double(), atol=1e-4, rtol=1e-5)
+
+
+def test_image_flows_take_integer_levels():
+    from clayflow.models.image import realnvp_image
+
+    flow = realnvp_image((1, 4, 4), 17, hidden=4, depth=0).eval()
+    levels = torch.randint(0, 17, (3, 1, 4, 4))
+    torch.manual_seed(0)  # the same dequantization noise for both
+    from_integers = flow.log_prob(levels)
+    torch.manual_seed(0)
+    assert torch.equal(from_integers, flow.log_prob(levels.float())) and from_integers.isfinite().all()
+    assert flow.bits_per_dim(levels.to(torch.uint8)).shape == (3,)

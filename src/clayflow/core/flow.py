@@ -63,6 +63,15 @@ class Flow(nn.Module):
         return self._event_shape
 
     @property
+    def dtype(self) -> torch.dtype:
+        """The floating dtype of the flow's parameters and buffers (``flow.double()`` makes it
+        float64); the default dtype for a flow with none."""
+        for tensor in (*self.parameters(), *self.buffers()):
+            if tensor.is_floating_point():
+                return tensor.dtype
+        return torch.get_default_dtype()
+
+    @property
     def latent_shape(self) -> torch.Size | None:
         """Shape of one latent sample: the base's event shape (``(C * H * W,)`` for multi-scale)."""
         shape = getattr(self.base, "event_shape", None)
@@ -70,21 +79,22 @@ class Flow(nn.Module):
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Data -> latent: ``(z, log|det dz/dx|)``, ``(B, *latent_shape)`` and ``(B,)``."""
-        self._check(x, self._event_shape, "data")
+        x = self._input(x, self._event_shape, "data")
         if x.shape[0] == 0 and self.latent_shape is not None:
             return x.new_zeros((0, *self.latent_shape)), x.new_zeros(0)
         return self.transform(x, context)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Latent -> data: ``(x, log|det dx/dz|)``, ``(B, *event_shape)`` and ``(B,)``."""
-        self._check(z, self.latent_shape, "latent")
+        z = self._input(z, self.latent_shape, "latent")
         if z.shape[0] == 0 and self._event_shape is not None:
             return z.new_zeros((0, *self._event_shape)), z.new_zeros(0)
         return self.transform.inverse(z, context)
 
     def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        """Exact log-density of ``x`` ``(B, *event_shape)`` in nats, ``(B,)``."""
-        self._check(x, self._event_shape, "data")
+        """Exact log-density of ``x`` ``(B, *event_shape)`` in nats, ``(B,)``, in the flow's
+        dtype (any real input is cast to it: float64 from numpy, integer levels of images)."""
+        x = self._input(x, self._event_shape, "data")
         if x.shape[0] == 0:
             return x.new_zeros(0)
         z, logabsdet = self.transform(x, context)
@@ -94,6 +104,14 @@ class Flow(nn.Module):
         r"""``-log p(x) / (D ln 2)`` per sample, ``(B,)``; D = elements per sample."""
         dims = math.prod(x.shape[1:])
         return -self.log_prob(x, context) / (dims * math.log(2))
+
+    def _input(self, t: Tensor, shape: torch.Size | None, what: str) -> Tensor:
+        """``t`` checked against ``shape`` and cast to the flow's dtype, as a user of torch
+        expects from a model fed ``torch.from_numpy`` (float64) or image levels (integers)."""
+        self._check(t, shape, what)
+        if isinstance(t, Tensor) and not t.is_complex() and t.dtype != (dtype := self.dtype):
+            t = t.to(dtype)
+        return t
 
     @staticmethod
     def _check(t: Tensor, shape: torch.Size | None, what: str) -> None:
