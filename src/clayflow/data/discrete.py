@@ -25,9 +25,9 @@ MAX_DECIMALS = 3
 def grid_step(values: Tensor) -> float | None:
     """The step of the grid through 0 that a column's values ``(N,)`` lie on: their greatest
     common divisor, when each is the float32 nearest to a whole multiple of
-    ``10**-MAX_DECIMALS``; None when they are not (or too large for float64 to tell). A constant column
-    has no grid of its own: step 1 when it holds a whole number (a pixel that is always 0),
-    else None.
+    ``10**-MAX_DECIMALS``; None when they are not (or too large for float64 to tell). A
+    constant column has no grid of its own: step 1 when it holds a whole number (a pixel that
+    is always 0), else None.
 
     >>> grid_step(torch.tensor([0.2, 1.4, 0.5]))
     0.1
@@ -60,8 +60,8 @@ def discrete_columns(data: Dataset, choice: str = "auto") -> dict[int, float]:
         return {}
     values = torch.cat([data.train, data.val, data.test])
     if choice == "auto":
-        few = [j for j in range(values.shape[1]) if len(values[:, j].unique()) <= MAX_DISCRETE_VALUES]
-        steps = {j: grid_step(values[:, j]) for j in few}
+        distinct = [values[:, j].unique() for j in range(values.shape[1])]
+        steps = {j: grid_step(d) for j, d in enumerate(distinct) if len(d) <= MAX_DISCRETE_VALUES}
         return {j: step for j, step in steps.items() if step is not None}
     chosen = sorted({_column_index(item.strip(), data.columns, values.shape[1]) for item in choice.split(",")})
     steps = {j: grid_step(values[:, j]) for j in chosen}
