@@ -126,3 +126,46 @@ def test_image_flows_take_integer_levels():
     torch.manual_seed(0)
     assert torch.equal(from_integers, flow.log_prob(levels.float())) and from_integers.isfinite().all()
     assert flow.bits_per_dim(levels.to(torch.uint8)).shape == (3,)
+
+
+@pytest.mark.parametrize("builder", ["realnvp_image", "glow_image", "cnf_image"])
+def test_image_flows_refuse_what_is_not_levels(builder):
+    """A level outside [0, levels), a fraction, or intensities scaled to [0, 1] would give NaN or
+    a plausible but wrong likelihood: each is refused in one line (a ValueError)."""
+    from clayflow.transforms import LevelsError
+
+    flow = build(ModelSpec(builder.removesuffix("_image"), [1, 4, 4], {"hidden": 4}, levels=256)).eval()
+    levels = torch.randint(1, 255, (3, 1, 4, 4))
+    assert flow.log_prob(levels).isfinite().all()
+
+    def with_first(value):
+        x = levels.double()
+        x[0, 0, 0, 0] = value
+        return x
+
+    cases = {
+        "from -1 to": with_first(-1),
+        "to 256": with_first(256),
+        "non-integer": with_first(3.5),
+        r"multiply them by 255": levels.float() / 255,
+    }
+    for words, x in cases.items():
+        for call in (flow.log_prob, flow.forward, flow.bits_per_dim):
+            with pytest.raises(LevelsError, match=words) as info:
+                call(x)
+            assert isinstance(info.value, ValueError) and "\n" not in str(info.value)
+
+
+def test_sample_shapes_follow_torch_distributions():
+    vector = models.realnvp(3, layers=2, hidden=8)
+    image = models.realnvp_image((1, 4, 4), 17, hidden=4, depth=0)
+    for flow, event in ((vector, (3,)), (image, (1, 4, 4))):
+        assert tuple(flow.event_shape) == event
+        assert flow.sample(5).shape == flow.sample((5,)).shape == (5, *event)
+        assert flow.sample(torch.Size([2, 3])).shape == (2, 3, *event)
+        assert flow.sample().shape == event and flow.rsample((0, 2)).shape == (0, 2, *event)
+        x, log_prob = flow.sample_and_log_prob((2, 2))
+        assert x.shape == (2, 2, *event) and log_prob.shape == (2, 2)
+    assert tuple(image.latent_shape) == (16,)
+    with pytest.raises(ValueError, match="non-negative ints"):
+        vector.sample((2.5,))

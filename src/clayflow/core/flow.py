@@ -3,12 +3,15 @@ r"""``Flow``: a transform (data -> latent) and a base distribution, used like a 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
 from clayflow.core.transform import Compose, Inverse, Transform
 from clayflow.errors import ClayflowError
+
+SampleShape = int | Sequence[int]  # torch.Size, a tuple, or an int n meaning (n,)
 
 
 class EventShapeError(ClayflowError, ValueError):
@@ -28,8 +31,10 @@ class Flow(nn.Module):
     >>> x = torch.randn(5, 2)
     >>> flow.log_prob(x).shape
     torch.Size([5])
-    >>> flow.sample(3).shape
+    >>> flow.sample((3,)).shape
     torch.Size([3, 2])
+    >>> flow.sample(torch.Size([4, 3])).shape
+    torch.Size([4, 3, 2])
 
     Inputs of another event shape raise ``EventShapeError`` (a ``ValueError``) rather than
     broadcast; an empty batch gives empty results (and leaves ActNorm and batch-norm state alone).
@@ -42,7 +47,7 @@ class Flow(nn.Module):
             records (``MultiScale.event_shape``), else unknown (then not checked here).
             ``models.build`` records it for every model.
     Shape:
-        x: ``(B, *event_shape)``; log_prob -> ``(B,)``; sample(n) -> ``(n, *event_shape)``;
+        x: ``(B, *event_shape)``; log_prob -> ``(B,)``; sample(shape) -> ``(*shape, *event_shape)``;
         latent z: ``(B, *latent_shape)``.
     """
 
@@ -123,28 +128,40 @@ class Flow(nn.Module):
                 f"this flow's {what} have shape {expected}, got a tensor of shape {tuple(t.shape)}"
             )
 
-    def rsample(self, n: int, temperature: float = 1.0, context: Tensor | None = None) -> Tensor:
-        """``n`` samples, differentiable w.r.t. the parameters; base draws are scaled by T."""
-        z = self.base.sample(n, temperature)
+    def rsample(
+        self, sample_shape: SampleShape = (), temperature: float = 1.0, context: Tensor | None = None
+    ) -> Tensor:
+        """Samples of shape ``(*sample_shape, *event_shape)``, differentiable w.r.t. the
+        parameters (as ``torch.distributions``: ``rsample((3,))``; an int ``n`` is ``(n,)``);
+        base draws are scaled by ``temperature``."""
+        shape = _sample_shape(sample_shape)
+        z = self.base.sample(math.prod(shape), temperature)
         x, _ = self.inverse(z, context)
-        return x
+        return x.reshape(*shape, *x.shape[1:])
 
     @torch.no_grad()
-    def sample(self, n: int, temperature: float = 1.0, context: Tensor | None = None) -> Tensor:
-        """``n`` samples with no graph (as ``torch.distributions.Distribution.sample``).
+    def sample(
+        self, sample_shape: SampleShape = (), temperature: float = 1.0, context: Tensor | None = None
+    ) -> Tensor:
+        """Samples of shape ``(*sample_shape, *event_shape)`` with no graph (as
+        ``torch.distributions.Distribution.sample``; an int ``n`` is ``(n,)``).
 
         ``temperature`` < 1 scales the base draws towards the mode (Glow's reduced
         temperature); 1 is the model itself.
         """
-        return self.rsample(n, temperature, context)
+        return self.rsample(sample_shape, temperature, context)
 
-    def sample_and_log_prob(self, n: int, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """``n`` samples and their model log-density in one inverse pass: ``(x, log p(x))``."""
+    def sample_and_log_prob(
+        self, sample_shape: SampleShape = (), context: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Samples and their model log-density in one inverse pass: ``(x, log p(x))``, shaped
+        ``(*sample_shape, *event_shape)`` and ``sample_shape``."""
+        shape = _sample_shape(sample_shape)
+        n = math.prod(shape)
         z = self.base.sample(n)
         x, logabsdet = self.inverse(z, context)
-        if n == 0:
-            return x, logabsdet
-        return x, self.base.log_prob(z) - logabsdet
+        log_prob = logabsdet if n == 0 else self.base.log_prob(z) - logabsdet
+        return x.reshape(*shape, *x.shape[1:]), log_prob.reshape(shape)
 
     def compile(self, **options) -> Flow:
         """Compile ``forward``, ``inverse`` and ``log_prob`` with ``torch.compile(**options)``,
@@ -159,6 +176,16 @@ class Flow(nn.Module):
         self.inverse = torch.compile(self.inverse, **options)
         self.log_prob = torch.compile(self.log_prob, **options)
         return self
+
+
+def _sample_shape(sample_shape: SampleShape) -> tuple[int, ...]:
+    """``sample_shape`` as a tuple: an int ``n`` is ``(n,)``, as ``torch.distributions`` allows."""
+    if isinstance(sample_shape, int):
+        return (sample_shape,)
+    shape = tuple(sample_shape)
+    if not all(isinstance(n, int) and n >= 0 for n in shape):
+        raise ValueError(f"sample_shape must be non-negative ints, got {sample_shape!r}")
+    return shape
 
 
 def _infer_event_shape(transform: nn.Module, base: nn.Module) -> torch.Size | None:

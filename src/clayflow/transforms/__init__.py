@@ -9,7 +9,7 @@ from clayflow.transforms.linear import InvertibleConv1x1, Permutation, Whitening
 from clayflow.transforms.masks import MaskKind, alternating_mask, checkerboard_mask, half_mask
 from clayflow.transforms.multiscale import LearnedPrior, MultiScale
 from clayflow.transforms.normalization import ActNorm, BatchNorm
-from clayflow.transforms.preprocess import Dequantize, DequantizeColumns, Logit, ScalarAffine
+from clayflow.transforms.preprocess import Dequantize, DequantizeColumns, LevelsError, Logit, ScalarAffine
 from clayflow.transforms.reshape import Squeeze
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "Inverse",
     "InvertibleConv1x1",
     "LearnedPrior",
+    "LevelsError",
     "Logit",
     "MaskKind",
     "MultiScale",

@@ -21,6 +21,11 @@ from clayflow.errors import ClayflowError, UsageError
 _FLOAT32_EPS = torch.finfo(torch.float32).eps
 
 
+class LevelsError(ClayflowError, ValueError):
+    """Image input that is not integer levels in ``[0, levels)``: a ``ValueError``, and one
+    line in the CLI."""
+
+
 class Dequantize(Transform):
     r"""Uniform dequantization: y = x + u, u ~ U[0, 1)^D, for integers x in {0, ..., k-1}.
 
@@ -29,6 +34,10 @@ class Dequantize(Transform):
     is drawn on every call, in training and evaluation alike (from torch's global RNG; fix
     it with ``torch.random.fork_rng`` for a repeatable evaluation). ``inverse`` quantizes:
     ``floor(y)`` clipped to ``[0, k-1]``, so ``inverse(forward(x)) == x`` exactly.
+
+    ``forward`` refuses (``LevelsError``) values that are not integers in ``[0, k)``: a level
+    outside gives NaN or a density outside the model's support, and intensities scaled to
+    ``[0, 1]`` would give a plausible but wrong likelihood.
 
     Shape:
         x: ``(B, *)`` integer-valued floats -> y like x, logabsdet ``(B,)`` of zeros.
@@ -42,6 +51,8 @@ class Dequantize(Transform):
         self.levels = int(levels)
 
     def forward(self, x, context=None):
+        if not torch.compiler.is_compiling():
+            check_levels(x, self.levels)
         return x + torch.rand_like(x), identity_logabsdet(x)
 
     def inverse(self, z, context=None):
@@ -49,6 +60,20 @@ class Dequantize(Transform):
 
     def extra_repr(self) -> str:
         return f"levels={self.levels}"
+
+
+def check_levels(x: Tensor, levels: int) -> None:
+    """Raise ``LevelsError`` unless every element of ``x`` is an integer in ``[0, levels)``."""
+    if x.numel() == 0:
+        return
+    low, high = x.min().item(), x.max().item()
+    if low < 0 or high > levels - 1:
+        raise LevelsError(
+            f"this image model takes integer levels 0..{levels - 1}, got values from {low:g} to {high:g}"
+        )
+    if not torch.equal(x, x.round()):
+        hint = f" (intensities scaled to [0, 1]? multiply them by {levels - 1})" if high <= 1 else ""
+        raise LevelsError(f"this image model takes integer levels 0..{levels - 1}, got non-integer values{hint}")
 
 
 class DequantizeColumns(Transform):
