@@ -46,7 +46,7 @@ def run() -> int:
         act = partial(os.kill, os.getpid(), signal.Signals[action])
 
     if where == "step":
-        take_step = loop._Trainer._train_step
+        take_step = loop.Trainer._train_step
 
         def _train_step(self):
             taken = take_step(self)
@@ -54,7 +54,7 @@ def run() -> int:
                 act()
             return taken
 
-        loop._Trainer._train_step = _train_step
+        loop.Trainer._train_step = _train_step
     elif where == "checkpoint":
         save = torch.save
 

@@ -1,5 +1,6 @@
 """The CLI: the happy path, and every bad input giving one line, a non-zero exit, no change."""
 
+import csv
 import hashlib
 import json
 from pathlib import Path
@@ -114,9 +115,12 @@ def test_image_run_trains_samples_scores_and_plots(image_run, tmp_path, capsys):
     assert run_cli(capsys, "sample", run, "--n", "9", "--out", tmp_path / "grid.png")[0] == 0
     assert (tmp_path / "grid.png").read_bytes()[:4] == b"\x89PNG"
     code, _, err = run_cli(capsys, "score", run, "--data", f"images:{folder}", "--out", tmp_path / "sc.csv")
-    scores = np.loadtxt(tmp_path / "sc.csv", delimiter=",", skiprows=1)
-    assert code == 0 and scores.shape == (30, 3), err
-    np.testing.assert_allclose(scores[:, 2], -scores[:, 1] / (64 * np.log(2)))
+    with (tmp_path / "sc.csv").open() as f:  # each row names its image file
+        header, *lines = list(csv.reader(f))
+    assert code == 0 and header == ["file", "log_prob", "bits_per_dim"] and len(lines) == 30, err
+    assert [line[0] for line in lines] == sorted(p.name for p in folder.iterdir())
+    scores = np.array([line[1:] for line in lines], dtype=float)
+    np.testing.assert_allclose(scores[:, 1], -scores[:, 0] / (64 * np.log(2)), rtol=1e-6)
     np.save(tmp_path / "s2.npy", samples)
     code, _, err = run_cli(capsys, "score", run, "--data", tmp_path / "s2.npy", "--out", tmp_path / "s2.csv")
     assert code == 0, err

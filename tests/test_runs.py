@@ -23,7 +23,7 @@ def cli(*args, cwd=None, env=None, **kwargs) -> subprocess.CompletedProcess:
                           env=env, check=False, **kwargs)  # fmt: skip
 
 
-PROGRESS = re.compile(r"step \d+/\d+  |column\(s\) .* hold few whole-number values")
+PROGRESS = re.compile(r"step \d+/\d+  |training \S+ \([\d,]+ parameters\) on |column\(s\) .* hold few whole-number values")
 
 
 def one_error_line(err: str) -> str:

@@ -158,7 +158,7 @@ def test_stop_signals_save_a_checkpoint_and_resume_exactly(tmp_path, signum):
 
 
 def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
-    original = loop._Trainer._train_step
+    original = loop.Trainer._train_step
 
     def poisoned(self):
         if self.step == 30:
@@ -166,7 +166,7 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
                 next(self.flow.parameters()).fill_(float("nan"))
         return original(self)
 
-    monkeypatch.setattr(loop._Trainer, "_train_step", poisoned)
+    monkeypatch.setattr(loop.Trainer, "_train_step", poisoned)
     run = tmp_path / "run"
     with pytest.raises(
         TrainingStopped, match="non-finite at step 31; kept the last good checkpoint \\(step 30\\)"
@@ -179,21 +179,21 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
 
 def test_skip_mode_skips_a_bad_batch_and_stops_on_lasting_divergence(tmp_path, monkeypatch):
     """``--nonfinite skip``: one NaN loss costs a batch, not the run; NaN weights still stop it."""
-    original = loop._Trainer._train_step
+    original = loop.Trainer._train_step
     poison_at = {30}
 
     def poisoned(self):
         if self.step in poison_at:
             poison_at.discard(self.step)
-            clean = self.train_x.clone()
-            self.train_x[:] = float("nan")  # this batch's loss is NaN; the data is restored after
+            clean = self.batches.examples.clone()
+            self.batches.examples[:] = float("nan")  # this batch's loss is NaN; the data is restored after
             try:
                 return original(self)
             finally:
-                self.train_x.copy_(clean)
+                self.batches.examples.copy_(clean)
         return original(self)
 
-    monkeypatch.setattr(loop._Trainer, "_train_step", poisoned)
+    monkeypatch.setattr(loop.Trainer, "_train_step", poisoned)
     run = tmp_path / "run"
     result = train(TrainConfig(steps=50, nonfinite="skip", **SMALL), run, progress=False)
     metrics = rows(run)
@@ -205,7 +205,7 @@ def test_skip_mode_skips_a_bad_batch_and_stops_on_lasting_divergence(tmp_path, m
                 next(self.flow.parameters()).fill_(float("nan"))
         return original(self)
 
-    monkeypatch.setattr(loop._Trainer, "_train_step", poisoned_weights)
+    monkeypatch.setattr(loop.Trainer, "_train_step", poisoned_weights)
     with pytest.raises(
         TrainingStopped, match="non-finite in 21 steps in a row at step 31; kept .* \\(step 30\\)"
     ):

@@ -31,17 +31,21 @@ _LAZY = {
     "ClayflowError": "clayflow.errors",
     "UsageError": "clayflow.errors",
     "load": "clayflow.train.checkpoint",
+    "fit": "clayflow.train.fit",
+    "FitResult": "clayflow.train.fit",
 }
 
 __all__ = [
     "ClayflowError",
     "Compose",
     "DiagonalNormal",
+    "FitResult",
     "Flow",
     "Inverse",
     "StandardNormal",
     "Transform",
     "UsageError",
+    "fit",
     "load",
     "models",
     "transforms",
@@ -59,6 +63,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
     from clayflow.errors import ClayflowError as ClayflowError
     from clayflow.errors import UsageError as UsageError
     from clayflow.train.checkpoint import load as load
+    from clayflow.train.fit import FitResult as FitResult
+    from clayflow.train.fit import fit as fit
 
 
 def __getattr__(name: str):

@@ -28,7 +28,7 @@ EXAMPLES = {
     "  clayflow sample runs/digits --n 64 --out grid.png --temperature 0.7   # image models: .png or .npy",
     "score": "examples:\n  clayflow score runs/mine --data new_rows.csv --out scores.csv\n"
     "  clayflow score runs/digits --data images:my_scans --out scores.csv",
-    "plot": "example:\n  clayflow plot runs/mine",
+    "plot": "examples:\n  clayflow plot runs/mine\n  clayflow plot runs/wine --columns alcohol,proline,7",
 }
 
 
@@ -79,31 +79,70 @@ def _verb(verbs, name: str, help: str):
     )
 
 
+# ``clayflow train --help`` in groups: every ``TrainConfig`` field is in one (checked by a test).
+TRAIN_GROUPS = {
+    "data": ("data", "standardize", "power_transform", "whiten", "discrete", "input_noise"),
+    "model": (
+        "model", "layers", "hidden", "depth", "conditioner", "mask", "scale_bound", "batch_norm", "base",
+        "dropout", "activation", "scales", "norm", "alpha", "lu", "coupling",
+    ),
+    "optimisation": (
+        "steps", "batch_size", "lr", "optimizer", "weight_decay", "schedule", "warmup", "clip", "ema",
+        "select_best", "patience", "eval_every", "nonfinite", "seed",
+    ),
+    "continuous flows (--model cnf)": (
+        "blocks", "augment", "actnorm", "t1", "learn_t1", "solver", "atol", "rtol", "step_size", "trace",
+        "eval_trace", "adjoint", "objective", "kinetic", "jacobian", "ot",
+    ),
+    "run, output and machine": ("checkpoint_every", "tensorboard", "device", "threads", "compile"),
+}  # fmt: skip
+
+
+def _train_help() -> dict[str, str]:
+    """``TrainConfig``'s field comments, with the lists of models and built-in data sets."""
+    from clayflow.data.tabular import SKLEARN_TABLES
+    from clayflow.data.toys import TOYS
+    from clayflow.models import MODELS
+    from clayflow.train.config import field_help
+
+    helps = field_help()
+    helps["model"] = f"model: {', '.join(MODELS)} (nice: vectors only; cnf: FFJORD)"
+    helps["data"] = (
+        f"2D toys ({' '.join(TOYS)}), tables ({' '.join(SKLEARN_TABLES)}), images (digits, "
+        "patches[:SIZE][:rgb], mnist:DIR, cifar10:DIR, images:DIR), or a .csv/.npy file"
+    )
+    return helps
+
+
 def _add_train(verbs) -> None:
-    from clayflow.train.config import TrainConfig, field_help, field_type, flag
+    from clayflow.train.config import TrainConfig, field_type, flag
 
     p = _verb(verbs, "train", "Train a flow by maximum likelihood into a run directory.")
-    helps, hints, defaults = field_help(), typing.get_type_hints(TrainConfig), TrainConfig()
+    p.usage = "clayflow train [--data DATA] [--model MODEL] [--steps STEPS] [--out DIR] [options]"
+    helps, hints, defaults = _train_help(), typing.get_type_hints(TrainConfig), TrainConfig()
+    groups = {title: p.add_argument_group(title) for title in TRAIN_GROUPS}
+    group_of = {name: groups[title] for title, names in TRAIN_GROUPS.items() for name in names}
     for f in fields(TrainConfig):
-        option = flag(f.name)
+        group, option = group_of[f.name], flag(f.name)
         kind, _ = field_type(hints[f.name])
         default = getattr(defaults, f.name)
         text = helps.get(f.name, "") + ("" if default is None else f" (default: {default})")
         if kind is bool:
-            p.add_argument(option, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
+            group.add_argument(option, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
         else:
-            p.add_argument(option, type=kind, default=argparse.SUPPRESS, help=text, metavar=f.name.upper())
-    p.add_argument("--config", metavar="FILE", help="JSON or TOML file of options (flags override it)")
-    p.add_argument("--out", metavar="DIR", help="run directory (default: runs/<model>-<data>-<time>)")
-    p.add_argument("--resume", metavar="RUN", help="continue the run in RUN from its last checkpoint")
-    p.add_argument("--force", action="store_true", help="replace an existing run directory given by --out")
-    p.add_argument(
+            group.add_argument(option, type=kind, default=argparse.SUPPRESS, help=text, metavar=f.name.upper())
+    run = groups["run, output and machine"]
+    run.add_argument("--config", metavar="FILE", help="JSON or TOML file of options (flags override it)")
+    run.add_argument("--out", metavar="DIR", help="run directory (default: runs/<model>-<data>-<time>)")
+    run.add_argument("--resume", metavar="RUN", help="continue the run in RUN from its last checkpoint")
+    run.add_argument("--force", action="store_true", help="replace an existing run directory given by --out")
+    run.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="progress bar (default: on a terminal)",
+        help="progress bar (default: on a terminal; else a log line every 250 steps or 30 seconds)",
     )
-    p.add_argument(
+    run.add_argument(
         "--plots",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -161,6 +200,12 @@ def _add_score(verbs) -> None:
 def _add_plot(verbs) -> None:
     p = _verb(verbs, "plot", "Redraw a run's plots (loss curves, samples, density).")
     p.add_argument("run", metavar="RUN", help="run directory")
+    p.add_argument(
+        "--columns",
+        metavar="COLS",
+        help="table columns to draw: comma-separated names or numbers from 1 "
+        "(default: the first 16 in marginals.png, the first 4 in pairs.png)",
+    )
     p.set_defaults(handler=cmd_plot)
 
 
@@ -195,6 +240,8 @@ def resolve_train_config(args: argparse.Namespace):
 def cmd_train(args: argparse.Namespace) -> int:
     """Train into a run directory, print the test NLL and write the plots."""
     from clayflow.train import load, train
+    from clayflow.train.resume import read_run_config
+    from clayflow.train.tracking import log_pictures
 
     config, run_dir = resolve_train_config(args)
     result = train(config, run_dir, resume=bool(args.resume), force=args.force, progress=args.progress)
@@ -207,6 +254,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.plots:
         paths = _plot(result.run_dir, load(result.run_dir))
         print("plots: " + ", ".join(str(p) for p in paths))
+        if read_run_config(result.run_dir).tensorboard:
+            log_pictures(result.run_dir, paths, result.steps)
     return 0
 
 
@@ -277,15 +326,16 @@ def cmd_score(args: argparse.Namespace) -> int:
     check_output_path(args.out, force=args.force)  # fail before the expensive part
     flow, payload = _load_run(args.run, args.device)
     spec = payload["model_spec"]
-    x = _examples_to_score(args.data, spec, payload.get("data_columns"))
+    x, files = _examples_to_score(args.data, spec, payload.get("data_columns"))
     log_prob = log_prob_in_chunks(flow, x).numpy()
     bits_per_dim = -log_prob / (x[0].numel() * np.log(2))
-    table = (
-        log_prob[:, None]
-        if args.out.lower().endswith(".npy")
-        else np.stack([np.arange(1, len(x) + 1), log_prob, bits_per_dim], 1)
-    )
-    write_table(args.out, table, ["row", "log_prob", "bits_per_dim"])
+    if args.out.lower().endswith(".npy"):
+        write_table(args.out, log_prob[:, None], ["log_prob"])
+    elif files is not None:  # a folder of images: each row names its file
+        write_table(args.out, np.stack([log_prob, bits_per_dim], 1), ["file", "log_prob", "bits_per_dim"], files)
+    else:
+        table = np.stack([np.arange(1, len(x) + 1), log_prob, bits_per_dim], 1)
+        write_table(args.out, table, ["row", "log_prob", "bits_per_dim"])
     print(
         f"scored {len(x)} examples: mean log-likelihood {log_prob.mean():.4f} nats "
         f"({bits_per_dim.mean():.4f} bits/dim); wrote {args.out}"
@@ -293,13 +343,18 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
-def _examples_to_score(data: str, spec: dict, data_columns: list[str] | None = None) -> torch.Tensor:
+def _examples_to_score(
+    data: str, spec: dict, data_columns: list[str] | None = None
+) -> tuple[torch.Tensor, list[str] | None]:
     """The examples of ``data`` as a tensor, checked against the model's data shape:
-    every image of ``images:DIR``, the rows of a table file, or a dataset's test split.
+    every image of ``images:DIR`` (and their file names), the rows of a table file, or a
+    dataset's test split.
 
     Table columns are matched to the training columns (``data_columns``) by name when both
-    have names, else by position. Shape: ``(N, *event_shape)`` float32.
+    have names, else by position. Shape: ``(N, *event_shape)`` float32; names: None but for
+    a folder of images.
     """
+    files = None
     from clayflow.data import load_dataset, looks_like_path
     from clayflow.data.images import is_image_spec, load_image_source
     from clayflow.data.tabular import align_columns, read_table
@@ -307,7 +362,8 @@ def _examples_to_score(data: str, spec: dict, data_columns: list[str] | None = N
     shape = tuple(spec.get("event_shape") or [spec["features"]])
     levels = spec.get("levels")
     if data.startswith("images:"):
-        values = load_image_source(data).images
+        source = load_image_source(data)
+        values, files = source.images, source.files
     elif data.lower().endswith(".npy") and levels is not None:
         values = _read_image_array(data)
     elif looks_like_path(data) and not is_image_spec(data):
@@ -330,7 +386,7 @@ def _examples_to_score(data: str, spec: dict, data_columns: list[str] | None = N
         raise ClayflowError(
             f"{data} must hold integer levels in [0, {levels - 1}], as the training images did"
         )
-    return torch.as_tensor(np.ascontiguousarray(values), dtype=torch.float32)
+    return torch.as_tensor(np.ascontiguousarray(values), dtype=torch.float32), files
 
 
 def _read_image_array(path: str) -> np.ndarray:
@@ -352,19 +408,29 @@ def cmd_plot(args: argparse.Namespace) -> int:
     run_dir = Path(args.run)
     if not run_dir.is_dir():
         raise ClayflowError(f"{run_dir} is not a run directory")
-    paths = _plot(run_dir, load(run_dir))
+    paths = _plot(run_dir, load(run_dir), args.columns)
     print("plots: " + ", ".join(str(p) for p in paths))
     return 0
 
 
-def _plot(run_dir: Path, flow) -> list[Path]:
+def _plot(run_dir: Path, flow, columns: str | None = None) -> list[Path]:
     from clayflow.data import load_dataset
+    from clayflow.data.discrete import column_list
     from clayflow.plotting import plot_run
     from clayflow.train.resume import read_run_config
 
     data = load_dataset(read_run_config(run_dir).data)
+    show = None
+    if columns is not None:
+        if data.levels is not None:
+            raise UsageError("--columns chooses columns of a table; this run is of images")
+        show = column_list(columns, data.columns, data.dims, "--columns")
+    if data.levels is None:  # tables and toys: every row, so that a small table's histograms have shape
+        rows, label = torch.cat([data.train, data.val, data.test]), "rows (all splits)"
+    else:
+        rows, label = data.test, "test images"
     try:
-        return plot_run(run_dir, flow, data.test, data.columns, data.levels)
+        return plot_run(run_dir, flow, rows, data.columns, data.levels, show_columns=show, data_label=label)
     except OSError as exc:
         raise ClayflowError(f"cannot write the plots of {run_dir}: {exc.strerror or exc}") from None
 

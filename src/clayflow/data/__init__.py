@@ -7,6 +7,7 @@ tables), ``load_dataset("path/to/file.csv")`` (the user's own ``.csv``/``.npy``)
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +32,8 @@ _QR_ROWS = 65_536  # rows per block of the rank check
 @dataclass
 class Dataset:
     """Train/validation/test tensors of one data source: ``(N, D)`` float32 for vectors, or
-    ``(N, C, H, W)`` uint8 intensity levels in ``[0, levels)`` for images."""
+    ``(N, C, H, W)`` uint8 intensity levels in ``[0, levels)`` for images. (``clayflow.fit``
+    also accepts map-style ``torch.utils.data.Dataset`` splits, whose items are examples.)"""
 
     name: str
     train: Tensor
@@ -42,12 +44,15 @@ class Dataset:
 
     @property
     def event_shape(self) -> tuple[int, ...]:
-        return tuple(self.train.shape[1:])
+        if isinstance(self.train, Tensor):
+            return tuple(self.train.shape[1:])
+        item = self.train[0]
+        return tuple((item[0] if isinstance(item, (tuple, list)) else item).shape)
 
     @property
     def dims(self) -> int:
         """Elements D per example (the D of bits/dim)."""
-        return self.train[0].numel()
+        return math.prod(self.event_shape)
 
     @property
     def features(self) -> int:

@@ -63,7 +63,7 @@ def discrete_columns(data: Dataset, choice: str = "auto") -> dict[int, float]:
         distinct = [values[:, j].unique() for j in range(values.shape[1])]
         steps = {j: grid_step(d) for j, d in enumerate(distinct) if len(d) <= MAX_DISCRETE_VALUES}
         return {j: step for j, step in steps.items() if step is not None}
-    chosen = sorted({_column_index(item.strip(), data.columns, values.shape[1]) for item in choice.split(",")})
+    chosen = sorted(set(column_list(choice, data.columns, values.shape[1], "--discrete")))
     steps = {j: grid_step(values[:, j]) for j in chosen}
     off_grid = [j for j, step in steps.items() if step is None]
     if off_grid:
@@ -75,12 +75,16 @@ def discrete_columns(data: Dataset, choice: str = "auto") -> dict[int, float]:
     return steps
 
 
-def _column_index(item: str, columns: list[str] | None, width: int) -> int:
-    if columns and item in columns:
-        return columns.index(item)
-    if item.isdigit() and 1 <= int(item) <= width:
-        return int(item) - 1
-    named = f"; columns: {', '.join(columns)}" if columns else ""
-    raise UsageError(
-        f"--discrete: no column {item!r} (give auto, none, or column names or numbers 1-{width}{named})"
-    )
+def column_list(text: str, columns: list[str] | None, width: int, option: str) -> list[int]:
+    """The 0-based columns that ``text`` names, in its order: comma-separated names or 1-based
+    numbers (a name first, as a column may be called "3"); a ``UsageError`` naming ``option``."""
+    chosen = []
+    for item in (part.strip() for part in text.split(",")):
+        if columns and item in columns:
+            chosen.append(columns.index(item))
+        elif item.isdigit() and 1 <= int(item) <= width:
+            chosen.append(int(item) - 1)
+        else:
+            named = f"; columns: {', '.join(columns)}" if columns else ""
+            raise UsageError(f"{option}: no column {item!r} (give column names or numbers 1-{width}{named})")
+    return chosen

@@ -35,6 +35,7 @@ class ImageSource:
     images: np.ndarray | None = None  # (N, C, H, W) uint8, split 80/10/10 by the caller
     train: np.ndarray | None = None  # with a published test split (MNIST, CIFAR-10)
     test: np.ndarray | None = None
+    files: list[str] | None = None  # a folder's: the file name of each of ``images``
 
 
 IMAGE_PREFIXES = ("mnist:", "cifar10:", "images:")
@@ -64,7 +65,8 @@ def load_image_source(spec: str) -> ImageSource:
         return read_mnist(folder)
     if kind == "cifar10":
         return read_cifar10(folder)
-    return ImageSource(spec, 256, images=read_image_folder(folder))
+    images, files = read_image_folder(folder)
+    return ImageSource(spec, 256, images=images, files=files)
 
 
 def _patches(spec: str) -> ImageSource:
@@ -199,9 +201,10 @@ def read_cifar10(folder: Path) -> ImageSource:
 # -- a folder of the user's images ------------------------------------------------------------
 
 
-def read_image_folder(folder: Path) -> np.ndarray:
-    """Every PNG/JPEG in ``folder`` (sorted by name) as ``(N, C, H, W)`` uint8: C = 1 if all
-    are greyscale, else 3 (RGB; alpha is dropped). All must have the same size."""
+def read_image_folder(folder: Path) -> tuple[np.ndarray, list[str]]:
+    """Every PNG/JPEG in ``folder`` (sorted by name) as ``(N, C, H, W)`` uint8, and their file
+    names: C = 1 if all are greyscale, else 3 (RGB; alpha is dropped). All must have the same
+    size."""
     from PIL import Image, UnidentifiedImageError
 
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
@@ -228,4 +231,4 @@ def read_image_folder(folder: Path) -> np.ndarray:
             )
         array = np.asarray(picture.convert("L" if grey else "RGB"), dtype=np.uint8)
         arrays.append(array[None] if grey else array.transpose(2, 0, 1))
-    return np.stack(arrays)
+    return np.stack(arrays), [path.name for path in files]

@@ -7,6 +7,7 @@ names the file, and the row and column where it can.
 from __future__ import annotations
 
 import csv
+import io
 import os
 from functools import partial
 from pathlib import Path
@@ -198,14 +199,24 @@ def check_output_path(
     return path
 
 
-def write_table(path: str | os.PathLike, values: np.ndarray, columns: list[str]) -> None:
-    """Atomically write rows to ``.csv`` (with a header) or ``.npy``, chosen by the suffix."""
+def write_table(
+    path: str | os.PathLike, values: np.ndarray, columns: list[str], labels: list[str] | None = None
+) -> None:
+    """Atomically write rows to ``.csv`` (with a header) or ``.npy``, chosen by the suffix. A
+    ``.csv`` starts each row with its label when ``labels`` are given (the first of ``columns``
+    names them; quoted as CSV needs, e.g. file names with commas)."""
     path = check_output_path(path)
     suffix = path.suffix.lower()
 
     def write(file):
         if suffix == ".npy":
             np.save(file, values)
+        elif labels is not None:
+            text = io.StringIO()
+            writer = csv.writer(text, lineterminator="\n")
+            writer.writerow(columns)
+            writer.writerows([label, *(f"{v:.8g}" for v in row)] for label, row in zip(labels, values))
+            file.write(text.getvalue().encode())
         else:
             file.write((",".join(columns) + "\n").encode())
             np.savetxt(file, values, delimiter=",", fmt="%.8g")

@@ -90,6 +90,11 @@ def read_checkpoint(
 def flow_from_checkpoint(payload: dict[str, Any]) -> Flow:
     """Rebuild the flow a checkpoint describes and load its weights for inference: the EMA
     weights when the run kept them, else the trained ones."""
+    if payload["model_spec"] is None:
+        raise ClayflowError(
+            "this run was trained from Python with clayflow.fit on a flow built there; build the same "
+            "flow and load the weights with flow.load_state_dict(torch.load(PATH, weights_only=True)['model'])"
+        )
     try:
         spec = ModelSpec.from_dict(payload["model_spec"])
         flow = build(spec)

@@ -56,8 +56,8 @@ MODEL_FIELDS = (
 class TrainConfig:
     """Everything a training run depends on. Field comments are the CLI's help texts."""
 
-    model: str = "realnvp"  # model builder: realnvp, glow, or nice (vectors only)
-    data: str = "moons"  # moons, wine, digits, patches..., mnist:DIR, cifar10:DIR, images:DIR or a file
+    model: str = "realnvp"  # model builder: realnvp, nice (vectors only), glow or cnf
+    data: str = "moons"  # a 2D toy (moons, ...), a table (wine, ...), images (digits, patches..., mnist:DIR, cifar10:DIR, images:DIR) or a .csv/.npy file
     steps: int = 4000  # optimisation steps
     batch_size: int | None = None  # examples per step (default 512; images and tables under 5,000 rows 64)
     lr: float | None = None  # peak learning rate (default 2e-3; images 1e-3)
@@ -96,7 +96,7 @@ class TrainConfig:
     power_transform: bool = True  # tables: a learned Yeo-Johnson power per column, fitted before training
     whiten: bool = True  # tables: a learned linear map fitted to whiten the training rows (start from a Gaussian)
     discrete: str = "auto"  # tables: columns to dequantize: auto (columns of few values on a grid: integers, or recorded to 0.1, 0.01, ...), none, or names/numbers
-    input_noise: float = 0.0  # tables: Gaussian noise on each training batch, shaped as the training covariance of the continuous columns and scaled by this factor (noise regularisation, e.g. 0.2; default off)
+    input_noise: float = 0.0  # tables: Gaussian noise on each training batch, shaped as the training covariance of the continuous columns and scaled by this factor (noise regularisation, e.g. 0.2)
     optimizer: str = "adam"  # adam or adamw
     weight_decay: float = 0.0  # decoupled with adamw, L2 with adam
     schedule: str = "cosine"  # cosine (after warm-up) or constant
@@ -111,6 +111,8 @@ class TrainConfig:
     checkpoint_every: int = 500  # steps between checkpoints
     device: str = "auto"  # auto, cpu, cuda or cuda:N
     compile: bool = False  # torch.compile the training step (coupling flows; same numbers, faster)
+    tensorboard: bool = False  # also write metrics and plots as TensorBoard events in RUN/tensorboard (pip install tensorboard)
+    threads: int | None = None  # CPU threads of torch while training (default: 1 for small vector models, which more threads do not speed up and slow down several-fold on a busy machine; else one per core)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -137,7 +139,7 @@ class TrainConfig:
 
 _POSITIVE = {
     "steps", "batch_size", "lr", "layers", "hidden", "scales", "eval_every", "checkpoint_every",
-    "t1", "step_size",
+    "t1", "step_size", "threads",
 }  # fmt: skip
 _NON_NEGATIVE = {
     "depth", "augment", "weight_decay", "warmup", "clip", "ema", "seed", "patience", "kinetic", "jacobian",

@@ -7,6 +7,7 @@ import math
 import torch
 
 from clayflow.core import Flow
+from clayflow.train.sampler import Examples, chunks, example
 
 EVAL_BATCH = 8192
 EVAL_ELEMENTS = 2**18  # elements per evaluation chunk: bounds memory on large images
@@ -19,22 +20,24 @@ def eval_batch_size(example_shape: tuple[int, ...]) -> int:
 
 
 @torch.no_grad()
-def log_prob_in_chunks(flow: Flow, x: torch.Tensor) -> torch.Tensor:
-    """``flow.log_prob`` of every row of ``x`` (any dtype, any device) as float64 on the CPU,
-    in chunks. Dequantization noise comes from a fixed seed, so repeated evaluations of one
-    model agree and the caller's random stream is left untouched."""
+def log_prob_in_chunks(flow: Flow, x: Examples) -> torch.Tensor:
+    """``flow.log_prob`` of every example of ``x`` (a tensor of any dtype and device, or a
+    dataset) as float64 on the CPU, in chunks. Dequantization noise comes from a fixed seed,
+    so repeated evaluations of one model agree and the caller's random stream is left untouched."""
     device = next(flow.parameters()).device
     devices = [device] if device.type == "cuda" else []
+    if len(x) == 0:
+        return torch.zeros(0, dtype=torch.float64)
+    shape = tuple(x.shape[1:]) if isinstance(x, torch.Tensor) else tuple(example(x[0]).shape)
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(EVAL_SEED)
         parts = [
-            flow.log_prob(chunk.to(device).float()).double().cpu()
-            for chunk in x.split(eval_batch_size(tuple(x.shape[1:])))
+            flow.log_prob(chunk.to(device).float()).double().cpu() for chunk in chunks(x, eval_batch_size(shape))
         ]
     return torch.cat(parts)
 
 
-def evaluate_log_probs(flow: Flow, x: torch.Tensor) -> torch.Tensor:
+def evaluate_log_probs(flow: Flow, x: Examples) -> torch.Tensor:
     """``log p(x)`` of every row ``(N,)`` (float64, CPU) in eval mode."""
     was_training = flow.training
     flow.eval()
@@ -43,6 +46,6 @@ def evaluate_log_probs(flow: Flow, x: torch.Tensor) -> torch.Tensor:
     return log_probs
 
 
-def evaluate_nll(flow: Flow, x: torch.Tensor) -> float:
+def evaluate_nll(flow: Flow, x: Examples) -> float:
     """Mean negative log-likelihood of ``x`` (nats per example) in eval mode."""
     return -evaluate_log_probs(flow, x).mean().item()

@@ -17,11 +17,9 @@ from typing import Any
 
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from tqdm import tqdm
 
 from clayflow.core import Flow
-from clayflow.data import load_dataset
-from clayflow.errors import ClayflowError, UsageError, first_line
+from clayflow.errors import ClayflowError, first_line
 from clayflow.train.checkpoint import (
     BEST_NAME,
     CHECKPOINT_NAME,
@@ -30,33 +28,20 @@ from clayflow.train.checkpoint import (
     save_checkpoint,
     state_dict_mismatch,
 )
-from clayflow.train.config import TrainConfig, config_from_dict
 from clayflow.train.evaluate import evaluate_log_probs, evaluate_nll
 from clayflow.train.objective import flow_matching, maximum_likelihood
-from clayflow.train.resume import (
-    check_can_start_over,
-    check_same_run,
-    check_steps,
-    data_fingerprint,
-    resumed_config,
-    saved_discrete_columns,
-)
+from clayflow.train.report import Progress, Watch, auto_threads, start_line
 from clayflow.train.run import MetricsLog, TrainResult, write_json
-from clayflow.train.rundir import ExistingRun, NewRun, default_run_dir
-from clayflow.train.sampler import BatchSampler
+from clayflow.train.sampler import TrainingBatches, head
 from clayflow.train.schedule import make_optimizer, make_scheduler
 from clayflow.train.selection import BestModel
 from clayflow.train.setup import (
-    build_flow,
-    data_defaults,
     input_noise_factor,
-    resolve_device,
     steps_per_epoch,
 )
-from clayflow.train.signals import StopRequest
+from clayflow.train.tracking import TensorBoardLog
 
 INTERVAL_SUMS = ("loss", "nll", "nfe_forward", "nfe_backward")  # averaged into each metrics row
-LOG_STEPS = 250  # steps between log lines, roughly (metrics rows are written at every evaluation)
 STEP0_TRAIN_ROWS = 10_000  # training rows whose NLL the step-0 metrics row reports
 MAX_SKIPS_IN_A_ROW = 20  # --nonfinite skip: a model that stays non-finite this long has diverged
 
@@ -76,85 +61,13 @@ class TrainingInterrupted(TrainingStopped):
         self.exit_code = exit_code
 
 
-def train(
-    config: TrainConfig | None,
-    run_dir: Path | None = None,
-    *,
-    resume: bool = False,
-    force: bool = False,
-    progress: bool | None = None,
-) -> TrainResult:
-    """Train ``config`` into ``run_dir`` (new, or continued from its checkpoint with ``resume``).
-
-    A new run's directory is created only after the data and the model are ready, and must not
-    exist yet or be empty; ``force`` replaces an existing clayflow run once the new one has
-    written its first checkpoint (see ``clayflow.train.rundir``). ``run_dir=None`` is
-    ``runs/<model>-<data>-<time>`` (with a suffix if taken): ``TrainResult.run_dir`` says which.
-    The run is locked while training. With ``resume`` the run keeps its own options:
-    ``config`` may be None, or repeat them and change only the resumable ones; the checkpoint
-    must be of this model, these options and this data (see ``clayflow.train.resume``).
-
-    ``progress=None`` shows a progress bar when stderr is a terminal and log lines otherwise.
-    Raises ``TrainingStopped`` on divergence, a failed write or a stop signal, after keeping a
-    valid checkpoint.
-    """
-    stop = StopRequest()
-    with stop.catching():
-        return _train(config, run_dir, resume, force, progress, stop)
-
-
-def _train(config, run_dir, resume, force, progress, stop) -> TrainResult:
-    if resume:
-        if run_dir is None:
-            raise UsageError("resuming needs the run directory")
-        # The run's own options; those in ``config`` must equal them or be resumable.
-        config = resumed_config(Path(run_dir), config.to_dict() if config is not None else {})
-    else:
-        config = config_from_dict(config.to_dict(), source="TrainConfig")
-    run = ExistingRun(Path(run_dir)) if resume else None  # locked before anything is read
-    try:
-        device = resolve_device(config.device)
-        data = load_dataset(config.data)
-        config = data_defaults(config, data, new_run=not resume)
-        checkpoint = None
-        if run is not None and (run.path / CHECKPOINT_NAME).exists():
-            checkpoint = read_checkpoint(run.path, map_location="cpu")
-        flow, spec = build_flow(config, data, verbose=True, discrete=saved_discrete_columns(checkpoint))
-        fingerprint = data_fingerprint(data)
-        if run is not None:
-            if checkpoint is not None:
-                check_same_run(checkpoint, spec, config, fingerprint, run.path)
-                check_steps(checkpoint, config)
-            else:  # killed before its first checkpoint: start again from step 0 in place
-                check_can_start_over(run.path)
-        if stop.signum is not None:
-            raise TrainingInterrupted(f"interrupted by {stop.name} before training started; nothing was written",
-                                      stop.exit_code)  # fmt: skip
-        if run is not None:
-            run.remove_stale_temporaries()
-        else:
-            unique = run_dir is None
-            run = NewRun(default_run_dir(config.model, config.data) if unique else Path(run_dir),
-                         force=force, unique=unique)  # fmt: skip
-        try:  # with the marker, so that a run directory always holds both
-            write_json(run.path / "config.json", config.to_dict())
-        except OSError as exc:
-            raise ClayflowError(f"cannot write {run.path / 'config.json'}: {exc.strerror or exc}") from None
-        trainer = _Trainer(config, run, data, flow, spec, device, checkpoint, progress, fingerprint, stop)
-        return trainer.run()
-    except BaseException:
-        if run is not None:
-            run.abandon()
-        raise
-    finally:
-        if run is not None:
-            run.release()
-
-
-class _Trainer:
-    def __init__(self, config, run, data, flow, spec, device, checkpoint, progress, fingerprint, stop):
+class Trainer:
+    def __init__(self, config, run, data, flow, spec, device, checkpoint, progress, fingerprint, stop,
+                 resume_command=None, num_workers=0, collate_fn=None):  # fmt: skip
         self.config, self.directory, self.data, self.spec, self.device = config, run, data, spec, device
         self.fingerprint = fingerprint
+        # How to continue a stopped run ("": it cannot be, its directory is temporary).
+        self.resume_command = "clayflow train --resume {run_dir}" if resume_command is None else resume_command
         self.flow = flow.to(device).train()
         self.optimizer = make_optimizer(
             self.flow.parameters(), config.optimizer, config.lr, config.weight_decay
@@ -165,9 +78,9 @@ class _Trainer:
             if config.ema > 0
             else None
         )
-        self.sampler = BatchSampler(len(data.train), config.batch_size, config.seed)
-        self.train_x = data.train.to(device)
-        self.noise_factor = input_noise_factor(config.input_noise, data, spec.discrete, device)
+        self.batches = TrainingBatches(data.train, config.batch_size, config.seed, device, num_workers, collate_fn)
+        discrete = spec.discrete if spec is not None else []
+        self.noise_factor = input_noise_factor(config.input_noise, data, discrete, device)
         self.step, self.train_seconds = 0, 0.0
         self.sums, self.count = dict.fromkeys(INTERVAL_SUMS, 0.0), 0  # since the last metrics row
         if config.objective == "fm":
@@ -184,6 +97,8 @@ class _Trainer:
         self.metrics = MetricsLog(run.path / "metrics.csv", resume_step=self.step if checkpoint else None)
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.stop = stop  # the signal that asked training to stop, checked between steps
+        self.watch = Watch(data.dims)
+        self.tensorboard = None  # opened in ``run``
 
     @property
     def run_dir(self) -> Path:
@@ -193,7 +108,7 @@ class _Trainer:
     # -- state ------------------------------------------------------------------------
     def _payload(self) -> dict[str, Any]:
         return {
-            "model_spec": self.spec.to_dict(),
+            "model_spec": self.spec.to_dict() if self.spec is not None else None,  # None: clayflow.fit
             "data_columns": self.data.columns,
             "data_fingerprint": self.fingerprint,
             "config": self.config.to_dict(),
@@ -202,7 +117,7 @@ class _Trainer:
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "sampler": self.sampler.state_dict(),
+            "sampler": self.batches.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "interval_sums": self.sums,
             "interval_count": self.count,
@@ -219,6 +134,8 @@ class _Trainer:
         self.last_saved_step = self.step
 
     def _kept(self) -> str:
+        if not self.resume_command:
+            return "no checkpoint is kept without a run directory"
         if self.directory.pending:
             return f"the run in {self.directory.final} was not replaced"
         if self.directory.removed_on_failure:
@@ -231,7 +148,12 @@ class _Trainer:
         """What to do after a failure: run the command again, or resume."""
         if self.directory.removed_on_failure:
             return "then run the command again"
-        return f"then continue with: clayflow train --resume {self.run_dir}"
+        if not self.resume_command:
+            return "then run it again"
+        return f"then continue with: {self._resume_command()}"
+
+    def _resume_command(self) -> str:
+        return self.resume_command.format(run_dir=self.run_dir)
 
     @contextmanager
     def _writing(self, what: str):
@@ -252,7 +174,7 @@ class _Trainer:
                 self.ema.load_state_dict(checkpoint["ema"])
             self.optimizer.load_state_dict(checkpoint["optimizer"])
             self.scheduler.load_state_dict(checkpoint["scheduler"])
-            self.sampler.load_state_dict(checkpoint["sampler"])
+            self.batches.load_state_dict(checkpoint["sampler"])
             torch.set_rng_state(checkpoint["torch_rng"])
             self.step = checkpoint["step"]
             if "interval_sums" in checkpoint:
@@ -272,38 +194,57 @@ class _Trainer:
 
     # -- loop ---------------------------------------------------------------------------
     def run(self) -> TrainResult:
+        """Train to ``config.steps`` (or an early stop) and evaluate the selected weights, on
+        ``config.threads`` CPU threads (torch's setting is restored after)."""
+        threads_before = torch.get_num_threads()
+        threads = self.config.threads or auto_threads(self.flow, self.data, self.config.batch_size)
+        torch.set_num_threads(threads or threads_before)
+        if self.config.tensorboard:
+            self.tensorboard = TensorBoardLog(self.run_dir, purge_step=self.step if self.step else None)
+        try:
+            return self._run(torch.get_num_threads())
+        finally:
+            torch.set_num_threads(threads_before)
+            self.batches.close()
+            if self.tensorboard is not None:
+                self.tensorboard.close()
+
+    def _run(self, threads: int) -> TrainResult:
         config = self.config
-        bar = tqdm(
-            total=config.steps, initial=self.step, disable=not self.progress, dynamic_ncols=True, leave=True
-        )
+        progress = Progress(config.steps, self.step, self.progress, config.eval_every)
+        progress.write(start_line(
+            config.model, self.flow, self.data, self.device, threads, config.steps, config.batch_size,
+            self.step, self.directory.final if self.resume_command else "(temporary)",
+        ))  # fmt: skip
+        if self.step == config.steps and self.last_saved_step is not None:
+            progress.write(f"the run has already reached step {self.step} of --steps {config.steps}: nothing "
+                           f"to train (give a larger --steps to continue it)")  # fmt: skip
         interval_start, interval_steps = time.perf_counter(), 0
         if self.last_saved_step is None:
             # The untrained flow (the fitted start) is the first candidate for the best model,
             # and a checkpoint of step 0: every run that has trained at all has a last.pt, so
             # a run without one provably never trained (see resume.check_can_start_over).
-            self._log(None, None, bar)
+            self._log(None, None, progress)
             if self.last_saved_step != self.step:
                 self._save()
         while self.step < config.steps and not self._out_of_patience():
             if self.stop.signum is not None:
-                bar.close()
+                progress.close()
                 self._stop_for_signal()
             taken = self._train_step()
             if taken is not None:
                 loss, grad_norm = taken
                 interval_steps += 1
-                bar.update(1)
-                if self.step % 10 == 0:
-                    bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+                progress.stepped(self.step, loss)
                 if self.step % config.eval_every == 0 or self.step == config.steps:
                     seconds = time.perf_counter() - interval_start
                     self.train_seconds += seconds
-                    self._log(grad_norm, interval_steps / max(seconds, 1e-9), bar)
+                    self._log(grad_norm, interval_steps / max(seconds, 1e-9), progress)
                     interval_start, interval_steps = time.perf_counter(), 0
                 due = self.step % config.checkpoint_every == 0 or self.step == config.steps
                 if due and self.last_saved_step != self.step:
                     self._save()
-        bar.close()
+        progress.close()
         if self.last_saved_step != self.step:
             self._save()
         if self._stopped_early():
@@ -313,12 +254,6 @@ class _Trainer:
                 file=sys.stderr,
             )
         return self._finish()
-
-    def _print_every(self) -> int:
-        """Steps between log lines (without a progress bar): the evaluations nearest to every
-        ``LOG_STEPS`` steps, so that a table validated every step does not print 4000 lines."""
-        every = self.config.eval_every
-        return every * max(1, round(LOG_STEPS / every))
 
     def _plan(self) -> str:
         """Validation and early stopping, said at step 0."""
@@ -341,11 +276,13 @@ class _Trainer:
                 f"checkpoint: the run in {self.directory.final} was not replaced",
                 self.stop.exit_code,
             )
+        if not self.resume_command:
+            raise TrainingInterrupted(f"interrupted by {self.stop.name} at step {self.step}", self.stop.exit_code)
         if self.last_saved_step != self.step:
             self._save()
         raise TrainingInterrupted(
             f"interrupted by {self.stop.name} at step {self.step}; checkpoint saved. "
-            f"Continue with: clayflow train --resume {self.run_dir}",
+            f"Continue with: {self._resume_command()}",
             self.stop.exit_code,
         )
 
@@ -363,7 +300,7 @@ class _Trainer:
     def _train_step(self) -> tuple[float, float] | None:
         """One optimisation step: ``(loss, grad_norm)``, or None when a non-finite loss or
         gradient was skipped (``--nonfinite skip``; the batch is consumed, the step is not)."""
-        batch = self.train_x[self.sampler.next().to(self.train_x.device)].float()
+        batch = self.batches.next()
         if self.noise_factor is not None:
             batch = batch + torch.randn_like(batch) @ self.noise_factor.T
         step_loss = self.objective(self.flow, batch)
@@ -405,14 +342,14 @@ class _Trainer:
     def _eval_flow(self) -> Flow:
         return self.ema.module if self.ema is not None else self.flow
 
-    def _log(self, grad_norm: float | None, steps_per_s: float | None, bar: tqdm) -> None:
+    def _log(self, grad_norm: float | None, steps_per_s: float | None, progress: Progress) -> None:
         """Evaluate on the validation rows and write a metrics row: the mean training loss
         since the last row, or at step 0 the NLL of (up to ``STEP0_TRAIN_ROWS``) training rows."""
         if self.step == 0:  # the training rows first: data-dependent layers (ActNorm) initialise on them
-            train_nll = evaluate_nll(self._eval_flow(), self.data.train[:STEP0_TRAIN_ROWS])
+            train_nll = evaluate_nll(self._eval_flow(), head(self.data.train, STEP0_TRAIN_ROWS))
             train_loss = train_nll if self.config.objective == "mle" else ""
         val_log_probs = evaluate_log_probs(self._eval_flow(), self.data.val)
-        val_nll = -val_log_probs.mean().item()
+        val_nll = -val_log_probs.mean().item() if len(val_log_probs) else math.nan  # nan: no validation data
         if self.step > 0:
             train_loss = self.sums["loss"] / max(self.count, 1)
             train_nll = self.sums["nll"] / max(self.count, 1) if self.config.objective == "mle" else ""
@@ -420,8 +357,8 @@ class _Trainer:
             "step": self.step,
             "train_loss": train_loss,
             "train_nll": train_nll,
-            "val_nll": val_nll,
-            "val_bpd": val_nll / (self.data.dims * math.log(2)),
+            "val_nll": val_nll if math.isfinite(val_nll) else "",
+            "val_bpd": val_nll / (self.data.dims * math.log(2)) if math.isfinite(val_nll) else "",
             "lr": self.scheduler.get_last_lr()[0],
             "grad_norm": "" if grad_norm is None else grad_norm,
             "steps_per_s": "" if steps_per_s is None else steps_per_s,
@@ -432,6 +369,8 @@ class _Trainer:
         }
         with self._writing("metrics"):
             self.metrics.append(row)
+            if self.tensorboard is not None:
+                self.tensorboard.metrics(row)
         self.skipped = 0
         self.sums, self.count = dict.fromkeys(INTERVAL_SUMS, 0.0), 0  # before a checkpoint records them
         if self.config.select_best and self.best.consider(self.step, val_log_probs):
@@ -440,22 +379,25 @@ class _Trainer:
             self._save()
             self._save_best(val_nll)
         nfe = f"  nfe {row['nfe_forward']:.0f}+{row['nfe_backward']:.0f}" if row["nfe_forward"] else ""
+        val = f"  val nll {val_nll:.4f}" if math.isfinite(val_nll) else ""
         if self.step == 0:
-            line = f"step 0/{self.config.steps}  val nll {val_nll:.4f}  (the untrained flow; {self._plan()})"
+            line = f"step 0/{self.config.steps}{val}  (the untrained flow; {self._plan()})"
+            progress.write(line)
         else:
-            bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{val_nll:.3f}", nfe=nfe.strip(), refresh=True)
-            line = (
-                f"step {self.step}/{self.config.steps}  train loss {train_loss:.4f}  "
-                f"val nll {val_nll:.4f}{nfe}  ({steps_per_s:.0f} steps/s)"
-            )
-        if self.step == 0 and self.progress:
-            bar.write(line, file=sys.stderr)
-        elif not self.progress and (self.step % self._print_every() == 0 or self.step == self.config.steps):
-            print(line, file=sys.stderr)
+            postfix = {"loss": f"{train_loss:.3f}", **({"val": f"{val_nll:.3f}"} if val else {})}
+            postfix.update({"nfe": nfe.strip().removeprefix("nfe ")} if nfe else {})
+            line = f"step {self.step}/{self.config.steps}  train loss {train_loss:.4f}{val}{nfe}"
+            progress.evaluated(self.step, line, postfix)
+        warning = self.watch.evaluated(
+            self.step, train_loss if self.config.objective == "mle" else None, val_nll, self.best.step,
+            self.best.val_nll, self.config.eval_every, self.config.patience,
+        )  # fmt: skip
+        if warning:
+            progress.write(warning)
 
     def _save_best(self, val_nll: float) -> None:
         payload = {
-            "model_spec": self.spec.to_dict(),
+            "model_spec": self.spec.to_dict() if self.spec is not None else None,
             "data_columns": self.data.columns,
             "step": self.step,
             "val_nll": val_nll,
@@ -465,13 +407,19 @@ class _Trainer:
             save_checkpoint(self.run_dir / BEST_NAME, payload)
 
     def _finish(self) -> TrainResult:
+        """Evaluate the selected weights on the test data and write ``results.json``. A flow
+        without a spec (``clayflow.fit``'s, the caller's own) takes the selected weights."""
         if self.best.step is not None:
-            flow = flow_from_checkpoint(read_checkpoint(self.run_dir / BEST_NAME)).to(self.device)
-            selected_step, val_nll = self.best.step, self.best.val_nll
+            best = read_checkpoint(self.run_dir / BEST_NAME)
+            flow = flow_from_checkpoint(best).to(self.device) if self.spec is not None else None
+            selected, selected_step, val_nll = best["model"], self.best.step, self.best.val_nll
         else:
             flow, selected_step = self._eval_flow(), self.step
-            val_nll = evaluate_nll(flow, self.data.val)
-        test_nll = evaluate_nll(flow, self.data.test)
+            selected, val_nll = flow.state_dict(), evaluate_nll(flow, self.data.val)
+        if self.spec is None:
+            self.flow.load_state_dict(selected)
+            flow = self.flow.eval()
+        test_nll = evaluate_nll(flow, self.data.test) if len(self.data.test) else math.nan
         result = TrainResult(
             run_dir=self.run_dir,
             steps=self.step,

@@ -36,7 +36,7 @@ from clayflow.train.schedule import lr_factor
 
 # Options that may change when a run is resumed; the rest define the run.
 RESUMABLE_OPTIONS = frozenset(
-    {"steps", "device", "eval_every", "checkpoint_every", "patience", "nonfinite", "compile"}
+    {"steps", "device", "eval_every", "checkpoint_every", "patience", "nonfinite", "compile", "threads", "tensorboard"}
 )
 # May be spelled differently (``./d.csv``, ``../d.csv`` from a sub-folder, a moved file) when
 # it names the same data: the checkpoint's data fingerprint decides.
@@ -137,14 +137,17 @@ def check_can_start_over(run_dir: Path) -> None:
 
 def data_fingerprint(data: Dataset) -> dict[str, Any]:
     """Rows per split, the example shape and a SHA-256 over every split's values: what a
-    resume compares to notice a data file that changed under a run."""
+    resume compares to notice a data file that changed under a run. Splits that are datasets
+    (``clayflow.fit``) are not read through for this: only their sizes are compared."""
+    splits = (data.train, data.val, data.test)
     digest = hashlib.sha256()
-    for split in (data.train, data.val, data.test):
-        digest.update(split.contiguous().numpy().tobytes())
+    for split in splits:
+        if isinstance(split, torch.Tensor):
+            digest.update(split.cpu().contiguous().numpy().tobytes())
     return {
-        "rows": [len(data.train), len(data.val), len(data.test)],
+        "rows": [len(split) for split in splits],
         "shape": list(data.event_shape),
-        "sha256": digest.hexdigest(),
+        "sha256": digest.hexdigest() if all(isinstance(s, torch.Tensor) for s in splits) else None,
     }
 
 
@@ -159,10 +162,22 @@ def saved_discrete_columns(checkpoint: dict[str, Any] | None) -> dict[int, float
     return None if saved is None else dict(zip(saved.discrete, saved.discrete_steps))
 
 
-def check_same_run(checkpoint: dict[str, Any], spec: ModelSpec, config: TrainConfig,
+def check_same_run(checkpoint: dict[str, Any], spec: ModelSpec | None, config: TrainConfig,
                    fingerprint: dict[str, Any], run_dir: Path) -> None:  # fmt: skip
     """The checkpoint must describe the model, options and data that the run directory and the
-    command give now. Facts a checkpoint of an older clayflow did not record are not compared."""
+    command give now. Facts a checkpoint of an older clayflow did not record are not compared.
+    A run of ``clayflow.fit`` (``spec`` None: the caller's flow) has no model description: its
+    weights must load into the flow given."""
+    if (spec is None) != (checkpoint.get("model_spec") is None):
+        how = "by clayflow train" if spec is None else "from Python with clayflow.fit"
+        raise ClayflowError(f"{run_dir} was trained {how}; resume it the same way")
+    if spec is not None:
+        _check_same_model(checkpoint, spec, run_dir)
+    _check_same_config(checkpoint, config, run_dir)
+    _check_same_data(checkpoint, config, fingerprint, run_dir)
+
+
+def _check_same_model(checkpoint: dict[str, Any], spec: ModelSpec, run_dir: Path) -> None:
     try:
         saved = ModelSpec.from_dict(checkpoint["model_spec"])
     except TypeError as exc:
@@ -178,6 +193,9 @@ def check_same_run(checkpoint: dict[str, Any], spec: ModelSpec, config: TrainCon
             f"checkpoint in {run_dir} is of another model than its config.json "
             f"(differs in {', '.join(differences)}); it cannot resume this run"
         )
+
+
+def _check_same_config(checkpoint: dict[str, Any], config: TrainConfig, run_dir: Path) -> None:
     saved_config = checkpoint.get("config") or {}
     edited = [
         f"{name} {saved_config[name]!r} -> {value!r}"
@@ -191,6 +209,11 @@ def check_same_run(checkpoint: dict[str, Any], spec: ModelSpec, config: TrainCon
             f"{run_dir / 'config.json'} was edited since the checkpoint ({', '.join(edited)}); "
             "restore it, or start a new run with --config"
         )
+
+
+def _check_same_data(checkpoint: dict[str, Any], config: TrainConfig, fingerprint: dict[str, Any],
+                     run_dir: Path) -> None:  # fmt: skip
+    saved_config = checkpoint.get("config") or {}
     saved_data, saved_name = checkpoint.get("data_fingerprint"), saved_config.get("data", config.data)
     if saved_data is None and saved_name != config.data:  # a checkpoint of an older clayflow
         raise ClayflowError(

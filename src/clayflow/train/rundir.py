@@ -89,7 +89,9 @@ class RunLock:
             os.ftruncate(self.fd, 0)
         except OSError:
             pass  # a full disk cannot stop the unlock
-        os.close(self.fd)  # closing the only descriptor releases the flock
+        # Unlocked explicitly: a forked child (a DataLoader worker) may still hold the descriptor.
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
         self.fd = None
 
 

@@ -1,10 +1,15 @@
-"""The order in which training examples are drawn, as checkpointable state."""
+"""The order in which training examples are drawn, as checkpointable state, and the batches
+drawn in that order from a tensor or from a ``torch.utils.data.Dataset``."""
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Subset
 
 
 class BatchSampler:
@@ -27,9 +32,96 @@ class BatchSampler:
         return indices
 
     def state_dict(self) -> dict[str, Any]:
+        # ``order`` is replaced, never changed in place, so the reference stays this state's.
         return {"generator": self.generator.get_state(), "order": self.order, "position": self.position}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.generator.set_state(state["generator"])
         self.order = state["order"]
         self.position = state["position"]
+
+
+Examples = Tensor | Dataset  # a tensor (N, *event_shape), or a map-style dataset of examples
+
+
+def example(item: Any) -> Tensor:
+    """The example in a dataset's item or a loader's batch: the item itself, or the first
+    element of a tuple (``(x, label)``, as torchvision's datasets give; labels are ignored)."""
+    return item[0] if isinstance(item, (tuple, list)) else item
+
+
+def head(examples: Examples, n: int) -> Examples:
+    """The first ``n`` examples (all if fewer)."""
+    return examples[:n] if isinstance(examples, Tensor) else Subset(examples, range(min(n, len(examples))))
+
+
+def chunks(examples: Examples, size: int, num_workers: int = 0) -> Iterator[Tensor]:
+    """``examples`` in order, ``size`` at a time: tensor slices, or a loader's batches."""
+    if isinstance(examples, Tensor):
+        yield from examples.split(size)
+        return
+    for batch in DataLoader(examples, batch_size=size, num_workers=num_workers):
+        yield example(batch)
+
+
+class TrainingBatches:
+    """Training batches in ``BatchSampler`` order, as float32 on ``device``.
+
+    From a tensor, by indexing (moved to ``device`` once). From a map-style ``Dataset`` (data
+    that need not fit in memory), through a ``DataLoader`` with ``num_workers`` workers and
+    ``collate_fn`` whose batches are the sampler's: the loader reads ahead, so the state that
+    ``state_dict`` returns is the sampler's as it was after the last batch *taken*, and a
+    resumed run draws the same batches as an uninterrupted one.
+    """
+
+    def __init__(
+        self,
+        examples: Examples,
+        batch_size: int,
+        seed: int,
+        device: torch.device,
+        num_workers: int = 0,
+        collate_fn: Callable | None = None,
+    ):
+        self.sampler = BatchSampler(len(examples), batch_size, seed)
+        self.device = device
+        self.examples = examples.to(device) if isinstance(examples, Tensor) else examples
+        self.num_workers, self.collate_fn = num_workers, collate_fn
+        self._loader: Iterator | None = None
+        self._pending: deque[dict[str, Any]] = deque()  # sampler states of batches read ahead
+        self._taken: dict[str, Any] | None = None
+
+    def next(self) -> Tensor:
+        """The next batch ``(batch_size, *event_shape)``."""
+        if isinstance(self.examples, Tensor):
+            return self.examples[self.sampler.next().to(self.examples.device)].float()
+        if self._loader is None:
+            loader = DataLoader(
+                self.examples,
+                batch_sampler=self._indices(),
+                num_workers=self.num_workers,
+                collate_fn=self.collate_fn,
+            )
+            self._loader = iter(loader)
+        batch = example(next(self._loader))
+        self._taken = self._pending.popleft()
+        return batch.to(self.device).float()
+
+    def _indices(self) -> Iterator[list[int]]:
+        """The sampler's batches, as the loader asks for them (in this process)."""
+        while True:
+            indices = self.sampler.next().tolist()
+            self._pending.append(self.sampler.state_dict())
+            yield indices
+
+    def state_dict(self) -> dict[str, Any]:
+        return self._taken if self._taken is not None else self.sampler.state_dict()
+
+    def close(self) -> None:
+        """Stop the loader's workers (its iterator is referenced here only)."""
+        self._loader = None
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sampler.load_state_dict(state)
+        self._loader, self._taken = None, None
+        self._pending.clear()

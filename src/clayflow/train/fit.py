@@ -1,0 +1,151 @@
+"""``clayflow.fit``: train a flow built in Python on tensors or datasets in memory, with the
+command line's loop (progress, validation, best-weights selection, early stopping,
+checkpoints and exact resume).
+
+>>> import torch, clayflow
+>>> flow = clayflow.models.realnvp(2, layers=2, hidden=8)
+>>> x = torch.randn(600, 2)
+>>> result = clayflow.fit(flow, x[:500], val=x[500:], steps=20, batch_size=100, progress=False)
+>>> result.steps, len(result.history) > 1
+(20, True)
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from clayflow.core import Flow
+from clayflow.data import Dataset
+from clayflow.errors import UsageError
+from clayflow.models import data_kind
+from clayflow.train.config import KIND_DEFAULTS, TrainConfig, config_from_dict
+from clayflow.train.run import TrainResult, read_metrics
+from clayflow.train.sampler import Examples
+from clayflow.train.setup import data_defaults
+from clayflow.train.signals import StopRequest
+from clayflow.train.start import start_training
+
+# The options of the optimisation that ``fit`` takes by name (see ``TrainConfig`` for each).
+FIT_OPTIONS = frozenset(
+    {
+        "optimizer", "weight_decay", "schedule", "warmup", "clip", "ema", "nonfinite", "compile",
+        "patience", "select_best", "checkpoint_every", "eval_every", "seed", "device", "threads", "tensorboard",
+    }
+)  # fmt: skip
+DATA_NAME = "python"  # what config.json names as the data of a fit run
+
+
+@dataclass
+class FitResult(TrainResult):
+    """``TrainResult`` (``run_dir`` is None without ``out``) and ``history``: the metrics rows,
+    one per evaluation (``step``, ``train_loss``, ``val_nll``, ...; None where empty)."""
+
+    history: list[dict[str, float | None]] = field(default_factory=list)
+
+
+def fit(
+    flow: Flow,
+    train: Examples | DataLoader,
+    val: Examples | None = None,
+    test: Examples | None = None,
+    *,
+    steps: int = 1000,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    out: str | Path | None = None,
+    resume: bool = False,
+    force: bool = False,
+    progress: bool | None = None,
+    num_workers: int = 0,
+    **options: Any,
+) -> FitResult:
+    """Train ``flow`` by maximum likelihood on ``train`` and leave the selected weights in it.
+
+    Data: tensors ``(N, *event_shape)`` (any real dtype; image models take integer levels),
+    or map-style ``torch.utils.data.Dataset``s whose items are examples (or ``(example,
+    label)`` pairs; labels are ignored) for data that do not fit in memory, read through a
+    ``DataLoader`` with ``num_workers`` workers. A ``DataLoader`` given as ``train`` lends its
+    dataset, batch size, workers and collate function; clayflow draws the batches itself
+    (shuffled epochs from ``seed``, dropping the last partial batch), so that a resume is exact.
+
+    ``val``: evaluated once per epoch (``eval_every``); the weights with the lowest validation
+    NLL are the ones kept (the untrained flow is the first candidate), and vector data stop
+    early after ``patience`` evaluations without a better one. Without ``val``, the last
+    weights are kept and nothing stops early. ``test``: evaluated once at the end.
+
+    ``out``: a run directory for ``metrics.csv``, ``config.json``, ``results.json`` and the
+    checkpoints (``last.pt``, ``best.pt``); with ``resume=True`` a stopped or killed fit
+    continues from ``last.pt`` exactly (the same flow architecture, data and options; only
+    ``steps``, ``eval_every``, ``checkpoint_every``, ``patience``, ``nonfinite``, ``device``,
+    ``threads`` and ``compile`` may change). ``force`` replaces an existing run. Without
+    ``out`` the checkpoints live in a temporary directory, deleted at the end.
+
+    ``batch_size`` and ``lr`` default as ``clayflow train``'s: 512 and 2e-3 for vectors, 64
+    and 1e-3 for images. Other options, by ``TrainConfig``'s names: ``optimizer``,
+    ``weight_decay``, ``schedule``, ``warmup``, ``clip``, ``ema``, ``nonfinite``, ``compile``,
+    ``patience``, ``select_best``, ``checkpoint_every``, ``eval_every``, ``seed``, ``device``,
+    ``threads``, ``tensorboard`` (metrics as TensorBoard events in ``out/tensorboard``). ``progress``: a progress bar (None: when stderr is a terminal).
+
+    Returns a ``FitResult`` (test NLL, selected step, ``history``); raises ``UsageError`` for
+    bad options, ``TrainingStopped`` (a ``ClayflowError``) on divergence or a stop signal.
+    """
+    if out is None and (resume or options.get("tensorboard")):
+        raise UsageError(f"{'resume=True' if resume else 'tensorboard'} needs a run directory; give out=")
+    unknown = sorted(set(options) - FIT_OPTIONS)
+    if unknown:
+        raise UsageError(f"fit() has no option {', '.join(unknown)}; it takes {', '.join(sorted(FIT_OPTIONS))}")
+    collate_fn = None
+    if isinstance(train, DataLoader):
+        batch_size = train.batch_size if batch_size is None else batch_size
+        num_workers, collate_fn, train = train.num_workers, train.collate_fn, train.dataset
+    data = Dataset(DATA_NAME, _examples(train, "train"), _examples(val, "val"), _examples(test, "test"))
+    if len(data.train) == 0:
+        raise UsageError("fit() needs training examples; train is empty")
+    kind = data_kind(data.event_shape) if flow.event_shape is None else data_kind(tuple(flow.event_shape))
+    values = {**options, "model": type(flow).__name__, "data": DATA_NAME, "steps": steps}
+    values["batch_size"] = batch_size or KIND_DEFAULTS[kind]["batch_size"]
+    values["lr"] = lr or KIND_DEFAULTS[kind]["lr"]
+    if len(data.val) == 0:
+        if options.get("select_best") or options.get("patience"):
+            raise UsageError("selecting the best weights (select_best, patience) needs val data")
+        values.update(select_best=False, patience=0)
+    config = config_from_dict(values, source="fit()")
+
+    def setup(config: TrainConfig, checkpoint: dict | None, new_run: bool):
+        return data_defaults(config, data, new_run=False), data, flow, None
+
+    command = "clayflow.fit(flow, ..., out='{run_dir}', resume=True)"
+    stop = StopRequest()
+    with stop.catching(), tempfile.TemporaryDirectory(prefix="clayflow-fit-") as scratch:
+        run_dir = Path(out) if out is not None else Path(scratch) / "run"
+        result = start_training(config, run_dir, resume, force, progress, stop, setup=setup,
+                                resume_command=command if out is not None else "",
+                                loader_options={"num_workers": num_workers, "collate_fn": collate_fn})  # fmt: skip
+        history = [_numbers(row) for row in read_metrics(run_dir / "metrics.csv")]
+    values = {f.name: getattr(result, f.name) for f in fields(TrainResult)}
+    return FitResult(**{**values, "run_dir": Path(out) if out is not None else None}, history=history)
+
+
+def _examples(examples: Examples | None, name: str) -> Examples:
+    """A split as a tensor or a dataset; None is an empty tensor."""
+    if examples is None:
+        return torch.zeros(0)
+    if isinstance(examples, Tensor):
+        if examples.dim() < 2:
+            raise UsageError(f"{name} must be a batch of examples (N, *event_shape), got shape {tuple(examples.shape)}")
+        return examples.detach()
+    if isinstance(examples, torch.utils.data.Dataset) and hasattr(examples, "__len__"):
+        return examples
+    raise UsageError(f"{name} must be a tensor or a map-style torch Dataset, got {type(examples).__name__}")
+
+
+def _numbers(row: dict[str, str]) -> dict[str, float | None]:
+    values = {key: (float(value) if value != "" else None) for key, value in row.items()}
+    return {**values, "step": int(row["step"])}

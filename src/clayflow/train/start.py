@@ -1,0 +1,116 @@
+"""Starting or resuming a run: the checks a run directory needs before its first step, then
+the training loop (``clayflow.train.loop``). ``train`` is the command line's way in;
+``clayflow.fit`` comes in through ``start_training`` with its own data and flow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from clayflow.data import load_dataset
+from clayflow.errors import ClayflowError, UsageError
+from clayflow.train.checkpoint import CHECKPOINT_NAME, read_checkpoint
+from clayflow.train.config import TrainConfig, config_from_dict
+from clayflow.train.loop import Trainer, TrainingInterrupted
+from clayflow.train.resume import (
+    check_can_start_over,
+    check_same_run,
+    check_steps,
+    data_fingerprint,
+    resumed_config,
+    saved_discrete_columns,
+)
+from clayflow.train.run import TrainResult, write_json
+from clayflow.train.rundir import ExistingRun, NewRun, default_run_dir
+from clayflow.train.setup import build_flow, data_defaults, resolve_device
+from clayflow.train.signals import StopRequest
+from clayflow.train.tracking import check_available
+
+
+def train(
+    config: TrainConfig | None,
+    run_dir: Path | None = None,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    progress: bool | None = None,
+) -> TrainResult:
+    """Train ``config`` into ``run_dir`` (new, or continued from its checkpoint with ``resume``).
+
+    A new run's directory is created only after the data and the model are ready, and must not
+    exist yet or be empty; ``force`` replaces an existing clayflow run once the new one has
+    written its first checkpoint (see ``clayflow.train.rundir``). ``run_dir=None`` is
+    ``runs/<model>-<data>-<time>`` (with a suffix if taken): ``TrainResult.run_dir`` says which.
+    The run is locked while training. With ``resume`` the run keeps its own options:
+    ``config`` may be None, or repeat them and change only the resumable ones; the checkpoint
+    must be of this model, these options and this data (see ``clayflow.train.resume``).
+
+    ``progress=None`` shows a progress bar when stderr is a terminal and log lines otherwise.
+    Raises ``TrainingStopped`` on divergence, a failed write or a stop signal, after keeping a
+    valid checkpoint.
+    """
+    stop = StopRequest()
+    with stop.catching():
+        return start_training(config, run_dir, resume, force, progress, stop)
+
+
+def start_training(config, run_dir, resume, force, progress, stop, setup=None, resume_command=None,
+                   loader_options=None) -> TrainResult:  # fmt: skip
+    """Train in a new or resumed run directory. ``setup(config, checkpoint, new_run)`` returns
+    ``(config, data, flow, spec)``: by default the data and model that ``config`` names
+    (``clayflow.fit`` passes its own, with ``loader_options`` for the batches of a dataset:
+    ``num_workers``, ``collate_fn``); ``resume_command`` says how to continue a stopped run."""
+    if resume:
+        if run_dir is None:
+            raise UsageError("resuming needs the run directory")
+        # The run's own options; those in ``config`` must equal them or be resumable.
+        config = resumed_config(Path(run_dir), config.to_dict() if config is not None else {})
+    else:
+        config = config_from_dict(config.to_dict(), source="TrainConfig")
+    run = ExistingRun(Path(run_dir)) if resume else None  # locked before anything is read
+    try:
+        device = resolve_device(config.device)
+        if config.tensorboard:
+            check_available()
+        checkpoint = None
+        if run is not None and (run.path / CHECKPOINT_NAME).exists():
+            checkpoint = read_checkpoint(run.path, map_location="cpu")
+        config, data, flow, spec = (setup or setup_from_config)(config, checkpoint, new_run=not resume)
+        fingerprint = data_fingerprint(data)
+        if run is not None:
+            if checkpoint is not None:
+                check_same_run(checkpoint, spec, config, fingerprint, run.path)
+                check_steps(checkpoint, config)
+            else:  # killed before its first checkpoint: start again from step 0 in place
+                check_can_start_over(run.path)
+        if stop.signum is not None:
+            raise TrainingInterrupted(f"interrupted by {stop.name} before training started; nothing was written",
+                                      stop.exit_code)  # fmt: skip
+        if run is not None:
+            run.remove_stale_temporaries()
+        else:
+            unique = run_dir is None
+            run = NewRun(default_run_dir(config.model, config.data) if unique else Path(run_dir),
+                         force=force, unique=unique)  # fmt: skip
+        try:  # with the marker, so that a run directory always holds both
+            write_json(run.path / "config.json", config.to_dict())
+        except OSError as exc:
+            raise ClayflowError(f"cannot write {run.path / 'config.json'}: {exc.strerror or exc}") from None
+        trainer = Trainer(config, run, data, flow, spec, device, checkpoint, progress, fingerprint, stop,
+                          resume_command=resume_command, **(loader_options or {}))  # fmt: skip
+        return trainer.run()
+    except BaseException:
+        if run is not None:
+            run.abandon()
+        raise
+    finally:
+        if run is not None:
+            run.release()
+
+
+def setup_from_config(config: TrainConfig, checkpoint: dict | None, new_run: bool):
+    """The data and the untrained flow that ``config`` names, with the data's defaults filled
+    in; a resumed run keeps the dequantized columns of its checkpoint."""
+    data = load_dataset(config.data)
+    config = data_defaults(config, data, new_run=new_run)
+    flow, spec = build_flow(config, data, verbose=True, discrete=saved_discrete_columns(checkpoint))
+    return config, data, flow, spec

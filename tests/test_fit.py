@@ -1,0 +1,128 @@
+"""``clayflow.fit``: the command line's training loop on a flow and data built in Python."""
+
+import signal
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+import clayflow
+from clayflow import models
+from clayflow.errors import ClayflowError, UsageError
+from clayflow.train import loop
+from clayflow.train.loop import TrainingInterrupted
+
+OPTIONS = {"batch_size": 50, "lr": 3e-3, "checkpoint_every": 10, "eval_every": 5, "progress": False}
+
+
+def _data(n=400, seed=0):
+    """Two correlated columns as float64, as ``torch.from_numpy`` gives them."""
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=n)
+    return torch.from_numpy(np.stack([a, a**2 + 0.3 * rng.normal(size=n)], 1))
+
+
+def _flow(seed=0):
+    torch.manual_seed(seed)
+    return models.realnvp(2, layers=2, hidden=8)
+
+
+class Pairs(Dataset):
+    """A map-style dataset of ``(example, label)`` pairs, as torchvision's."""
+
+    def __init__(self, x):
+        self.x = x
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i], 0
+
+
+def _stop_at(monkeypatch, step):
+    """Deliver a Ctrl-C to the loop right after optimisation step ``step``."""
+    original = loop.Trainer._train_step
+
+    def step_then_stop(self):
+        taken = original(self)
+        if self.step == step:
+            self.stop.signum = signal.SIGINT
+        return taken
+
+    monkeypatch.setattr(loop.Trainer, "_train_step", step_then_stop)
+
+
+def test_fit_trains_selects_the_best_weights_and_returns_the_history():
+    x = _data(3000)
+    flow = _flow()
+    before = clayflow.train.evaluate_nll(flow, x[2500:])
+    result = clayflow.fit(flow, x[:2000], val=x[2000:2500], test=x[2500:], steps=60, **OPTIONS)
+    assert result.run_dir is None and result.steps == 60
+    assert [row["step"] for row in result.history] == list(range(0, 61, 5))
+    selected = next(row for row in result.history if row["step"] == result.selected_step)
+    assert result.selected_step > 0 and result.val_nll == pytest.approx(selected["val_nll"])
+    assert result.val_nll == min(row["val_nll"] for row in result.history)
+    # the flow holds the selected weights: its test NLL is the result's, and better than before
+    assert clayflow.train.evaluate_nll(flow, x[2500:]) == pytest.approx(result.test_nll)
+    assert result.test_nll < before - 0.1 and not flow.training
+
+
+@pytest.mark.parametrize("source", ["tensor", "dataset", "loader"])
+def test_fit_resumes_a_stopped_run_exactly(tmp_path, monkeypatch, source):
+    """Stopped at step 23 (a checkpoint is saved there) and resumed, a fit ends with the same
+    weights and metrics as one never stopped, from a tensor, a dataset read by two worker
+    processes (which read ahead of the step), or a DataLoader."""
+    x = _data()
+    train = {"tensor": x[:300], "dataset": Pairs(x[:300]), "loader": DataLoader(Pairs(x[:300]), batch_size=50)}[source]
+    workers = {"num_workers": 2} if source == "dataset" else {}
+    reference = _flow()
+    expected = clayflow.fit(reference, train, val=x[300:], steps=40, out=tmp_path / "reference", **OPTIONS, **workers)
+
+    _stop_at(monkeypatch, 23)
+    stopped = _flow()
+    with pytest.raises(TrainingInterrupted, match=r"at step 23; checkpoint saved. Continue with: clayflow.fit\("):
+        clayflow.fit(stopped, train, val=x[300:], steps=40, out=tmp_path / "run", **OPTIONS, **workers)
+    monkeypatch.undo()
+    resumed = _flow(seed=1)  # the same architecture; its weights come from the checkpoint
+    result = clayflow.fit(resumed, train, val=x[300:], steps=40, out=tmp_path / "run", resume=True, **OPTIONS, **workers)
+    assert _untimed(result.history) == _untimed(expected.history)
+    assert result.selected_step == expected.selected_step
+    for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert (tmp_path / "run" / "checkpoints" / "best.pt").exists()
+
+
+def _untimed(history):
+    return [{k: v for k, v in row.items() if k not in ("steps_per_s", "elapsed_s")} for row in history]
+
+
+def test_fit_without_validation_keeps_the_last_weights():
+    x = _data()
+    flow = _flow()
+    result = clayflow.fit(flow, x, steps=20, **OPTIONS)
+    assert result.selected_step == 20 and np.isnan(result.test_nll) and np.isnan(result.val_nll)
+    assert all(row["val_nll"] is None for row in result.history) and result.history[-1]["train_loss"] is not None
+    with pytest.raises(UsageError, match="needs val data"):
+        clayflow.fit(flow, x, steps=20, select_best=True, **OPTIONS)
+
+
+def test_fit_refuses_what_it_cannot_use(tmp_path):
+    x = _data()
+    flow = _flow()
+    with pytest.raises(UsageError, match="no option lr_decay"):
+        clayflow.fit(flow, x, lr_decay=0.5)
+    with pytest.raises(UsageError, match="give out="):
+        clayflow.fit(flow, x, resume=True)
+    with pytest.raises(UsageError, match="batch of examples"):
+        clayflow.fit(flow, x[:, 0])
+    with pytest.raises(UsageError, match="tensor or a map-style"):
+        clayflow.fit(flow, x.numpy())
+    with pytest.raises(ValueError, match=r"\(B, 2\)"):  # the flow's own shape check
+        clayflow.fit(flow, torch.randn(100, 3), progress=False)
+    clayflow.fit(flow, x, val=x[:50], steps=10, out=tmp_path / "run", **OPTIONS)
+    with pytest.raises(ClayflowError, match="trained from Python with clayflow.fit"):
+        clayflow.load(tmp_path / "run")
+    with pytest.raises(ClayflowError, match="not empty"):  # an existing run is not replaced without force
+        clayflow.fit(flow, x, val=x[:50], steps=10, out=tmp_path / "run", **OPTIONS)
