@@ -55,22 +55,40 @@ def test_progress_lines_come_on_a_time_basis_with_rate_and_time_left(monkeypatch
     for step in range(1, 11):
         progress.stepped(step, loss=3.0)
     err = capsys.readouterr().err.splitlines()
-    assert 2 <= len(err) <= 4 and all(line.startswith("step ") for line in err)
+    assert 2 <= len(err) <= 4 and all(line.startswith("step ") and "batch loss" in line for line in err)
     assert "s/step, " in err[0] and "left)" in err[0]
+    for _ in range(5):  # 35 seconds pass
+        report.time.perf_counter()
+    progress.stepped(11, loss=3.0, evaluating=True)  # the evaluation's line comes instead
+    progress.evaluated(11, "step 11/100  train loss 3.0000  val nll 2.9000", {})
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("step 11/100  train loss 3.0000  val nll 2.9000  (") and "left)" in err[0]
     assert report.rate(0.25) == "4.0 s/step" and report.rate(880.4) == "880 steps/s" and report.rate(2.44) == "2.4 steps/s"
     assert report.duration(3725) == "1h02m" and report.duration(185) == "3m05s" and report.duration(42) == "42s"
 
 
-def test_overfitting_and_a_model_that_did_not_move_are_said_once():
-    watch = report.Watch(dims=2)
-    assert watch.evaluated(0, 5.0, 4.0, 0, 4.0, 10, 0) is None
-    assert watch.evaluated(10, 3.0, 3.0, 10, 3.0, 10, 0) is None
-    line = watch.evaluated(40, 2.0, 3.5, 10, 3.0, 10, 0)
-    assert line.startswith("warning: validation NLL 3.5000 is above its best 3.0000 (step 10)") and "--patience" in line
-    assert watch.evaluated(50, 1.0, 3.9, 10, 3.0, 10, 0) is None  # said once
-    still = report.Watch(dims=2)
-    still.evaluated(0, 4.0, 4.0, 0, 4.0, 100, 0)
-    assert "has not moved" in still.evaluated(500, 4.0, 4.0, 0, 4.0, 100, 0)
+def test_overfitting_beyond_the_noise_and_a_model_that_did_not_move_are_said_once():
+    """Overfitting is said when validation is worse than at the best step beyond the noise of
+    the paired per-example difference (18 validation rows: 0.2 nats is luck), while the
+    training loss fell; a validation NLL that stays at the start's for 500 steps is said too."""
+    rows = torch.linspace(-4, -2, 18, dtype=torch.float64)  # per-example log-likelihoods at the best step
+    wobble = 0.6 * torch.tensor([1.0, -1.0] * 9, dtype=torch.float64)
+    watch = report.Watch()
+    assert watch.evaluated(0, 5.0, rows - 1, 0, 10, 0) is None
+    assert watch.evaluated(10, 3.0, rows, 10, 10, 0) is None  # the best
+    assert watch.evaluated(40, 2.0, rows - 0.2 + wobble, 10, 10, 0) is None  # 0.2 worse, within the noise
+    line = watch.evaluated(50, 2.0, rows - 0.4, 10, 10, 0)  # 0.4 worse on every row
+    assert line.startswith("warning: validation NLL 3.4000 is above its best 3.0000 (step 10) beyond its noise")
+    assert "--patience" in line
+    assert watch.evaluated(60, 1.0, rows - 3, 10, 10, 0) is None  # said once
+    rising_train = report.Watch()
+    rising_train.evaluated(10, 3.0, rows, 10, 10, 0)
+    assert rising_train.evaluated(50, 3.5, rows - 0.4, 10, 10, 0) is None  # training loss did not fall
+    assert report.Watch().evaluated(600, 1.0, rows, 10, 10, 0) is None  # resumed: no step 0 seen
+    still = report.Watch()
+    still.evaluated(0, 4.0, rows, 0, 100, 0)
+    assert still.evaluated(400, 4.0, rows, 0, 100, 0) is None
+    assert "has not moved" in still.evaluated(500, 4.0, rows, 0, 100, 0)
 
 
 def test_resuming_a_finished_run_says_there_is_nothing_to_train(good_run, tmp_path, capsys):

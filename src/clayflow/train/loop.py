@@ -97,7 +97,7 @@ class Trainer:
         self.metrics = MetricsLog(run.path / "metrics.csv", resume_step=self.step if checkpoint else None)
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.stop = stop  # the signal that asked training to stop, checked between steps
-        self.watch = Watch(data.dims)
+        self.watch = Watch()
         self.tensorboard = None  # opened in ``run``
 
     @property
@@ -235,8 +235,9 @@ class Trainer:
             if taken is not None:
                 loss, grad_norm = taken
                 interval_steps += 1
-                progress.stepped(self.step, loss)
-                if self.step % config.eval_every == 0 or self.step == config.steps:
+                evaluating = self.step % config.eval_every == 0 or self.step == config.steps
+                progress.stepped(self.step, loss, evaluating)
+                if evaluating:
                     seconds = time.perf_counter() - interval_start
                     self.train_seconds += seconds
                     self._log(grad_norm, interval_steps / max(seconds, 1e-9), progress)
@@ -389,8 +390,8 @@ class Trainer:
             line = f"step {self.step}/{self.config.steps}  train loss {train_loss:.4f}{val}{nfe}"
             progress.evaluated(self.step, line, postfix)
         warning = self.watch.evaluated(
-            self.step, train_loss if self.config.objective == "mle" else None, val_nll, self.best.step,
-            self.best.val_nll, self.config.eval_every, self.config.patience,
+            self.step, train_loss if self.config.objective == "mle" else None, val_log_probs, self.best.step,
+            self.config.eval_every, self.config.patience,
         )  # fmt: skip
         if warning:
             progress.write(warning)

@@ -9,24 +9,27 @@ import sys
 import time
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from tqdm import tqdm
 
 from clayflow.data import Dataset
 from clayflow.models import VECTOR, data_kind
+from clayflow.train.selection import MARGIN
 
 LOG_STEPS = 250  # steps between evaluation lines in a log, roughly
 LOG_SECONDS = 30.0  # ... and at most this long without a line
 # Threads: a vector model doing fewer multiply-adds per step (parameters x batch) than this
-# trains no faster on more threads, and several times slower when other processes share the
-# cores (1000 steps: 64 s on torch's default threads, 16 s on one, beside three busy processes).
+# trains on one thread. More gain little on a quiet machine and cost several-fold beside busy
+# processes (benchmarks/threads.py, default moons model on 2 cores: 2 threads 15% faster
+# quiet, 6.4 times slower beside three busy processes).
 ONE_THREAD_WORK = 5e8
 # A run "has not moved" when its validation NLL differs from the start's by less than this
 # fraction after NOT_MOVED_STEPS steps.
 NOT_MOVED_FRACTION = 1e-4
 NOT_MOVED_STEPS = 500
-# Overfitting: validation NLL this fraction above its best, OVERFIT_EVALUATIONS evaluations
-# after it, while the training loss is below its value at the best step.
+# Overfitting: validation NLL this fraction above its best, and beyond its noise (MARGIN
+# standard errors of the paired per-example difference), OVERFIT_EVALUATIONS evaluations after
+# it, while the training loss is below its value at the best step.
 OVERFIT_FRACTION = 0.01
 OVERFIT_EVALUATIONS = 3
 
@@ -99,14 +102,15 @@ class Progress:
         left = (self.total - step) / per_second
         return f"{rate(per_second)}, {duration(left)} left" if step < self.total else rate(per_second)
 
-    def stepped(self, step: int, loss: float) -> None:
-        """After each optimisation step."""
+    def stepped(self, step: int, loss: float, evaluating: bool = False) -> None:
+        """After each optimisation step; ``evaluating``: an evaluation follows, whose line
+        (with the validation NLL) comes instead of this step's."""
         if self.bar is not None:
             self.bar.update(1)
             if step % 10 == 0:
                 self.bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
-        elif time.perf_counter() - self.last_line >= LOG_SECONDS:
-            self.write(f"step {step}/{self.total}  train loss {loss:.4f}  ({self.eta(step)})")
+        elif not evaluating and time.perf_counter() - self.last_line >= LOG_SECONDS:
+            self.write(f"step {step}/{self.total}  batch loss {loss:.4f}  ({self.eta(step)})")
 
     def evaluated(self, step: int, line: str, postfix: dict[str, str]) -> None:
         """After an evaluation: ``line`` for the log, ``postfix`` for the bar."""
@@ -132,45 +136,57 @@ class Progress:
 class Watch:
     """Says once when a run looks wrong, from its evaluations."""
 
-    def __init__(self, dims: int):
-        self.dims = dims
+    def __init__(self) -> None:
         self.said: set[str] = set()
         self.train_loss_at: dict[int, float] = {}  # step -> mean training loss before it
+        self.best_rows: Tensor | None = None  # validation log-likelihoods at the best step
         self.start_nll: float | None = None
 
-    def evaluated(self, step: int, train_loss: float | None, val_nll: float, best_step: int | None,
-                  best_nll: float | None, eval_every: int, patience: int) -> str | None:  # fmt: skip
-        """A warning line for this evaluation, or None."""
+    def evaluated(self, step: int, train_loss: float | None, val_log_probs: Tensor, best_step: int | None,
+                  eval_every: int, patience: int) -> str | None:  # fmt: skip
+        """A warning line for this evaluation, or None. ``val_log_probs``: ``(n,)`` per
+        validation example; ``best_step``: the step of the weights kept so far."""
         if train_loss is not None:
             self.train_loss_at[step] = train_loss
-        if step == 0 or self.start_nll is None:
-            self.start_nll = val_nll if step == 0 else self.start_nll
+        if len(val_log_probs) == 0:
             return None
-        if not math.isfinite(val_nll):
+        val_nll = -val_log_probs.mean().item()
+        if best_step == step:
+            self.best_rows = val_log_probs
+        if step == 0:
+            self.start_nll = val_nll
             return None
-        if step >= NOT_MOVED_STEPS and abs(val_nll - self.start_nll) < NOT_MOVED_FRACTION * max(1.0, abs(self.start_nll)):
+        start = self.start_nll  # None in a resumed run: its step 0 was evaluated by another process
+        if start is not None and step >= NOT_MOVED_STEPS and abs(val_nll - start) < NOT_MOVED_FRACTION * max(1.0, abs(start)):
             return self._once(
                 "not moved",
-                f"validation NLL {val_nll:.4f} has not moved from the untrained flow's ({self.start_nll:.4f}) "
+                f"validation NLL {val_nll:.4f} has not moved from the untrained flow's ({start:.4f}) "
                 f"in {step} steps: the model is not learning (try another --lr; a CNF: check --t1, the solver)",
             )
-        at_best = self.train_loss_at.get(best_step) if best_step is not None else None
-        if (
-            best_step is not None
-            and step - best_step >= OVERFIT_EVALUATIONS * eval_every
-            and val_nll - best_nll > OVERFIT_FRACTION * max(1.0, abs(best_nll))
-            and train_loss is not None
-            and at_best is not None
-            and train_loss < at_best
-        ):
+        if self._overfitting(step, train_loss, val_log_probs, best_step, eval_every):
+            best_nll, at_best = -self.best_rows.mean().item(), self.train_loss_at[best_step]
             stop = "" if patience else "; --patience N stops after N evaluations without a better one"
             return self._once(
                 "overfitting",
-                f"validation NLL {val_nll:.4f} is above its best {best_nll:.4f} (step {best_step}) while the "
-                f"training loss fell ({at_best:.4f} -> {train_loss:.4f}): the model is overfitting. "
-                f"The best weights are kept{stop}",
+                f"validation NLL {val_nll:.4f} is above its best {best_nll:.4f} (step {best_step}) beyond its "
+                f"noise while the training loss fell ({at_best:.4f} -> {train_loss:.4f}): the model is "
+                f"overfitting. The best weights are kept{stop}",
             )
         return None
+
+    def _overfitting(self, step, train_loss, val_log_probs, best_step, eval_every) -> bool:
+        """Validation worse than at the best step, ``OVERFIT_EVALUATIONS`` evaluations or more
+        after it, by more than ``OVERFIT_FRACTION`` and by more than ``MARGIN`` standard errors
+        of the paired per-example difference, while the training loss is lower than then."""
+        if best_step is None or self.best_rows is None or best_step not in self.train_loss_at or train_loss is None:
+            return False
+        if step - best_step < OVERFIT_EVALUATIONS * eval_every or train_loss >= self.train_loss_at[best_step]:
+            return False
+        loss = (self.best_rows - val_log_probs).double()  # per example, > 0: worse now
+        best_nll = -self.best_rows.mean().item()
+        if len(loss) < 2 or loss.mean() <= OVERFIT_FRACTION * max(1.0, abs(best_nll)):
+            return False
+        return bool(loss.mean() > MARGIN * loss.std() / math.sqrt(len(loss)))
 
     def _once(self, key: str, line: str) -> str | None:
         if key in self.said:
