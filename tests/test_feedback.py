@@ -37,6 +37,21 @@ def test_start_line_and_piped_log_name_what_trains(wine_run):
     assert "nfe" not in err  # no empty nfe field on a coupling model
 
 
+def test_table_plots_compare_every_row_of_every_split(wine_run, capsys, monkeypatch):
+    import clayflow.plotting
+
+    drawn = {}
+
+    def plot_run(run_dir, flow, rows, columns, levels, **options):
+        drawn.update(rows=len(rows), **options)
+        return []
+
+    monkeypatch.setattr(clayflow.plotting, "plot_run", plot_run)
+    run, _ = wine_run
+    assert run_cli(capsys, "plot", run)[0] == 0
+    assert drawn["rows"] == 178 and drawn["data_label"] == "rows (all splits)"
+
+
 def test_plot_draws_the_columns_asked_for_by_name_or_number(wine_run, capsys):
     run, _ = wine_run
     code, out, err = run_cli(capsys, "plot", run, "--columns", "proline,1")
@@ -68,27 +83,39 @@ def test_progress_lines_come_on_a_time_basis_with_rate_and_time_left(monkeypatch
 
 
 def test_overfitting_beyond_the_noise_and_a_model_that_did_not_move_are_said_once():
-    """Overfitting is said when validation is worse than at the best step beyond the noise of
-    the paired per-example difference (18 validation rows: 0.2 nats is luck), while the
-    training loss fell; a validation NLL that stays at the start's for 500 steps is said too."""
+    """Overfitting is said when validation has stayed worse than at the best step, beyond the
+    noise of the paired per-example difference (18 validation rows: 0.2 nats is luck), for 3
+    evaluations, while the training loss fell; a validation NLL that never left the start's
+    in 500 steps is said too."""
     rows = torch.linspace(-4, -2, 18, dtype=torch.float64)  # per-example log-likelihoods at the best step
     wobble = 0.6 * torch.tensor([1.0, -1.0] * 9, dtype=torch.float64)
     watch = report.Watch()
     assert watch.evaluated(0, 5.0, rows - 1, 0, 10, 0) is None
     assert watch.evaluated(10, 3.0, rows, 10, 10, 0) is None  # the best
-    assert watch.evaluated(40, 2.0, rows - 0.2 + wobble, 10, 10, 0) is None  # 0.2 worse, within the noise
-    line = watch.evaluated(50, 2.0, rows - 0.4, 10, 10, 0)  # 0.4 worse on every row
-    assert line.startswith("warning: validation NLL 3.4000 is above its best 3.0000 (step 10) beyond its noise")
+    assert watch.evaluated(20, 2.0, rows - 0.2 + wobble, 10, 10, 0) is None  # 0.2 worse, within the noise
+    assert watch.evaluated(30, 2.0, rows - 0.4, 10, 10, 0) is None  # 0.4 worse on every row: once
+    assert watch.evaluated(40, 2.0, rows - 0.4, 10, 10, 0) is None  # twice
+    line = watch.evaluated(50, 2.0, rows - 0.4, 10, 10, 0)  # three evaluations in a row
+    assert line.startswith("warning: validation NLL 3.4000 has stayed above its best 3.0000 (step 10) beyond its noise since step 30")
     assert "--patience" in line
     assert watch.evaluated(60, 1.0, rows - 3, 10, 10, 0) is None  # said once
+    dipping = report.Watch()
+    dipping.evaluated(10, 3.0, rows, 10, 10, 0)
+    for step, worse in ((20, 0.4), (30, 0.4), (40, 0.0), (50, 0.4), (60, 0.4)):
+        assert dipping.evaluated(step, 2.0, rows - worse, 10, 10, 0) is None  # a dip starts the count again
+    assert dipping.evaluated(70, 2.0, rows - 0.4, 10, 10, 0) is not None
     rising_train = report.Watch()
     rising_train.evaluated(10, 3.0, rows, 10, 10, 0)
-    assert rising_train.evaluated(50, 3.5, rows - 0.4, 10, 10, 0) is None  # training loss did not fall
+    assert all(rising_train.evaluated(s, 3.5, rows - 0.4, 10, 10, 0) is None for s in range(20, 100, 10))
     assert report.Watch().evaluated(600, 1.0, rows, 10, 10, 0) is None  # resumed: no step 0 seen
     still = report.Watch()
     still.evaluated(0, 4.0, rows, 0, 100, 0)
     assert still.evaluated(400, 4.0, rows, 0, 100, 0) is None
-    assert "has not moved" in still.evaluated(500, 4.0, rows, 0, 100, 0)
+    assert "has stayed at the untrained flow's" in still.evaluated(500, 4.0, rows, 0, 100, 0)
+    back = report.Watch()  # moved, then came back near the start: not "not moved"
+    back.evaluated(0, 4.0, rows, 0, 100, 0)
+    back.evaluated(200, 4.0, rows + 0.5, 200, 100, 0)
+    assert back.evaluated(500, 4.0, rows, 200, 100, 0) is None
 
 
 def test_resuming_a_finished_run_says_there_is_nothing_to_train(good_run, tmp_path, capsys):
@@ -98,8 +125,12 @@ def test_resuming_a_finished_run_says_there_is_nothing_to_train(good_run, tmp_pa
 
 def test_threads_default_to_one_for_small_vector_models_and_are_restored(tmp_path, capsys):
     before = torch.get_num_threads()
-    code, _, err = run_cli(capsys, "train", *FAST, "--threads", "2", "--out", tmp_path / "two")
-    assert code == 0 and "cpu, 2 threads;" in err and torch.get_num_threads() == before
+    torch.set_num_threads(1)
+    try:
+        code, _, err = run_cli(capsys, "train", *FAST, "--threads", "2", "--out", tmp_path / "two")
+        assert code == 0 and "cpu, 2 threads;" in err and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
     from clayflow import models
     from clayflow.data import load_dataset
 

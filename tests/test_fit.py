@@ -9,9 +9,11 @@ from torch.utils.data import DataLoader, Dataset
 
 import clayflow
 from clayflow import models
+from clayflow.cli.main import main
 from clayflow.errors import ClayflowError, UsageError
 from clayflow.train import loop
 from clayflow.train.loop import TrainingInterrupted
+from test_cli import FAST
 
 OPTIONS = {"batch_size": 50, "lr": 3e-3, "checkpoint_every": 10, "eval_every": 5, "progress": False}
 
@@ -23,22 +25,23 @@ def _data(n=400, seed=0):
     return torch.from_numpy(np.stack([a, a**2 + 0.3 * rng.normal(size=n)], 1))
 
 
-def _flow(seed=0):
+def _flow(seed=0, dropout=0.0):
     torch.manual_seed(seed)
-    return models.realnvp(2, layers=2, hidden=8)
+    return models.realnvp(2, layers=2, hidden=8, dropout=dropout)
 
 
 class Pairs(Dataset):
-    """A map-style dataset of ``(example, label)`` pairs, as torchvision's."""
+    """A map-style dataset of ``(example, label)`` pairs, as torchvision's; ``jitter`` adds
+    random noise to each example read (a random augmentation, from torch's stream)."""
 
-    def __init__(self, x):
-        self.x = x
+    def __init__(self, x, jitter=0.0):
+        self.x, self.jitter = x, jitter
 
     def __len__(self):
         return len(self.x)
 
     def __getitem__(self, i):
-        return self.x[i], 0
+        return self.x[i] + self.jitter * torch.randn(self.x.shape[1], dtype=self.x.dtype), 0
 
 
 def _stop_at(monkeypatch, step):
@@ -69,29 +72,73 @@ def test_fit_trains_selects_the_best_weights_and_returns_the_history():
     assert result.test_nll < before - 0.1 and not flow.training
 
 
-@pytest.mark.parametrize("source", ["tensor", "dataset", "loader"])
+@pytest.mark.parametrize("source", ["tensor", "dataset", "workers", "augmented", "loader"])
 def test_fit_resumes_a_stopped_run_exactly(tmp_path, monkeypatch, source):
-    """Stopped at step 23 (a checkpoint is saved there) and resumed, a fit ends with the same
-    weights and metrics as one never stopped, from a tensor, a dataset read by two worker
-    processes (which read ahead of the step), or a DataLoader."""
+    """Stopped at step 23 (a checkpoint is saved there) and resumed, a fit of a flow with
+    dropout (torch's random stream) ends with the same weights and metrics as one never
+    stopped: from a tensor, a dataset, one read by two worker processes (which read ahead of
+    the step), one with a random augmentation, or a DataLoader."""
     x = _data()
-    train = {"tensor": x[:300], "dataset": Pairs(x[:300]), "loader": DataLoader(Pairs(x[:300]), batch_size=50)}[source]
-    workers = {"num_workers": 2} if source == "dataset" else {}
-    reference = _flow()
+    train = {
+        "tensor": x[:300],
+        "dataset": Pairs(x[:300]),
+        "workers": Pairs(x[:300]),
+        "augmented": Pairs(x[:300], jitter=0.05),
+        "loader": DataLoader(Pairs(x[:300]), batch_size=50, shuffle=True),
+    }[source]
+    workers = {"num_workers": 2} if source == "workers" else {}
+    reference = _flow(dropout=0.2)
     expected = clayflow.fit(reference, train, val=x[300:], steps=40, out=tmp_path / "reference", **OPTIONS, **workers)
 
     _stop_at(monkeypatch, 23)
-    stopped = _flow()
+    stopped = _flow(dropout=0.2)
     with pytest.raises(TrainingInterrupted, match=r"at step 23; checkpoint saved. Continue with: clayflow.fit\("):
         clayflow.fit(stopped, train, val=x[300:], steps=40, out=tmp_path / "run", **OPTIONS, **workers)
     monkeypatch.undo()
-    resumed = _flow(seed=1)  # the same architecture; its weights come from the checkpoint
+    resumed = _flow(seed=1, dropout=0.2)  # the same architecture; its weights come from the checkpoint
     result = clayflow.fit(resumed, train, val=x[300:], steps=40, out=tmp_path / "run", resume=True, **OPTIONS, **workers)
     assert _untimed(result.history) == _untimed(expected.history)
     assert result.selected_step == expected.selected_step
     for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
     assert (tmp_path / "run" / "checkpoints" / "best.pt").exists()
+
+
+def test_a_fit_run_resumes_only_as_what_it_was(tmp_path, capsys):
+    """Another architecture (even with weights of the same shapes), or the other way in (the
+    command line for a fit run, fit for a command-line run), is refused in one line."""
+    x = _data()
+    run = tmp_path / "run"
+    clayflow.fit(_flow(), x, val=x[:50], steps=10, out=run, **OPTIONS)
+    tanh = models.realnvp(2, layers=2, hidden=8, activation="tanh")
+    with pytest.raises(UsageError, match="changes --model 'Flow:"):
+        clayflow.fit(tanh, x, val=x[:50], steps=20, out=run, resume=True, **OPTIONS)
+    capsys.readouterr()
+    code = main(["train", "--resume", str(run)])
+    err = capsys.readouterr().err
+    assert code == 2 and err == (
+        f"clayflow: error: {run} was trained from Python with clayflow.fit; continue it with "
+        f"clayflow.fit(flow, ..., out='{run}', resume=True)\n"
+    )
+    cli_run = tmp_path / "cli"
+    assert main(["train", *FAST, "--out", str(cli_run)]) == 0
+    with pytest.raises(UsageError, match=f"trained by clayflow train; continue it with: clayflow train --resume {cli_run}"):
+        clayflow.fit(_flow(), x, val=x[:50], steps=40, out=cli_run, resume=True, **OPTIONS)
+
+
+def test_threads_are_restored_when_training_fails(monkeypatch):
+    def fail(self):
+        raise RuntimeError("a bug in the model")
+
+    monkeypatch.setattr(loop.Trainer, "_train_step", fail)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with pytest.raises(RuntimeError, match="a bug"):
+            clayflow.fit(_flow(), _data(), steps=5, threads=2, **OPTIONS)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
 
 
 def _untimed(history):

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch.distributions import Independent, Normal
@@ -167,5 +168,8 @@ def test_sample_shapes_follow_torch_distributions():
         x, log_prob = flow.sample_and_log_prob((2, 2))
         assert x.shape == (2, 2, *event) and log_prob.shape == (2, 2)
     assert tuple(image.latent_shape) == (16,)
-    with pytest.raises(ValueError, match="non-negative ints"):
+    assert vector.sample(np.int64(3)).shape == vector.sample((np.int64(3),)).shape == (3, 3)
+    with pytest.raises(ValueError, match="int or a sequence of ints"):
         vector.sample((2.5,))
+    with pytest.raises(ValueError, match="non-negative"):
+        vector.sample(-1)

@@ -422,8 +422,8 @@ def _plot(run_dir: Path, flow, columns: str | None = None) -> list[Path]:
     data = load_dataset(read_run_config(run_dir).data)
     show = None
     if columns is not None:
-        if data.levels is not None:
-            raise UsageError("--columns chooses columns of a table; this run is of images")
+        if data.levels is not None or data.event_shape == (2,):
+            raise UsageError("--columns chooses the columns of a table's marginals and pairs; this run draws all its data")
         show = column_list(columns, data.columns, data.dims, "--columns")
     if data.levels is None:  # tables and toys: every row, so that a small table's histograms have shape
         rows, label = torch.cat([data.train, data.val, data.test]), "rows (all splits)"

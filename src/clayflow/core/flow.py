@@ -3,6 +3,7 @@ r"""``Flow``: a transform (data -> latent) and a base distribution, used like a 
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
 
 import torch
@@ -180,11 +181,15 @@ class Flow(nn.Module):
 
 def _sample_shape(sample_shape: SampleShape) -> tuple[int, ...]:
     """``sample_shape`` as a tuple: an int ``n`` is ``(n,)``, as ``torch.distributions`` allows."""
-    if isinstance(sample_shape, int):
-        return (sample_shape,)
-    shape = tuple(sample_shape)
-    if not all(isinstance(n, int) and n >= 0 for n in shape):
-        raise ValueError(f"sample_shape must be non-negative ints, got {sample_shape!r}")
+    try:
+        shape = (operator.index(sample_shape),)  # an int, numpy's included
+    except TypeError:
+        try:
+            shape = tuple(operator.index(n) for n in sample_shape)
+        except TypeError:
+            raise ValueError(f"sample_shape must be an int or a sequence of ints, got {sample_shape!r}") from None
+    if any(n < 0 for n in shape):
+        raise ValueError(f"sample_shape must be non-negative, got {sample_shape!r}")
     return shape
 
 

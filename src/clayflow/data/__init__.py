@@ -8,8 +8,9 @@ tables), ``load_dataset("path/to/file.csv")`` (the user's own ``.csv``/``.npy``)
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,13 +42,18 @@ class Dataset:
     test: Tensor
     columns: list[str] | None = None
     levels: int | None = None  # images only
+    # Datasets' splits: DataLoader options (num_workers, worker_init_fn, ...) to read them with.
+    loader_options: dict[str, Any] = field(default_factory=dict)
+    _example_shape: tuple[int, ...] | None = field(default=None, repr=False, compare=False)
 
     @property
     def event_shape(self) -> tuple[int, ...]:
         if isinstance(self.train, Tensor):
             return tuple(self.train.shape[1:])
-        item = self.train[0]
-        return tuple((item[0] if isinstance(item, (tuple, list)) else item).shape)
+        if self._example_shape is None:  # read once, without drawing from torch's random stream
+            with torch.random.fork_rng(devices=[]):
+                self._example_shape = tuple(example(self.train[0]).shape)
+        return self._example_shape
 
     @property
     def dims(self) -> int:
@@ -57,6 +63,12 @@ class Dataset:
     @property
     def features(self) -> int:
         return self.train.shape[1]
+
+
+def example(item: Any) -> Tensor:
+    """The example in a dataset's item or a loader's batch: the item itself, or the first
+    element of a tuple (``(x, label)``, as torchvision's datasets give; labels are ignored)."""
+    return item[0] if isinstance(item, (tuple, list)) else item
 
 
 def dataset_names() -> list[str]:

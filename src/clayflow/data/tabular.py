@@ -216,7 +216,7 @@ def write_table(
             writer = csv.writer(text, lineterminator="\n")
             writer.writerow(columns)
             writer.writerows([label, *(f"{v:.8g}" for v in row)] for label, row in zip(labels, values))
-            file.write(text.getvalue().encode())
+            file.write(text.getvalue().encode("utf-8", "surrogateescape"))  # file names as the disk has them
         else:
             file.write((",".join(columns) + "\n").encode())
             np.savetxt(file, values, delimiter=",", fmt="%.8g")

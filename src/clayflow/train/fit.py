@@ -12,6 +12,7 @@ checkpoints and exact resume).
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 
 from clayflow.core import Flow
 from clayflow.data import Dataset
@@ -30,7 +31,7 @@ from clayflow.train.run import TrainResult, read_metrics
 from clayflow.train.sampler import Examples
 from clayflow.train.setup import data_defaults
 from clayflow.train.signals import StopRequest
-from clayflow.train.start import start_training
+from clayflow.train.start import FIT_DATA, start_training
 
 # The options of the optimisation that ``fit`` takes by name (see ``TrainConfig`` for each).
 FIT_OPTIONS = frozenset(
@@ -39,7 +40,6 @@ FIT_OPTIONS = frozenset(
         "patience", "select_best", "checkpoint_every", "eval_every", "seed", "device", "threads", "tensorboard",
     }
 )  # fmt: skip
-DATA_NAME = "python"  # what config.json names as the data of a fit run
 
 
 @dataclass
@@ -63,7 +63,7 @@ def fit(
     resume: bool = False,
     force: bool = False,
     progress: bool | None = None,
-    num_workers: int = 0,
+    num_workers: int | None = None,
     **options: Any,
 ) -> FitResult:
     """Train ``flow`` by maximum likelihood on ``train`` and leave the selected weights in it.
@@ -72,8 +72,11 @@ def fit(
     or map-style ``torch.utils.data.Dataset``s whose items are examples (or ``(example,
     label)`` pairs; labels are ignored) for data that do not fit in memory, read through a
     ``DataLoader`` with ``num_workers`` workers. A ``DataLoader`` given as ``train`` lends its
-    dataset, batch size, workers and collate function; clayflow draws the batches itself
-    (shuffled epochs from ``seed``, dropping the last partial batch), so that a resume is exact.
+    dataset, batch size and worker options (``worker_init_fn``, ``multiprocessing_context``,
+    ``pin_memory``, ``prefetch_factor``; a custom ``collate_fn`` is refused); clayflow draws
+    the batches itself (shuffled epochs from ``seed``, dropping the last partial batch), so
+    that a resume is exact. (Random augmentations drawn in worker processes restart their
+    streams on resume; with ``num_workers=0`` they come from torch's checkpointed stream.)
 
     ``val``: evaluated once per epoch (``eval_every``); the weights with the lowest validation
     NLL are the ones kept (the untrained flow is the first candidate), and vector data stop
@@ -101,17 +104,20 @@ def fit(
     unknown = sorted(set(options) - FIT_OPTIONS)
     if unknown:
         raise UsageError(f"fit() has no option {', '.join(unknown)}; it takes {', '.join(sorted(FIT_OPTIONS))}")
-    collate_fn = None
+    loader_options = {"num_workers": num_workers or 0}
     if isinstance(train, DataLoader):
-        batch_size = train.batch_size if batch_size is None else batch_size
-        num_workers, collate_fn, train = train.num_workers, train.collate_fn, train.dataset
-    data = Dataset(DATA_NAME, _examples(train, "train"), _examples(val, "val"), _examples(test, "test"))
+        train, loader_options, batch_size = _from_loader(train, num_workers, batch_size)
+    data = Dataset(FIT_DATA, _examples(train, "train"), _examples(val, "val"), _examples(test, "test"),
+                   loader_options=loader_options)  # fmt: skip
     if len(data.train) == 0:
         raise UsageError("fit() needs training examples; train is empty")
     kind = data_kind(data.event_shape) if flow.event_shape is None else data_kind(tuple(flow.event_shape))
-    values = {**options, "model": type(flow).__name__, "data": DATA_NAME, "steps": steps}
-    values["batch_size"] = batch_size or KIND_DEFAULTS[kind]["batch_size"]
-    values["lr"] = lr or KIND_DEFAULTS[kind]["lr"]
+    # The model as config.json names it: its class and a digest of its layers (a resume
+    # with another architecture is refused even where the weights' shapes agree).
+    architecture = hashlib.sha256(repr(flow).encode()).hexdigest()[:12]
+    values = {**options, "model": f"{type(flow).__name__}:{architecture}", "data": FIT_DATA, "steps": steps}
+    values["batch_size"] = KIND_DEFAULTS[kind]["batch_size"] if batch_size is None else batch_size
+    values["lr"] = KIND_DEFAULTS[kind]["lr"] if lr is None else lr
     if len(data.val) == 0:
         if options.get("select_best") or options.get("patience"):
             raise UsageError("selecting the best weights (select_best, patience) needs val data")
@@ -126,11 +132,25 @@ def fit(
     with stop.catching(), tempfile.TemporaryDirectory(prefix="clayflow-fit-") as scratch:
         run_dir = Path(out) if out is not None else Path(scratch) / "run"
         result = start_training(config, run_dir, resume, force, progress, stop, setup=setup,
-                                resume_command=command if out is not None else "",
-                                loader_options={"num_workers": num_workers, "collate_fn": collate_fn})  # fmt: skip
+                                resume_command=command if out is not None else "")  # fmt: skip
         history = [_numbers(row) for row in read_metrics(run_dir / "metrics.csv")]
     values = {f.name: getattr(result, f.name) for f in fields(TrainResult)}
     return FitResult(**{**values, "run_dir": Path(out) if out is not None else None}, history=history)
+
+
+def _from_loader(loader: DataLoader, num_workers: int | None, batch_size: int | None):
+    """A ``DataLoader``'s dataset, the options to read it with, and its batch size (unless
+    ``batch_size`` is given). Its sampler and shuffling are not used: clayflow draws the
+    batches (exact resume); a custom ``collate_fn`` is refused (examples are stacked)."""
+    if loader.collate_fn is not default_collate:
+        raise UsageError("fit() stacks examples itself; give a DataLoader without collate_fn (or the Dataset)")
+    if num_workers is not None and num_workers != loader.num_workers:
+        raise UsageError(f"num_workers={num_workers} but the DataLoader has {loader.num_workers}; give one")
+    options = {"num_workers": loader.num_workers, "worker_init_fn": loader.worker_init_fn,
+               "multiprocessing_context": loader.multiprocessing_context, "pin_memory": loader.pin_memory}  # fmt: skip
+    if loader.num_workers:
+        options["prefetch_factor"] = loader.prefetch_factor
+    return loader.dataset, options, loader.batch_size if batch_size is None else batch_size
 
 
 def _examples(examples: Examples | None, name: str) -> Examples:

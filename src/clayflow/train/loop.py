@@ -63,7 +63,7 @@ class TrainingInterrupted(TrainingStopped):
 
 class Trainer:
     def __init__(self, config, run, data, flow, spec, device, checkpoint, progress, fingerprint, stop,
-                 resume_command=None, num_workers=0, collate_fn=None):  # fmt: skip
+                 resume_command=None):  # fmt: skip
         self.config, self.directory, self.data, self.spec, self.device = config, run, data, spec, device
         self.fingerprint = fingerprint
         # How to continue a stopped run ("": it cannot be, its directory is temporary).
@@ -78,7 +78,7 @@ class Trainer:
             if config.ema > 0
             else None
         )
-        self.batches = TrainingBatches(data.train, config.batch_size, config.seed, device, num_workers, collate_fn)
+        self.batches = TrainingBatches(data.train, config.batch_size, config.seed, device, data.loader_options)
         discrete = spec.discrete if spec is not None else []
         self.noise_factor = input_noise_factor(config.input_noise, data, discrete, device)
         self.step, self.train_seconds = 0, 0.0
@@ -198,10 +198,11 @@ class Trainer:
         ``config.threads`` CPU threads (torch's setting is restored after)."""
         threads_before = torch.get_num_threads()
         threads = self.config.threads or auto_threads(self.flow, self.data, self.config.batch_size)
-        torch.set_num_threads(threads or threads_before)
-        if self.config.tensorboard:
-            self.tensorboard = TensorBoardLog(self.run_dir, purge_step=self.step if self.step else None)
         try:
+            torch.set_num_threads(threads or threads_before)
+            if self.config.tensorboard:
+                with self._writing("TensorBoard events"):
+                    self.tensorboard = TensorBoardLog(self.run_dir, purge_step=self.step or None)
             return self._run(torch.get_num_threads())
         finally:
             torch.set_num_threads(threads_before)
@@ -227,6 +228,7 @@ class Trainer:
             self._log(None, None, progress)
             if self.last_saved_step != self.step:
                 self._save()
+            progress.restart_clock()  # the rate and time left are of training steps
         while self.step < config.steps and not self._out_of_patience():
             if self.stop.signum is not None:
                 progress.close()
@@ -260,13 +262,13 @@ class Trainer:
         """Validation and early stopping, said at step 0."""
         every = self.config.eval_every
         epoch = steps_per_epoch(len(self.data.train), self.config.batch_size)
-        when = "once per epoch" if every == epoch else f"every {every} steps"
+        when = f"once per epoch, {every} step{'s' if every > 1 else ''}" if every == epoch else f"every {every} steps"
         stopping = (
             f"early stopping after {self.config.patience} evaluations without a better model"
             if self.config.patience
             else "no early stopping"
         )
-        return f"validation {when}, {every} step{'s' if every > 1 else ''}; {stopping}"
+        return f"validation {when}; {stopping}"
 
     def _stop_for_signal(self) -> None:
         """Stop for the signal received: save the step reached and say how to resume, or, for a
@@ -278,7 +280,11 @@ class Trainer:
                 self.stop.exit_code,
             )
         if not self.resume_command:
-            raise TrainingInterrupted(f"interrupted by {self.stop.name} at step {self.step}", self.stop.exit_code)
+            raise TrainingInterrupted(
+                f"interrupted by {self.stop.name} at step {self.step}; nothing is kept without a run directory "
+                f"(the flow holds the weights of step {self.step}; give out= to keep checkpoints)",
+                self.stop.exit_code,
+            )
         if self.last_saved_step != self.step:
             self._save()
         raise TrainingInterrupted(
@@ -347,9 +353,9 @@ class Trainer:
         """Evaluate on the validation rows and write a metrics row: the mean training loss
         since the last row, or at step 0 the NLL of (up to ``STEP0_TRAIN_ROWS``) training rows."""
         if self.step == 0:  # the training rows first: data-dependent layers (ActNorm) initialise on them
-            train_nll = evaluate_nll(self._eval_flow(), head(self.data.train, STEP0_TRAIN_ROWS))
+            train_nll = evaluate_nll(self._eval_flow(), head(self.data.train, STEP0_TRAIN_ROWS), self.data.loader_options)
             train_loss = train_nll if self.config.objective == "mle" else ""
-        val_log_probs = evaluate_log_probs(self._eval_flow(), self.data.val)
+        val_log_probs = evaluate_log_probs(self._eval_flow(), self.data.val, self.data.loader_options)
         val_nll = -val_log_probs.mean().item() if len(val_log_probs) else math.nan  # nan: no validation data
         if self.step > 0:
             train_loss = self.sums["loss"] / max(self.count, 1)
@@ -416,11 +422,11 @@ class Trainer:
             selected, selected_step, val_nll = best["model"], self.best.step, self.best.val_nll
         else:
             flow, selected_step = self._eval_flow(), self.step
-            selected, val_nll = flow.state_dict(), evaluate_nll(flow, self.data.val)
+            selected, val_nll = flow.state_dict(), evaluate_nll(flow, self.data.val, self.data.loader_options)
         if self.spec is None:
             self.flow.load_state_dict(selected)
             flow = self.flow.eval()
-        test_nll = evaluate_nll(flow, self.data.test) if len(self.data.test) else math.nan
+        test_nll = evaluate_nll(flow, self.data.test, self.data.loader_options) if len(self.data.test) else math.nan
         result = TrainResult(
             run_dir=self.run_dir,
             steps=self.step,

@@ -23,15 +23,18 @@ LOG_SECONDS = 30.0  # ... and at most this long without a line
 # processes (benchmarks/threads.py, default moons model on 2 cores: 2 threads 15% faster
 # quiet, 6.4 times slower beside three busy processes).
 ONE_THREAD_WORK = 5e8
-# A run "has not moved" when its validation NLL differs from the start's by less than this
-# fraction after NOT_MOVED_STEPS steps.
-NOT_MOVED_FRACTION = 1e-4
+# A run "has not moved" when its validation NLL has stayed within this fraction of the start's
+# at every evaluation of its first NOT_MOVED_STEPS steps or more.
+NOT_MOVED_FRACTION = 1e-5
 NOT_MOVED_STEPS = 500
 # Overfitting: validation NLL this fraction above its best, and beyond its noise (MARGIN
-# standard errors of the paired per-example difference), OVERFIT_EVALUATIONS evaluations after
-# it, while the training loss is below its value at the best step.
+# standard errors of the paired per-example difference), at every evaluation since at least
+# OVERFIT_EVALUATIONS evaluations and OVERFIT_SPAN of the steps taken (a sustained rise, not
+# the step-to-step wobble of a run validated every step), while the training loss is below
+# its value at the best step.
 OVERFIT_FRACTION = 0.01
 OVERFIT_EVALUATIONS = 3
+OVERFIT_SPAN = 0.1
 
 
 def parameter_count(flow: nn.Module) -> int:
@@ -93,6 +96,9 @@ class Progress:
         self.print_every = eval_every * max(1, round(LOG_STEPS / eval_every))
         self.started = self.last_line = time.perf_counter()
 
+    def restart_clock(self) -> None:
+        self.started = time.perf_counter()
+
     def eta(self, step: int) -> str:
         """Rate and time left, from the wall time since this process started training."""
         done = step - self.initial
@@ -140,7 +146,9 @@ class Watch:
         self.said: set[str] = set()
         self.train_loss_at: dict[int, float] = {}  # step -> mean training loss before it
         self.best_rows: Tensor | None = None  # validation log-likelihoods at the best step
-        self.start_nll: float | None = None
+        self.start_nll: float | None = None  # None in a resumed run: another process saw step 0
+        self.moved = 0.0  # the largest |val NLL - start's| so far
+        self.worse_since: int | None = None  # first step of the current run of overfitting evaluations
 
     def evaluated(self, step: int, train_loss: float | None, val_log_probs: Tensor, best_step: int | None,
                   eval_every: int, patience: int) -> str | None:  # fmt: skip
@@ -156,31 +164,38 @@ class Watch:
         if step == 0:
             self.start_nll = val_nll
             return None
-        start = self.start_nll  # None in a resumed run: its step 0 was evaluated by another process
-        if start is not None and step >= NOT_MOVED_STEPS and abs(val_nll - start) < NOT_MOVED_FRACTION * max(1.0, abs(start)):
-            return self._once(
-                "not moved",
-                f"validation NLL {val_nll:.4f} has not moved from the untrained flow's ({start:.4f}) "
-                f"in {step} steps: the model is not learning (try another --lr; a CNF: check --t1, the solver)",
-            )
-        if self._overfitting(step, train_loss, val_log_probs, best_step, eval_every):
-            best_nll, at_best = -self.best_rows.mean().item(), self.train_loss_at[best_step]
-            stop = "" if patience else "; --patience N stops after N evaluations without a better one"
-            return self._once(
-                "overfitting",
-                f"validation NLL {val_nll:.4f} is above its best {best_nll:.4f} (step {best_step}) beyond its "
-                f"noise while the training loss fell ({at_best:.4f} -> {train_loss:.4f}): the model is "
-                f"overfitting. The best weights are kept{stop}",
-            )
-        return None
+        start = self.start_nll
+        if start is not None:
+            self.moved = max(self.moved, abs(val_nll - start))
+            if step >= NOT_MOVED_STEPS and self.moved < NOT_MOVED_FRACTION * max(1.0, abs(start)):
+                return self._once(
+                    "not moved",
+                    f"validation NLL has stayed at the untrained flow's ({start:.4f}) for {step} steps: training "
+                    "has not changed the model (is --lr too small? a CNF: check --t1 and the solver)",
+                )
+        if not self._worse_than_best(step, train_loss, val_log_probs, best_step):
+            self.worse_since = None
+            return None
+        self.worse_since = step if self.worse_since is None else self.worse_since
+        sustained = max(OVERFIT_EVALUATIONS * eval_every, OVERFIT_SPAN * step)
+        if step - self.worse_since + eval_every < sustained:
+            return None
+        best_nll, at_best = -self.best_rows.mean().item(), self.train_loss_at[best_step]
+        stop = "" if patience else "; --patience N stops after N evaluations without a better one"
+        return self._once(
+            "overfitting",
+            f"validation NLL {val_nll:.4f} has stayed above its best {best_nll:.4f} (step {best_step}) beyond its "
+            f"noise since step {self.worse_since} while the training loss fell ({at_best:.4f} -> {train_loss:.4f}): "
+            f"the model is overfitting. The best weights are kept{stop}",
+        )
 
-    def _overfitting(self, step, train_loss, val_log_probs, best_step, eval_every) -> bool:
-        """Validation worse than at the best step, ``OVERFIT_EVALUATIONS`` evaluations or more
-        after it, by more than ``OVERFIT_FRACTION`` and by more than ``MARGIN`` standard errors
-        of the paired per-example difference, while the training loss is lower than then."""
-        if best_step is None or self.best_rows is None or best_step not in self.train_loss_at or train_loss is None:
+    def _worse_than_best(self, step, train_loss, val_log_probs, best_step) -> bool:
+        """Validation worse than at the best step by more than ``OVERFIT_FRACTION`` and by more
+        than ``MARGIN`` standard errors of the paired per-example difference, while the
+        training loss is lower than then."""
+        if best_step is None or best_step == step or self.best_rows is None or train_loss is None:
             return False
-        if step - best_step < OVERFIT_EVALUATIONS * eval_every or train_loss >= self.train_loss_at[best_step]:
+        if best_step not in self.train_loss_at or train_loss >= self.train_loss_at[best_step]:
             return False
         loss = (self.best_rows - val_log_probs).double()  # per example, > 0: worse now
         best_nll = -self.best_rows.mean().item()

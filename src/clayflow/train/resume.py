@@ -143,7 +143,7 @@ def data_fingerprint(data: Dataset) -> dict[str, Any]:
     digest = hashlib.sha256()
     for split in splits:
         if isinstance(split, torch.Tensor):
-            digest.update(split.cpu().contiguous().numpy().tobytes())
+            digest.update(split.cpu().contiguous().view(torch.uint8).numpy().tobytes())  # any dtype's bytes
     return {
         "rows": [len(split) for split in splits],
         "shape": list(data.event_shape),

@@ -4,12 +4,14 @@ drawn in that order from a tensor or from a ``torch.utils.data.Dataset``."""
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
+
+from clayflow.data import example
 
 
 class BatchSampler:
@@ -44,23 +46,19 @@ class BatchSampler:
 Examples = Tensor | Dataset  # a tensor (N, *event_shape), or a map-style dataset of examples
 
 
-def example(item: Any) -> Tensor:
-    """The example in a dataset's item or a loader's batch: the item itself, or the first
-    element of a tuple (``(x, label)``, as torchvision's datasets give; labels are ignored)."""
-    return item[0] if isinstance(item, (tuple, list)) else item
-
-
 def head(examples: Examples, n: int) -> Examples:
     """The first ``n`` examples (all if fewer)."""
     return examples[:n] if isinstance(examples, Tensor) else Subset(examples, range(min(n, len(examples))))
 
 
-def chunks(examples: Examples, size: int, num_workers: int = 0) -> Iterator[Tensor]:
-    """``examples`` in order, ``size`` at a time: tensor slices, or a loader's batches."""
+def chunks(examples: Examples, size: int, loader_options: dict[str, Any] | None = None) -> Iterator[Tensor]:
+    """``examples`` in order, ``size`` at a time: tensor slices, or the batches of a loader
+    with ``loader_options`` (workers; its private generator leaves torch's stream alone)."""
     if isinstance(examples, Tensor):
         yield from examples.split(size)
         return
-    for batch in DataLoader(examples, batch_size=size, num_workers=num_workers):
+    loader = DataLoader(examples, batch_size=size, generator=torch.Generator(), **(loader_options or {}))
+    for batch in loader:
         yield example(batch)
 
 
@@ -68,10 +66,12 @@ class TrainingBatches:
     """Training batches in ``BatchSampler`` order, as float32 on ``device``.
 
     From a tensor, by indexing (moved to ``device`` once). From a map-style ``Dataset`` (data
-    that need not fit in memory), through a ``DataLoader`` with ``num_workers`` workers and
-    ``collate_fn`` whose batches are the sampler's: the loader reads ahead, so the state that
-    ``state_dict`` returns is the sampler's as it was after the last batch *taken*, and a
-    resumed run draws the same batches as an uninterrupted one.
+    that need not fit in memory), through a ``DataLoader`` with ``loader_options`` (workers)
+    whose batches are the sampler's: the loader reads ahead, so the state that ``state_dict``
+    returns is the sampler's as it was after the last batch *taken*, and a resumed run draws
+    the same batches as an uninterrupted one. (Random augmentations drawn in worker processes
+    restart their streams on resume; drawn in this process, they are in torch's checkpointed
+    stream.)
     """
 
     def __init__(
@@ -80,13 +80,12 @@ class TrainingBatches:
         batch_size: int,
         seed: int,
         device: torch.device,
-        num_workers: int = 0,
-        collate_fn: Callable | None = None,
+        loader_options: dict[str, Any] | None = None,
     ):
         self.sampler = BatchSampler(len(examples), batch_size, seed)
-        self.device = device
+        self.device, self.seed = device, seed
         self.examples = examples.to(device) if isinstance(examples, Tensor) else examples
-        self.num_workers, self.collate_fn = num_workers, collate_fn
+        self.loader_options = loader_options or {}
         self._loader: Iterator | None = None
         self._pending: deque[dict[str, Any]] = deque()  # sampler states of batches read ahead
         self._taken: dict[str, Any] | None = None
@@ -96,11 +95,11 @@ class TrainingBatches:
         if isinstance(self.examples, Tensor):
             return self.examples[self.sampler.next().to(self.examples.device)].float()
         if self._loader is None:
-            loader = DataLoader(
+            loader = DataLoader(  # a private generator: the loader's seed draw leaves torch's stream alone
                 self.examples,
                 batch_sampler=self._indices(),
-                num_workers=self.num_workers,
-                collate_fn=self.collate_fn,
+                generator=torch.Generator().manual_seed(self.seed),
+                **self.loader_options,
             )
             self._loader = iter(loader)
         batch = example(next(self._loader))

@@ -19,11 +19,13 @@ from clayflow.train.resume import (
     resumed_config,
     saved_discrete_columns,
 )
-from clayflow.train.run import TrainResult, write_json
+from clayflow.train.run import TrainResult, read_json, write_json
 from clayflow.train.rundir import ExistingRun, NewRun, default_run_dir
 from clayflow.train.setup import build_flow, data_defaults, resolve_device
 from clayflow.train.signals import StopRequest
 from clayflow.train.tracking import check_available
+
+FIT_DATA = "python"  # what config.json names as the data of a clayflow.fit run
 
 
 def train(
@@ -53,15 +55,14 @@ def train(
         return start_training(config, run_dir, resume, force, progress, stop)
 
 
-def start_training(config, run_dir, resume, force, progress, stop, setup=None, resume_command=None,
-                   loader_options=None) -> TrainResult:  # fmt: skip
+def start_training(config, run_dir, resume, force, progress, stop, setup=None, resume_command=None) -> TrainResult:
     """Train in a new or resumed run directory. ``setup(config, checkpoint, new_run)`` returns
     ``(config, data, flow, spec)``: by default the data and model that ``config`` names
-    (``clayflow.fit`` passes its own, with ``loader_options`` for the batches of a dataset:
-    ``num_workers``, ``collate_fn``); ``resume_command`` says how to continue a stopped run."""
+    (``clayflow.fit`` passes its own); ``resume_command`` says how to continue a stopped run."""
     if resume:
         if run_dir is None:
             raise UsageError("resuming needs the run directory")
+        _check_trained_the_same_way(Path(run_dir), from_python=setup is not None)
         # The run's own options; those in ``config`` must equal them or be resumable.
         config = resumed_config(Path(run_dir), config.to_dict() if config is not None else {})
     else:
@@ -96,7 +97,7 @@ def start_training(config, run_dir, resume, force, progress, stop, setup=None, r
         except OSError as exc:
             raise ClayflowError(f"cannot write {run.path / 'config.json'}: {exc.strerror or exc}") from None
         trainer = Trainer(config, run, data, flow, spec, device, checkpoint, progress, fingerprint, stop,
-                          resume_command=resume_command, **(loader_options or {}))  # fmt: skip
+                          resume_command=resume_command)  # fmt: skip
         return trainer.run()
     except BaseException:
         if run is not None:
@@ -105,6 +106,22 @@ def start_training(config, run_dir, resume, force, progress, stop, setup=None, r
     finally:
         if run is not None:
             run.release()
+
+
+def _check_trained_the_same_way(run_dir: Path, from_python: bool) -> None:
+    """A run of ``clayflow.fit`` resumes with ``fit``, one of ``clayflow train`` with it."""
+    try:
+        saved = read_json(run_dir / "config.json")
+    except ClayflowError:
+        return  # no or no readable config.json: the resume checks say what is wrong
+    if not isinstance(saved, dict) or (saved.get("data") == FIT_DATA) == from_python:
+        return
+    if from_python:
+        raise UsageError(f"{run_dir} was trained by clayflow train; continue it with: clayflow train --resume {run_dir}")
+    raise UsageError(
+        f"{run_dir} was trained from Python with clayflow.fit; continue it with "
+        f"clayflow.fit(flow, ..., out='{run_dir}', resume=True)"
+    )
 
 
 def setup_from_config(config: TrainConfig, checkpoint: dict | None, new_run: bool):
