@@ -121,6 +121,12 @@ def test_overfitting_beyond_the_noise_and_a_model_that_did_not_move_are_said_onc
 def test_resuming_a_finished_run_says_there_is_nothing_to_train(good_run, tmp_path, capsys):
     code, _, err = run_cli(capsys, "train", "--resume", good_run, "--no-plots")
     assert code == 0 and "already reached step 30 of --steps 30: nothing to train" in err
+    stopped = tmp_path / "stopped"  # stopped early: validation every step, patience of 1
+    argv = ["--data", "wine", *FAST, "--steps", "200", "--eval-every", "1", "--patience", "1", "--out", stopped]
+    code, _, err = run_cli(capsys, "train", *argv)
+    assert code == 0 and "stopped early" in err, err
+    code, _, err = run_cli(capsys, "train", "--resume", stopped, "--no-plots")
+    assert code == 0 and "the run stopped early at step" in err and "nothing to train (give a larger --patience" in err
 
 
 def test_threads_default_to_one_for_small_vector_models_and_are_restored(tmp_path, capsys):

@@ -220,6 +220,9 @@ class Trainer:
         if self.step == config.steps and self.last_saved_step is not None:
             progress.write(f"the run has already reached step {self.step} of --steps {config.steps}: nothing "
                            f"to train (give a larger --steps to continue it)")  # fmt: skip
+        elif self._out_of_patience() and self.last_saved_step is not None:
+            progress.write(f"the run stopped early at step {self.step} (no better model in {config.patience} "
+                           f"evaluations): nothing to train (give a larger --patience, or 0, to continue it)")  # fmt: skip
         interval_start, interval_steps = time.perf_counter(), 0
         if self.last_saved_step is None:
             # The untrained flow (the fitted start) is the first candidate for the best model,
