@@ -93,8 +93,8 @@ def flow_from_checkpoint(payload: dict[str, Any]) -> Flow:
     if payload["model_spec"] is None:
         raise ClayflowError(
             "this run was trained from Python with clayflow.fit on a flow built there; build the same "
-            "flow and load the weights kept: flow.load_state_dict(torch.load('RUN/checkpoints/best.pt', "
-            "weights_only=True)['model'])"
+            "flow and load the weights kept: flow.load_state_dict("
+            "torch.load('RUN/checkpoints/best.pt', weights_only=True)['model'])"
         )
     try:
         spec = ModelSpec.from_dict(payload["model_spec"])
