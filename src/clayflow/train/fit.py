@@ -66,7 +66,8 @@ def fit(
     num_workers: int | None = None,
     **options: Any,
 ) -> FitResult:
-    """Train ``flow`` by maximum likelihood on ``train`` and leave the selected weights in it.
+    """Train ``flow`` by maximum likelihood on ``train`` and leave the selected weights in it
+    (on the training device, in eval mode).
 
     Data: tensors ``(N, *event_shape)`` (any real dtype; image models take integer levels),
     or map-style ``torch.utils.data.Dataset``s whose items are examples (or ``(example,
@@ -94,7 +95,8 @@ def fit(
     and 1e-3 for images. Other options, by ``TrainConfig``'s names: ``optimizer``,
     ``weight_decay``, ``schedule``, ``warmup``, ``clip``, ``ema``, ``nonfinite``, ``compile``,
     ``patience``, ``select_best``, ``checkpoint_every``, ``eval_every``, ``seed``, ``device``,
-    ``threads``, ``tensorboard`` (metrics as TensorBoard events in ``out/tensorboard``). ``progress``: a progress bar (None: when stderr is a terminal).
+    ``threads``, ``tensorboard`` (metrics as TensorBoard events in ``out/tensorboard``).
+    ``progress``: a progress bar (None: when stderr is a terminal; else log lines).
 
     Returns a ``FitResult`` (test NLL, selected step, ``history``); raises ``UsageError`` for
     bad options, ``TrainingStopped`` (a ``ClayflowError``) on divergence or a stop signal.

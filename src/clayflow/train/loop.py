@@ -62,6 +62,10 @@ class TrainingInterrupted(TrainingStopped):
 
 
 class Trainer:
+    """One run's training: ``flow`` (its ``spec``, or None for ``clayflow.fit``'s own flow) on
+    ``data`` with ``config``, in the run directory ``run`` (locked by the caller), continued
+    from ``checkpoint`` when given; ``run()`` trains and returns the ``TrainResult``."""
+
     def __init__(self, config, run, data, flow, spec, device, checkpoint, progress, fingerprint, stop,
                  resume_command=None):  # fmt: skip
         self.config, self.directory, self.data, self.spec, self.device = config, run, data, spec, device
