@@ -4,8 +4,9 @@
 
 WHERE is ``step`` (right after optimisation step STEP, before its metrics row and checkpoint)
 or ``checkpoint`` (while the checkpoint of step STEP is half written: half its bytes are in
-the temporary file). ACTION is a signal name such as SIGKILL or SIGTERM, sent to this
-process, or ``fill:PATH``: write zeros to PATH until its file system is full, as another
+the temporary file). Under torchrun every process acts, or only the one whose ``RANK`` is
+``INTERRUPT_RANK`` when that is set, and only in the first attempt (``--max-restarts``).
+ACTION is a signal name such as SIGKILL or SIGTERM, sent to this process, or ``fill:PATH``: write zeros to PATH until its file system is full, as another
 program filling the disk would. Nothing depends on how fast the machine is: tests that act
 on a run at a wall-clock time fail on a quiet machine (training got further than assumed)
 or a busy one.
@@ -44,6 +45,10 @@ def run() -> int:
         act = partial(fill_disk, action.removeprefix("fill:"))
     else:
         act = partial(os.kill, os.getpid(), signal.Signals[action])
+    only_rank = os.environ.get("INTERRUPT_RANK")  # under torchrun: act in this process only,
+    restarted = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0"  # and in the first attempt
+    if restarted or only_rank is not None and os.environ.get("RANK") != only_rank:
+        act = partial(int)  # nothing
 
     if where == "step":
         take_step = loop.Trainer._train_step

@@ -7,6 +7,7 @@ usage); tracebacks appear only with ``--debug``.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import typing
 from dataclasses import fields
@@ -137,6 +138,12 @@ def _add_train(verbs) -> None:
     run.add_argument("--resume", metavar="RUN", help="continue the run in RUN from its last checkpoint")
     run.add_argument("--force", action="store_true", help="replace an existing run directory given by --out")
     run.add_argument(
+        "--nproc",
+        type=int,
+        metavar="N",
+        help="train on N processes of this machine (torchrun --standalone --nproc_per_node N -m clayflow train ...)",
+    )
+    run.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -240,11 +247,22 @@ def resolve_train_config(args: argparse.Namespace):
 def cmd_train(args: argparse.Namespace) -> int:
     """Train into a run directory, print the test NLL and write the plots."""
     from clayflow.train import load, train
+    from clayflow.train.distributed import processes_from_environment
     from clayflow.train.resume import read_run_config
     from clayflow.train.tracking import log_pictures
 
+    if args.nproc is not None:
+        _launch_processes(args.nproc)
+    processes = processes_from_environment()  # under torchrun: rank 0 alone prints and plots
+    if not processes.main and not os.environ.get("CLAYFLOW_ALL_RANKS"):  # set it to see every process
+        sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
+    restarted = _restarted_by_torchrun() and args.out and not args.resume and not args.force
+    if restarted and (Path(args.out) / "checkpoints" / "last.pt").is_file():  # continue the failed attempt's run
+        args.resume = args.out
     config, run_dir = resolve_train_config(args)
     result = train(config, run_dir, resume=bool(args.resume), force=args.force, progress=args.progress)
+    if not processes.main:
+        return 0
     print(
         f"trained {config.model} on {config.data} for {result.steps} steps in {result.train_seconds:.0f} s: "
         f"test NLL {result.test_nll:.4f} nats ({result.test_bpd:.4f} bits/dim) "
@@ -257,6 +275,26 @@ def cmd_train(args: argparse.Namespace) -> int:
         if read_run_config(result.run_dir).tensorboard:
             log_pictures(result.run_dir, paths, result.steps)
     return 0
+
+
+def _restarted_by_torchrun() -> bool:
+    """Whether torchrun's elastic agent restarted this job after a failure (``--max-restarts``)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+
+
+def _launch_processes(count: int) -> None:
+    """Run this same command as ``count`` processes on this machine under ``torchrun``
+    (``--standalone`` rendezvous), in place of this process."""
+    if count < 1:
+        raise UsageError(f"--nproc must be at least 1, got {count}")
+    argv = sys.argv[1:]
+    rest = [a for i, a in enumerate(argv) if a != "--nproc" and (i == 0 or argv[i - 1] != "--nproc")]
+    rest = [a for a in rest if not a.startswith("--nproc=")]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={count}",
+               "-m", "clayflow", *rest]  # fmt: skip
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, command)
 
 
 def cmd_sample(args: argparse.Namespace) -> int:

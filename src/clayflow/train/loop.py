@@ -8,6 +8,7 @@ resumed with ``--resume`` produces the same losses as one that was never interru
 from __future__ import annotations
 
 import math
+import signal
 import sys
 import time
 from contextlib import contextmanager
@@ -28,8 +29,9 @@ from clayflow.train.checkpoint import (
     save_checkpoint,
     state_dict_mismatch,
 )
+from clayflow.train.distributed import Processes, is_peer_failure, peer_failure_cause
 from clayflow.train.evaluate import evaluate_log_probs, evaluate_nll
-from clayflow.train.objective import flow_matching, maximum_likelihood
+from clayflow.train.objective import StepObjective, flow_matching, maximum_likelihood
 from clayflow.train.report import Progress, Watch, auto_threads, start_line
 from clayflow.train.run import MetricsLog, TrainResult, write_json
 from clayflow.train.sampler import TrainingBatches, head
@@ -67,8 +69,9 @@ class Trainer:
     from ``checkpoint`` when given; ``run()`` trains and returns the ``TrainResult``."""
 
     def __init__(self, config, run, data, flow, spec, device, checkpoint, progress, fingerprint, stop,
-                 resume_command=None):  # fmt: skip
+                 resume_command=None, processes=None):  # fmt: skip
         self.config, self.directory, self.data, self.spec, self.device = config, run, data, spec, device
+        self.processes = processes or Processes()  # several: only rank 0 writes (see ``distributed``)
         self.fingerprint = fingerprint
         # How to continue a stopped run ("": it cannot be, its directory is temporary).
         self.resume_command = "clayflow train --resume {run_dir}" if resume_command is None else resume_command
@@ -82,7 +85,8 @@ class Trainer:
             if config.ema > 0
             else None
         )
-        self.batches = TrainingBatches(data.train, config.batch_size, config.seed, device, data.loader_options)
+        self.batches = TrainingBatches(data.train, config.batch_size, config.seed, device, data.loader_options,
+                                       part=self.processes.slice(config.batch_size))  # fmt: skip
         discrete = spec.discrete if spec is not None else []
         self.noise_factor = input_noise_factor(config.input_noise, data, discrete, device)
         self.step, self.train_seconds = 0, 0.0
@@ -93,12 +97,18 @@ class Trainer:
             self.objective = partial(maximum_likelihood, kinetic=config.kinetic, jacobian=config.jacobian)
         if config.compile:
             self.objective = torch.compile(self.objective)
+        # The step's loss, through DistributedDataParallel on several processes (it averages the gradients).
+        self.step_loss = self.processes.parallel(StepObjective(self.flow, self.objective), device)
         self.last_saved_step = None
         self.skipped, self.skipped_in_a_row = 0, 0  # --nonfinite skip: since the last row, and in a row
         self.best = BestModel()
         if checkpoint is not None:
             self._restore(checkpoint)
-        self.metrics = MetricsLog(run.path / "metrics.csv", resume_step=self.step if checkpoint else None)
+        self.metrics = (
+            MetricsLog(run.path / "metrics.csv", resume_step=self.step if checkpoint else None)
+            if self.processes.main
+            else None
+        )
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.stop = stop  # the signal that asked training to stop, checked between steps
         self.watch = Watch()
@@ -131,6 +141,9 @@ class Trainer:
         }
 
     def _save(self) -> None:
+        if not self.processes.main:
+            self.last_saved_step = self.step
+            return
         with self._writing("checkpoint"):
             save_checkpoint(self.run_dir / CHECKPOINT_NAME, self._payload())
             self.directory.checkpoint_written(self.step)  # a replacement takes the old run's place
@@ -208,6 +221,13 @@ class Trainer:
                 with self._writing("TensorBoard events"):
                     self.tensorboard = TensorBoardLog(self.run_dir, purge_step=self.step or None)
             return self._run(torch.get_num_threads())
+        except RuntimeError as exc:  # a collective whose peer died (torchrun then ends this process too)
+            if not (self.processes.distributed and is_peer_failure(exc)):
+                raise
+            raise TrainingStopped(
+                f"another process of this run failed at step {self.step} ({peer_failure_cause(exc)}); "
+                f"{self._kept()}. See that process's error, {self._then()}"
+            ) from None
         finally:
             torch.set_num_threads(threads_before)
             self.batches.close()
@@ -216,10 +236,10 @@ class Trainer:
 
     def _run(self, threads: int) -> TrainResult:
         config = self.config
-        progress = Progress(config.steps, self.step, self.progress, config.eval_every)
+        progress = Progress(config.steps, self.step, self.progress, config.eval_every, silent=not self.processes.main)
         progress.write(start_line(
             config.model, self.flow, self.data, self.device, threads, config.steps, config.batch_size,
-            self.step, self.directory.final if self.resume_command else "(temporary)",
+            self.step, self.directory.final if self.resume_command else "(temporary)", self.processes.world,
         ))  # fmt: skip
         if self.step == config.steps and self.last_saved_step is not None:
             progress.write(f"the run has already reached step {self.step} of --steps {config.steps}: nothing "
@@ -237,7 +257,8 @@ class Trainer:
                 self._save()
             progress.restart_clock()  # the rate and time left are of training steps
         while self.step < config.steps and not self._out_of_patience():
-            if self.stop.signum is not None:
+            if self.processes.agree(self.stop.signum is not None):
+                self.stop.signum = self.stop.signum or signal.SIGTERM  # another process's signal
                 progress.close()
                 self._stop_for_signal()
             taken = self._train_step()
@@ -314,16 +335,21 @@ class Trainer:
     def _train_step(self) -> tuple[float, float] | None:
         """One optimisation step: ``(loss, grad_norm)``, or None when a non-finite loss or
         gradient was skipped (``--nonfinite skip``; the batch is consumed, the step is not)."""
+        if self.processes.distributed:  # each process's own noise, reproducible on resume
+            torch.manual_seed(self.processes.step_seed(self.config.seed, self.step))
         batch = self.batches.next()
         if self.noise_factor is not None:
             batch = batch + torch.randn_like(batch) @ self.noise_factor.T
-        step_loss = self.objective(self.flow, batch)
+        step_loss = self.step_loss(batch)
         self.optimizer.zero_grad(set_to_none=True)
         step_loss.loss.backward()
         max_norm = self.config.clip if self.config.clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.flow.parameters(), max_norm)
         # One host sync per step (on a GPU, each .item() would wait for the device).
-        loss_value, grad_norm = torch.stack([step_loss.loss.detach().double(), grad_norm.double()]).tolist()
+        values = torch.stack([step_loss.loss.detach().double(), grad_norm.double()])
+        if self.processes.distributed:  # the global batch's loss (the gradients are averaged already)
+            values[0] = self.processes.mean(values[0])
+        loss_value, grad_norm = values.tolist()
         if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
             what = "loss" if not math.isfinite(loss_value) else "gradient norm"
             if self.config.nonfinite == "skip" and self.skipped_in_a_row < MAX_SKIPS_IN_A_ROW:
@@ -382,7 +408,8 @@ class Trainer:
             "skipped_steps": self.skipped,
         }
         with self._writing("metrics"):
-            self.metrics.append(row)
+            if self.metrics is not None:
+                self.metrics.append(row)
             if self.tensorboard is not None:
                 self.tensorboard.metrics(row)
         self.skipped = 0
@@ -410,6 +437,8 @@ class Trainer:
             progress.write(warning)
 
     def _save_best(self, val_nll: float) -> None:
+        if not self.processes.main:
+            return
         payload = {
             "model_spec": self.spec.to_dict() if self.spec is not None else None,
             "data_columns": self.data.columns,
@@ -422,7 +451,11 @@ class Trainer:
 
     def _finish(self) -> TrainResult:
         """Evaluate the selected weights on the test data and write ``results.json``. A flow
-        without a spec (``clayflow.fit``'s, the caller's own) takes the selected weights."""
+        without a spec (``clayflow.fit``'s, the caller's own) takes the selected weights. On
+        several processes, rank 0 evaluates and writes; the others return no test NLL."""
+        if not self.processes.main:
+            return TrainResult(self.run_dir, self.step, math.nan, math.nan, self.best.val_nll, self.train_seconds,
+                               self.best.step or self.step, self.config.patience, self._stopped_early())  # fmt: skip
         if self.best.step is not None:
             best = read_checkpoint(self.run_dir / BEST_NAME)
             flow = flow_from_checkpoint(best).to(self.device) if self.spec is not None else None

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from clayflow.core import Flow
 from clayflow.errors import UsageError
@@ -45,6 +45,18 @@ class StepLoss:
     def nfe(self) -> tuple[int, int]:
         """Function evaluations of all solves of this step: (forward, backward)."""
         return sum(s.nfe_forward for s in self.solves), sum(s.nfe_backward for s in self.solves)
+
+
+class StepObjective(nn.Module):
+    """A training objective as a module, ``forward(x) -> StepLoss``, so that
+    ``DistributedDataParallel`` can wrap it and average the gradients of its backward pass."""
+
+    def __init__(self, flow: Flow, objective):
+        super().__init__()
+        self.flow, self.objective = flow, objective
+
+    def forward(self, x: Tensor) -> StepLoss:
+        return self.objective(self.flow, x)
 
 
 def maximum_likelihood(flow: Flow, x: Tensor, kinetic: float = 0.0, jacobian: float = 0.0) -> StepLoss:

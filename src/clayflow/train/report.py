@@ -50,7 +50,7 @@ def auto_threads(flow: nn.Module, data: Dataset, batch_size: int) -> int | None:
 
 
 def start_line(model: str, flow: nn.Module, data: Dataset, device: torch.device, threads: int,
-               steps: int, batch_size: int, reached: int, run_dir) -> str:  # fmt: skip
+               steps: int, batch_size: int, reached: int, run_dir, processes: int = 1) -> str:  # fmt: skip
     """One line: what trains on what, where, for how long, into which directory."""
     rows = "/".join(f"{len(split):,}" for split in (data.train, data.val, data.test))
     if data_kind(data.event_shape) == VECTOR:
@@ -61,7 +61,8 @@ def start_line(model: str, flow: nn.Module, data: Dataset, device: torch.device,
     plan = f"steps {reached}-{steps}" if reached else f"{steps} steps"
     return (
         f"training {model} ({parameter_count(flow):,} parameters) on {data.name}: {what}; "
-        f"{device}, {threads} thread{'s' if threads != 1 else ''}; {plan} of batch {batch_size}; "
+        f"{f'{processes} processes of ' if processes > 1 else ''}{device}, {threads} thread{'s' if threads != 1 else ''}"
+        f"; {plan} of batch {batch_size}; "
         f"run directory {run_dir}"
     )
 
@@ -90,9 +91,9 @@ class Progress:
     ``LOG_STEPS`` steps, and a line at least every ``LOG_SECONDS`` (an evaluation's, or the
     step reached), each with the rate and the time left."""
 
-    def __init__(self, total: int, initial: int, bar: bool, eval_every: int):
-        self.total, self.initial = total, initial
-        self.bar = tqdm(total=total, initial=initial, dynamic_ncols=True, leave=True) if bar else None
+    def __init__(self, total: int, initial: int, bar: bool, eval_every: int, silent: bool = False):
+        self.total, self.initial, self.silent = total, initial, silent  # silent: a process other than rank 0
+        self.bar = tqdm(total=total, initial=initial, dynamic_ncols=True, leave=True) if bar and not silent else None
         self.print_every = eval_every * max(1, round(LOG_STEPS / eval_every))
         self.started = self.last_line = time.perf_counter()
 
@@ -128,6 +129,8 @@ class Progress:
             self.write(f"{line}  ({self.eta(step)})" if step > self.initial else line)
 
     def write(self, line: str) -> None:
+        if self.silent:
+            return
         if self.bar is not None:
             self.bar.write(line, file=sys.stderr)
         else:

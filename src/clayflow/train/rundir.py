@@ -311,6 +311,29 @@ class ExistingRun:
         self.lock.release()
 
 
+class ReadOnlyRun:
+    """A run as the processes other than rank 0 of a distributed run see it: they read its
+    checkpoint to resume, and never write, lock or remove anything."""
+
+    pending = False
+    removed_on_failure = False
+
+    def __init__(self, path: Path):
+        self.path = self.final = path
+
+    def remove_stale_temporaries(self) -> None:
+        """Rank 0's business."""
+
+    def checkpoint_written(self, step: int) -> None:
+        """Rank 0 writes the checkpoints."""
+
+    def abandon(self) -> None:
+        """Rank 0 undoes what it wrote."""
+
+    def release(self) -> None:
+        """Nothing is locked here."""
+
+
 def _has_entries(path: Path) -> bool:
     return any(path.iterdir())
 

@@ -81,8 +81,10 @@ class TrainingBatches:
         seed: int,
         device: torch.device,
         loader_options: dict[str, Any] | None = None,
+        part: slice = slice(None),
     ):
         self.sampler = BatchSampler(len(examples), batch_size, seed)
+        self.part = part  # this process's slice of each global batch (``distributed.Processes.slice``)
         self.device, self.seed = device, seed
         self.examples = examples.to(device) if isinstance(examples, Tensor) else examples
         self.loader_options = loader_options or {}
@@ -93,7 +95,7 @@ class TrainingBatches:
     def next(self) -> Tensor:
         """The next batch ``(batch_size, *event_shape)``."""
         if isinstance(self.examples, Tensor):
-            return self.examples[self.sampler.next().to(self.examples.device)].float()
+            return self.examples[self.sampler.next()[self.part].to(self.examples.device)].float()
         if self._loader is None:
             loader = DataLoader(  # a private generator: the loader's seed draw leaves torch's stream alone
                 self.examples,
@@ -109,7 +111,7 @@ class TrainingBatches:
     def _indices(self) -> Iterator[list[int]]:
         """The sampler's batches, as the loader asks for them (in this process)."""
         while True:
-            indices = self.sampler.next().tolist()
+            indices = self.sampler.next()[self.part].tolist()
             self._pending.append(self.sampler.state_dict())
             yield indices
 

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from clayflow.data import load_dataset
 from clayflow.errors import ClayflowError, UsageError
 from clayflow.train.checkpoint import CHECKPOINT_NAME, read_checkpoint
 from clayflow.train.config import TrainConfig, config_from_dict
+from clayflow.train.distributed import check_distributable, processes_from_environment
 from clayflow.train.loop import Trainer, TrainingInterrupted
 from clayflow.train.resume import (
     check_can_start_over,
@@ -20,7 +23,7 @@ from clayflow.train.resume import (
     saved_discrete_columns,
 )
 from clayflow.train.run import TrainResult, read_json, write_json
-from clayflow.train.rundir import ExistingRun, NewRun, default_run_dir
+from clayflow.train.rundir import ExistingRun, NewRun, ReadOnlyRun, default_run_dir
 from clayflow.train.setup import build_flow, data_defaults, resolve_device
 from clayflow.train.signals import StopRequest
 from clayflow.train.tracking import check_available
@@ -67,9 +70,14 @@ def start_training(config, run_dir, resume, force, progress, stop, setup=None, r
         config = resumed_config(Path(run_dir), config.to_dict() if config is not None else {})
     else:
         config = config_from_dict(config.to_dict(), source="TrainConfig")
-    run = ExistingRun(Path(run_dir)) if resume else None  # locked before anything is read
+    processes = processes_from_environment()  # torchrun's processes, or this one
+    run = None
+    if resume:  # locked before anything is read (by rank 0, the one process that writes)
+        run = ExistingRun(Path(run_dir)) if processes.main else ReadOnlyRun(Path(run_dir))
     try:
         device = resolve_device(config.device)
+        if processes.distributed and device.type == "cuda":
+            device = torch.device("cuda", processes.local_rank)
         if config.tensorboard:
             check_available()
         checkpoint = None
@@ -77,6 +85,7 @@ def start_training(config, run_dir, resume, force, progress, stop, setup=None, r
             checkpoint = read_checkpoint(run.path, map_location="cpu")
         config, data, flow, spec = (setup or setup_from_config)(config, checkpoint, new_run=not resume)
         fingerprint = data_fingerprint(data)
+        check_distributable(processes, config.batch_size, config.batch_norm)
         if run is not None:
             if checkpoint is not None:
                 check_same_run(checkpoint, spec, config, fingerprint, run.path)
@@ -88,16 +97,20 @@ def start_training(config, run_dir, resume, force, progress, stop, setup=None, r
                                       stop.exit_code)  # fmt: skip
         if run is not None:
             run.remove_stale_temporaries()
-        else:
+        elif processes.main:
             unique = run_dir is None
             run = NewRun(default_run_dir(config.model, config.data) if unique else Path(run_dir),
                          force=force, unique=unique)  # fmt: skip
-        try:  # with the marker, so that a run directory always holds both
-            write_json(run.path / "config.json", config.to_dict())
-        except OSError as exc:
-            raise ClayflowError(f"cannot write {run.path / 'config.json'}: {exc.strerror or exc}") from None
+        if run is None or processes.distributed and not resume:  # the other processes learn where rank 0 writes
+            path = processes.share(str(run.path) if processes.main else None)
+            run = run if processes.main else ReadOnlyRun(Path(path))
+        if processes.main:
+            try:  # with the marker, so that a run directory always holds both
+                write_json(run.path / "config.json", config.to_dict())
+            except OSError as exc:
+                raise ClayflowError(f"cannot write {run.path / 'config.json'}: {exc.strerror or exc}") from None
         trainer = Trainer(config, run, data, flow, spec, device, checkpoint, progress, fingerprint, stop,
-                          resume_command=resume_command)  # fmt: skip
+                          resume_command=resume_command, processes=processes)  # fmt: skip
         return trainer.run()
     except BaseException:
         if run is not None:

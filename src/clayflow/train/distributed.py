@@ -1,0 +1,144 @@
+"""Training on several processes with PyTorch's own engine: ``torchrun`` starts them (its
+``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and rendezvous variables), ``torch.distributed``
+connects them (gloo on CPU, nccl on CUDA), and ``DistributedDataParallel`` averages the
+gradients.
+
+How a run stays the same run whatever the number of processes N:
+
+* every process draws the same *global* batch of ``--batch-size`` examples (one
+  ``BatchSampler`` from the run's seed) and trains on its contiguous slice of B / N examples;
+  the mean of the N slices' gradients is the gradient of the global batch, so one step of N
+  processes equals one step of 1 process up to float rounding, and a checkpoint resumes with
+  any N;
+* the random draws of a step (dequantization noise, dropout, Hutchinson probes) come from a
+  seed derived from the run's seed, the rank and the step, so no two processes share noise,
+  and a resumed run (with the same N) draws what the uninterrupted one did;
+* every process evaluates the whole validation and test sets with the same evaluation seed,
+  so all of them take the same decisions (best model, early stopping) with no communication,
+  and every example is counted once;
+* only rank 0 writes (the run directory, checkpoints, metrics, plots, the console);
+* a stop signal is agreed on by all processes before the next step (one all-reduce of a flag).
+
+Batch-norm flow layers keep per-process statistics, which would make the model depend on N:
+they are refused with more than one process.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from clayflow.errors import UsageError, first_line
+
+STEP_SEED_STRIDE = 1_000_003  # a prime: (seed, rank, step) -> distinct seeds for realistic sizes
+
+
+@dataclass(frozen=True)
+class Processes:
+    """This process's place among the ``world`` processes of a run (1 when not distributed)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        """Whether this process writes (rank 0)."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    def slice(self, batch_size: int) -> slice:
+        """This process's part of a global batch of ``batch_size`` examples."""
+        per_process = batch_size // self.world
+        return slice(self.rank * per_process, (self.rank + 1) * per_process)
+
+    def step_seed(self, seed: int, step: int) -> int:
+        """The seed of this process's random draws in optimisation step ``step``."""
+        return (seed + STEP_SEED_STRIDE * (step * self.world + self.rank + 1)) % (2**63)
+
+    def agree(self, flag: bool) -> bool:
+        """Whether any process says ``flag`` (all of them get the same answer)."""
+        if not self.distributed:
+            return flag
+        value = torch.tensor([1.0 if flag else 0.0], device=_collective_device())
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
+
+    def mean(self, value: torch.Tensor) -> torch.Tensor:
+        """The mean of a scalar ``value`` over the processes."""
+        if not self.distributed:
+            return value
+        total = value.detach().to(_collective_device(), torch.float64).reshape(1)
+        dist.all_reduce(total)
+        return (total / self.world).to(value)[0]
+
+    def share(self, value):
+        """Rank 0's ``value`` (any picklable object), on every process."""
+        if not self.distributed:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def parallel(self, module: nn.Module, device: torch.device) -> nn.Module:
+        """``module`` wrapped in ``DistributedDataParallel`` (the module itself on one process)."""
+        if not self.distributed:
+            return module
+        ids = [device.index if device.index is not None else self.local_rank] if device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(module, device_ids=ids)
+
+
+def processes_from_environment() -> Processes:
+    """The processes ``torchrun`` started (``WORLD_SIZE`` > 1), with the process group
+    initialised (gloo on CPU, nccl when this process has a GPU), or one process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Processes()
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() and os.environ.get("CLAYFLOW_BACKEND") != "gloo" else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend)
+    return Processes(rank, world, local_rank)
+
+
+def is_peer_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collective failing because another process died or stopped."""
+    return isinstance(exc, dist.DistError) or "closed by peer" in str(exc) or "Connection reset" in str(exc)
+
+
+def peer_failure_cause(exc: BaseException) -> str:
+    """The backend's reason, without its source location: ``Connection closed by peer ...``."""
+    text = re.sub(r"^\[[^\]]*\]\s*", "", first_line(exc))
+    return text.split(". ")[0][:100]
+
+
+def check_distributable(processes: Processes, batch_size: int, batch_norm: bool | None) -> None:
+    """Refuse what would make a run depend on the number of processes."""
+    if not processes.distributed:
+        return
+    if batch_size % processes.world:
+        raise UsageError(
+            f"--batch-size {batch_size} is the global batch, split over {processes.world} processes; "
+            f"give a multiple of {processes.world}"
+        )
+    if batch_norm:
+        raise UsageError(
+            "--batch-norm keeps statistics per process, so the model would depend on the number of "
+            "processes; train without it, or on one process"
+        )
+
+
+def _collective_device() -> torch.device:
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
