@@ -41,10 +41,13 @@ def test_two_processes_train_the_run_one_process_trains(tmp_path, steps):
 
 
 def test_nproc_launches_torchrun_on_this_machine(tmp_path):
-    command = [sys.executable, "-m", "clayflow", "train", "--nproc", "2", *SMALL, "--steps", "3", "--out", tmp_path / "run"]
+    """``--nproc 2`` runs torchrun; rank 0 alone writes (one TensorBoard events file too)."""
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "clayflow", "train", "--nproc", "2", *SMALL, "--steps", "3", "--tensorboard", "--out", run]
     launched = subprocess.run(list(map(str, command)), capture_output=True, text=True, timeout=600, check=False)
     assert launched.returncode == 0, launched.stderr
-    assert "2 processes of cpu" in launched.stderr and (tmp_path / "run" / "results.json").exists()
+    assert "2 processes of cpu" in launched.stderr and (run / "results.json").exists()
+    assert len(list((run / "tensorboard").glob("events.*"))) == 1
 
 
 def test_a_cnf_with_exact_trace_and_fixed_steps_trains_the_same_on_two(tmp_path):

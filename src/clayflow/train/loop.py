@@ -217,7 +217,7 @@ class Trainer:
         threads = self.config.threads or auto_threads(self.flow, self.data, self.config.batch_size)
         try:
             torch.set_num_threads(threads or threads_before)
-            if self.config.tensorboard:
+            if self.config.tensorboard and self.processes.main:
                 with self._writing("TensorBoard events"):
                     self.tensorboard = TensorBoardLog(self.run_dir, purge_step=self.step or None)
             return self._run(torch.get_num_threads())
