@@ -50,6 +50,23 @@ def test_nproc_launches_torchrun_on_this_machine(tmp_path):
     assert len(list((run / "tensorboard").glob("events.*"))) == 1
 
 
+def test_nproc_runs_the_command_it_was_given(monkeypatch, tmp_path):
+    """From Python too (``main(argv)``, not ``sys.argv``): torchrun runs ``argv`` without ``--nproc``."""
+    import clayflow.cli.main as cli
+
+    launched = []
+
+    def execv(path, command):  # replaces this process in earnest; here it only records
+        launched.append(command)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(cli.os, "execv", execv)
+    with pytest.raises(SystemExit):
+        main(["--debug", "train", "--nproc", "2", "--steps", "3", "--out", str(tmp_path / "run")])
+    assert launched[0][-7:] == ["clayflow", "--debug", "train", "--steps", "3", "--out", str(tmp_path / "run")]
+    assert "--nproc_per_node=2" in launched[0] and not (tmp_path / "run").exists()
+
+
 def test_a_cnf_with_exact_trace_and_fixed_steps_trains_the_same_on_two(tmp_path):
     cnf = ["--model", "cnf", "--solver", "rk4", "--step-size", "0.25", "--trace", "exact", "--steps", "3"]
     two = on_two(*SMALL[:2], *SMALL[4:], *cnf, "--out", tmp_path / "two")

@@ -252,7 +252,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from clayflow.train.tracking import log_pictures
 
     if args.nproc is not None:
-        _launch_processes(args.nproc)
+        _launch_processes(args.nproc, args.argv)
     processes = processes_from_environment()  # under torchrun: rank 0 alone prints and plots
     if not processes.main and not os.environ.get("CLAYFLOW_ALL_RANKS"):  # set it to see every process
         sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
@@ -282,12 +282,11 @@ def _restarted_by_torchrun() -> bool:
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
 
 
-def _launch_processes(count: int) -> None:
-    """Run this same command as ``count`` processes on this machine under ``torchrun``
-    (``--standalone`` rendezvous), in place of this process."""
+def _launch_processes(count: int, argv: list[str]) -> None:
+    """Run the command ``argv`` (without ``--nproc``) as ``count`` processes on this machine
+    under ``torchrun`` (``--standalone`` rendezvous), in place of this process."""
     if count < 1:
         raise UsageError(f"--nproc must be at least 1, got {count}")
-    argv = sys.argv[1:]
     rest = [a for i, a in enumerate(argv) if a != "--nproc" and (i == 0 or argv[i - 1] != "--nproc")]
     rest = [a for a in rest if not a.startswith("--nproc=")]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={count}",
@@ -488,6 +487,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = False
     try:
         args = build_parser().parse_args(argv)
+        args.argv = list(argv) if argv is not None else sys.argv[1:]  # as given (--nproc runs it again)
         debug = args.debug
         return args.handler(args)
     except ClayflowError as exc:  # UsageError: 2; training stopped by a signal: 128 + its number
