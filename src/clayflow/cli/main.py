@@ -246,17 +246,18 @@ def resolve_train_config(args: argparse.Namespace):
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train into a run directory, print the test NLL and write the plots."""
+    from clayflow.cli.processes import launch_processes, restarted_by_torchrun
     from clayflow.train import load, train
     from clayflow.train.distributed import processes_from_environment
     from clayflow.train.resume import read_run_config
     from clayflow.train.tracking import log_pictures
 
     if args.nproc is not None:
-        _launch_processes(args.nproc, args.argv)
+        launch_processes(args.nproc, args.argv)
     processes = processes_from_environment()  # under torchrun: rank 0 alone prints and plots
     if not processes.main and not os.environ.get("CLAYFLOW_ALL_RANKS"):  # set it to see every process
         sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
-    restarted = _restarted_by_torchrun() and args.out and not args.resume and not args.force
+    restarted = restarted_by_torchrun() and args.out and not args.resume and not args.force
     if restarted and (Path(args.out) / "checkpoints" / "last.pt").is_file():  # continue the failed attempt's run
         args.resume = args.out
     config, run_dir = resolve_train_config(args)
@@ -275,25 +276,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         if read_run_config(result.run_dir).tensorboard:
             log_pictures(result.run_dir, paths, result.steps)
     return 0
-
-
-def _restarted_by_torchrun() -> bool:
-    """Whether torchrun's elastic agent restarted this job after a failure (``--max-restarts``)."""
-    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
-
-
-def _launch_processes(count: int, argv: list[str]) -> None:
-    """Run the command ``argv`` (without ``--nproc``) as ``count`` processes on this machine
-    under ``torchrun`` (``--standalone`` rendezvous), in place of this process."""
-    if count < 1:
-        raise UsageError(f"--nproc must be at least 1, got {count}")
-    rest = [a for i, a in enumerate(argv) if a != "--nproc" and (i == 0 or argv[i - 1] != "--nproc")]
-    rest = [a for a in rest if not a.startswith("--nproc=")]
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={count}",
-               "-m", "clayflow", *rest]  # fmt: skip
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execv(sys.executable, command)
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -357,13 +339,14 @@ def _write_images(path: str, images: torch.Tensor, levels: int) -> None:
 
 def cmd_score(args: argparse.Namespace) -> int:
     """Write the log-likelihood (nats, data units) and bits/dim of each example of ``--data``."""
+    from clayflow.cli.inputs import examples_to_score
     from clayflow.data.tabular import check_output_path, write_table
     from clayflow.train.evaluate import log_prob_in_chunks
 
     check_output_path(args.out, force=args.force)  # fail before the expensive part
     flow, payload = _load_run(args.run, args.device)
     spec = payload["model_spec"]
-    x, files = _examples_to_score(args.data, spec, payload.get("data_columns"))
+    x, files = examples_to_score(args.data, spec, payload.get("data_columns"))
     log_prob = log_prob_in_chunks(flow, x).numpy()
     bits_per_dim = -log_prob / (x[0].numel() * np.log(2))
     if args.out.lower().endswith(".npy"):
@@ -378,64 +361,6 @@ def cmd_score(args: argparse.Namespace) -> int:
         f"({bits_per_dim.mean():.4f} bits/dim); wrote {args.out}"
     )
     return 0
-
-
-def _examples_to_score(
-    data: str, spec: dict, data_columns: list[str] | None = None
-) -> tuple[torch.Tensor, list[str] | None]:
-    """The examples of ``data`` as a tensor, checked against the model's data shape:
-    every image of ``images:DIR`` (and their file names), the rows of a table file, or a
-    dataset's test split.
-
-    Table columns are matched to the training columns (``data_columns``) by name when both
-    have names, else by position. Shape: ``(N, *event_shape)`` float32; names: None but for
-    a folder of images.
-    """
-    files = None
-    from clayflow.data import load_dataset, looks_like_path
-    from clayflow.data.images import is_image_spec, load_image_source
-    from clayflow.data.tabular import align_columns, read_table
-
-    shape = tuple(spec.get("event_shape") or [spec["features"]])
-    levels = spec.get("levels")
-    if data.startswith("images:"):
-        source = load_image_source(data)
-        values, files = source.images, source.files
-    elif data.lower().endswith(".npy") and levels is not None:
-        values = _read_image_array(data)
-    elif looks_like_path(data) and not is_image_spec(data):
-        values, names = read_table(data)
-        values = align_columns(values, names, data_columns, data)
-    else:
-        dataset = load_dataset(data)
-        values = align_columns(dataset.test.numpy(), dataset.columns, data_columns, data)
-    if tuple(values.shape[1:]) != shape:
-        if len(shape) == 1 and values.ndim == 2:
-            raise ClayflowError(
-                f"{data} has {values.shape[1]} columns but the model was trained on {shape[0]}"
-            )
-        raise ClayflowError(
-            f"{data} holds examples of shape {tuple(values.shape[1:])} but the model was trained on {shape}"
-        )
-    if levels is not None and (
-        values.min() < 0 or values.max() >= levels or not np.all(np.mod(values, 1) == 0)
-    ):
-        raise ClayflowError(
-            f"{data} must hold integer levels in [0, {levels - 1}], as the training images did"
-        )
-    return torch.as_tensor(np.ascontiguousarray(values), dtype=torch.float32), files
-
-
-def _read_image_array(path: str) -> np.ndarray:
-    try:
-        values = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise ClayflowError(f"cannot read {path} as a numeric .npy array: {exc}") from None
-    if not np.issubdtype(values.dtype, np.number) or values.ndim != 4:
-        raise ClayflowError(
-            f"{path} must hold a numeric (N, C, H, W) array, got {values.dtype} {values.shape}"
-        )
-    return values
 
 
 def cmd_plot(args: argparse.Namespace) -> int:

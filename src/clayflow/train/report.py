@@ -38,6 +38,7 @@ OVERFIT_SPAN = 0.1
 
 
 def parameter_count(flow: nn.Module) -> int:
+    """The number of scalar parameters of ``flow`` (trainable or not)."""
     return sum(p.numel() for p in flow.parameters())
 
 
