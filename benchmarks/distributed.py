@@ -1,12 +1,16 @@
-"""Training throughput on 1 process against N processes of this machine (torchrun, gloo on
-the CPU, nccl with ``--device cuda``): steps/s and examples/s of ``clayflow train``.
+"""1 process against N processes of this machine (torchrun, gloo on the CPU, nccl with
+``--device cuda``) for ``clayflow train``: the same run, and how fast.
 
-    python benchmarks/distributed.py [--nproc 2] [--repeats 3] [--device cpu]
+    python benchmarks/distributed.py [--nproc 2] [--repeats 3] [--device cpu] [--part all]
 
-For each workload (the default moons RealNVP, batch 512; the digits image RealNVP, batch 64)
-it runs 1 and N processes in interleaved blocks and prints the median [min-max] training
-steps/s (``train_seconds`` of ``results.json``: the optimisation steps, evaluations left out)
-and examples/s (the global batch times steps/s), with the ratio N / 1.
+``equivalence``: for RealNVP on moons (the default model), Glow on digits images and FFJORD
+(rk4 with fixed steps, Hutchinson's estimator) it trains 1 and 20 steps of a global batch of 64
+on 1 process and on N, and prints the largest difference of any weight.
+
+``speed``: for each workload (the default moons RealNVP, batch 512; the digits RealNVP and
+Glow, batch 64) it runs 1 and N processes in interleaved blocks and prints the median
+[min-max] training steps/s (``train_seconds`` of ``results.json``: the optimisation steps,
+evaluations left out) and examples/s (the global batch times steps/s), with the ratio N / 1.
 """
 
 from __future__ import annotations
@@ -19,23 +23,55 @@ import sys
 import tempfile
 from pathlib import Path
 
+import torch
+
 WORKLOADS = {
     "moons realnvp, batch 512": ["--data", "moons", "--steps", "300", "--batch-size", "512"],
     "digits realnvp, batch 64": ["--data", "digits", "--steps", "40", "--batch-size", "64"],
+    "digits glow, batch 64": ["--data", "digits", "--model", "glow", "--steps", "40", "--batch-size", "64"],
 }
+SAME_RUN = {
+    "moons realnvp": ["--data", "moons"],
+    "digits glow": ["--data", "digits", "--model", "glow"],
+    "moons cnf (rk4, hutchinson)": ["--data", "moons", "--model", "cnf", "--solver", "rk4", "--step-size", "0.25"],
+}
+
+
+def train(processes: int, args: list[str], device: str, run: Path) -> dict:
+    """``clayflow train ARGS`` on ``processes`` processes into ``run``: its ``results.json``."""
+    launch = [sys.executable, "-m", "clayflow", "train"]
+    if processes > 1:
+        launch = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                  f"--nproc_per_node={processes}", "-m", "clayflow", "train"]  # fmt: skip
+    command = [*launch, *args, "--device", device, "--no-plots", "--out", str(run)]
+    subprocess.run(command, check=True, capture_output=True)
+    return json.loads((run / "results.json").read_text())
 
 
 def steps_per_second(processes: int, args: list[str], device: str) -> float:
     with tempfile.TemporaryDirectory() as scratch:
-        run = Path(scratch) / "run"
-        launch = [sys.executable, "-m", "clayflow", "train"]
-        if processes > 1:
-            launch = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                      f"--nproc_per_node={processes}", "-m", "clayflow", "train"]  # fmt: skip
-        command = [*launch, *args, "--device", device, "--eval-every", "100000", "--no-plots", "--out", str(run)]
-        subprocess.run(command, check=True, capture_output=True)
-        result = json.loads((run / "results.json").read_text())
+        result = train(processes, [*args, "--eval-every", "100000"], device, Path(scratch) / "run")
         return result["steps"] / result["train_seconds"]
+
+
+def largest_difference(processes: int, args: list[str], device: str) -> float:
+    """The largest absolute difference of any weight between the run on 1 process and on N."""
+    with tempfile.TemporaryDirectory() as scratch:
+        weights = []
+        for n in (1, processes):
+            train(n, args, device, Path(scratch) / str(n))
+            weights.append(torch.load(Path(scratch) / str(n) / "checkpoints" / "last.pt", weights_only=True)["model"])
+        return max((weights[0][k].double() - weights[1][k].double()).abs().max().item() for k in weights[0])
+
+
+def equivalence(nproc: int, device: str) -> None:
+    for name, workload in SAME_RUN.items():
+        differences = [
+            largest_difference(nproc, [*workload, "--batch-size", "64", "--steps", str(steps)], device)
+            for steps in (1, 20)
+        ]
+        print(f"{name}: largest weight difference, 1 vs {nproc} processes: "
+              f"{differences[0]:.1e} after 1 step, {differences[1]:.1e} after 20 steps")  # fmt: skip
 
 
 def main() -> None:
@@ -43,8 +79,13 @@ def main() -> None:
     parser.add_argument("--nproc", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--part", choices=["all", "equivalence", "speed"], default="all")
     args = parser.parse_args()
     print(f"# distributed: 1 vs {args.nproc} processes, device {args.device}, seed 0, {args.repeats} repeats")
+    if args.part in ("all", "equivalence"):
+        equivalence(args.nproc, args.device)
+    if args.part == "equivalence":
+        return
     for name, workload in WORKLOADS.items():
         batch = int(workload[workload.index("--batch-size") + 1])
         rates = {1: [], args.nproc: []}

@@ -1,6 +1,8 @@
 """Training on 2 processes (torchrun, gloo on the CPU) is the same run as on 1: the global
 batch is split, DistributedDataParallel averages the gradients, rank 0 alone writes."""
 
+import csv
+import json
 import os
 import subprocess
 import sys
@@ -29,15 +31,37 @@ def largest_difference(a, b) -> float:
     return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
 
 
-@pytest.mark.parametrize("steps", [1, 20])
-def test_two_processes_train_the_run_one_process_trains(tmp_path, steps):
-    """One step, and 20, of 2 processes x 32 examples equal 1 process x 64, to float rounding."""
-    two = on_two(*SMALL, "--steps", steps, "--out", tmp_path / "two")
+def same_run(one: Path, two: Path, tolerance: float = 1e-6) -> None:
+    """Runs ``one`` and ``two`` hold the same weights, and the same validation and test NLL
+    (evaluated on 1 process, and shared out over 2)."""
+    assert largest_difference(weights(one), weights(two)) < tolerance
+    val = [[float(row["val_nll"]) for row in csv.DictReader((run / "metrics.csv").open())] for run in (one, two)]
+    assert len(val[0]) == len(val[1]) > 1 and max(abs(a - b) for a, b in zip(*val)) < 1e-4
+    results = [json.loads((run / "results.json").read_text()) for run in (one, two)]
+    assert abs(results[0]["test_nll"] - results[1]["test_nll"]) < 1e-4
+
+
+@pytest.mark.parametrize("options", [["--steps", "1"], ["--steps", "20", "--dropout", "0.2", "--input-noise", "0.05"]])
+def test_two_processes_train_the_run_one_process_trains(tmp_path, options):
+    """One step, and 20 (with dropout and input noise: drawn per example of the global
+    batch), of 2 processes x 32 examples equal 1 process x 64, to float rounding."""
+    two = on_two(*SMALL, *options, "--out", tmp_path / "two")
     assert two.returncode == 0, two.stderr
-    assert main(["train", *SMALL, "--steps", str(steps), "--out", str(tmp_path / "one")]) == 0
-    assert largest_difference(weights(tmp_path / "one"), weights(tmp_path / "two")) < 1e-6
+    assert main(["train", *SMALL, *options, "--out", str(tmp_path / "one")]) == 0
+    same_run(tmp_path / "one", tmp_path / "two")
     assert two.stdout.count("trained realnvp") == 1  # rank 0 alone prints
     assert two.stderr.count("training realnvp (") == 1 and "2 processes of cpu, 1 thread;" in two.stderr
+
+
+def test_glow_on_images_trains_the_same_on_two(tmp_path):
+    """Glow on 8x8 digits: ActNorm initialises on the same rows in both processes, and the
+    dequantization noise of an image is the one it gets on one process."""
+    glow = ["--model", "glow", "--data", "digits", "--hidden", "8", "--layers", "2", "--scales", "2",
+            "--batch-size", "32", "--steps", "10", "--eval-every", "5", "--no-plots"]  # fmt: skip
+    two = on_two(*glow, "--out", tmp_path / "two")
+    assert two.returncode == 0, two.stderr
+    assert main(["train", *glow, "--out", str(tmp_path / "one")]) == 0
+    same_run(tmp_path / "one", tmp_path / "two", tolerance=1e-5)
 
 
 def test_nproc_launches_torchrun_on_this_machine(tmp_path):
@@ -67,12 +91,51 @@ def test_nproc_runs_the_command_it_was_given(monkeypatch, tmp_path):
     assert "--nproc_per_node=2" in launched[0] and not (tmp_path / "run").exists()
 
 
-def test_a_cnf_with_exact_trace_and_fixed_steps_trains_the_same_on_two(tmp_path):
-    cnf = ["--model", "cnf", "--solver", "rk4", "--step-size", "0.25", "--trace", "exact", "--steps", "3"]
-    two = on_two(*SMALL[:2], *SMALL[4:], *cnf, "--out", tmp_path / "two")
+def test_a_cnf_with_fixed_steps_trains_the_same_on_two(tmp_path):
+    """FFJORD with Hutchinson's estimator: each example's probe is the one it gets on one
+    process. (An adaptive solver's steps depend on the whole batch, so only fixed steps match.)"""
+    cnf = ["--model", "cnf", "--solver", "rk4", "--step-size", "0.25", "--steps", "3", "--eval-every", "3"]
+    two = on_two(*SMALL[:2], *SMALL[4:6], *cnf, "--out", tmp_path / "two")
     assert two.returncode == 0, two.stderr
-    assert main(["train", *SMALL[:2], *SMALL[4:], *cnf, "--out", str(tmp_path / "one")]) == 0
+    assert main(["train", *SMALL[:2], *SMALL[4:6], *cnf, "--out", str(tmp_path / "one")]) == 0
     assert largest_difference(weights(tmp_path / "one"), weights(tmp_path / "two")) < 1e-6
+
+
+def test_processes_whose_weights_drift_apart_are_caught(tmp_path):
+    """The end-of-run check: rank 1's weights moved by 1e-3 after step 5 fail the run."""
+    drifted = stopped_on_two(5, "perturb", *SMALL, "--steps", "10", "--out", tmp_path / "run", rank="1")
+    errors = [line for line in drifted.stderr.splitlines() if line.startswith("clayflow: error:")]
+    assert drifted.returncode != 0 and len(errors) == 1, drifted.stderr
+    assert errors[0].startswith("clayflow: error: the weights of the 2 processes differ at the end of training")
+
+
+FIT_ON_TWO = """
+import os, sys, torch, clayflow
+torch.manual_seed(int(os.environ.get("RANK", "0")) if os.environ.get("DIFFERENT_DATA") else 0)
+x = torch.randn(512, 3) @ torch.tensor([[1.0, 0.5, 0.0], [0.0, 1.0, 0.3], [0.0, 0.0, 0.5]])
+flow = clayflow.models.realnvp(3, hidden=16, layers=2)
+result = clayflow.fit(flow, x[:384], val=x[384:448], test=x[448:], steps=15, batch_size=64, progress=False,
+                      out=sys.argv[1] if len(sys.argv) > 1 else None)
+torch.save({"model": flow.state_dict(), "test_nll": result.test_nll}, sys.argv[2 if len(sys.argv) > 2 else 1] + ".pt")
+"""
+
+
+def test_fit_under_torchrun_trains_what_it_trains_on_one(tmp_path):
+    """``clayflow.fit`` in a script that torchrun starts: every process returns the trained
+    flow and the test NLL, equal to one process's."""
+    script = tmp_path / "fit.py"
+    script.write_text(FIT_ON_TWO)
+    two = subprocess.run([*TORCHRUN, str(script), str(tmp_path / "run"), str(tmp_path / "two")],
+                         capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
+    assert two.returncode == 0, two.stderr
+    one = subprocess.run([sys.executable, str(script), str(tmp_path / "one")], capture_output=True, text=True,
+                         timeout=600, check=False)  # fmt: skip
+    assert one.returncode == 0, one.stderr
+    a, b = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    assert largest_difference(a["model"], b["model"]) < 1e-6 and abs(a["test_nll"] - b["test_nll"]) < 1e-6
+    different = subprocess.run([*TORCHRUN, str(script), str(tmp_path / "different")], capture_output=True, text=True,
+                               timeout=600, check=False, env={**os.environ, "DIFFERENT_DATA": "1"})  # fmt: skip
+    assert different.returncode != 0 and "clayflow.errors.UsageError: the 2 processes were given different data" in different.stderr
 
 
 def test_a_two_process_run_resumes_on_two_or_on_one(tmp_path):

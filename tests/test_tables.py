@@ -70,7 +70,7 @@ def test_the_untrained_flow_is_a_candidate_for_the_best_model(tmp_path, monkeypa
     real = loop.evaluate_log_probs
     worse = {"calls": 0}
 
-    def worse_after_step_0(flow, x, loader_options=None):
+    def worse_after_step_0(flow, x, loader_options=None, processes=None):
         worse["calls"] += 1
         return real(flow, x) - (0.0 if worse["calls"] == 1 else 1.0)
 

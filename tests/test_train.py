@@ -314,7 +314,7 @@ def test_checkpoint_records_every_builder_option(tmp_path):
 
 def test_patience_stops_early_and_a_resume_stops_at_the_same_step(tmp_path, monkeypatch, capsys):
     calls = iter(range(100))
-    never_better = lambda flow, x, loader_options=None: torch.full((len(x),), -1.0 - next(calls), dtype=torch.float64)
+    never_better = lambda flow, x, loader_options=None, processes=None: torch.full((len(x),), -1.0 - next(calls), dtype=torch.float64)
     monkeypatch.setattr(loop, "evaluate_log_probs", never_better)
     run = tmp_path / "run"
     config = TrainConfig(**{**SMALL, "steps": 200, "patience": 2})

@@ -6,6 +6,7 @@ from enum import Enum
 
 from torch import Tensor, nn
 
+from clayflow.core import noise
 from clayflow.errors import parse_choice
 
 
@@ -23,6 +24,22 @@ def conditioner_activation(name: str) -> type[nn.Module]:
     """The ``torch.nn`` class of a ``ConditionerActivation`` name (a UsageError lists the choices)."""
     kind = parse_choice(ConditionerActivation, name, "activation")
     return nn.Tanh if kind is ConditionerActivation.TANH else nn.ReLU
+
+
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` whose mask is drawn through ``clayflow.core.noise``: an example gets the
+    same mask whether its batch is trained on one process or split over several.
+
+    Shape: ``(B, *) -> (B, *)``; the identity in eval mode.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0:
+            return x
+        if self.p >= 1:
+            return x * 0
+        keep = noise.rand_like(x) >= self.p
+        return x * keep.to(x.dtype) / (1 - self.p)
 
 
 class MLP(nn.Sequential):
@@ -49,7 +66,7 @@ class MLP(nn.Sequential):
         for _ in range(depth):
             layers += [nn.Linear(width, hidden), activation()]
             if dropout > 0:
-                layers.append(nn.Dropout(dropout))
+                layers.append(Dropout(dropout))
             width = hidden
         layers.append(nn.Linear(width, out_features))
         super().__init__(*layers)
@@ -60,7 +77,7 @@ class ResidualBlock(nn.Module):
 
     def __init__(self, width: int, activation: type[nn.Module] = nn.ReLU, dropout: float = 0.0):
         super().__init__()
-        dropped = [nn.Dropout(dropout)] if dropout > 0 else []  # none at 0: older checkpoints keep their keys
+        dropped = [Dropout(dropout)] if dropout > 0 else []  # none at 0: older checkpoints keep their keys
         self.body = nn.Sequential(activation(), nn.Linear(width, width), activation(), *dropped, nn.Linear(width, width))
 
     def forward(self, h: Tensor) -> Tensor:

@@ -10,21 +10,32 @@ How a run stays the same run whatever the number of processes N:
   the mean of the N slices' gradients is the gradient of the global batch, so one step of N
   processes equals one step of 1 process up to float rounding, and a checkpoint resumes with
   any N;
-* the random draws of a step (dequantization noise, dropout, Hutchinson probes) come from a
-  seed derived from the run's seed, the rank and the step, so no two processes share noise,
-  and a resumed run (with the same N) draws what the uninterrupted one did;
-* every process evaluates the whole validation and test sets with the same evaluation seed,
-  so all of them take the same decisions (best model, early stopping) with no communication,
-  and every example is counted once;
-* only rank 0 writes (the run directory, checkpoints, metrics, plots, the console);
-* a stop signal is agreed on by all processes before the next step (one all-reduce of a flag).
+* the random draws of a step (dequantization noise, dropout masks, Hutchinson probes, input
+  noise) are made per example of the global batch from a seed of (run seed, step), and each
+  process keeps its rows (``clayflow.core.noise``): no two processes share noise, an example
+  gets the noise it gets on one process, and a resume draws it again, with any N;
+* data-dependent layers (ActNorm) initialise on the same training rows in every process
+  before the first step, as on one;
+* process r evaluates every N-th chunk of the validation and test sets (chunk k's noise from
+  its own seed) and an all-reduce gives every process all log-probs, so each example is
+  evaluated once and all processes take the same decisions (best model, early stopping);
+* only rank 0 reads and writes the run directory (checkpoints, metrics, plots, the console)
+  and shares what it read (a resumed checkpoint, the best weights), so the other processes
+  may be on machines that do not see its disk;
+* a stop signal is agreed on by all processes before the next step (one all-reduce of a flag),
+  and at the end the processes check that they hold the same weights, bit for bit.
 
-Batch-norm flow layers keep per-process statistics, which would make the model depend on N:
-they are refused with more than one process.
+Refused with more than one process: batch-norm flow layers (their batch statistics would be
+each process's, so the model would depend on N; torch's SyncBatchNorm replaces only torch's
+own BatchNorm modules, and synchronising a flow layer's statistics and log-det is not built),
+a global batch that N does not divide, and processes given different data. Not reproduced across N: adaptive ODE solvers
+(their steps depend on the whole batch) and optimal-transport flow matching (each process
+pairs its own rows).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import dataclass
@@ -33,9 +44,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from clayflow.errors import UsageError, first_line
-
-STEP_SEED_STRIDE = 1_000_003  # a prime: (seed, rank, step) -> distinct seeds for realistic sizes
+from clayflow.errors import ClayflowError, UsageError, first_line
 
 
 @dataclass(frozen=True)
@@ -60,10 +69,6 @@ class Processes:
         per_process = batch_size // self.world
         return slice(self.rank * per_process, (self.rank + 1) * per_process)
 
-    def step_seed(self, seed: int, step: int) -> int:
-        """The seed of this process's random draws in optimisation step ``step``."""
-        return (seed + STEP_SEED_STRIDE * (step * self.world + self.rank + 1)) % (2**63)
-
     def agree(self, flag: bool) -> bool:
         """Whether any process says ``flag`` (all of them get the same answer)."""
         if not self.distributed:
@@ -79,6 +84,14 @@ class Processes:
         total = value.detach().to(_collective_device(), torch.float64).reshape(1)
         dist.all_reduce(total)
         return (total / self.world).to(value)[0]
+
+    def sum(self, values: torch.Tensor) -> torch.Tensor:
+        """The elementwise sum of the processes' ``values`` (a CPU tensor), on every process."""
+        if not self.distributed:
+            return values
+        total = values.to(_collective_device())
+        dist.all_reduce(total)
+        return total.cpu()
 
     def share(self, value):
         """Rank 0's ``value`` (any picklable object), on every process."""
@@ -122,10 +135,18 @@ def peer_failure_cause(exc: BaseException) -> str:
     return text.split(". ")[0][:100]
 
 
-def check_distributable(processes: Processes, batch_size: int, batch_norm: bool | None) -> None:
-    """Refuse what would make a run depend on the number of processes."""
+def check_distributable(processes: Processes, batch_size: int, batch_norm: bool | None, fingerprint: dict) -> None:
+    """Refuse what would make a run depend on the number of processes, and processes given
+    different data (``fingerprint``: ``resume.data_fingerprint``), such as tensors that a
+    script drew without seeding torch."""
     if not processes.distributed:
         return
+    if processes.agree(processes.share(fingerprint) != fingerprint):
+        raise UsageError(
+            f"the {processes.world} processes were given different data (rows or values differ from "
+            "rank 0's); every process must train on the same examples: seed what draws them, or read "
+            "the same files"
+        )
     if batch_size % processes.world:
         raise UsageError(
             f"--batch-size {batch_size} is the global batch, split over {processes.world} processes; "
@@ -135,6 +156,24 @@ def check_distributable(processes: Processes, batch_size: int, batch_norm: bool 
         raise UsageError(
             "--batch-norm keeps statistics per process, so the model would depend on the number of "
             "processes; train without it, or on one process"
+        )
+
+
+def check_identical(processes: Processes, module: nn.Module) -> None:
+    """Raise a ``ClayflowError`` when the processes' copies of ``module`` (parameters and
+    buffers) are not bit for bit the same, as DistributedDataParallel keeps them."""
+    if not processes.distributed:
+        return
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    mine = digest.hexdigest()
+    if processes.agree(processes.share(mine) != mine):
+        raise ClayflowError(
+            f"the weights of the {processes.world} processes differ at the end of training, which "
+            "DistributedDataParallel should prevent; the checkpoints are rank 0's. Please report "
+            "this with the command that trained"
         )
 
 

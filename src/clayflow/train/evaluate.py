@@ -1,4 +1,5 @@
-"""Likelihood of many examples in bounded memory, with repeatable dequantization noise."""
+"""Likelihood of many examples in bounded memory, with repeatable dequantization noise,
+shared out over the processes of a distributed run."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ import torch
 
 from clayflow.core import Flow
 from clayflow.data import example
-from clayflow.train.sampler import Examples, chunks
+from clayflow.train.distributed import Processes
+from clayflow.train.sampler import Examples, chunks, head
 
 EVAL_BATCH = 8192
 EVAL_ELEMENTS = 2**18  # elements per evaluation chunk: bounds memory on large images
-EVAL_SEED = 1234  # dequantization noise of evaluations: every evaluation uses the same
+EVAL_SEED = 1234  # dequantization noise of evaluations: chunk k's comes from seed EVAL_SEED + k
 
 
 def eval_batch_size(example_shape: tuple[int, ...]) -> int:
@@ -21,35 +23,58 @@ def eval_batch_size(example_shape: tuple[int, ...]) -> int:
     return max(1, min(EVAL_BATCH, EVAL_ELEMENTS // max(1, math.prod(example_shape))))
 
 
+def _chunk_size(x: Examples) -> int:
+    shape = tuple(x.shape[1:]) if isinstance(x, torch.Tensor) else tuple(example(x[0]).shape)
+    return eval_batch_size(shape)
+
+
 @torch.no_grad()
-def log_prob_in_chunks(flow: Flow, x: Examples, loader_options: dict[str, Any] | None = None) -> torch.Tensor:
+def log_prob_in_chunks(
+    flow: Flow, x: Examples, loader_options: dict[str, Any] | None = None, processes: Processes | None = None
+) -> torch.Tensor:
     """``flow.log_prob`` of every example of ``x`` (a tensor of any dtype and device, or a
-    dataset read with ``loader_options``) as float64 on the CPU, in chunks. Dequantization
-    noise comes from a fixed seed, so repeated evaluations of one model agree and the caller's
-    random stream is left untouched."""
+    dataset read with ``loader_options``) ``(N,)`` as float64 on the CPU, in chunks.
+
+    The noise of chunk k (dequantization) comes from seed ``EVAL_SEED + k``, so repeated
+    evaluations of one model agree, the caller's random stream is left untouched, and the
+    result does not depend on who evaluates which chunk: on ``processes`` (a distributed
+    run), process r evaluates chunks r, r + N, r + 2N, ... and every process gets all N
+    log-probs (each example is evaluated once)."""
+    processes = processes or Processes()
     device = next(flow.parameters()).device
-    devices = [device] if device.type == "cuda" else []
     if len(x) == 0:
         return torch.zeros(0, dtype=torch.float64)
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(EVAL_SEED)
-        shape = tuple(x.shape[1:]) if isinstance(x, torch.Tensor) else tuple(example(x[0]).shape)
-        parts = [
-            flow.log_prob(chunk.to(device).float()).double().cpu()
-            for chunk in chunks(x, eval_batch_size(shape), loader_options)
-        ]
-    return torch.cat(parts)
+    size = _chunk_size(x)
+    mine = range(processes.rank, math.ceil(len(x) / size), processes.world)
+    log_probs = torch.zeros(len(x), dtype=torch.float64)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        for k, chunk in zip(mine, chunks(x, size, loader_options, which=mine)):
+            torch.manual_seed(EVAL_SEED + k)
+            log_probs[k * size : k * size + len(chunk)] = flow.log_prob(chunk.to(device).float()).double().cpu()
+    return processes.sum(log_probs)
 
 
-def evaluate_log_probs(flow: Flow, x: Examples, loader_options: dict[str, Any] | None = None) -> torch.Tensor:
-    """``log p(x)`` of every row ``(N,)`` (float64, CPU) in eval mode."""
+def initialize_data_dependent(flow: Flow, x: Examples, loader_options: dict[str, Any] | None = None) -> None:
+    """Initialise ``flow``'s data-dependent layers (ActNorm) on the first evaluation chunk of
+    ``x``, as a first evaluation on one process would; every process of a distributed run
+    calls it on the same examples, so all start from the same weights."""
+    if len(x):
+        evaluate_log_probs(flow, head(x, _chunk_size(x)), loader_options)
+
+
+def evaluate_log_probs(
+    flow: Flow, x: Examples, loader_options: dict[str, Any] | None = None, processes: Processes | None = None
+) -> torch.Tensor:
+    """``log p(x)`` of every row ``(N,)`` (float64, CPU) in eval mode (see ``log_prob_in_chunks``)."""
     was_training = flow.training
     flow.eval()
-    log_probs = log_prob_in_chunks(flow, x, loader_options)
+    log_probs = log_prob_in_chunks(flow, x, loader_options, processes)
     flow.train(was_training)
     return log_probs
 
 
-def evaluate_nll(flow: Flow, x: Examples, loader_options: dict[str, Any] | None = None) -> float:
+def evaluate_nll(
+    flow: Flow, x: Examples, loader_options: dict[str, Any] | None = None, processes: Processes | None = None
+) -> float:
     """Mean negative log-likelihood of ``x`` (nats per example) in eval mode."""
-    return -evaluate_log_probs(flow, x, loader_options).mean().item()
+    return -evaluate_log_probs(flow, x, loader_options, processes).mean().item()

@@ -98,6 +98,11 @@ def fit(
     ``threads``, ``tensorboard`` (metrics as TensorBoard events in ``out/tensorboard``).
     ``progress``: a progress bar (None: when stderr is a terminal; else log lines).
 
+    In a script that ``torchrun`` starts on several processes, every process calls ``fit``
+    with the same flow and the same data (processes given different data are refused);
+    ``batch_size`` is the global batch, split over them, rank 0 alone writes ``out``, and
+    every process returns the result with the trained weights in its ``flow``.
+
     Returns a ``FitResult`` (test NLL, selected step, ``history``); raises ``UsageError`` for
     bad options, ``TrainingStopped`` (a ``ClayflowError``) on divergence or a stop signal.
     """

@@ -7,6 +7,7 @@ resumed with ``--resume`` produces the same losses as one that was never interru
 
 from __future__ import annotations
 
+import copy
 import math
 import signal
 import sys
@@ -19,18 +20,17 @@ from typing import Any
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from clayflow.core import Flow
+from clayflow.core import Flow, noise
 from clayflow.errors import ClayflowError, first_line
 from clayflow.train.checkpoint import (
     BEST_NAME,
     CHECKPOINT_NAME,
-    flow_from_checkpoint,
     read_checkpoint,
     save_checkpoint,
     state_dict_mismatch,
 )
-from clayflow.train.distributed import Processes, is_peer_failure, peer_failure_cause
-from clayflow.train.evaluate import evaluate_log_probs, evaluate_nll
+from clayflow.train.distributed import Processes, check_identical, is_peer_failure, peer_failure_cause
+from clayflow.train.evaluate import evaluate_log_probs, evaluate_nll, initialize_data_dependent
 from clayflow.train.objective import StepObjective, flow_matching, maximum_likelihood
 from clayflow.train.report import Progress, Watch, auto_threads, start_line
 from clayflow.train.run import MetricsLog, TrainResult, write_json
@@ -45,7 +45,13 @@ from clayflow.train.tracking import TensorBoardLog
 
 INTERVAL_SUMS = ("loss", "nll", "nfe_forward", "nfe_backward")  # averaged into each metrics row
 STEP0_TRAIN_ROWS = 10_000  # training rows whose NLL the step-0 metrics row reports
+STEP_SEED_STRIDE = 1_000_003  # a prime: (seed, step) -> distinct seeds for realistic sizes
 MAX_SKIPS_IN_A_ROW = 20  # --nonfinite skip: a model that stays non-finite this long has diverged
+
+
+def step_seed(seed: int, step: int) -> int:
+    """The seed of the random draws of optimisation step ``step + 1`` of a run seeded ``seed``."""
+    return (seed + STEP_SEED_STRIDE * (step + 1)) % (2**63)
 
 
 class TrainingStopped(ClayflowError):
@@ -335,12 +341,14 @@ class Trainer:
     def _train_step(self) -> tuple[float, float] | None:
         """One optimisation step: ``(loss, grad_norm)``, or None when a non-finite loss or
         gradient was skipped (``--nonfinite skip``; the batch is consumed, the step is not)."""
-        if self.processes.distributed:  # each process's own noise, reproducible on resume
-            torch.manual_seed(self.processes.step_seed(self.config.seed, self.step))
+        # The step's draws come from a seed of (seed, step), per example of the global batch
+        # (``core.noise``): the same on any number of processes, and again on resume.
+        torch.manual_seed(step_seed(self.config.seed, self.step))
         batch = self.batches.next()
-        if self.noise_factor is not None:
-            batch = batch + torch.randn_like(batch) @ self.noise_factor.T
-        step_loss = self.step_loss(batch)
+        with noise.batch_part(self.processes.slice(self.config.batch_size), self.config.batch_size):
+            if self.noise_factor is not None:
+                batch = batch + noise.randn_like(batch) @ self.noise_factor.T
+            step_loss = self.step_loss(batch)
         self.optimizer.zero_grad(set_to_none=True)
         step_loss.loss.backward()
         max_norm = self.config.clip if self.config.clip > 0 else math.inf
@@ -385,10 +393,13 @@ class Trainer:
     def _log(self, grad_norm: float | None, steps_per_s: float | None, progress: Progress) -> None:
         """Evaluate on the validation rows and write a metrics row: the mean training loss
         since the last row, or at step 0 the NLL of (up to ``STEP0_TRAIN_ROWS``) training rows."""
-        if self.step == 0:  # the training rows first: data-dependent layers (ActNorm) initialise on them
-            train_nll = evaluate_nll(self._eval_flow(), head(self.data.train, STEP0_TRAIN_ROWS), self.data.loader_options)
+        options, processes = self.data.loader_options, self.processes
+        if self.step == 0:
+            for flow in {id(f): f for f in (self.flow, self._eval_flow())}.values():
+                initialize_data_dependent(flow, self.data.train, options)
+            train_nll = evaluate_nll(self._eval_flow(), head(self.data.train, STEP0_TRAIN_ROWS), options, processes)
             train_loss = train_nll if self.config.objective == "mle" else ""
-        val_log_probs = evaluate_log_probs(self._eval_flow(), self.data.val, self.data.loader_options)
+        val_log_probs = evaluate_log_probs(self._eval_flow(), self.data.val, options, processes)
         val_nll = -val_log_probs.mean().item() if len(val_log_probs) else math.nan  # nan: no validation data
         if self.step > 0:
             train_loss = self.sums["loss"] / max(self.count, 1)
@@ -452,21 +463,23 @@ class Trainer:
     def _finish(self) -> TrainResult:
         """Evaluate the selected weights on the test data and write ``results.json``. A flow
         without a spec (``clayflow.fit``'s, the caller's own) takes the selected weights. On
-        several processes, rank 0 evaluates and writes; the others return no test NLL."""
-        if not self.processes.main:
-            return TrainResult(self.run_dir, self.step, math.nan, math.nan, self.best.val_nll, self.train_seconds,
-                               self.best.step or self.step, self.config.patience, self._stopped_early())  # fmt: skip
-        if self.best.step is not None:
-            best = read_checkpoint(self.run_dir / BEST_NAME)
-            flow = flow_from_checkpoint(best).to(self.device) if self.spec is not None else None
-            selected, selected_step, val_nll = best["model"], self.best.step, self.best.val_nll
+        several processes, all of them evaluate (each its share) and rank 0 writes."""
+        options, processes = self.data.loader_options, self.processes
+        check_identical(processes, self._eval_flow())
+        if self.best.step is not None:  # rank 0 reads best.pt (the others may not see its disk)
+            selected = processes.share(read_checkpoint(self.run_dir / BEST_NAME)["model"] if processes.main else None)
+            flow = copy.deepcopy(self._eval_flow()) if self.spec is not None else self.flow
+            flow.load_state_dict(selected)
+            selected_step, val_nll = self.best.step, self.best.val_nll
         else:
             flow, selected_step = self._eval_flow(), self.step
-            selected, val_nll = flow.state_dict(), evaluate_nll(flow, self.data.val, self.data.loader_options)
+            val_nll = evaluate_nll(flow, self.data.val, options, processes)
+            if self.spec is None:
+                self.flow.load_state_dict(flow.state_dict())
         if self.spec is None:
-            self.flow.load_state_dict(selected)
-            flow = self.flow.eval()
-        test_nll = evaluate_nll(flow, self.data.test, self.data.loader_options) if len(self.data.test) else math.nan
+            flow = self.flow
+        flow.eval()
+        test_nll = evaluate_nll(flow, self.data.test, options, processes) if len(self.data.test) else math.nan
         result = TrainResult(
             run_dir=self.run_dir,
             steps=self.step,
@@ -478,6 +491,7 @@ class Trainer:
             patience=self.config.patience,
             stopped_early=self._stopped_early(),
         )
-        with self._writing("results"):
-            write_json(self.run_dir / "results.json", result.to_dict())
+        if processes.main:
+            with self._writing("results"):
+                write_json(self.run_dir / "results.json", result.to_dict())
         return result

@@ -3,8 +3,9 @@ drawn in that order from a tensor or from a ``torch.utils.data.Dataset``."""
 
 from __future__ import annotations
 
+import math
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -51,13 +52,20 @@ def head(examples: Examples, n: int) -> Examples:
     return examples[:n] if isinstance(examples, Tensor) else Subset(examples, range(min(n, len(examples))))
 
 
-def chunks(examples: Examples, size: int, loader_options: dict[str, Any] | None = None) -> Iterator[Tensor]:
-    """``examples`` in order, ``size`` at a time: tensor slices, or the batches of a loader
-    with ``loader_options`` (workers; its private generator leaves torch's stream alone)."""
+def chunks(
+    examples: Examples, size: int, loader_options: dict[str, Any] | None = None, which: Sequence[int] | None = None
+) -> Iterator[Tensor]:
+    """``examples`` in order, ``size`` at a time (chunk k holds examples ``[k * size, (k + 1)
+    * size)``; ``which``: only those chunks): tensor slices, or the batches of a loader with
+    ``loader_options`` (workers; its private generator leaves torch's stream alone)."""
+    n = len(examples)
+    which = range(math.ceil(n / size)) if which is None else which
     if isinstance(examples, Tensor):
-        yield from examples.split(size)
+        for k in which:
+            yield examples[k * size : (k + 1) * size]
         return
-    loader = DataLoader(examples, batch_size=size, generator=torch.Generator(), **(loader_options or {}))
+    batches = [list(range(k * size, min((k + 1) * size, n))) for k in which]
+    loader = DataLoader(examples, batch_sampler=batches, generator=torch.Generator(), **(loader_options or {}))
     for batch in loader:
         yield example(batch)
 

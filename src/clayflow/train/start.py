@@ -61,16 +61,21 @@ def train(
 def start_training(config, run_dir, resume, force, progress, stop, setup=None, resume_command=None) -> TrainResult:
     """Train in a new or resumed run directory. ``setup(config, checkpoint, new_run)`` returns
     ``(config, data, flow, spec)``: by default the data and model that ``config`` names
-    (``clayflow.fit`` passes its own); ``resume_command`` says how to continue a stopped run."""
+    (``clayflow.fit`` passes its own); ``resume_command`` says how to continue a stopped run.
+
+    On several processes (torchrun), rank 0 alone reads and writes the run directory (the
+    others may be on machines that do not see its disk) and shares what it read."""
+    processes = processes_from_environment()  # torchrun's processes, or this one
     if resume:
         if run_dir is None:
             raise UsageError("resuming needs the run directory")
-        _check_trained_the_same_way(Path(run_dir), from_python=setup is not None)
-        # The run's own options; those in ``config`` must equal them or be resumable.
-        config = resumed_config(Path(run_dir), config.to_dict() if config is not None else {})
+        if processes.main:
+            _check_trained_the_same_way(Path(run_dir), from_python=setup is not None)
+            # The run's own options; those in ``config`` must equal them or be resumable.
+            config = resumed_config(Path(run_dir), config.to_dict() if config is not None else {})
+        config = processes.share(config)
     else:
         config = config_from_dict(config.to_dict(), source="TrainConfig")
-    processes = processes_from_environment()  # torchrun's processes, or this one
     run = None
     if resume:  # locked before anything is read (by rank 0, the one process that writes)
         run = ExistingRun(Path(run_dir)) if processes.main else ReadOnlyRun(Path(run_dir))
@@ -81,16 +86,17 @@ def start_training(config, run_dir, resume, force, progress, stop, setup=None, r
         if config.tensorboard:
             check_available()
         checkpoint = None
-        if run is not None and (run.path / CHECKPOINT_NAME).exists():
+        if run is not None and processes.main and (run.path / CHECKPOINT_NAME).exists():
             checkpoint = read_checkpoint(run.path, map_location="cpu")
+        checkpoint = processes.share(checkpoint) if resume else None
         config, data, flow, spec = (setup or setup_from_config)(config, checkpoint, new_run=not resume)
         fingerprint = data_fingerprint(data)
-        check_distributable(processes, config.batch_size, config.batch_norm)
+        check_distributable(processes, config.batch_size, config.batch_norm, fingerprint)
         if run is not None:
             if checkpoint is not None:
                 check_same_run(checkpoint, spec, config, fingerprint, run.path)
                 check_steps(checkpoint, config)
-            else:  # killed before its first checkpoint: start again from step 0 in place
+            elif processes.main:  # killed before its first checkpoint: start again from step 0 in place
                 check_can_start_over(run.path)
         if stop.signum is not None:
             raise TrainingInterrupted(f"interrupted by {stop.name} before training started; nothing was written",

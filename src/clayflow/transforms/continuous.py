@@ -18,6 +18,7 @@ from enum import Enum
 import torch
 from torch import Tensor, nn
 
+from clayflow.core import noise
 from clayflow.core.transform import Transform
 from clayflow.errors import UsageError, parse_choice
 
@@ -238,5 +239,5 @@ class CNF(Transform):
 
     def _probe(self, x: Tensor) -> Tensor:
         if self.noise_kind is Noise.GAUSSIAN:
-            return torch.randn_like(x)
-        return torch.randint_like(x, 0, 2) * 2 - 1
+            return noise.randn_like(x)
+        return noise.rademacher_like(x)
