@@ -3,7 +3,7 @@
 
     python benchmarks/distributed.py [--nproc 2] [--repeats 3] [--device cpu] [--part all]
 
-``equivalence``: for RealNVP on moons (the default model), Glow on digits images and FFJORD
+``equivalence``: for RealNVP on moons (the default model), Glow and RealNVP on digits images and FFJORD
 (rk4 with fixed steps, Hutchinson's estimator) it trains 1 and 20 steps of a global batch of 64
 on 1 process and on N, and prints the largest difference of any weight.
 
@@ -33,6 +33,7 @@ WORKLOADS = {
 SAME_RUN = {
     "moons realnvp": ["--data", "moons"],
     "digits glow": ["--data", "digits", "--model", "glow"],
+    "digits realnvp (batch norm in its conditioners)": ["--data", "digits"],
     "moons cnf (rk4, hutchinson)": ["--data", "moons", "--model", "cnf", "--solver", "rk4", "--step-size", "0.25"],
 }
 

@@ -6,7 +6,7 @@ from enum import Enum
 
 from torch import Tensor, nn
 
-from clayflow.core import noise
+from clayflow.core import batch
 from clayflow.errors import parse_choice
 
 
@@ -27,7 +27,7 @@ def conditioner_activation(name: str) -> type[nn.Module]:
 
 
 class Dropout(nn.Dropout):
-    """``nn.Dropout`` whose mask is drawn through ``clayflow.core.noise``: an example gets the
+    """``nn.Dropout`` whose mask is drawn through ``clayflow.core.batch``: an example gets the
     same mask whether its batch is trained on one process or split over several.
 
     Shape: ``(B, *) -> (B, *)``; the identity in eval mode.
@@ -38,7 +38,7 @@ class Dropout(nn.Dropout):
             return x
         if self.p >= 1:
             return x * 0
-        keep = noise.rand_like(x) >= self.p
+        keep = batch.rand_like(x) >= self.p
         return x * keep.to(x.dtype) / (1 - self.p)
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from enum import Enum
 
+import torch
 from torch import Tensor, nn
 
+from clayflow.core import batch
 from clayflow.errors import parse_choice
 
 
@@ -17,7 +19,32 @@ class Norm(str, Enum):
 
 
 def _norm(kind: Norm, channels: int) -> nn.Module:
-    return nn.BatchNorm2d(channels) if kind is Norm.BATCH else nn.Identity()
+    return BatchNorm2d(channels) if kind is Norm.BATCH else nn.Identity()
+
+
+class BatchNorm2d(nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` whose training statistics are those of the global batch when the
+    batch is one process's part of it (``clayflow.core.batch``), so a conditioner normalises
+    alike on one process and on N (torch's ``SyncBatchNorm`` does this on GPUs only).
+
+    Shape: ``(B, C, H, W) -> (B, C, H, W)``.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        total = batch.global_size(x.shape[0])
+        if not self.training or total is None:
+            return super().forward(x)
+        mean, var = batch.mean_var(x, [0, 2, 3])
+        if self.track_running_stats:
+            n = total * x.shape[2] * x.shape[3]
+            momentum = self.momentum if self.momentum is not None else 1 / (int(self.num_batches_tracked) + 1)
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                self.running_mean.lerp_(mean.detach(), momentum)
+                self.running_var.lerp_(var.detach() * n / max(n - 1, 1), momentum)
+        shape = (1, -1, 1, 1)
+        out = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        return out * self.weight.view(shape) + self.bias.view(shape) if self.affine else out
 
 
 class ConvResidualBlock(nn.Module):

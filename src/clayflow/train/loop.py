@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from clayflow.core import Flow, noise
+from clayflow.core import Flow, batch
 from clayflow.errors import ClayflowError, first_line
 from clayflow.train.checkpoint import (
     BEST_NAME,
@@ -342,13 +342,13 @@ class Trainer:
         """One optimisation step: ``(loss, grad_norm)``, or None when a non-finite loss or
         gradient was skipped (``--nonfinite skip``; the batch is consumed, the step is not)."""
         # The step's draws come from a seed of (seed, step), per example of the global batch
-        # (``core.noise``): the same on any number of processes, and again on resume.
+        # (``core.batch``): the same on any number of processes, and again on resume.
         torch.manual_seed(step_seed(self.config.seed, self.step))
-        batch = self.batches.next()
-        with noise.batch_part(self.processes.slice(self.config.batch_size), self.config.batch_size):
+        examples = self.batches.next()
+        with batch.part(self.processes.slice(self.config.batch_size), self.config.batch_size):
             if self.noise_factor is not None:
-                batch = batch + noise.randn_like(batch) @ self.noise_factor.T
-            step_loss = self.step_loss(batch)
+                examples = examples + batch.randn_like(examples) @ self.noise_factor.T
+            step_loss = self.step_loss(examples)
         self.optimizer.zero_grad(set_to_none=True)
         step_loss.loss.backward()
         max_norm = self.config.clip if self.config.clip > 0 else math.inf

@@ -14,7 +14,7 @@ from enum import Enum
 import torch
 from torch import Tensor, nn
 
-from clayflow.core import Flow, noise
+from clayflow.core import Flow, batch
 from clayflow.errors import UsageError
 from clayflow.transforms import CNF
 from clayflow.transforms.continuous import SolveStats
@@ -97,11 +97,11 @@ def flow_matching(flow: Flow, x: Tensor, optimal_transport: bool = False) -> Ste
             raise UsageError("flow matching cannot train layers before the CNF; drop --batch-norm")
         x, _ = transform(x)
     cnf = transforms[-1]
-    eps = noise.randn_like(x)
+    eps = batch.randn_like(x)
     if optimal_transport:
         eps = eps[_assignment(x, eps)]
     t1 = cnf.t1.to(x)
-    t = noise.rand((x.shape[0],), like=x) * t1
+    t = batch.rand((x.shape[0],), like=x) * t1
     s = (t / t1).reshape(-1, *[1] * (x.dim() - 1))
     x_t = (1 - s) * x + s * eps
     velocity = cnf.dynamics(t, x_t)

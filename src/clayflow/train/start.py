@@ -64,8 +64,19 @@ def start_training(config, run_dir, resume, force, progress, stop, setup=None, r
     (``clayflow.fit`` passes its own); ``resume_command`` says how to continue a stopped run.
 
     On several processes (torchrun), rank 0 alone reads and writes the run directory (the
-    others may be on machines that do not see its disk) and shares what it read."""
+    others may be on machines that do not see its disk) and shares what it read; a process
+    group that training set up is taken down at the end (after a barrier when it succeeded)."""
     processes = processes_from_environment()  # torchrun's processes, or this one
+    try:
+        result = _start(config, run_dir, resume, force, progress, stop, setup, resume_command, processes)
+    except BaseException:
+        processes.close(clean=False)
+        raise
+    processes.close(clean=True)
+    return result
+
+
+def _start(config, run_dir, resume, force, progress, stop, setup, resume_command, processes) -> TrainResult:
     if resume:
         if run_dir is None:
             raise UsageError("resuming needs the run directory")
@@ -91,7 +102,7 @@ def start_training(config, run_dir, resume, force, progress, stop, setup=None, r
         checkpoint = processes.share(checkpoint) if resume else None
         config, data, flow, spec = (setup or setup_from_config)(config, checkpoint, new_run=not resume)
         fingerprint = data_fingerprint(data)
-        check_distributable(processes, config.batch_size, config.batch_norm, fingerprint)
+        check_distributable(processes, config.batch_size, fingerprint)
         if run is not None:
             if checkpoint is not None:
                 check_same_run(checkpoint, spec, config, fingerprint, run.path)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from clayflow.core import noise
+from clayflow.core import batch
 from clayflow.core.distributions import standard_normal_log_prob
 from clayflow.core.transform import Transform
 from clayflow.errors import ClayflowError
@@ -38,7 +38,7 @@ class Augment(Transform):
         self.extra = int(extra)
 
     def forward(self, x, context=None):
-        a = noise.randn((x.shape[0], self.extra, *x.shape[2:]), like=x)
+        a = batch.randn((x.shape[0], self.extra, *x.shape[2:]), like=x)
         return torch.cat([x, a], dim=1), -standard_normal_log_prob(a)
 
     def inverse(self, z, context=None):

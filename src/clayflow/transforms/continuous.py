@@ -18,7 +18,7 @@ from enum import Enum
 import torch
 from torch import Tensor, nn
 
-from clayflow.core import noise
+from clayflow.core import batch
 from clayflow.core.transform import Transform
 from clayflow.errors import UsageError, parse_choice
 
@@ -239,5 +239,5 @@ class CNF(Transform):
 
     def _probe(self, x: Tensor) -> Tensor:
         if self.noise_kind is Noise.GAUSSIAN:
-            return noise.randn_like(x)
-        return noise.rademacher_like(x)
+            return batch.randn_like(x)
+        return batch.rademacher_like(x)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from clayflow.core import batch
 from clayflow.core.transform import Transform, per_feature, positions_per_feature
 from clayflow.transforms.elementwise import affine_per_feature
 
@@ -39,9 +40,7 @@ class BatchNorm(Transform):
     def _statistics(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if not self.training:
             return self.running_mean, self.running_var
-        dims = [0, *range(2, x.dim())]
-        mean = x.mean(dim=dims)
-        var = x.var(dim=dims, unbiased=False)
+        mean, var = batch.mean_var(x, [0, *range(2, x.dim())])  # the global batch's, on N processes
         with torch.no_grad():
             self.running_mean.lerp_(mean.detach(), self.momentum)
             self.running_var.lerp_(var.detach(), self.momentum)

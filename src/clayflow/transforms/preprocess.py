@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from clayflow.core import noise
+from clayflow.core import batch
 from clayflow.core.transform import Transform, identity_logabsdet, sum_except_batch
 from clayflow.errors import ClayflowError, UsageError
 
@@ -33,7 +33,7 @@ class Dequantize(Transform):
     log|det| = 0: the model's density lives on ``[0, k)^D`` in the units of one level, so
     ``-E_u log p(x + u)`` bounds ``-log P(x)`` of the discrete data from above. Fresh noise
     is drawn on every call, in training and evaluation alike (from torch's global RNG, through
-    ``clayflow.core.noise``; fix it with ``torch.random.fork_rng`` for a repeatable evaluation). ``inverse`` quantizes:
+    ``clayflow.core.batch``; fix it with ``torch.random.fork_rng`` for a repeatable evaluation). ``inverse`` quantizes:
     ``floor(y)`` clipped to ``[0, k-1]``, so ``inverse(forward(x)) == x`` exactly.
 
     ``forward`` refuses (``LevelsError``) values that are not integers in ``[0, k)``: a level
@@ -54,7 +54,7 @@ class Dequantize(Transform):
     def forward(self, x, context=None):
         if not torch.compiler.is_compiling():
             check_levels(x, self.levels)
-        return x + noise.rand_like(x), identity_logabsdet(x)
+        return x + batch.rand_like(x), identity_logabsdet(x)
 
     def inverse(self, z, context=None):
         return z.floor().clamp(0, self.levels - 1), identity_logabsdet(z)
@@ -111,7 +111,7 @@ class DequantizeColumns(Transform):
         return torch.tensor(self.steps, dtype=x.dtype, device=x.device)
 
     def forward(self, x, context=None):
-        return x + noise.rand_like(x) * self.steps_like(x), identity_logabsdet(x)
+        return x + batch.rand_like(x) * self.steps_like(x), identity_logabsdet(x)
 
     def inverse(self, z, context=None):
         z64 = z.double()
