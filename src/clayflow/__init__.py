@@ -33,6 +33,7 @@ _LAZY = {
     "load": "clayflow.train.checkpoint",
     "fit": "clayflow.train.fit",
     "FitResult": "clayflow.train.fit",
+    "verify": "clayflow.diagnostics",
 }
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "load",
     "models",
     "transforms",
+    "verify",
 ]
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ imports on first use
@@ -60,6 +62,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
     from clayflow.core import Inverse as Inverse
     from clayflow.core import StandardNormal as StandardNormal
     from clayflow.core import Transform as Transform
+    from clayflow.diagnostics import verify as verify
     from clayflow.errors import ClayflowError as ClayflowError
     from clayflow.errors import UsageError as UsageError
     from clayflow.train.checkpoint import load as load

@@ -30,6 +30,9 @@ EXAMPLES = {
     "score": "examples:\n  clayflow score runs/mine --data new_rows.csv --out scores.csv\n"
     "  clayflow score runs/digits --data images:my_scans --out scores.csv",
     "plot": "examples:\n  clayflow plot runs/mine\n  clayflow plot runs/wine --columns alcohol,proline,7",
+    "verify": "examples:\n  clayflow verify runs/mine                      # on the run's test split\n"
+    "  clayflow verify runs/mine --data held_out.csv --json > report.json\n"
+    "  clayflow verify runs/mine && deploy runs/mine   # exit 0 only if every check passes",
 }
 
 
@@ -56,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``clayflow`` parser with one subcommand per verb."""
     parser = _Parser(
         prog="clayflow",
-        description="Normalizing flows: train, sample, score and plot from one command.",
+        description="Normalizing flows: train, sample, score, verify and plot from one command.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Run 'clayflow <command> --help' for a command's options.",
     )
@@ -67,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sample(verbs)
     _add_score(verbs)
     _add_plot(verbs)
+    _add_verify(verbs)
     return parser
 
 
@@ -214,6 +218,14 @@ def _add_plot(verbs) -> None:
         "(default: the first 16 in marginals.png, the first 4 in pairs.png)",
     )
     p.set_defaults(handler=cmd_plot)
+
+
+def _add_verify(verbs) -> None:
+    from clayflow.cli import verify
+
+    p = _verb(verbs, "verify", "Check a trained flow: round trips, log-dets layer by layer, mass, samples.")
+    verify.add_arguments(p, _device)
+    p.set_defaults(handler=lambda args: verify.cmd_verify(args, _load_run))
 
 
 # -- verbs ----------------------------------------------------------------------------------
