@@ -10,17 +10,18 @@ from clayflow.errors import ClayflowError
 
 
 def examples_to_score(
-    data: str, spec: dict, data_columns: list[str] | None = None
-) -> tuple[torch.Tensor, list[str] | None]:
+    data: str, spec: dict, data_columns: list[str] | None = None, label_column: str | None = None
+) -> tuple[torch.Tensor, list[str] | None, np.ndarray | None]:
     """The examples of ``data`` as a tensor, checked against the model's data shape:
     every image of ``images:DIR`` (and their file names), the rows of a table file, or a
     dataset's test split.
 
     Table columns are matched to the training columns (``data_columns``) by name when both
-    have names, else by position. Shape: ``(N, *event_shape)`` float32; names: None but for
-    a folder of images.
+    have names, else by position; ``label_column`` (a name, or a number from 1) is taken out
+    as the labels. Shape: ``(N, *event_shape)`` float32; names: None but for a folder of
+    images; labels ``(N,)`` or None.
     """
-    files = None
+    files = labels = None
     from clayflow.data import load_dataset, looks_like_path
     from clayflow.data.images import is_image_spec, load_image_source
     from clayflow.data.tabular import align_columns, read_table
@@ -34,6 +35,8 @@ def examples_to_score(
         values = read_image_array(data)
     elif looks_like_path(data) and not is_image_spec(data):
         values, names = read_table(data)
+        if label_column is not None:
+            values, names, labels = _take_column(values, names, label_column, data)
         values = align_columns(values, names, data_columns, data)
     else:
         dataset = load_dataset(data)
@@ -52,7 +55,31 @@ def examples_to_score(
         raise ClayflowError(
             f"{data} must hold integer levels in [0, {levels - 1}], as the training images did"
         )
-    return torch.as_tensor(np.ascontiguousarray(values), dtype=torch.float32), files
+    if label_column is not None and labels is None:
+        raise ClayflowError(f"--label-column needs a table file; {data} is not one")
+    return torch.as_tensor(np.ascontiguousarray(values), dtype=torch.float32), files, labels
+
+
+def _take_column(values: np.ndarray, names: list[str] | None, column: str, path: str):
+    """``values`` without ``column`` (a name, or a number from 1), its names, and the column."""
+    if names is not None and column in names:
+        index = names.index(column)
+    elif column.isdigit() and 1 <= int(column) <= values.shape[1]:
+        index = int(column) - 1
+    else:
+        raise ClayflowError(f"{path} has no column {column!r} (give a name from its header or a number from 1)")
+    kept = [i for i in range(values.shape[1]) if i != index]
+    return values[:, kept], [names[i] for i in kept] if names is not None else None, values[:, index]
+
+
+def read_labels(path: str, rows: int) -> np.ndarray:
+    """One label per scored row from a .csv/.npy file (its first column; a header is allowed)."""
+    from clayflow.data.tabular import read_table
+
+    values, _ = read_table(path)
+    if len(values) != rows:
+        raise ClayflowError(f"{path} holds {len(values)} labels for {rows} scored rows")
+    return values[:, 0]
 
 
 def read_image_array(path: str) -> np.ndarray:

@@ -28,7 +28,9 @@ EXAMPLES = {
     "sample": "examples:\n  clayflow sample runs/mine --n 1000 --out samples.csv --temperature 0.8\n"
     "  clayflow sample runs/digits --n 64 --out grid.png --temperature 0.7   # image models: .png or .npy",
     "score": "examples:\n  clayflow score runs/mine --data new_rows.csv --out scores.csv\n"
-    "  clayflow score runs/digits --data images:my_scans --out scores.csv",
+    "  clayflow score runs/digits --data images:my_scans --out scores.csv\n"
+    "  clayflow score runs/mine --data rows.csv --fpr 0.01 --method typicality --out flagged.csv\n"
+    "  clayflow score runs/mine --data rows.csv --label-column is_fraud --roc roc.png --out scores.csv",
     "plot": "examples:\n  clayflow plot runs/mine\n  clayflow plot runs/wine --columns alcohol,proline,7",
     "verify": "examples:\n  clayflow verify runs/mine                      # on the run's test split\n"
     "  clayflow verify runs/mine --data held_out.csv --json > report.json\n"
@@ -189,23 +191,11 @@ def _device(name: str) -> str:
 
 
 def _add_score(verbs) -> None:
-    p = _verb(verbs, "score", "Log-likelihood of each row of a file under a trained flow.")
-    p.add_argument("run", metavar="RUN", help="run directory or checkpoint file")
-    p.add_argument(
-        "--data",
-        required=True,
-        metavar="DATA",
-        help=".csv/.npy file, images:DIR (every image), or a dataset (its test split)",
-    )
-    p.add_argument(
-        "--out",
-        required=True,
-        metavar="FILE",
-        help="output .csv (row, log_prob, bits_per_dim) or .npy (log_prob)",
-    )
-    p.add_argument("--device", type=_device, default="cpu", help="device (default: cpu)")
-    p.add_argument("--force", action="store_true", help="replace an existing --out file")
-    p.set_defaults(handler=cmd_score)
+    from clayflow.cli import score
+
+    p = _verb(verbs, "score", "Log-likelihood of each row of a file under a trained flow, and anomaly scores.")
+    score.add_arguments(p, _device)
+    p.set_defaults(handler=lambda args: score.cmd_score(args, _load_run))
 
 
 def _add_plot(verbs) -> None:
@@ -347,32 +337,6 @@ def _write_images(path: str, images: torch.Tensor, levels: int) -> None:
             atomic_write(Path(path), lambda file: np.save(file, images.numpy().astype(dtype)))
     except OSError as exc:
         raise ClayflowError(f"cannot write {path}: {exc.strerror or exc}") from None
-
-
-def cmd_score(args: argparse.Namespace) -> int:
-    """Write the log-likelihood (nats, data units) and bits/dim of each example of ``--data``."""
-    from clayflow.cli.inputs import examples_to_score
-    from clayflow.data.tabular import check_output_path, write_table
-    from clayflow.train.evaluate import log_prob_in_chunks
-
-    check_output_path(args.out, force=args.force)  # fail before the expensive part
-    flow, payload = _load_run(args.run, args.device)
-    spec = payload["model_spec"]
-    x, files = examples_to_score(args.data, spec, payload.get("data_columns"))
-    log_prob = log_prob_in_chunks(flow, x).numpy()
-    bits_per_dim = -log_prob / (x[0].numel() * np.log(2))
-    if args.out.lower().endswith(".npy"):
-        write_table(args.out, log_prob[:, None], ["log_prob"])
-    elif files is not None:  # a folder of images: each row names its file
-        write_table(args.out, np.stack([log_prob, bits_per_dim], 1), ["file", "log_prob", "bits_per_dim"], files)
-    else:
-        table = np.stack([np.arange(1, len(x) + 1), log_prob, bits_per_dim], 1)
-        write_table(args.out, table, ["row", "log_prob", "bits_per_dim"])
-    print(
-        f"scored {len(x)} examples: mean log-likelihood {log_prob.mean():.4f} nats "
-        f"({bits_per_dim.mean():.4f} bits/dim); wrote {args.out}"
-    )
-    return 0
 
 
 def cmd_plot(args: argparse.Namespace) -> int:

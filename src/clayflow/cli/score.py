@@ -1,0 +1,124 @@
+"""``clayflow score RUN --data DATA``: each example's log-likelihood and bits/dim, and as an
+anomaly detector a score (``--method``), a flag at a false-alarm rate calibrated on the run's
+validation split (``--fpr``), and with labels AUROC, AUPRC and a ROC curve."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from clayflow.errors import ClayflowError, UsageError
+
+METHOD_HELP = (
+    "anomaly score: likelihood (-log p), typicality (|-log p - its validation mean|), ratio "
+    "(against a full-covariance Gaussian of the training rows) or complexity (images: -log2 p "
+    "minus the zlib-compressed bits) (default likelihood)"
+)
+
+
+def add_arguments(p: argparse.ArgumentParser, device_type) -> None:
+    """The options of ``clayflow score``."""
+    p.add_argument("run", metavar="RUN", help="run directory or checkpoint file")
+    p.add_argument("--data", required=True, metavar="DATA",
+                   help=".csv/.npy file, images:DIR (every image), or a dataset (its test split)")  # fmt: skip
+    p.add_argument("--out", required=True, metavar="FILE",
+                   help="output .csv (row, log_prob, bits_per_dim[, score, flag]) or .npy (log_prob)")  # fmt: skip
+    p.add_argument("--method", default="likelihood", metavar="METHOD", help=METHOD_HELP)
+    p.add_argument("--fpr", type=float, metavar="RATE",
+                   help="flag rows above the threshold that flags this share of the run's validation rows (e.g. 0.01)")  # fmt: skip
+    p.add_argument("--labels", metavar="FILE", help="a .csv/.npy of one label per row: 1 anomaly, 0 normal")
+    p.add_argument("--label-column", metavar="NAME", help="the column of --data holding those labels (not scored)")
+    p.add_argument("--roc", metavar="FILE.png", help="with labels: draw the ROC curve to this picture")
+    p.add_argument("--device", type=device_type, default="cpu", help="device (default: cpu)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out file")
+
+
+def cmd_score(args: argparse.Namespace, load_run) -> int:
+    """Write each example's log-likelihood, bits/dim and anomaly score (and flag); print the
+    threshold and, with labels, the detection figures."""
+    from clayflow.cli.inputs import examples_to_score, read_labels
+    from clayflow.data.tabular import check_output_path, write_table
+    from clayflow.diagnostics.anomaly import check_method, evaluate_labels
+    from clayflow.train.evaluate import log_prob_in_chunks
+
+    check_output_path(args.out, force=args.force)  # fail before the expensive part
+    if args.roc:
+        check_output_path(args.roc, suffixes=(".png",), force=args.force)
+    if args.labels and args.label_column:
+        raise UsageError("give the labels either as --labels FILE or as --label-column NAME, not both")
+    if args.roc and not (args.labels or args.label_column):
+        raise UsageError("--roc draws the ROC curve of labelled data; give --labels or --label-column")
+    flow, payload = load_run(args.run, args.device)
+    spec = payload["model_spec"]
+    check_method(args.method, spec.get("levels"), args.fpr if args.fpr is not None else 0.5)
+    x, files, labels = examples_to_score(args.data, spec, payload.get("data_columns"), args.label_column)
+    if args.labels:
+        labels = read_labels(args.labels, len(x))
+    log_prob = log_prob_in_chunks(flow, x)
+    bits_per_dim = -log_prob / (x[0].numel() * math.log(2))
+    scorer = _calibrated(args, flow, payload, spec)
+    scores = scorer.scores(log_prob, x) if scorer is not None else -log_prob.double()
+    flags = scorer.flag(scores) if scorer is not None and args.fpr is not None else None
+    _write(args.out, write_table, log_prob, bits_per_dim, scores if scorer is not None else None, flags, files)
+    line = f"scored {len(x)} examples: mean log-likelihood {log_prob.mean():.4f} nats ({bits_per_dim.mean():.4f} bits/dim)"
+    if flags is not None:
+        line += (f"; {args.method} score threshold {scorer.threshold:.4f} (flags {args.fpr:g} of the validation "
+                 f"rows): {int(flags.sum())} flagged ({flags.double().mean():.1%})")  # fmt: skip
+    print(f"{line}; wrote {args.out}")
+    if labels is not None:
+        figures = evaluate_labels(scores, flags if flags is not None else torch.zeros(len(x), dtype=torch.bool), labels)
+        text = f"{figures['normal']} normal and {figures['anomalies']} anomalous rows: AUROC {figures['auroc']:.4f}, AUPRC {figures['auprc']:.4f}"
+        if flags is not None:
+            text += f"; flags {figures['detection_rate']:.1%} of anomalies at a false-alarm rate of {figures['false_alarm_rate']:.1%}"
+        print(text)
+        if args.roc:
+            from clayflow.plotting.anomaly import plot_roc
+
+            print(f"ROC curve: {plot_roc(args.roc, *figures['roc'], figures['auroc'], args.method)}")
+    return 0
+
+
+def _calibrated(args, flow, payload, spec):
+    """The scorer of ``--method``, calibrated on the run's validation split, or None when only
+    -log p is asked for (no ``--fpr``, method likelihood)."""
+    from clayflow.data import load_dataset
+    from clayflow.diagnostics.anomaly import calibrate
+    from clayflow.train.evaluate import log_prob_in_chunks
+
+    if args.fpr is None and args.method == "likelihood":
+        return None
+    run_dir = Path(args.run) if Path(args.run).is_dir() else None
+    config = payload.get("config") or {}
+    if run_dir is not None and (run_dir / "config.json").exists():
+        config = json.loads((run_dir / "config.json").read_text())
+    if "data" not in config:
+        raise ClayflowError(f"{args.run} does not say what data it was trained on, so nothing calibrates --{'fpr' if args.fpr else 'method'}")
+    data = load_dataset(config["data"])
+    val = data.val if len(data.val) >= 2 else data.train
+    if args.fpr is not None and len(val) * args.fpr < 5:
+        print(f"note: the threshold rests on {len(val)} validation rows, fewer than 5 of them above it at --fpr "
+              f"{args.fpr:g}; the false-alarm rate it gives will vary", file=sys.stderr)  # fmt: skip
+    val_log_prob = log_prob_in_chunks(flow, val, data.loader_options)
+    train = data.train if isinstance(data.train, torch.Tensor) else None
+    return calibrate(args.method, args.fpr if args.fpr is not None else 0.5, val, val_log_prob, train, spec.get("levels"))
+
+
+def _write(out, write_table, log_prob, bits_per_dim, scores, flags, files) -> None:
+    if out.lower().endswith(".npy"):
+        write_table(out, log_prob.numpy()[:, None], ["log_prob"])
+        return
+    columns, names = [log_prob.numpy(), bits_per_dim.numpy()], ["log_prob", "bits_per_dim"]
+    for name, values in (("score", scores), ("flag", flags)):  # with --method or --fpr
+        if values is not None:
+            columns.append(values.double().numpy())
+            names.append(name)
+    if files is not None:  # a folder of images: each row names its file
+        write_table(out, np.stack(columns, 1), ["file", *names], files)
+    else:
+        write_table(out, np.stack([np.arange(1, len(log_prob) + 1), *columns], 1), ["row", *names])

@@ -1,0 +1,98 @@
+"""Anomaly scores: a threshold calibrated at a false-alarm rate flags about that share of
+normal rows; typicality also flags rows that are too likely; ``clayflow score`` writes
+scores and flags and, with labels, AUROC, AUPRC and a ROC curve."""
+
+import numpy as np
+import pytest
+import torch
+
+from clayflow import models
+from clayflow.cli.main import main
+from clayflow.diagnostics.anomaly import GaussianReference, calibrate, compressed_bits, evaluate_labels
+
+
+def standard_normal_flow(dims: int):
+    """An untrained RealNVP: its couplings start as the identity, so p = N(0, I)."""
+    return models.realnvp(dims, layers=2, hidden=8).eval()
+
+
+@torch.no_grad()
+def test_the_threshold_flags_the_chosen_share_of_normal_rows():
+    flow = standard_normal_flow(5)
+    g = torch.Generator().manual_seed(0)
+    val, normal = torch.randn(4000, 5, generator=g), torch.randn(4000, 5, generator=g)
+    far = 3 * torch.randn(500, 5, generator=g)
+    scorer = calibrate("likelihood", 0.05, val, flow.log_prob(val), None)
+    flagged = scorer.flag(scorer.scores(flow.log_prob(normal), normal)).double().mean().item()
+    assert abs(flagged - 0.05) < 4 * (0.05 * 0.95 / 4000) ** 0.5  # binomial: within 4 standard errors
+    test = torch.cat([normal, far])
+    scores = scorer.scores(flow.log_prob(test), test)
+    labels = np.r_[np.zeros(len(normal)), np.ones(len(far))]
+    figures = evaluate_labels(scores, scorer.flag(scores), labels)
+    assert figures["auroc"] > 0.95 and figures["detection_rate"] > 0.8
+    assert abs(figures["false_alarm_rate"] - flagged) < 1e-12
+
+
+@torch.no_grad()
+def test_typicality_flags_rows_that_are_too_likely():
+    """In 20 dimensions the mode (x = 0) is 10 nats more likely than a typical row: the
+    likelihood score calls it the most normal row, the typicality score an anomaly."""
+    flow = standard_normal_flow(20)
+    val = torch.randn(3000, 20, generator=torch.Generator().manual_seed(1))
+    mode = torch.zeros(1, 20)
+    for method, flagged in (("likelihood", False), ("typicality", True)):
+        scorer = calibrate(method, 0.01, val, flow.log_prob(val), None)
+        assert bool(scorer.flag(scorer.scores(flow.log_prob(mode), mode))) is flagged, method
+
+
+def test_the_ratio_reference_and_the_complexity_term():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(5000, 3, generator=g) @ torch.tensor([[2.0, 0, 0], [1.0, 1.0, 0], [0, 0, 0.5]])
+    reference = GaussianReference.fit(x)
+    fitted = torch.distributions.MultivariateNormal(x.mean(0), covariance_matrix=torch.cov(x.T))  # no ridge
+    assert torch.allclose(reference.log_prob(x[:10]), fitted.log_prob(x[:10]).double(), atol=2e-2)
+    flat, noisy = torch.full((2, 1, 8, 8), 3.0), torch.randint(0, 17, (2, 1, 8, 8), generator=g).float()
+    assert (compressed_bits(flat) < compressed_bits(noisy)).all()
+
+
+def test_score_flags_rows_and_measures_labelled_data(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--steps", "200", "--hidden", "16", "--layers", "2", "--no-plots", "--out", str(run)]) == 0
+    g = np.random.default_rng(0)
+    moons = __import__("sklearn.datasets", fromlist=["make_moons"]).make_moons(300, noise=0.1, random_state=1)[0]
+    far = g.uniform(-4, 4, (100, 2)) + np.array([0.0, 4.0])
+    rows = np.c_[np.r_[moons, far], np.r_[np.zeros(300), np.ones(100)]]
+    data = tmp_path / "rows.csv"
+    np.savetxt(data, rows, delimiter=",")
+    out, roc = tmp_path / "scores.csv", tmp_path / "roc.png"
+    capsys.readouterr()
+    code = main(["score", str(run), "--data", str(data), "--label-column", "3", "--fpr", "0.05",
+                 "--roc", str(roc), "--out", str(out)])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert code == 0 and roc.stat().st_size > 0, printed
+    table = np.genfromtxt(out, delimiter=",", names=True)
+    assert table.dtype.names == ("row", "log_prob", "bits_per_dim", "score", "flag") and len(table) == 400
+    auroc = float(printed.split("AUROC ")[1].split(",")[0])
+    assert auroc > 0.9 and "300 normal and 100 anomalous rows" in printed
+    assert table["flag"][300:].mean() > 0.7 and table["flag"][:300].mean() < 0.2
+    labels, features = tmp_path / "labels.csv", tmp_path / "features.csv"
+    np.savetxt(labels, rows[:, 2:])
+    np.savetxt(features, rows[:, :2], delimiter=",")
+    assert main(["score", str(run), "--data", str(features), "--labels", str(labels), "--out", str(tmp_path / "x.csv")]) == 0
+    assert f"AUROC {auroc:.4f}" in capsys.readouterr().out  # the same rows and scores
+    np.savetxt(labels, rows[:10, 2:])
+    assert main(["score", str(run), "--data", str(features), "--labels", str(labels), "--out", str(tmp_path / "z.csv")]) == 1
+    assert main(["score", str(run), "--data", str(data), "--labels", str(labels), "--out", str(tmp_path / "w.csv")]) == 1
+    errors = capsys.readouterr().err
+    assert "holds 10 labels for 400 scored rows" in errors and "has 3 columns but the model was trained on 2" in errors
+    for bad, message in ((["--fpr", "1.5"], "--fpr must be in (0, 1)"), (["--roc", str(tmp_path / "r.png")], "--roc draws")):
+        assert main(["score", str(run), "--data", "moons", "--out", str(tmp_path / "y.csv"), *bad]) == 2
+        assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["typicality", "ratio", "complexity"])
+def test_image_scores(tmp_path, method, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--data", "digits", "--steps", "3", "--hidden", "8", "--depth", "1", "--no-plots", "--out", str(run)]) == 0
+    assert main(["score", str(run), "--data", "digits", "--method", method, "--fpr", "0.1", "--out", str(tmp_path / "s.csv")]) == 0
+    assert f"{method} score threshold" in capsys.readouterr().out
