@@ -34,6 +34,7 @@ _LAZY = {
     "fit": "clayflow.train.fit",
     "FitResult": "clayflow.train.fit",
     "verify": "clayflow.diagnostics",
+    "explain": "clayflow.diagnostics",
 }
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "StandardNormal",
     "Transform",
     "UsageError",
+    "explain",
     "fit",
     "load",
     "models",
@@ -62,6 +64,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
     from clayflow.core import Inverse as Inverse
     from clayflow.core import StandardNormal as StandardNormal
     from clayflow.core import Transform as Transform
+    from clayflow.diagnostics import explain as explain
     from clayflow.diagnostics import verify as verify
     from clayflow.errors import ClayflowError as ClayflowError
     from clayflow.errors import UsageError as UsageError

@@ -32,6 +32,8 @@ EXAMPLES = {
     "  clayflow score runs/mine --data rows.csv --fpr 0.01 --method typicality --out flagged.csv\n"
     "  clayflow score runs/mine --data rows.csv --label-column is_fraud --roc roc.png --out scores.csv",
     "plot": "examples:\n  clayflow plot runs/mine\n  clayflow plot runs/wine --columns alcohol,proline,7",
+    "explain": "examples:\n  clayflow explain runs/mine                 # table, and pictures in runs/mine/explain\n"
+    "  clayflow explain runs/digits --rows 64 --out pictures/",
     "verify": "examples:\n  clayflow verify runs/mine                      # on the run's test split\n"
     "  clayflow verify runs/mine --data held_out.csv --json > report.json\n"
     "  clayflow verify runs/mine && deploy runs/mine   # exit 0 only if every check passes",
@@ -61,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``clayflow`` parser with one subcommand per verb."""
     parser = _Parser(
         prog="clayflow",
-        description="Normalizing flows: train, sample, score, verify and plot from one command.",
+        description="Normalizing flows: train, sample, score, verify, explain and plot from one command.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Run 'clayflow <command> --help' for a command's options.",
     )
@@ -73,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_score(verbs)
     _add_plot(verbs)
     _add_verify(verbs)
+    _add_explain(verbs)
     return parser
 
 
@@ -216,6 +219,14 @@ def _add_verify(verbs) -> None:
     p = _verb(verbs, "verify", "Check a trained flow: round trips, log-dets layer by layer, mass, samples.")
     verify.add_arguments(p, _device)
     p.set_defaults(handler=lambda args: verify.cmd_verify(args, _load_run))
+
+
+def _add_explain(verbs) -> None:
+    from clayflow.cli import explain
+
+    p = _verb(verbs, "explain", "Show what each layer of a trained flow does: its share of log p, and pictures.")
+    explain.add_arguments(p, _device)
+    p.set_defaults(handler=lambda args: explain.cmd_explain(args, _load_run))
 
 
 # -- verbs ----------------------------------------------------------------------------------

@@ -1,0 +1,65 @@
+"""``clayflow explain RUN``: what each layer of a trained flow does, as a table of its share
+of the log-likelihood and as pictures in ``RUN/explain`` (or ``--out``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from clayflow.errors import ClayflowError, UsageError
+
+
+def add_arguments(p: argparse.ArgumentParser, device_type) -> None:
+    """The options of ``clayflow explain``."""
+    p.add_argument("run", metavar="RUN", help="run directory")
+    p.add_argument("--data", metavar="DATA", help="examples to push through the layers (default: the run's test split)")
+    p.add_argument("--rows", type=int, default=1000, metavar="N", help="examples used (default 1000)")
+    p.add_argument("--out", metavar="DIR", help="where the pictures go (default RUN/explain)")
+    p.add_argument("--seed", type=int, default=0, help="seed of dequantization noise and samples (default 0)")
+    p.add_argument("--device", type=device_type, default="cpu", help="device (default: cpu)")
+
+
+def cmd_explain(args: argparse.Namespace, load_run) -> int:
+    """Print each layer's share of log p and draw the pictures that apply to the data's kind."""
+    from clayflow.cli.inputs import examples_to_score
+    from clayflow.data import load_dataset
+    from clayflow.diagnostics.explanation import explain
+    from clayflow.plotting import explain as pictures
+
+    run_dir = Path(args.run)
+    if not run_dir.is_dir():
+        raise ClayflowError(f"{run_dir} is not a run directory")
+    if args.rows < 2:
+        raise UsageError("--rows must be >= 2")
+    flow, payload = load_run(args.run, args.device)
+    if args.data:
+        x = examples_to_score(args.data, payload["model_spec"], payload.get("data_columns"))[0]
+    else:
+        config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else {}
+        if "data" not in config:
+            raise ClayflowError(f"{run_dir} does not say what data it was trained on; give --data")
+        x = load_dataset(config["data"]).test
+    x = x[: args.rows]
+    out = Path(args.out) if args.out else run_dir / "explain"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ClayflowError(f"cannot write to {out}: {exc.strerror or exc}") from None
+    explanation = explain(flow, x, args.seed)
+    print(explanation.table())
+    images = x.dim() == 4
+    drawn = [pictures.plot_contributions(explanation, out / "contributions.png", images)]
+    try:
+        if images:
+            drawn.append(pictures.plot_image_scales(flow, x, out / "scales.png", seed=args.seed))
+        elif x.shape[1] == 2:
+            drawn.append(pictures.plot_layers_2d(flow, x[:500], out / "layers.png", args.seed))
+            drawn.append(pictures.animate_2d(flow, x[:500], out / "layers.gif", args.seed))
+            drawn.append(pictures.plot_cnf_trajectories(flow, out / "trajectories.png", seed=args.seed))
+        else:
+            drawn.append(pictures.plot_marginals(explanation, out / "marginals.png"))
+    except OSError as exc:
+        raise ClayflowError(f"cannot write the pictures in {out}: {exc.strerror or exc}") from None
+    print("pictures: " + ", ".join(str(p) for p in drawn if p is not None))
+    return 0
