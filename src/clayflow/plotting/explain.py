@@ -26,7 +26,7 @@ def plot_contributions(explanation: Explanation, path: Path, images: bool) -> Pa
     values = [v * scale for _, v in terms]
     fig, ax = plt.subplots(figsize=(7, 1.2 + 0.22 * len(terms)))
     ax.barh(range(len(terms)), values, color=["tab:blue"] * (len(terms) - 1) + ["tab:grey"])
-    ax.set_yticks(range(len(terms)), [name for name, _ in terms], fontsize=6)
+    ax.set_yticks(range(len(terms)), [name.removeprefix("transform.transforms.") for name, _ in terms], fontsize=6)
     ax.invert_yaxis()
     ax.axvline(0, color="black", linewidth=0.5)
     total = float(explanation.log_prob.mean()) * scale
@@ -134,7 +134,9 @@ def plot_cnf_trajectories(flow: Flow, path: Path, rows: int = 300, seed: int = 0
     ax.scatter(states[-1, :, 0], states[-1, :, 1], s=3, color="black", label="t = 0 (data side)")
     ax.scatter(states[0, :, 0], states[0, :, 1], s=3, color="tab:orange", label=f"t = {float(times[0]):.2f} (latent)")
     ax.legend(fontsize=7)
-    ax.set(title=f"CNF paths, latent to data ({stats.nfe_forward} function evaluations per solve)", xticks=[], yticks=[])
+    moved = float(np.linalg.norm(states[-1] - states[0], axis=1).mean())
+    ax.set(title=f"CNF paths, latent to data: mean distance moved {moved:.3g}\n"
+                 f"({stats.nfe_forward} function evaluations per solve)", xticks=[], yticks=[])  # fmt: skip
     ax.title.set_fontsize(8)
     return save_figure(fig, path)
 
