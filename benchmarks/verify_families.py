@@ -20,6 +20,7 @@ import torch
 
 import clayflow
 from clayflow.data import load_dataset
+from clayflow.diagnostics.faults import break_layer
 from clayflow.transforms import AffineCoupling, ScalarAffine
 
 RUNS = {
@@ -48,13 +49,7 @@ def broken(run: Path, layer_type: type, index: int, forward=None, inverse=None):
     """The run's flow with its ``index``-th ``layer_type`` layer made faulty."""
     flow = clayflow.load(run)
     name, layer = [(n, m) for n, m in flow.named_modules() if isinstance(m, layer_type)][index]
-    cls = type(layer)
-    methods = {}
-    if forward is not None:
-        methods["forward"] = lambda self, v, context=None: forward(*cls.forward(self, v, context))
-    if inverse is not None:
-        methods["inverse"] = lambda self, v, context=None: inverse(*cls.inverse(self, v, context))
-    layer.__class__ = type(cls.__name__, (cls,), methods)
+    break_layer(layer, forward, inverse)
     return flow, name
 
 

@@ -9,6 +9,7 @@ import torch
 from clayflow import models
 from clayflow.cli.main import main
 from clayflow.diagnostics import verify
+from clayflow.diagnostics.faults import break_layer
 from clayflow.transforms import AffineCoupling, ScalarAffine
 from clayflow.transforms import continuous as continuous_module
 from zoo import randomize
@@ -56,19 +57,6 @@ def test_a_healthy_model_of_every_family_passes(family):
     if family == "cnf":
         assert any(name.startswith("Hutchinson vs exact trace") for name in names)
         assert "density integrates to 1 (2-D grid)" in names
-
-
-def break_layer(layer, forward=None, inverse=None) -> None:
-    """Give ``layer`` a faulty ``forward`` and/or ``inverse`` (functions of the correct
-    method's output) through a subclass of the same name, so that copies (verify's float64
-    twin) are broken alike and the report names the class a user sees."""
-    cls = type(layer)
-    methods = {}
-    if forward is not None:
-        methods["forward"] = lambda self, v, context=None: forward(*cls.forward(self, v, context))
-    if inverse is not None:
-        methods["inverse"] = lambda self, v, context=None: inverse(*cls.inverse(self, v, context))
-    layer.__class__ = type(cls.__name__, (cls,), methods)
 
 
 def failed(report) -> dict[str, str]:

@@ -20,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser, device_type) -> None:
     p.add_argument("--device", type=device_type, default="cpu", help="device (default: cpu)")
 
 
-def cmd_explain(args: argparse.Namespace, load_run) -> int:
+def run(args: argparse.Namespace, load_run) -> int:
     """Print each layer's share of log p and draw the pictures that apply to the data's kind."""
     from clayflow.cli.inputs import examples_to_score
     from clayflow.data import load_dataset

@@ -72,10 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     verbs = parser.add_subparsers(dest="verb", metavar="<command>", required=True)
     _add_train(verbs)
     _add_sample(verbs)
-    _add_score(verbs)
+    _add_verb_module(verbs, "score")
     _add_plot(verbs)
-    _add_verify(verbs)
-    _add_explain(verbs)
+    _add_verb_module(verbs, "verify")
+    _add_verb_module(verbs, "explain")
     return parser
 
 
@@ -193,12 +193,22 @@ def _device(name: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _add_score(verbs) -> None:
-    from clayflow.cli import score
+# Verbs whose options and handler live in their own module (``add_arguments``, ``run``).
+VERB_MODULES = {
+    "score": "Log-likelihood of each row of a file under a trained flow, and anomaly scores.",
+    "verify": "Check a trained flow: round trips, log-dets layer by layer, mass, samples.",
+    "explain": "Show what each layer of a trained flow does: its share of log p, and pictures.",
+}
 
-    p = _verb(verbs, "score", "Log-likelihood of each row of a file under a trained flow, and anomaly scores.")
-    score.add_arguments(p, _device)
-    p.set_defaults(handler=lambda args: score.cmd_score(args, _load_run))
+
+def _add_verb_module(verbs, name: str) -> None:
+    """The verb ``name`` of ``clayflow.cli.<name>``: its options, and its handler given ``_load_run``."""
+    import importlib
+
+    module = importlib.import_module(f"clayflow.cli.{name}")
+    p = _verb(verbs, name, VERB_MODULES[name])
+    module.add_arguments(p, _device)
+    p.set_defaults(handler=lambda args: module.run(args, _load_run))
 
 
 def _add_plot(verbs) -> None:
@@ -211,22 +221,6 @@ def _add_plot(verbs) -> None:
         "(default: the first 16 in marginals.png, the first 4 in pairs.png)",
     )
     p.set_defaults(handler=cmd_plot)
-
-
-def _add_verify(verbs) -> None:
-    from clayflow.cli import verify
-
-    p = _verb(verbs, "verify", "Check a trained flow: round trips, log-dets layer by layer, mass, samples.")
-    verify.add_arguments(p, _device)
-    p.set_defaults(handler=lambda args: verify.cmd_verify(args, _load_run))
-
-
-def _add_explain(verbs) -> None:
-    from clayflow.cli import explain
-
-    p = _verb(verbs, "explain", "Show what each layer of a trained flow does: its share of log p, and pictures.")
-    explain.add_arguments(p, _device)
-    p.set_defaults(handler=lambda args: explain.cmd_explain(args, _load_run))
 
 
 # -- verbs ----------------------------------------------------------------------------------

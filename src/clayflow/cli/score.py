@@ -39,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser, device_type) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing --out file")
 
 
-def cmd_score(args: argparse.Namespace, load_run) -> int:
+def run(args: argparse.Namespace, load_run) -> int:
     """Write each example's log-likelihood, bits/dim and anomaly score (and flag); print the
     threshold and, with labels, the detection figures."""
     from clayflow.cli.inputs import examples_to_score, read_labels

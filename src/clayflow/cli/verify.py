@@ -25,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser, device_type) -> None:
     p.add_argument("--device", type=device_type, default="cpu", help="device (default: cpu)")
 
 
-def cmd_verify(args: argparse.Namespace, load_run) -> int:
+def run(args: argparse.Namespace, load_run) -> int:
     """Verify a run: print the report; 0 if every check passed, else 1."""
     from clayflow.cli.inputs import examples_to_score
     from clayflow.data import load_dataset

@@ -7,8 +7,8 @@
 >>> report = verify(models.realnvp(2, layers=2, hidden=8), torch.randn(64, 2), rows=64)
 >>> report.passed
 True
->>> print(report.table().splitlines()[0])
-check                                      figure    tolerance  result  detail
+>>> report.table().splitlines()[0].split()
+['check', 'figure', 'tolerance', 'result', 'detail']
 
 What it measures (each a row of the report; see ``checks`` for the tolerances):
 
