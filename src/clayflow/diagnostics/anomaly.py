@@ -7,9 +7,10 @@ Scores (higher = more anomalous), chosen by ``method``:
 * ``typicality``: |-log p(x) - m|, m the mean of -log p over the validation rows: the distance
   from the typical set (Nalisnick et al. 2019), which also flags rows that are *too* likely,
   as out-of-distribution data often are.
-* ``ratio``: -log p(x) + log q(x), q a full-covariance Gaussian fitted to the training rows
-  (dequantized like the model's input for images): a likelihood ratio against a simpler
-  model, which cancels what both find easy (Schirrmeister et al. 2020; Ren et al. 2019).
+* ``ratio``: -log p(x) + log q(x), q a simpler model fitted to the training rows: a
+  full-covariance Gaussian for vectors, a model of local pixel correlations for images
+  (``LocalPixelReference``, on dequantized levels): a likelihood ratio that cancels what
+  both find easy, such as smooth images (Schirrmeister et al. 2020; Ren et al. 2019).
 * ``complexity`` (images): -log2 p(x) - L(x), L the bits of the image compressed by zlib at
   level 9, a stand-in for the input-complexity term of Serra et al. 2020.
 
@@ -55,6 +56,46 @@ class GaussianReference:
         return distribution.log_prob(x.reshape(len(x), -1).double())
 
 
+@dataclass
+class LocalPixelReference:
+    r"""A model of local pixel correlations only, for images ``(N, C, H, W)``: each pixel is
+    Gaussian given its upper, left and upper-left neighbours (0 outside the image), by one
+    linear regression per channel shared by every position (so it knows how smooth images
+    are, not where things are), with a variance of at least 1/12 (a level's dequantization
+    noise). Smoothness dominates an image flow's likelihood too; the ratio cancels it and
+    keeps what the flow knows beyond it.
+
+        log q(x) = sum_{c,i,j} log N(x_cij; w_c . [1, x_c(i-1)j, x_ci(j-1), x_c(i-1)(j-1)], s2_c)
+    """
+
+    weights: Tensor  # (C, 4)
+    variance: Tensor  # (C,)
+
+    @staticmethod
+    def _features(x: Tensor) -> Tensor:
+        x = x.double()
+        padded = torch.nn.functional.pad(x, (1, 0, 1, 0))  # a row above and a column to the left
+        up, left, corner = padded[:, :, :-1, 1:], padded[:, :, 1:, :-1], padded[:, :, :-1, :-1]
+        ones = torch.ones_like(x)
+        return torch.stack([ones, up, left, corner], -1).reshape(len(x), x.shape[1], -1, 4)  # (N, C, HW, 4)
+
+    @classmethod
+    def fit(cls, x: Tensor, ridge: float = 1e-6) -> LocalPixelReference:
+        features, target = cls._features(x), x.double().reshape(len(x), x.shape[1], -1)
+        count = features.shape[0] * features.shape[2]
+        gram = torch.einsum("ncpk,ncpl->ckl", features, features) + ridge * count * torch.eye(4, dtype=torch.float64)
+        weights = torch.linalg.solve(gram, torch.einsum("ncpk,ncp->ck", features, target))
+        residual = target - torch.einsum("ncpk,ck->ncp", features, weights)
+        return cls(weights, residual.pow(2).mean((0, 2)).clamp_min(1 / 12))
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """log q of each image ``(N, C, H, W)`` -> ``(N,)`` float64."""
+        mean = torch.einsum("ncpk,ck->ncp", self._features(x), self.weights)
+        error = x.double().reshape(len(x), x.shape[1], -1) - mean
+        variance = self.variance[:, None]
+        return (-0.5 * (error.pow(2) / variance + variance.log() + math.log(2 * math.pi))).sum((1, 2))
+
+
 def compressed_bits(x: Tensor) -> Tensor:
     """Bits of each image ``(N, C, H, W)`` of integer levels (< 256) compressed by zlib (level 9)."""
     images = x.detach().cpu().numpy().astype(np.uint8)
@@ -70,7 +111,7 @@ class AnomalyScorer:
     fpr: float
     threshold: float
     typical_nll: float
-    reference: GaussianReference | None = None
+    reference: GaussianReference | LocalPixelReference | None = None
     levels: int | None = None
 
     def scores(self, log_prob: Tensor, x: Tensor) -> Tensor:
@@ -106,7 +147,8 @@ def calibrate(method: str, fpr: float, val: Tensor, val_log_prob: Tensor, train:
         raise UsageError("calibrating a threshold needs at least 2 validation rows")
     reference = None
     if method == "ratio":
-        reference = GaussianReference.fit(_dequantized(train if train is not None else val, levels))
+        rows = _dequantized(train if train is not None else val, levels)
+        reference = LocalPixelReference.fit(rows) if rows.dim() == 4 else GaussianReference.fit(rows)
     scorer = AnomalyScorer(method, fpr, math.inf, float(-val_log_prob.double().mean()), reference, levels)
     scorer.threshold = float(torch.quantile(scorer.scores(val_log_prob, val), 1 - fpr))
     return scorer
