@@ -8,7 +8,13 @@ import torch
 
 from clayflow import models
 from clayflow.cli.main import main
-from clayflow.diagnostics.anomaly import GaussianReference, calibrate, compressed_bits, evaluate_labels
+from clayflow.diagnostics.anomaly import (
+    GaussianReference,
+    LocalPixelReference,
+    calibrate,
+    compressed_bits,
+    evaluate_labels,
+)
 
 
 def standard_normal_flow(dims: int):
@@ -88,6 +94,22 @@ def test_score_flags_rows_and_measures_labelled_data(tmp_path, capsys):
     for bad, message in ((["--fpr", "1.5"], "--fpr must be in (0, 1)"), (["--roc", str(tmp_path / "r.png")], "--roc draws")):
         assert main(["score", str(run), "--data", "moons", "--out", str(tmp_path / "y.csv"), *bad]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_the_local_pixel_reference_knows_smoothness_not_position():
+    """Digits are smoother than the same pixels shuffled, and a digit moved by one column is
+    as likely as before (one regression shared by every position)."""
+    from clayflow.data import load_dataset
+
+    digits = load_dataset("digits")
+    reference = LocalPixelReference.fit(digits.train + 0.5)
+    test = digits.test + 0.5
+    shuffled = test.reshape(len(test), -1)[:, torch.randperm(64, generator=torch.Generator().manual_seed(0))].reshape(test.shape)
+    assert (reference.log_prob(test) > reference.log_prob(shuffled)).double().mean() > 0.95
+    moved = torch.roll(test, 1, dims=3)
+    empty_column = (test[:, :, :, -1] == 0.5).all(-1).squeeze(1)  # rolling moves no ink around the edge
+    gap = (reference.log_prob(moved) - reference.log_prob(test))[empty_column].abs()
+    assert empty_column.sum() > 20 and gap.median() < 2.0
 
 
 @pytest.mark.parametrize("method", ["typicality", "ratio", "complexity"])
