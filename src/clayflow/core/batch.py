@@ -94,11 +94,14 @@ def rademacher_like(x: Tensor) -> Tensor:
     return torch.where(rand_like(x) < 0.5, -1.0, 1.0).to(x.dtype)
 
 
-def mean_var(x: Tensor, dims: Sequence[int]) -> tuple[Tensor, Tensor]:
+def mean_var(x: Tensor, dims: Sequence[int], shift: Tensor | None = None) -> tuple[Tensor, Tensor]:
     r"""Mean and biased variance of ``x`` over ``dims`` (which include the batch dim 0), of
-    the global batch when ``x`` is a process's part of one: two differentiable all-reduces,
+    the global batch when ``x`` is a process's part of one: one differentiable all-reduce of
+    the sums of ``y = x - c`` and ``y^2``, c = ``shift`` (the same in every process, such as a
+    running mean, so that the difference of squares below does not cancel badly),
 
-        mean = sum_all(x) / n,   var = sum_all((x - mean)^2) / n,   n = total * prod(other dims).
+        mean = c + sum_all(y) / n,   var = sum_all(y^2) / n - (sum_all(y) / n)^2,
+        n = total * prod(other dims).
     """
     dims = list(dims)
     split = _split(x.shape[0])
@@ -107,7 +110,8 @@ def mean_var(x: Tensor, dims: Sequence[int]) -> tuple[Tensor, Tensor]:
     from torch.distributed.nn.functional import all_reduce
 
     count = split[1] * math.prod(x.shape[d] for d in dims if d != 0)
-    mean = all_reduce(x.sum(dim=dims)) / count
     kept_shape = [1 if d in dims else n for d, n in enumerate(x.shape)]
-    centred = x - mean.reshape(kept_shape)
-    return mean, all_reduce(centred.pow(2).sum(dim=dims)) / count
+    centre = shift.detach().to(x.dtype) if shift is not None else x.new_zeros(x.shape[1])
+    y = x - centre.reshape(kept_shape)
+    sums = all_reduce(torch.stack([y.sum(dim=dims), y.pow(2).sum(dim=dims)])) / count
+    return centre + sums[0], (sums[1] - sums[0].pow(2)).clamp_min(0)

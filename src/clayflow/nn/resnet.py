@@ -34,7 +34,7 @@ class BatchNorm2d(nn.BatchNorm2d):
         total = batch.global_size(x.shape[0])
         if not self.training or total is None:
             return super().forward(x)
-        mean, var = batch.mean_var(x, [0, 2, 3])
+        mean, var = batch.mean_var(x, [0, 2, 3], shift=self.running_mean)
         if self.track_running_stats:
             n = total * x.shape[2] * x.shape[3]
             momentum = self.momentum if self.momentum is not None else 1 / (int(self.num_batches_tracked) + 1)

@@ -40,7 +40,7 @@ class BatchNorm(Transform):
     def _statistics(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if not self.training:
             return self.running_mean, self.running_var
-        mean, var = batch.mean_var(x, [0, *range(2, x.dim())])  # the global batch's, on N processes
+        mean, var = batch.mean_var(x, [0, *range(2, x.dim())], shift=self.running_mean)  # the global batch's
         with torch.no_grad():
             self.running_mean.lerp_(mean.detach(), self.momentum)
             self.running_var.lerp_(var.detach(), self.momentum)
