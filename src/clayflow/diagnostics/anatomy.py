@@ -33,6 +33,7 @@ class Anatomy:
 
     @property
     def random_prefix(self) -> bool:
+        """Whether the flow starts with random layers (dequantization, augmentation)."""
         return len(self.prefix) > 0
 
     @property

@@ -43,6 +43,7 @@ class GaussianReference:
 
     @classmethod
     def fit(cls, x: Tensor, ridge: float = 1e-3) -> GaussianReference:
+        """The sample mean and covariance of ``x`` ``(N, *)``, plus ``ridge`` times the mean variance."""
         flat = x.reshape(len(x), -1).double()
         mean = flat.mean(0)
         centred = flat - mean
@@ -81,6 +82,7 @@ class LocalPixelReference:
 
     @classmethod
     def fit(cls, x: Tensor, ridge: float = 1e-6) -> LocalPixelReference:
+        """Least squares per channel over every image and position of ``x`` ``(N, C, H, W)``."""
         features, target = cls._features(x), x.double().reshape(len(x), x.shape[1], -1)
         count = features.shape[0] * features.shape[2]
         gram = torch.einsum("ncpk,ncpl->ckl", features, features) + ridge * count * torch.eye(4, dtype=torch.float64)
@@ -126,10 +128,12 @@ class AnomalyScorer:
         return nll / math.log(2) - compressed_bits(x)
 
     def flag(self, scores: Tensor) -> Tensor:
+        """Whether each score is above the calibrated threshold ``(N,)`` bool."""
         return scores > self.threshold
 
 
 def check_method(method: str, levels: int | None, fpr: float) -> None:
+    """Refuse (``UsageError``) an unknown method, ``complexity`` on non-images, an fpr outside (0, 1)."""
     if method not in METHODS:
         raise UsageError(f"unknown anomaly score method {method!r}; choose one of: {', '.join(METHODS)}")
     if method == "complexity" and (levels is None or levels > 256):

@@ -35,6 +35,7 @@ class Tolerances:
 
     @classmethod
     def of(cls, anatomy: Anatomy) -> Tolerances:
+        """The defaults, or for a flow with CNF blocks tolerances at the scale of their solvers."""
         cnfs = [cnf for _, cnf in anatomy.cnfs()]
         if not cnfs:
             return cls()

@@ -53,6 +53,7 @@ class Explanation:
 
     @property
     def dims(self) -> int:
+        """Elements per example, D (bits/dim divide by D ln 2)."""
         return math.prod(self.x.shape[1:])
 
     def contributions(self) -> list[tuple[str, float]]:

@@ -25,6 +25,7 @@ class Check:
 
     @property
     def verdict(self) -> str:
+        """``PASS``, ``FAIL``, or ``-`` for a figure without a tolerance."""
         return "-" if self.passed is None else "PASS" if self.passed else "FAIL"
 
 
@@ -36,13 +37,16 @@ class Report:
 
     @property
     def passed(self) -> bool:
+        """Whether every check with a tolerance passed."""
         return all(check.passed is not False for check in self.checks)
 
     @property
     def failed(self) -> list[Check]:
+        """The checks that failed."""
         return [check for check in self.checks if check.passed is False]
 
     def add(self, check: Check) -> None:
+        """Append ``check`` to the report."""
         self.checks.append(check)
 
     def to_dict(self) -> dict:

@@ -64,6 +64,7 @@ class Processes:
 
     @property
     def distributed(self) -> bool:
+        """Whether there is more than one process."""
         return self.world > 1
 
     def slice(self, batch_size: int) -> slice:
