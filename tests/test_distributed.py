@@ -164,6 +164,7 @@ flow = clayflow.models.realnvp(3, hidden=16, layers=2)
 result = clayflow.fit(flow, x[:384], val=x[384:448], test=x[448:], steps=15, batch_size=64, progress=False,
                       out=sys.argv[1] if len(sys.argv) > 1 else None)
 torch.save({"model": flow.state_dict(), "test_nll": result.test_nll}, sys.argv[2 if len(sys.argv) > 2 else 1] + ".pt")
+clayflow.fit(clayflow.models.realnvp(3, hidden=8, layers=2), x[:384], steps=2, batch_size=64, progress=False)  # again
 """
 
 
@@ -240,3 +241,5 @@ def test_what_would_depend_on_the_number_of_processes_is_refused(tmp_path):
     line = "clayflow: error: --batch-size 63 is the global batch, split over 2 processes; give a multiple of 2\n"
     assert odd.returncode != 0 and odd.stderr.count(line) == 1
     assert not (tmp_path / "odd").exists()
+    large = on_two("--data", "wine", "--batch-size", "256", "--steps", "2", "--out", tmp_path / "large")
+    assert large.returncode != 0 and "clayflow: error: --batch-size 256 is more than the 142 training rows" in large.stderr

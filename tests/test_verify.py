@@ -53,7 +53,7 @@ def test_a_healthy_model_of_every_family_passes(family):
     names = {check.name for check in report.checks}
     assert {"round trip, far points (float32)", "log|det| of the model vs its Jacobian"} <= names
     if "images" in family:
-        assert {"data reconstructed exactly (float32)", "bits/dim vs brute force"} <= names
+        assert {"data reconstructed exactly (float64)", "bits/dim vs brute force"} <= names
     if family == "cnf":
         assert any(name.startswith("Hutchinson vs exact trace") for name in names)
         assert "density integrates to 1 (2-D grid)" in names
@@ -134,6 +134,8 @@ def test_the_command_gates_a_pipeline(tmp_path, capsys):
     assert main(["verify", str(run), "--rows", "64"]) == 0
     table = capsys.readouterr().out
     assert "test NLL of results.json reproduced" in table and table.rstrip().endswith("figures)")
+    assert main(["verify", str(run), "--rows", "64", "--data", "moons"]) == 0  # held-out rows given
+    assert "all checks passed" in capsys.readouterr().out
     assert main(["verify", str(run), "--rows", "64", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["passed"] and all(c["passed"] is not False for c in report["checks"])

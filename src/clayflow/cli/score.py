@@ -17,7 +17,7 @@ from clayflow.errors import ClayflowError, UsageError
 
 METHOD_HELP = (
     "anomaly score: likelihood (-log p), typicality (|-log p - its validation mean|), ratio "
-    "(against a full-covariance Gaussian of the training rows) or complexity (images: -log2 p "
+    "(against a full-covariance Gaussian of the training rows; images: a local pixel model) or complexity (images: -log2 p "
     "minus the zlib-compressed bits) (default likelihood)"
 )
 

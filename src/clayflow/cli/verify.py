@@ -37,7 +37,7 @@ def run(args: argparse.Namespace, load_run) -> int:
     run_dir = Path(args.run) if Path(args.run).is_dir() else None
     results, test = None, None
     if args.data:
-        x, _ = examples_to_score(args.data, payload["model_spec"], payload.get("data_columns"))
+        x = examples_to_score(args.data, payload["model_spec"], payload.get("data_columns"))[0]
     else:
         config = payload.get("config") or {}
         if run_dir is not None and (run_dir / "config.json").exists():

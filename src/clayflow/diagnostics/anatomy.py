@@ -36,6 +36,17 @@ class Anatomy:
         """Whether the flow starts with random layers (dequantization, augmentation)."""
         return len(self.prefix) > 0
 
+    def grid_mask(self, x: torch.Tensor) -> torch.Tensor:
+        """Which values of ``x`` ``(N, *)`` the prefix dequantizes (all of an image; a table's
+        discrete columns), as a bool tensor like ``x``."""
+        mask = torch.zeros_like(x, dtype=torch.bool)
+        for layer in self.prefix:
+            if isinstance(layer, Dequantize):
+                mask[:] = True
+            elif isinstance(layer, DequantizeColumns):
+                mask |= layer.mask.to(x.device)
+        return mask
+
     @property
     def quantized(self) -> bool:
         """Whether the prefix dequantizes: then the flow's inverse rounds back to the data's grid."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from clayflow.diagnostics.anatomy import Anatomy, layer_label
+from clayflow.diagnostics.anatomy import RANDOM_LAYERS, Anatomy, layer_label
 from clayflow.diagnostics.density import box_mass
 from clayflow.diagnostics.jacobian import brute_logabsdet
 from clayflow.diagnostics.report import Check
@@ -85,10 +85,17 @@ def round_trips(anatomy: Anatomy, twin: Anatomy, x: Tensor, tol: Tolerances, see
     if anatomy.random_prefix:
         with torch.no_grad():
             back = anatomy.flow.inverse(anatomy.flow(x)[0])[0]
-        if anatomy.quantized:  # the inverse rounds to the levels: the data come back exactly
-            error = float((back.double() - x.double()).abs().max())
-            checks.append(Check.within("data reconstructed exactly (float32)", error, 0.0,
-                                       f"{n} rows through the whole flow, dequantization included"))  # fmt: skip
+        if anatomy.quantized:  # the inverse rounds the dequantized values back to the grid: exact there
+            with torch.no_grad(), torch.random.fork_rng():
+                torch.manual_seed(seed)
+                exact = twin.flow.inverse(twin.flow(x.double())[0])[0]
+            grid = anatomy.grid_mask(x)
+            error = float((exact - x.double())[grid].abs().max()) if grid.any() else 0.0
+            checks.append(Check.within("data reconstructed exactly (float64)", error, 0.0,
+                                       f"{n} rows through the whole flow, dequantized values"))  # fmt: skip
+            if not grid.all():
+                checks.append(Check.within("round trip, whole flow (float32)", relative_error(back * ~grid, x * ~grid),
+                                           tol.round_trip32, f"{n} rows, continuous columns"))  # fmt: skip
         else:
             checks.append(Check.within("round trip, whole flow (float32)", relative_error(back, x), tol.round_trip32,
                                        f"{n} rows, augmentation included"))  # fmt: skip
@@ -133,7 +140,7 @@ def logdet_whole(twin: Anatomy, x: Tensor, tol: Tolerances, seed: int, points: i
         recomputed = -(flow.base.log_prob(z) + prefix_logdet + brute) / (rows[0].numel() * math.log(2))
         error = (claimed - recomputed).abs().max().item()
         checks.append(Check.within("bits/dim vs brute force", error if math.isfinite(error) else math.inf,
-                                   tol.logdet64, f"{len(h)} images: -(log N(z) + log|det J|) / (D ln 2), J by autograd"))  # fmt: skip
+                                   tol.logdet64, f"{len(h)} rows: -(log N(z) + log|det J|) / (D ln 2), J by autograd"))  # fmt: skip
     return checks
 
 
@@ -301,10 +308,15 @@ def energy_distance(anatomy: Anatomy, x: Tensor, seed: int, permutations: int = 
 def reported(flow, test, results: dict, loader_options=None) -> Check:
     """The run's reported test NLL (``results.json``) recomputed from its checkpoint on the
     whole test split, with the same evaluation noise."""
-    from clayflow.train.evaluate import evaluate_nll
+    from clayflow.train.evaluate import evaluate_log_probs
 
     claimed = float(results["test_nll"])
-    recomputed = evaluate_nll(flow, test, loader_options)
+    log_probs = evaluate_log_probs(flow, test, loader_options)
+    recomputed = -log_probs.mean().item()
     error = abs(recomputed - claimed) / (1 + abs(claimed))
-    return Check.within("test NLL of results.json reproduced", error, 1e-5,
+    # Dequantization noise drawn on another device (or by an older clayflow) moves the mean by
+    # its standard error: 4 of those, relative, for flows that draw noise; else float rounding.
+    noisy = any(isinstance(m, RANDOM_LAYERS) for m in flow.modules())
+    spread = 4 * log_probs.std().item() / max(len(log_probs), 1) ** 0.5 / (1 + abs(claimed)) if noisy else 0.0
+    return Check.within("test NLL of results.json reproduced", error, max(1e-5, spread),
                         f"{len(test)} test rows: {recomputed:.5f} vs {claimed:.5f} nats reported")  # fmt: skip

@@ -29,6 +29,7 @@ What it measures (each a row of the report; see ``checks`` for the tolerances):
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -54,16 +55,12 @@ def verify(flow: Flow, data: Tensor, *, rows: int = 256, points: int | None = No
     (default by dimension, ``jacobian_points``). Returns a ``Report``; ``report.passed`` is
     True when every check with a tolerance passed. The flow is left as it was (its mode,
     its weights); torch's random stream is left untouched (draws come from ``seed``)."""
-    was_training = flow.training
-    flow.eval()
+    flow = copy.deepcopy(flow).eval()  # a check may run an uninitialised ActNorm: not the caller's flow
     device = next(flow.parameters()).device
     x = torch.as_tensor(data)[:rows].to(device=device, dtype=flow.dtype)  # image levels too
     report = Report()
-    try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            _run_checks(report, flow, x, points, seed, two_sample)
-    finally:
-        flow.train(was_training)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        _run_checks(report, flow, x, points, seed, two_sample)
     return report
 
 

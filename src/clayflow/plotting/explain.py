@@ -121,9 +121,10 @@ def plot_cnf_trajectories(flow: Flow, path: Path, rows: int = 300, seed: int = 0
     if len(blocks) != 1:
         return None
     cnf = blocks[0]
+    dims = flow.latent_shape[0] if flow.latent_shape is not None else 2  # an augmented CNF: 2 + extra
     generator = torch.Generator().manual_seed(seed)
-    z = torch.randn(rows, 2, generator=generator, dtype=torch.float64)
-    twin = copy.deepcopy(cnf).double().eval()
+    z = torch.randn(rows, dims, generator=generator, dtype=torch.float64)
+    twin = copy.deepcopy(cnf).double().eval().cpu()
     with torch.no_grad():
         times, states = twin.trajectory(z, steps=25)
         _, _, stats = twin.forward_with_stats(states[-1])
@@ -135,6 +136,8 @@ def plot_cnf_trajectories(flow: Flow, path: Path, rows: int = 300, seed: int = 0
     ax.scatter(states[0, :, 0], states[0, :, 1], s=3, color="tab:orange", label=f"t = {float(times[0]):.2f} (latent)")
     ax.legend(fontsize=7)
     moved = float(np.linalg.norm(states[-1] - states[0], axis=1).mean())
+    if dims > 2:
+        ax.text(0.02, 0.02, f"first 2 of {dims} dimensions (augmented)", transform=ax.transAxes, fontsize=7)
     ax.set(title=f"CNF paths, latent to data: mean distance moved {moved:.3g}\n"
                  f"({stats.nfe_forward} function evaluations per solve)", xticks=[], yticks=[])  # fmt: skip
     ax.title.set_fontsize(8)
@@ -150,6 +153,7 @@ def plot_image_scales(flow: Flow, x: torch.Tensor, path: Path, temperature: floa
         return None
     multiscale = scales[0]
     explanation = explain(flow, x[:1], seed)
+    device = next(flow.parameters()).device
     z = explanation.latent.to(flow.dtype)
     parts = multiscale.split_latent(explanation.latent)
     generator = torch.Generator().manual_seed(seed)
@@ -160,7 +164,7 @@ def plot_image_scales(flow: Flow, x: torch.Tensor, path: Path, temperature: floa
         resampled = z.repeat(6, 1)
         resampled[:, :fine] = temperature * torch.randn(6, fine, generator=generator, dtype=z.dtype)
         with torch.no_grad():
-            rows.append(flow.inverse(resampled)[0].double().numpy())
+            rows.append(flow.inverse(resampled.to(device))[0].double().cpu().numpy())
     fig, axes = plt.subplots(1 + len(rows), max(len(parts) + 1, 6), figsize=(1.3 * max(len(parts) + 1, 6), 1.4 * (1 + len(rows))), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")

@@ -494,4 +494,5 @@ class Trainer:
         if processes.main:
             with self._writing("results"):
                 write_json(self.run_dir / "results.json", result.to_dict())
+        processes.barrier()  # no collective left in flight when a process goes on, or exits
         return result

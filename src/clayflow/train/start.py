@@ -64,19 +64,8 @@ def start_training(config, run_dir, resume, force, progress, stop, setup=None, r
     (``clayflow.fit`` passes its own); ``resume_command`` says how to continue a stopped run.
 
     On several processes (torchrun), rank 0 alone reads and writes the run directory (the
-    others may be on machines that do not see its disk) and shares what it read; a process
-    group that training set up is taken down at the end (after a barrier when it succeeded)."""
+    others may be on machines that do not see its disk) and shares what it read."""
     processes = processes_from_environment()  # torchrun's processes, or this one
-    try:
-        result = _start(config, run_dir, resume, force, progress, stop, setup, resume_command, processes)
-    except BaseException:
-        processes.close(clean=False)
-        raise
-    processes.close(clean=True)
-    return result
-
-
-def _start(config, run_dir, resume, force, progress, stop, setup, resume_command, processes) -> TrainResult:
     if resume:
         if run_dir is None:
             raise UsageError("resuming needs the run directory")
