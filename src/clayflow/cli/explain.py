@@ -4,7 +4,6 @@ of the log-likelihood and as pictures in ``RUN/explain`` (or ``--out``)."""
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from clayflow.errors import ClayflowError, UsageError
@@ -22,8 +21,7 @@ def add_arguments(p: argparse.ArgumentParser, device_type) -> None:
 
 def run(args: argparse.Namespace, load_run) -> int:
     """Print each layer's share of log p and draw the pictures that apply to the data's kind."""
-    from clayflow.cli.inputs import examples_to_score
-    from clayflow.data import load_dataset
+    from clayflow.cli.inputs import examples_to_score, run_dataset
     from clayflow.diagnostics.explanation import explain
     from clayflow.plotting import explain as pictures
 
@@ -36,10 +34,7 @@ def run(args: argparse.Namespace, load_run) -> int:
     if args.data:
         x = examples_to_score(args.data, payload["model_spec"], payload.get("data_columns"))[0]
     else:
-        config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else {}
-        if "data" not in config:
-            raise ClayflowError(f"{run_dir} does not say what data it was trained on; give --data")
-        x = load_dataset(config["data"]).test
+        x = run_dataset(args.run, payload).test
     x = x[: args.rows]
     out = Path(args.out) if args.out else run_dir / "explain"
     try:

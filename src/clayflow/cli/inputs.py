@@ -3,6 +3,8 @@ checked against the trained model's data shape and levels."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -82,7 +84,26 @@ def read_labels(path: str, rows: int) -> np.ndarray:
     return values[:, 0]
 
 
+def run_dataset(run: str, payload: dict, why: str = "give --data"):
+    """The dataset a run was trained on (``clayflow.data.Dataset``: its splits), named by the
+    run's ``config.json`` (or the checkpoint's config). A run of ``clayflow.fit`` (data from
+    Python) or one that does not say is a one-line error ending with ``why``."""
+    from clayflow.data import load_dataset
+    from clayflow.train.run import read_json
+    from clayflow.train.start import FIT_DATA
+
+    config = payload.get("config") or {}
+    if Path(run).is_dir() and (Path(run) / "config.json").exists():
+        config = read_json(Path(run) / "config.json")
+    if config.get("data") == FIT_DATA:
+        raise ClayflowError(f"{run} was trained from Python (clayflow.fit), so its data are not known here; {why}")
+    if "data" not in config:
+        raise ClayflowError(f"{run} does not say what data it was trained on; {why}")
+    return load_dataset(config["data"])
+
+
 def read_image_array(path: str) -> np.ndarray:
+    """The ``(N, C, H, W)`` numeric array of a ``.npy`` file of images (one line if it is not one)."""
     try:
         values = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:

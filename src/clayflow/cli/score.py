@@ -5,15 +5,13 @@ validation split (``--fpr``), and with labels AUROC, AUPRC and a ROC curve."""
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from clayflow.errors import ClayflowError, UsageError
+from clayflow.errors import UsageError
 
 METHOD_HELP = (
     "anomaly score: likelihood (-log p), typicality (|-log p - its validation mean|), ratio "
@@ -87,19 +85,13 @@ def run(args: argparse.Namespace, load_run) -> int:
 def _calibrated(args, flow, payload, spec):
     """The scorer of ``--method``, calibrated on the run's validation split, or None when only
     -log p is asked for (no ``--fpr``, method likelihood)."""
-    from clayflow.data import load_dataset
+    from clayflow.cli.inputs import run_dataset
     from clayflow.diagnostics.anomaly import calibrate
     from clayflow.train.evaluate import log_prob_in_chunks
 
     if args.fpr is None and args.method == "likelihood":
         return None
-    run_dir = Path(args.run) if Path(args.run).is_dir() else None
-    config = payload.get("config") or {}
-    if run_dir is not None and (run_dir / "config.json").exists():
-        config = json.loads((run_dir / "config.json").read_text())
-    if "data" not in config:
-        raise ClayflowError(f"{args.run} does not say what data it was trained on, so nothing calibrates --{'fpr' if args.fpr else 'method'}")
-    data = load_dataset(config["data"])
+    data = run_dataset(args.run, payload, f"its validation split is what calibrates --{'fpr' if args.fpr else 'method'}")
     val = data.val if len(data.val) >= 2 else data.train
     if args.fpr is not None and len(val) * args.fpr < 5:
         print(f"note: the threshold rests on {len(val)} validation rows, fewer than 5 of them above it at --fpr "

@@ -27,9 +27,9 @@ def add_arguments(p: argparse.ArgumentParser, device_type) -> None:
 
 def run(args: argparse.Namespace, load_run) -> int:
     """Verify a run: print the report; 0 if every check passed, else 1."""
-    from clayflow.cli.inputs import examples_to_score
-    from clayflow.data import load_dataset
+    from clayflow.cli.inputs import examples_to_score, run_dataset
     from clayflow.diagnostics import checks, verify
+    from clayflow.train.run import read_json
 
     if args.rows < 2 or (args.points is not None and args.points < 1):
         raise UsageError("--rows must be >= 2 and --points >= 1")
@@ -39,15 +39,10 @@ def run(args: argparse.Namespace, load_run) -> int:
     if args.data:
         x = examples_to_score(args.data, payload["model_spec"], payload.get("data_columns"))[0]
     else:
-        config = payload.get("config") or {}
-        if run_dir is not None and (run_dir / "config.json").exists():
-            config = json.loads((run_dir / "config.json").read_text())
-        if "data" not in config:
-            raise ClayflowError(f"{args.run} does not say what data it was trained on; give --data")
-        test = load_dataset(config["data"]).test
+        test = run_dataset(args.run, payload).test
         x = test
         if run_dir is not None and (run_dir / "results.json").exists():
-            results = json.loads((run_dir / "results.json").read_text())
+            results = read_json(run_dir / "results.json")
     if len(x) < 2:
         raise ClayflowError(f"verify needs at least 2 held-out examples, got {len(x)}")
     report = verify(flow, x, rows=args.rows, points=args.points, seed=args.seed)
