@@ -13,7 +13,7 @@ Demonstrations (seed 0; every split is printed):
    its test digits (normal) against the same digits rotated by 90 degrees, inverted
    (16 - x), and 8x8 patches of scikit-learn's two sample photographs (grey, 17 levels).
 
-Scores: clayflow's likelihood, typicality, ratio (and complexity for images), from
+Scores: clayflow's likelihood, typicality, ratio and complexity, from
 ``clayflow.diagnostics.anomaly``; baselines on the same rows (standardised on the training
 rows): a full-covariance Gaussian, GaussianMixture (components 1-8 by BIC), KernelDensity
 (bandwidth by 5-fold cross-validation) and IsolationForest (200 trees). Prints AUROC for
@@ -94,7 +94,8 @@ def table_demo(name: str, normal: np.ndarray, anomalous: np.ndarray, out: Path, 
     run = train(["--data", str(csv)], out / name, 4000, scale)
     test = np.concatenate([test_normal, anomalous])
     labels = np.r_[np.zeros(len(test_normal)), np.ones(len(anomalous))]
-    scores = flow_scores(run, str(csv), torch.as_tensor(test, dtype=torch.float32), ("likelihood", "typicality", "ratio"))
+    methods = ("likelihood", "typicality", "ratio", "complexity")
+    scores = flow_scores(run, str(csv), torch.as_tensor(test, dtype=torch.float32), methods)
     scores.update(baselines(train_rows, test))
     print(f"  {name}: train {len(train_rows)} normal rows; test {len(test_normal)} normal, {len(anomalous)} anomalous")
     return {method: roc_auc_score(labels, s) for method, s in scores.items()}

@@ -2,6 +2,8 @@
 normal rows; typicality also flags rows that are too likely; ``clayflow score`` writes
 scores and flags and, with labels, AUROC, AUPRC and a ROC curve."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ import torch
 from clayflow import models
 from clayflow.cli.main import main
 from clayflow.diagnostics.anomaly import (
+    ColumnCode,
     GaussianReference,
     LocalPixelReference,
     calibrate,
@@ -61,6 +64,24 @@ def test_the_ratio_reference_and_the_complexity_term():
     assert (compressed_bits(flat) < compressed_bits(noisy)).all()
 
 
+def test_the_column_code_of_tables():
+    """Discrete columns: add-one frequencies over the seen range plus one unseen value, so the
+    masses sum to 1; continuous columns: a kernel density; bits add over columns."""
+    g = torch.Generator().manual_seed(3)
+    counts = torch.tensor([0, 0, 0, 1, 3])  # values 0 (x3), 1 (x1), 3 (x1): range 0..3
+    continuous = torch.randn(5, generator=g)
+    code = ColumnCode.fit(torch.stack([counts.double(), continuous.double()], 1))
+    masses = torch.tensor([4.0, 2.0, 1.0, 2.0], dtype=torch.float64) / 10.0  # (count + 1) / (5 + 4 + 1)
+    assert torch.allclose(code.log_mass[0].exp(), masses)
+    assert math.isclose(float(masses.sum()) + math.exp(code.log_unseen[0]), 1.0)
+    from scipy.stats import gaussian_kde
+
+    rows = torch.tensor([[0.0, 0.3], [2.0, -1.0], [7.0, 0.0], [0.5, 0.0]])  # 7 unseen, 0.5 off the grid
+    kde = torch.as_tensor(gaussian_kde(continuous.double().numpy()).logpdf(rows[:, 1].numpy()))
+    first = torch.tensor([masses[0].log(), masses[2].log(), -math.log(10.0), -math.log(10.0)], dtype=torch.float64)
+    assert torch.allclose(code.bits(rows), -(first + kde) / math.log(2))
+
+
 def test_score_flags_rows_and_measures_labelled_data(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--steps", "200", "--hidden", "16", "--layers", "2", "--no-plots", "--out", str(run)]) == 0
@@ -86,6 +107,9 @@ def test_score_flags_rows_and_measures_labelled_data(tmp_path, capsys):
     np.savetxt(features, rows[:, :2], delimiter=",")
     assert main(["score", str(run), "--data", str(features), "--labels", str(labels), "--out", str(tmp_path / "x.csv")]) == 0
     assert f"AUROC {auroc:.4f}" in capsys.readouterr().out  # the same rows and scores
+    code = main(["score", str(run), "--data", str(features), "--labels", str(labels), "--method", "complexity", "--fpr", "0.05",
+                 "--out", str(tmp_path / "c.csv")])  # fmt: skip
+    assert code == 0 and "complexity score threshold" in capsys.readouterr().out  # tables: the independent-columns code
     np.savetxt(labels, rows[:10, 2:])
     assert main(["score", str(run), "--data", str(features), "--labels", str(labels), "--out", str(tmp_path / "z.csv")]) == 1
     assert main(["score", str(run), "--data", str(data), "--labels", str(labels), "--out", str(tmp_path / "w.csv")]) == 1
@@ -118,3 +142,14 @@ def test_image_scores(tmp_path, method, capsys):
     assert main(["train", "--data", "digits", "--steps", "3", "--hidden", "8", "--depth", "1", "--no-plots", "--out", str(run)]) == 0
     assert main(["score", str(run), "--data", "digits", "--method", method, "--fpr", "0.1", "--out", str(tmp_path / "s.csv")]) == 0
     assert f"{method} score threshold" in capsys.readouterr().out
+
+
+def test_the_local_pixel_reference_is_the_same_fitted_in_chunks(monkeypatch):
+    from clayflow.diagnostics import anomaly
+
+    x = torch.randint(0, 17, (50, 2, 8, 8), generator=torch.Generator().manual_seed(4)).double()
+    whole = LocalPixelReference.fit(x)
+    monkeypatch.setattr(anomaly, "_CHUNK", 7)
+    parts = LocalPixelReference.fit(x)
+    assert torch.allclose(whole.weights, parts.weights) and torch.allclose(whole.variance, parts.variance)
+    assert torch.allclose(whole.log_prob(x), parts.log_prob(x))

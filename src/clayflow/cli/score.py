@@ -15,8 +15,8 @@ from clayflow.errors import UsageError
 
 METHOD_HELP = (
     "anomaly score: likelihood (-log p), typicality (|-log p - its validation mean|), ratio "
-    "(against a full-covariance Gaussian of the training rows; images: a local pixel model) or complexity (images: -log2 p "
-    "minus the zlib-compressed bits) (default likelihood)"
+    "(against a full-covariance Gaussian of the training rows; images: a local pixel model) or complexity (-log2 p "
+    "minus the bits of a generic code: images, zlib; tables, independent columns) (default likelihood)"
 )
 
 

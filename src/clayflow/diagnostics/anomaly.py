@@ -11,8 +11,11 @@ Scores (higher = more anomalous), chosen by ``method``:
   full-covariance Gaussian for vectors, a model of local pixel correlations for images
   (``LocalPixelReference``, on dequantized levels): a likelihood ratio that cancels what
   both find easy, such as smooth images (Schirrmeister et al. 2020; Ren et al. 2019).
-* ``complexity`` (images): -log2 p(x) - L(x), L the bits of the image compressed by zlib at
-  level 9, a stand-in for the input-complexity term of Serra et al. 2020.
+* ``complexity``: -log2 p(x) - L(x), L(x) the bits of a generic code for x, a stand-in for the
+  input-complexity term of Serra et al. 2020: for images, the image compressed by zlib at
+  level 9; for tables, the code that treats the columns as independent (``ColumnCode``,
+  fitted to the training rows), so what the flow learned beyond each column's own
+  distribution is what counts.
 
 The threshold is the ``1 - fpr`` quantile of the scores of the validation rows, so about a
 fraction ``fpr`` of normal rows is flagged.
@@ -32,6 +35,7 @@ from torch import Tensor
 from clayflow.errors import UsageError
 
 METHODS = ("likelihood", "typicality", "ratio", "complexity")
+_CHUNK = 1024  # images per chunk of the local-pixel model's features
 
 
 @dataclass
@@ -82,20 +86,89 @@ class LocalPixelReference:
 
     @classmethod
     def fit(cls, x: Tensor, ridge: float = 1e-6) -> LocalPixelReference:
-        """Least squares per channel over every image and position of ``x`` ``(N, C, H, W)``."""
-        features, target = cls._features(x), x.double().reshape(len(x), x.shape[1], -1)
-        count = features.shape[0] * features.shape[2]
-        gram = torch.einsum("ncpk,ncpl->ckl", features, features) + ridge * count * torch.eye(4, dtype=torch.float64)
-        weights = torch.linalg.solve(gram, torch.einsum("ncpk,ncp->ck", features, target))
-        residual = target - torch.einsum("ncpk,ck->ncp", features, weights)
-        return cls(weights, residual.pow(2).mean((0, 2)).clamp_min(1 / 12))
+        """Least squares per channel over every image and position of ``x`` ``(N, C, H, W)``,
+        accumulated over chunks of images (memory bounded for CIFAR-size sets)."""
+        channels = x.shape[1]
+        gram = torch.zeros(channels, 4, 4, dtype=torch.float64)
+        moment = torch.zeros(channels, 4, dtype=torch.float64)
+        for part in x.split(_CHUNK):
+            features, target = cls._features(part), part.double().reshape(len(part), channels, -1)
+            gram += torch.einsum("ncpk,ncpl->ckl", features, features)
+            moment += torch.einsum("ncpk,ncp->ck", features, target)
+        count = len(x) * x[0, 0].numel()
+        weights = torch.linalg.solve(gram + ridge * count * torch.eye(4, dtype=torch.float64), moment)
+        squares = sum(cls(weights, torch.ones(channels))._errors(part).pow(2).sum((0, 2)) for part in x.split(_CHUNK))
+        return cls(weights, (squares / count).clamp_min(1 / 12))
+
+    def _errors(self, x: Tensor) -> Tensor:
+        """Each pixel minus its prediction from its neighbours, ``(N, C, H * W)``."""
+        mean = torch.einsum("ncpk,ck->ncp", self._features(x), self.weights)
+        return x.double().reshape(len(x), x.shape[1], -1) - mean
 
     def log_prob(self, x: Tensor) -> Tensor:
         """log q of each image ``(N, C, H, W)`` -> ``(N,)`` float64."""
-        mean = torch.einsum("ncpk,ck->ncp", self._features(x), self.weights)
-        error = x.double().reshape(len(x), x.shape[1], -1) - mean
         variance = self.variance[:, None]
-        return (-0.5 * (error.pow(2) / variance + variance.log() + math.log(2 * math.pi))).sum((1, 2))
+        parts = [
+            (-0.5 * (self._errors(part).pow(2) / variance + variance.log() + math.log(2 * math.pi))).sum((1, 2))
+            for part in x.split(_CHUNK)
+        ]
+        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
+
+
+@dataclass
+class ColumnCode:
+    r"""The code length of table rows ``(N, D)`` under independent columns,
+    ``L(x) = -\sum_j \log_2 q_j(x_j)``, fitted to training rows.
+
+    A column whose training values are all integers is discrete: ``q_j`` is the frequency of
+    the value with add-one smoothing over the integers from the column's minimum to its
+    maximum, and a value outside that range counts as one unseen value. Other columns have a
+    Gaussian kernel density (scipy's ``gaussian_kde``, Scott's bandwidth). On dequantized
+    columns a mass equals the density of the dequantized value, so ``L`` and a flow's
+    ``-log2 p`` are on one scale."""
+
+    minimum: list[int | None]
+    log_mass: list[Tensor | None]  # discrete columns: log q of each integer from the minimum
+    log_unseen: list[float | None]  # discrete columns: log q of a value never seen
+    densities: list[Any]  # continuous columns: scipy.stats.gaussian_kde
+
+    @classmethod
+    def fit(cls, x: Tensor) -> ColumnCode:
+        """Fit each column of ``x`` ``(N, D)`` on its own."""
+        from scipy.stats import gaussian_kde
+
+        rows = x.reshape(len(x), -1).double()
+        minimum, log_mass, log_unseen, densities = [], [], [], []
+        for column in rows.T:
+            if torch.equal(column, column.round()):
+                low = int(column.min())
+                counts = torch.bincount((column - low).long()).double() + 1.0
+                minimum.append(low)
+                log_mass.append(counts.log() - math.log(counts.sum() + 1.0))  # + 1: one unseen value
+                log_unseen.append(-math.log(counts.sum() + 1.0))
+                densities.append(None)
+            else:
+                minimum.append(None)
+                log_mass.append(None)
+                log_unseen.append(None)
+                densities.append(gaussian_kde(column.numpy()) if column.std() > 0 else None)
+        return cls(minimum, log_mass, log_unseen, densities)
+
+    def bits(self, x: Tensor) -> Tensor:
+        """``L(x)`` of each row of ``x`` ``(N, D)`` -> ``(N,)`` float64."""
+        rows = x.reshape(len(x), -1).double()
+        total = torch.zeros(len(rows), dtype=torch.float64)
+        for j, column in enumerate(rows.T):
+            if self.log_mass[j] is not None:
+                table = self.log_mass[j]
+                index = column - self.minimum[j]
+                known = (index == index.round()) & (index >= 0) & (index < len(table))
+                log_q = torch.full_like(column, self.log_unseen[j])
+                log_q[known] = table[index[known].long()]
+                total -= log_q
+            elif self.densities[j] is not None:
+                total -= torch.as_tensor(self.densities[j].logpdf(column.numpy()), dtype=torch.float64)
+        return total / math.log(2)
 
 
 def compressed_bits(x: Tensor) -> Tensor:
@@ -113,7 +186,7 @@ class AnomalyScorer:
     fpr: float
     threshold: float
     typical_nll: float
-    reference: GaussianReference | LocalPixelReference | None = None
+    reference: GaussianReference | LocalPixelReference | ColumnCode | None = None
     levels: int | None = None
 
     def scores(self, log_prob: Tensor, x: Tensor) -> Tensor:
@@ -125,7 +198,8 @@ class AnomalyScorer:
             return (nll - self.typical_nll).abs()
         if self.method == "ratio":
             return nll + self.reference.log_prob(_dequantized(x, self.levels))
-        return nll / math.log(2) - compressed_bits(x)
+        code_bits = compressed_bits(x) if self.levels is not None else self.reference.bits(x)
+        return nll / math.log(2) - code_bits
 
     def flag(self, scores: Tensor) -> Tensor:
         """Whether each score is above the calibrated threshold ``(N,)`` bool."""
@@ -133,10 +207,11 @@ class AnomalyScorer:
 
 
 def check_method(method: str, levels: int | None, fpr: float) -> None:
-    """Refuse (``UsageError``) an unknown method, ``complexity`` on non-images, an fpr outside (0, 1)."""
+    """Refuse (``UsageError``) an unknown method, ``complexity`` on images of more than 256
+    levels, an fpr outside (0, 1)."""
     if method not in METHODS:
         raise UsageError(f"unknown anomaly score method {method!r}; choose one of: {', '.join(METHODS)}")
-    if method == "complexity" and (levels is None or levels > 256):
+    if method == "complexity" and levels is not None and levels > 256:
         raise UsageError("--method complexity scores images of at most 256 levels (their compressed size)")
     if not 0 < fpr < 1:
         raise UsageError(f"--fpr must be in (0, 1), got {fpr}")
@@ -145,14 +220,18 @@ def check_method(method: str, levels: int | None, fpr: float) -> None:
 def calibrate(method: str, fpr: float, val: Tensor, val_log_prob: Tensor, train: Tensor | None,
               levels: int | None = None) -> AnomalyScorer:  # fmt: skip
     """The scorer of ``method`` with its threshold at the ``1 - fpr`` quantile of the
-    validation rows' scores (``train``: the rows a ``ratio``'s Gaussian is fitted to)."""
+    validation rows' scores (``train``: the rows a ``ratio``'s reference and a table's
+    ``complexity`` code are fitted to; the validation rows when None)."""
     check_method(method, levels, fpr)
     if len(val) < 2:
         raise UsageError("calibrating a threshold needs at least 2 validation rows")
     reference = None
+    rows = train if train is not None else val
     if method == "ratio":
-        rows = _dequantized(train if train is not None else val, levels)
+        rows = _dequantized(rows, levels)
         reference = LocalPixelReference.fit(rows) if rows.dim() == 4 else GaussianReference.fit(rows)
+    elif method == "complexity" and levels is None:
+        reference = ColumnCode.fit(rows)
     scorer = AnomalyScorer(method, fpr, math.inf, float(-val_log_prob.double().mean()), reference, levels)
     scorer.threshold = float(torch.quantile(scorer.scores(val_log_prob, val), 1 - fpr))
     return scorer
