@@ -241,5 +241,10 @@ def test_what_would_depend_on_the_number_of_processes_is_refused(tmp_path):
     line = "clayflow: error: --batch-size 63 is the global batch, split over 2 processes; give a multiple of 2\n"
     assert odd.returncode != 0 and odd.stderr.count(line) == 1
     assert not (tmp_path / "odd").exists()
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("the user's")
+    taken = on_two(*SMALL, "--steps", "2", "--out", tmp_path / "taken")  # rank 0 refuses; rank 1 stops with it
+    assert taken.returncode != 0 and taken.stderr.count("clayflow: error: ") == 1, taken.stderr
+    assert "is not empty" in taken.stderr and os.listdir(tmp_path / "taken") == ["notes.txt"]
     large = on_two("--data", "wine", "--batch-size", "256", "--steps", "2", "--out", tmp_path / "large")
     assert large.returncode != 0 and "clayflow: error: --batch-size 256 is more than the 142 training rows" in large.stderr

@@ -1,5 +1,7 @@
 """The exception types the library raises for problems a user can fix."""
 
+from __future__ import annotations
+
 
 class ClayflowError(Exception):
     """A problem with the user's input, files or options.
@@ -9,6 +11,7 @@ class ClayflowError(Exception):
     """
 
     exit_code = 1  # a runtime problem
+    printed_elsewhere = False  # another process of a distributed run printed the line
 
 
 class UsageError(ClayflowError):
@@ -16,6 +19,17 @@ class UsageError(ClayflowError):
     CLI exits 2, as for a command-line usage error, rather than 1 for a runtime problem."""
 
     exit_code = 2
+
+
+class RankZeroError(ClayflowError):
+    """Rank 0's error, raised on the other processes of a distributed run: the same exit
+    code, and the line is printed once, by rank 0."""
+
+    printed_elsewhere = True
+
+    def __init__(self, line: str, exit_code: int):
+        super().__init__(line)
+        self.exit_code = exit_code
 
 
 def first_line(exc: BaseException) -> str:

@@ -399,7 +399,8 @@ def main(argv: list[str] | None = None) -> int:
     except ClayflowError as exc:  # UsageError: 2; training stopped by a signal: 128 + its number
         if debug and exc.exit_code in (1, 2):
             raise
-        print(f"clayflow: error: {exc}", file=sys.stderr)
+        if not exc.printed_elsewhere:
+            print(f"clayflow: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("clayflow: error: interrupted", file=sys.stderr)

@@ -107,11 +107,29 @@ def mean_var(x: Tensor, dims: Sequence[int], shift: Tensor | None = None) -> tup
     split = _split(x.shape[0])
     if split is None:
         return x.mean(dim=dims), x.var(dim=dims, unbiased=False)
-    from torch.distributed.nn.functional import all_reduce
-
     count = split[1] * math.prod(x.shape[d] for d in dims if d != 0)
     kept_shape = [1 if d in dims else n for d, n in enumerate(x.shape)]
     centre = shift.detach().to(x.dtype) if shift is not None else x.new_zeros(x.shape[1])
     y = x - centre.reshape(kept_shape)
-    sums = all_reduce(torch.stack([y.sum(dim=dims), y.pow(2).sum(dim=dims)])) / count
+    sums = _AllReduceSum.apply(torch.stack([y.sum(dim=dims), y.pow(2).sum(dim=dims)])) / count
     return centre + sums[0], (sums[1] - sums[0].pow(2)).clamp_min(0)
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """A sum over the processes that gradients flow through: the backward pass sums the
+    output gradients over the processes too (each process's output depends on every
+    process's input). torch's ``torch.distributed.nn.functional.all_reduce`` does the same
+    and is deprecated in favour of a private module."""
+
+    @staticmethod
+    def forward(ctx, tensor: Tensor) -> Tensor:
+        import torch.distributed as dist
+
+        total = tensor.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(total)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        return _AllReduceSum.apply(grad)
+

@@ -39,13 +39,17 @@ import atexit
 import hashlib
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from clayflow.errors import ClayflowError, UsageError, first_line
+from clayflow.errors import ClayflowError, RankZeroError, UsageError, first_line
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,34 @@ class Processes:
         box = [value]
         dist.broadcast_object_list(box, src=0)
         return box[0]
+
+    def on_main(self, action: Callable[[], T], shared: bool = True) -> T | None:
+        """``action()`` on rank 0 (the process that reads and writes the run directory); its
+        value on every process (``shared``; else None on the others). A ``ClayflowError`` it
+        raises is raised on every process with the same line and exit code, so that the
+        others stop as rank 0 does instead of waiting for it."""
+        if not self.distributed:
+            return action()
+        outcome, error, value = None, None, None
+        if self.main:
+            try:
+                value = action()
+                outcome = (value if shared else None, None, None)
+            except ClayflowError as exc:
+                error, outcome = exc, (None, first_line(exc), exc.exit_code)
+        shared_value, line, exit_code = self.share(outcome)
+        if error is not None:
+            raise error
+        if line is not None:
+            raise RankZeroError(line, exit_code)
+        return value if self.main else shared_value
+
+    def broadcast_state(self, module: nn.Module) -> None:
+        """Copy rank 0's parameters and buffers into ``module`` on every process, in place."""
+        if self.distributed:
+            with torch.no_grad():
+                for tensor in module.state_dict().values():
+                    dist.broadcast(tensor, src=0)
 
     def parallel(self, module: nn.Module, device: torch.device) -> nn.Module:
         """``module`` wrapped in ``DistributedDataParallel`` (the module itself on one process)."""

@@ -54,12 +54,17 @@ def log_prob_in_chunks(
     return processes.sum(log_probs)
 
 
-def initialize_data_dependent(flow: Flow, x: Examples, loader_options: dict[str, Any] | None = None) -> None:
+def initialize_data_dependent(
+    flow: Flow, x: Examples, loader_options: dict[str, Any] | None = None, processes: Processes | None = None
+) -> None:
     """Initialise ``flow``'s data-dependent layers (ActNorm) on the first evaluation chunk of
     ``x``, as a first evaluation on one process would; every process of a distributed run
-    calls it on the same examples, so all start from the same weights."""
+    calls it on the same examples, and then takes rank 0's weights, so all start from the
+    same weights even where two machines' arithmetic differs in the last bit."""
     if len(x):
         evaluate_log_probs(flow, head(x, _chunk_size(x)), loader_options)
+    if processes is not None:
+        processes.broadcast_state(flow)
 
 
 def evaluate_log_probs(

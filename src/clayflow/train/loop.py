@@ -396,7 +396,7 @@ class Trainer:
         options, processes = self.data.loader_options, self.processes
         if self.step == 0:
             for flow in {id(f): f for f in (self.flow, self._eval_flow())}.values():
-                initialize_data_dependent(flow, self.data.train, options)
+                initialize_data_dependent(flow, self.data.train, options, processes)
             train_nll = evaluate_nll(self._eval_flow(), head(self.data.train, STEP0_TRAIN_ROWS), options, processes)
             train_loss = train_nll if self.config.objective == "mle" else ""
         val_log_probs = evaluate_log_probs(self._eval_flow(), self.data.val, options, processes)
@@ -467,7 +467,7 @@ class Trainer:
         options, processes = self.data.loader_options, self.processes
         check_identical(processes, self._eval_flow())
         if self.best.step is not None:  # rank 0 reads best.pt (the others may not see its disk)
-            selected = processes.share(read_checkpoint(self.run_dir / BEST_NAME)["model"] if processes.main else None)
+            selected = processes.on_main(lambda: read_checkpoint(self.run_dir / BEST_NAME)["model"])
             flow = copy.deepcopy(self._eval_flow()) if self.spec is not None else self.flow
             flow.load_state_dict(selected)
             selected_step, val_nll = self.best.step, self.best.val_nll

@@ -69,16 +69,18 @@ def start_training(config, run_dir, resume, force, progress, stop, setup=None, r
     if resume:
         if run_dir is None:
             raise UsageError("resuming needs the run directory")
-        if processes.main:
+        def read_config():
             _check_trained_the_same_way(Path(run_dir), from_python=setup is not None)
             # The run's own options; those in ``config`` must equal them or be resumable.
-            config = resumed_config(Path(run_dir), config.to_dict() if config is not None else {})
-        config = processes.share(config)
+            return resumed_config(Path(run_dir), config.to_dict() if config is not None else {})
+
+        config = processes.on_main(read_config)
     else:
         config = config_from_dict(config.to_dict(), source="TrainConfig")
     run = None
     if resume:  # locked before anything is read (by rank 0, the one process that writes)
-        run = ExistingRun(Path(run_dir)) if processes.main else ReadOnlyRun(Path(run_dir))
+        locked = processes.on_main(lambda: ExistingRun(Path(run_dir)), shared=False)
+        run = locked if processes.main else ReadOnlyRun(Path(run_dir))
     try:
         device = resolve_device(config.device)
         if processes.distributed and device.type == "cuda":
@@ -86,9 +88,9 @@ def start_training(config, run_dir, resume, force, progress, stop, setup=None, r
         if config.tensorboard:
             check_available()
         checkpoint = None
-        if run is not None and processes.main and (run.path / CHECKPOINT_NAME).exists():
-            checkpoint = read_checkpoint(run.path, map_location="cpu")
-        checkpoint = processes.share(checkpoint) if resume else None
+        if run is not None:
+            last = run.path / CHECKPOINT_NAME
+            checkpoint = processes.on_main(lambda: read_checkpoint(run.path, map_location="cpu") if last.exists() else None)
         config, data, flow, spec = (setup or setup_from_config)(config, checkpoint, new_run=not resume)
         fingerprint = data_fingerprint(data)
         check_distributable(processes, config.batch_size, fingerprint)
@@ -103,18 +105,13 @@ def start_training(config, run_dir, resume, force, progress, stop, setup=None, r
                                       stop.exit_code)  # fmt: skip
         if run is not None:
             run.remove_stale_temporaries()
-        elif processes.main:
+        else:  # rank 0 creates the run directory; the other processes learn where it writes
             unique = run_dir is None
-            run = NewRun(default_run_dir(config.model, config.data) if unique else Path(run_dir),
-                         force=force, unique=unique)  # fmt: skip
-        if run is None or processes.distributed and not resume:  # the other processes learn where rank 0 writes
-            path = processes.share(str(run.path) if processes.main else None)
-            run = run if processes.main else ReadOnlyRun(Path(path))
-        if processes.main:
-            try:  # with the marker, so that a run directory always holds both
-                write_json(run.path / "config.json", config.to_dict())
-            except OSError as exc:
-                raise ClayflowError(f"cannot write {run.path / 'config.json'}: {exc.strerror or exc}") from None
+            new_dir = default_run_dir(config.model, config.data) if unique else Path(run_dir)
+            created = processes.on_main(lambda: NewRun(new_dir, force=force, unique=unique), shared=False)
+            path = processes.on_main(lambda: str(created.path))
+            run = created if processes.main else ReadOnlyRun(Path(path))
+        processes.on_main(lambda: _write_config(run.path, config))
         trainer = Trainer(config, run, data, flow, spec, device, checkpoint, progress, fingerprint, stop,
                           resume_command=resume_command, processes=processes)  # fmt: skip
         return trainer.run()
@@ -150,3 +147,12 @@ def setup_from_config(config: TrainConfig, checkpoint: dict | None, new_run: boo
     config = data_defaults(config, data, new_run=new_run)
     flow, spec = build_flow(config, data, verbose=True, discrete=saved_discrete_columns(checkpoint))
     return config, data, flow, spec
+
+
+def _write_config(run_dir: Path, config) -> None:
+    """``config.json``, written with the run's marker, so that a run directory always holds both."""
+    try:
+        write_json(run_dir / "config.json", config.to_dict())
+    except OSError as exc:
+        raise ClayflowError(f"cannot write {run_dir / 'config.json'}: {exc.strerror or exc}") from None
+
