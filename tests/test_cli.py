@@ -124,3 +124,7 @@ def test_image_run_trains_samples_scores_and_plots(image_run, tmp_path, capsys):
     np.save(tmp_path / "s2.npy", samples)
     code, _, err = run_cli(capsys, "score", run, "--data", tmp_path / "s2.npy", "--out", tmp_path / "s2.csv")
     assert code == 0, err
+    code, _, err = run_cli(capsys, "score", run, "--data", tmp_path / "s2.npy", "--fpr", "0.1", "--out", tmp_path / "s3.npy")
+    array = np.load(tmp_path / "s3.npy")  # log_prob, bits_per_dim, score, flag
+    assert code == 0 and array.shape == (len(samples), 4) and set(np.unique(array[:, 3])) <= {0.0, 1.0}, err
+    np.testing.assert_allclose(array[:, 1], -array[:, 0] / (64 * np.log(2)), rtol=1e-6)

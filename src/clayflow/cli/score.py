@@ -26,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser, device_type) -> None:
     p.add_argument("--data", required=True, metavar="DATA",
                    help=".csv/.npy file, images:DIR (every image), or a dataset (its test split)")  # fmt: skip
     p.add_argument("--out", required=True, metavar="FILE",
-                   help="output .csv (row, log_prob, bits_per_dim[, score, flag]) or .npy (log_prob)")  # fmt: skip
+                   help="output .csv (row, log_prob, bits_per_dim[, score, flag]) or .npy (the same columns but row)")  # fmt: skip
     p.add_argument("--method", default="likelihood", metavar="METHOD", help=METHOD_HELP)
     p.add_argument("--fpr", type=float, metavar="RATE",
                    help="flag rows above the threshold that flags this share of the run's validation rows (e.g. 0.01)")  # fmt: skip
@@ -102,15 +102,15 @@ def _calibrated(args, flow, payload, spec):
 
 
 def _write(out, write_table, log_prob, bits_per_dim, scores, flags, files) -> None:
-    if out.lower().endswith(".npy"):
-        write_table(out, log_prob.numpy()[:, None], ["log_prob"])
-        return
+    """The CSV's columns, or for .npy an array ``(N, k)`` of the same columns without row/file."""
     columns, names = [log_prob.numpy(), bits_per_dim.numpy()], ["log_prob", "bits_per_dim"]
     for name, values in (("score", scores), ("flag", flags)):  # with --method or --fpr
         if values is not None:
             columns.append(values.double().numpy())
             names.append(name)
-    if files is not None:  # a folder of images: each row names its file
+    if out.lower().endswith(".npy"):
+        write_table(out, np.stack(columns, 1), names)
+    elif files is not None:  # a folder of images: each row names its file
         write_table(out, np.stack(columns, 1), ["file", *names], files)
     else:
         write_table(out, np.stack([np.arange(1, len(log_prob) + 1), *columns], 1), ["row", *names])
