@@ -66,7 +66,7 @@ class TrainConfig:
     depth: int | None = None  # conditioner hidden layers or residual blocks (default 2; nice 4)
     conditioner: str | None = None  # vector models: mlp or resmlp (default mlp)
     mask: str | None = None  # vector models: alternating (even/odd) or half (default alternating)
-    scale_bound: str | None = None  # tanh, soft_clamp or sigmoid (default tanh; Glow images sigmoid)
+    scale_bound: str | None = None  # tanh, soft_clamp or sigmoid (Glow's code) (default tanh)
     batch_norm: bool | None = None  # batch-norm flow layers between couplings or CNF blocks (default off)
     base: str | None = None  # vector models: base normal or diagonal (learned) (default normal)
     dropout: float | None = None  # vector models: dropout in the conditioners while training (default 0; tables under 5,000 rows 0.3)
