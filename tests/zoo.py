@@ -152,6 +152,19 @@ ZOO.update(
         "multiscale_learned_prior": _split_with_prior,
         "glow_image": _glow_image,
         "glow_vector": _glow_vector,
+        "maf": lambda: (T.AffineAutoregressive(4, hidden=8), (4,)),
+        "maf_residual_soft_clamp": lambda: (
+            T.AffineAutoregressive(3, hidden=6, depth=1, residual=True, scale_bound="soft_clamp"),
+            (3,),
+        ),
+        "iaf": lambda: (T.Inverse(T.AffineAutoregressive(4, hidden=8, activation="tanh")), (4,)),
+        "spline_autoregressive": lambda: (T.SplineAutoregressive(3, hidden=8, bins=4, bound=1.5), (3,)),
+        "spline_coupling": lambda: (T.SplineCoupling(T.alternating_mask(5), mlp, bins=5, bound=1.5), (5,)),
+        "spline_coupling_image": lambda: (T.SplineCoupling(T.half_mask(4), _conv, bins=3, bound=1.5), (4, 3, 3)),
+        "spline_coupling_checkerboard": lambda: (
+            T.SplineCoupling(T.checkerboard_mask((2, 4, 4)), _conv, bins=4, bound=1.0),
+            (2, 4, 4),
+        ),
         "power_transform": lambda: (T.PowerTransform(4), (4,)),
         "whitening": lambda: (T.Whitening(4), (4,)),
     }

@@ -2,6 +2,7 @@
 
 from clayflow.core.transform import Compose, Inverse
 from clayflow.transforms.augment import Augment
+from clayflow.transforms.autoregressive import AffineAutoregressive, SplineAutoregressive
 from clayflow.transforms.continuous import CNF
 from clayflow.transforms.coupling import AdditiveCoupling, AffineCoupling, ScaleBound
 from clayflow.transforms.elementwise import PowerTransform, Scaling, Standardize
@@ -11,11 +12,13 @@ from clayflow.transforms.multiscale import LearnedPrior, MultiScale
 from clayflow.transforms.normalization import ActNorm, BatchNorm
 from clayflow.transforms.preprocess import Dequantize, DequantizeColumns, LevelsError, Logit, ScalarAffine
 from clayflow.transforms.reshape import Squeeze
+from clayflow.transforms.splines import SplineCoupling, rational_quadratic_spline
 
 __all__ = [
     "CNF",
     "ActNorm",
     "AdditiveCoupling",
+    "AffineAutoregressive",
     "AffineCoupling",
     "Augment",
     "BatchNorm",
@@ -34,10 +37,13 @@ __all__ = [
     "ScalarAffine",
     "ScaleBound",
     "Scaling",
+    "SplineAutoregressive",
+    "SplineCoupling",
     "Squeeze",
     "Standardize",
     "Whitening",
     "alternating_mask",
     "checkerboard_mask",
     "half_mask",
+    "rational_quadratic_spline",
 ]

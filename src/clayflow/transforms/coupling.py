@@ -155,7 +155,28 @@ class _Coupling(Transform):
         raise NotImplementedError
 
 
-class AffineCoupling(_Coupling):
+class BoundedScale:
+    """The log-scale ``s`` of an affine map, bounded from the raw network output as
+    ``ScaleBound`` says (a mixin of nn.Modules: ``scale_factor`` is a parameter for TANH)."""
+
+    def init_scale(self, features: int, scale_bound: ScaleBound, clamp: float) -> None:
+        """Set the bound (after ``nn.Module.__init__``); ``features``: entries scaled."""
+        self.scale_bound = ScaleBound(scale_bound)
+        self.clamp = float(clamp)
+        if self.scale_bound is ScaleBound.TANH:
+            self.scale_factor = nn.Parameter(torch.ones(features))
+
+    def log_scale(self, raw: Tensor) -> Tensor:
+        """The bounded log-scale ``s`` from the raw network output ``(B, F)`` or ``(B, F, H, W)``."""
+        if self.scale_bound is ScaleBound.TANH:
+            factor = self.scale_factor if raw.dim() == 2 else per_feature(self.scale_factor, raw)
+            return factor * torch.tanh(raw)
+        if self.scale_bound is ScaleBound.SIGMOID:
+            return F.logsigmoid(raw + 2.0)
+        return self.clamp * torch.tanh(raw / self.clamp)
+
+
+class AffineCoupling(_Coupling, BoundedScale):
     r"""Affine coupling (RealNVP): z_a = x_a, z_b = x_b * exp(s(x_a)) + t(x_a).
 
     log|det dz/dx| = sum_i s_i(x_a), with ``s`` bounded as ``ScaleBound`` says.
@@ -186,19 +207,7 @@ class AffineCoupling(_Coupling):
         clamp: float = 2.0,
     ):
         super().__init__(mask, make_net, context_features)
-        self.scale_bound = ScaleBound(scale_bound)
-        self.clamp = float(clamp)
-        if self.scale_bound is ScaleBound.TANH:
-            self.scale_factor = nn.Parameter(torch.ones(self.transformed_features))
-
-    def log_scale(self, raw: Tensor) -> Tensor:
-        """The bounded log-scale ``s`` from the raw network output (see ``ScaleBound``)."""
-        if self.scale_bound is ScaleBound.TANH:
-            factor = self.scale_factor if raw.dim() == 2 else per_feature(self.scale_factor, raw)
-            return factor * torch.tanh(raw)
-        if self.scale_bound is ScaleBound.SIGMOID:
-            return F.logsigmoid(raw + 2.0)
-        return self.clamp * torch.tanh(raw / self.clamp)
+        self.init_scale(self.transformed_features, scale_bound, clamp)
 
     def _map(self, v, params, inverse, free=None):
         shift, raw = params.chunk(2, dim=1)

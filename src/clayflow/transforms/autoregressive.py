@@ -1,0 +1,122 @@
+r"""Autoregressive layers with a MADE conditioner (``clayflow.nn.made``): each feature is
+transformed given the features before it, so the Jacobian is triangular.
+
+* ``AffineAutoregressive`` (MAF): ``z_i = x_i exp(s_i(x_<i)) + t_i(x_<i)``;
+* ``SplineAutoregressive`` (NSF-AR): ``z_i = RQS(x_i; theta_i(x_<i))``.
+
+Which direction is fast: ``forward`` (data -> latent, so ``log_prob``) takes one MADE pass,
+because every ``x_<i`` is known; ``inverse`` (latent -> data, so sampling) takes D passes,
+one per feature, since ``x_i`` needs ``x_<i`` first. Wrapped in ``Inverse`` (IAF), the
+directions swap: sampling takes one pass, the density of new data D passes (the density of
+the flow's own samples comes with them in one pass, ``sample_and_log_prob``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from clayflow.core.transform import Transform, sum_except_batch
+from clayflow.errors import ClayflowError
+from clayflow.nn.made import MADE
+from clayflow.nn.mlp import conditioner_activation
+from clayflow.transforms.coupling import BoundedScale, ScaleBound, zero_init_last_layer
+from clayflow.transforms.splines import apply_spline, spline_params_per_feature
+
+
+class _Autoregressive(Transform):
+    """A MADE over the features and an elementwise map given its parameters."""
+
+    params_per_feature = 1
+
+    def __init__(
+        self,
+        features: int,
+        hidden: int = 128,
+        depth: int = 2,
+        context_features: int = 0,
+        residual: bool = False,
+        activation: str = "relu",
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        self.features = features
+        self.net = MADE(features, self.params_per_feature, hidden, depth, context_features, residual,
+                        conditioner_activation(activation), dropout)  # fmt: skip
+        zero_init_last_layer(self.net)  # a new layer is the identity
+
+    def _params(self, x: Tensor, context: Tensor | None) -> Tensor:
+        if x.dim() != 2 or x.shape[1] != self.features:
+            raise ClayflowError(f"this autoregressive layer was built for {self.features} features, got shape {tuple(x.shape)}")
+        return self.net(x, context).view(len(x), self.features, self.params_per_feature)
+
+    def forward(self, x, context=None):
+        return self._map(x, self._params(x, context), inverse=False)
+
+    def inverse(self, z, context=None):
+        x = torch.zeros_like(z)
+        for _ in range(self.features):  # pass k fixes feature k (its inputs x_<k are final)
+            x, logabsdet = self._map(z, self._params(x, context), inverse=True)
+        return x, logabsdet
+
+    def _map(self, v: Tensor, params: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
+        """The elementwise map of ``v`` ``(B, D)`` given ``params`` ``(B, D, P)``."""
+        raise NotImplementedError
+
+
+class AffineAutoregressive(_Autoregressive, BoundedScale):
+    r"""Masked affine autoregressive layer (MAF): ``z_i = x_i exp(s_i) + t_i``, with
+    ``(t_i, s_i)`` from a MADE of ``x_<i`` (and the context), ``s`` bounded as ``ScaleBound``
+    says. ``log|det dz/dx| = sum_i s_i``. Density in one pass, sampling in D passes; ``Inverse``
+    of it is IAF.
+
+    Args:
+        features: D.
+        hidden, depth, residual, activation, dropout: the MADE's (see ``clayflow.nn.made.MADE``).
+        context_features: K of an optional context ``(B, K)``.
+        scale_bound, clamp: as ``AffineCoupling``'s.
+    Shape:
+        x: ``(B, D)`` -> z ``(B, D)``, logabsdet ``(B,)``.
+    Reference: Papamakarios, Pavlakou & Murray, Masked Autoregressive Flow for Density
+    Estimation, 2017; Kingma et al., Improved Variational Inference with Inverse
+    Autoregressive Flow, 2016.
+    """
+
+    params_per_feature = 2
+
+    def __init__(self, features: int, *, scale_bound: ScaleBound = ScaleBound.TANH, clamp: float = 2.0, **made):
+        super().__init__(features, **made)
+        self.init_scale(features, scale_bound, clamp)
+
+    def _map(self, v, params, inverse):
+        shift, s = params[..., 0], self.log_scale(params[..., 1])
+        if inverse:
+            return (v - shift) * torch.exp(-s), -sum_except_batch(s)
+        return v * torch.exp(s) + shift, sum_except_batch(s)
+
+
+class SplineAutoregressive(_Autoregressive):
+    r"""Rational-quadratic spline autoregressive layer (NSF-AR): ``z_i = RQS(x_i; theta_i)``
+    with the spline's widths, heights and derivatives ``theta_i`` from a MADE of ``x_<i``;
+    identity outside ``[-bound, bound]`` (see ``clayflow.transforms.splines``).
+
+    Args:
+        features: D.
+        bins, bound: the splines' number of bins and half-width.
+        other arguments: as ``AffineAutoregressive``.
+    Shape:
+        x: ``(B, D)`` -> z ``(B, D)``, logabsdet ``(B,)``.
+    Reference: Durkan, Bekasov, Murray & Papamakarios, Neural Spline Flows, 2019.
+    """
+
+    def __init__(self, features: int, *, bins: int = 8, bound: float = 5.0, **made):
+        if bins < 1 or bound <= 0:
+            raise ClayflowError(f"a spline needs at least 1 bin and a bound > 0, got {bins} bins and bound {bound}")
+        self.params_per_feature = spline_params_per_feature(bins)
+        super().__init__(features, **made)
+        self.bins, self.bound = bins, float(bound)
+
+    def _map(self, v, params, inverse):
+        out, log_slope = apply_spline(v, params, self.bins, self.bound, inverse)
+        return out, sum_except_batch(log_slope)
+
