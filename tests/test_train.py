@@ -98,10 +98,14 @@ SMALL_CNF = {
     "step_size": 0.5,
 }
 
+# Spline MADE layers with a learned LU map between them, and dropout in the MADE.
+SMALL_NSF_AR = {**SMALL_NOISY_TABLE, "model": "nsf", "autoregressive": True, "layers": 2}
+
 
 @pytest.mark.parametrize(
     "small, seed",
-    [(SMALL, 1), (SMALL, 2), (SMALL_NOISY_TABLE, 3), (SMALL_IMAGE, 4), (SMALL_GLOW, 5), (SMALL_CNF, 6)],
+    [(SMALL, 1), (SMALL, 2), (SMALL_NOISY_TABLE, 3), (SMALL_IMAGE, 4), (SMALL_GLOW, 5), (SMALL_CNF, 6),
+     (SMALL_NSF_AR, 7)],
 )
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, small, seed):
     """SIGKILLed at a random step, or in the middle of a checkpoint write (both drawn from

@@ -94,7 +94,7 @@ TRAIN_GROUPS = {
     "data": ("data", "standardize", "power_transform", "whiten", "discrete", "input_noise"),
     "model": (
         "model", "layers", "hidden", "depth", "conditioner", "mask", "scale_bound", "batch_norm", "base",
-        "dropout", "activation", "scales", "norm", "alpha", "lu", "coupling",
+        "dropout", "activation", "scales", "norm", "alpha", "lu", "coupling", "bins", "tail_bound", "autoregressive",
     ),
     "optimisation": (
         "steps", "batch_size", "lr", "optimizer", "weight_decay", "schedule", "warmup", "clip", "ema",
@@ -116,7 +116,7 @@ def _train_help() -> dict[str, str]:
     from clayflow.train.config import field_help
 
     helps = field_help()
-    helps["model"] = f"model: {', '.join(MODELS)} (nice: vectors only; cnf: FFJORD)"
+    helps["model"] = f"model: {', '.join(MODELS)} (nice, maf, iaf, nsf: vectors only; cnf: FFJORD)"
     helps["data"] = (
         f"2D toys ({' '.join(TOYS)}), tables ({' '.join(SKLEARN_TABLES)}), images (digits, "
         "patches[:SIZE][:rgb], mnist:DIR, cifar10:DIR, images:DIR), or a .csv/.npy file"

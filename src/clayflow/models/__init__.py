@@ -13,6 +13,7 @@ from typing import Any
 
 from clayflow.core import Compose, Flow
 from clayflow.errors import ClayflowError, UsageError
+from clayflow.models.autoregressive import iaf, maf, nsf
 from clayflow.models.continuous import cnf, cnf_image
 from clayflow.models.glow import glow_image, glow_vector
 from clayflow.models.image import realnvp_image
@@ -25,6 +26,9 @@ MODELS = {
     "nice": {VECTOR: nice},
     "glow": {VECTOR: glow_vector, IMAGE: glow_image},
     "cnf": {VECTOR: cnf, IMAGE: cnf_image},
+    "maf": {VECTOR: maf},
+    "iaf": {VECTOR: iaf},
+    "nsf": {VECTOR: nsf},
 }
 
 
@@ -120,9 +124,12 @@ __all__ = [
     "cnf",
     "cnf_image",
     "data_kind",
+    "iaf",
+    "maf",
     "model_defaults",
     "model_options",
     "nice",
+    "nsf",
     "realnvp",
     "realnvp_image",
 ]

@@ -49,6 +49,9 @@ MODEL_FIELDS = (
     "eval_trace",
     "adjoint",
     "dropout",
+    "bins",
+    "tail_bound",
+    "autoregressive",
 )
 
 
@@ -56,7 +59,7 @@ MODEL_FIELDS = (
 class TrainConfig:
     """Everything a training run depends on. Field comments are the CLI's help texts."""
 
-    model: str = "realnvp"  # model builder: realnvp, nice (vectors only), glow or cnf
+    model: str = "realnvp"  # model builder: realnvp, nice, glow, cnf, maf, iaf or nsf
     data: str = "moons"  # a 2D toy (moons, ...), a table (wine, ...), images (digits, patches..., mnist:DIR, cifar10:DIR, images:DIR) or a .csv/.npy file
     steps: int = 4000  # optimisation steps
     batch_size: int | None = None  # examples per step (default 512; images and tables under 5,000 rows 64)
@@ -73,8 +76,11 @@ class TrainConfig:
     scales: int | None = None  # image models: number of scales/levels (default: the most that fit, up to 3)
     norm: str | None = None  # image models: conditioner normalisation, batch or none (default batch)
     alpha: float | None = None  # realnvp and cnf images: logit boundary alpha (default 0.05)
-    lu: bool | None = None  # glow: LU-decomposed 1x1 convolutions, else plain (default on)
+    lu: bool | None = None  # glow: LU-decomposed 1x1 convolutions, else plain (default on); maf, iaf, nsf: a learned LU linear map between layers, else reversing the features (default: nsf on, maf and iaf off)
     coupling: str | None = None  # glow: affine or additive couplings (default affine)
+    bins: int | None = None  # nsf: bins of each rational-quadratic spline (default 8)
+    tail_bound: float | None = None  # nsf: splines act on [-B, B] of the standardised data, the identity outside (default 5)
+    autoregressive: bool | None = None  # nsf: spline MADE layers (NSF-AR) instead of spline couplings (NSF-C) (default off)
     blocks: int | None = None  # cnf: CNF blocks in sequence (default 1)
     activation: str | None = None  # network activation: cnf softplus or tanh (default softplus); coupling models relu or tanh (default relu; tables under 5,000 rows tanh)
     augment: int | None = None  # cnf: extra N(0, I) dimensions or channels (ANODE; NLL becomes a bound)
@@ -139,7 +145,7 @@ class TrainConfig:
 
 _POSITIVE = {
     "steps", "batch_size", "lr", "layers", "hidden", "scales", "eval_every", "checkpoint_every",
-    "t1", "step_size", "threads",
+    "t1", "step_size", "threads", "bins", "tail_bound",
 }  # fmt: skip
 _NON_NEGATIVE = {
     "depth", "augment", "weight_decay", "warmup", "clip", "ema", "seed", "patience", "kinetic", "jacobian",

@@ -1,0 +1,164 @@
+"""Autoregressive and spline flows for vectors ``(B, D)``: MAF, IAF and NSF.
+
+Which direction is fast decides the model:
+
+* ``maf``: the density (``log_prob``) in one pass per layer, sampling in D passes per layer;
+  for density estimation (the default choice for tables).
+* ``iaf``: sampling, and the density of its own samples (``sample_and_log_prob``), in one
+  pass per layer; the density of new data in D passes; for variational inference.
+* ``nsf``: rational-quadratic spline couplings (both directions in one pass per layer), or
+  with ``autoregressive=True`` spline MADE layers (NSF-AR: MAF's speeds, more expressive).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from clayflow.core import Compose, Flow, StandardNormal
+from clayflow.errors import ClayflowError, parse_choice
+from clayflow.models.options import check_dropout, check_sizes
+from clayflow.models.vector import Conditioner, _make_net
+from clayflow.transforms import (
+    AffineAutoregressive,
+    Inverse,
+    InvertibleConv1x1,
+    Permutation,
+    ScaleBound,
+    SplineAutoregressive,
+    SplineCoupling,
+)
+from clayflow.transforms.masks import alternating_mask
+
+
+def _check(features: int, layers: int, hidden: int, depth: int, dropout: float, bins: int | None = None) -> None:
+    if features < 1:
+        raise ClayflowError(f"flows need at least 1 feature (data column), got {features}")
+    check_sizes(layers=layers, hidden=hidden, depth=depth)
+    check_dropout(dropout)
+    if bins is not None and bins < 1:
+        raise ClayflowError(f"--bins must be at least 1, got {bins}")
+
+
+def _mixing(features: int, lu: bool):
+    """Between layers: a learned LU-decomposed linear map, or reversing the features."""
+    return InvertibleConv1x1(features, lu=True) if lu else Permutation.reverse(features)
+
+
+def _made_options(hidden: int, depth: int, conditioner: str, activation: str, dropout: float) -> dict:
+    residual = parse_choice(Conditioner, conditioner, "conditioner") is Conditioner.RESIDUAL
+    return {"hidden": hidden, "depth": depth, "residual": residual, "activation": activation, "dropout": dropout}
+
+
+def _stack(features: int, layers: int, make_layer, lu: bool) -> Compose:
+    steps = []
+    for k in range(layers):
+        if k > 0 and features > 1:
+            steps.append(_mixing(features, lu))
+        steps.append(make_layer(k))
+    return Compose(*steps)
+
+
+def maf(
+    features: int,
+    *,
+    layers: int = 5,
+    hidden: int = 128,
+    depth: int = 2,
+    conditioner: str = "mlp",
+    scale_bound: str = "tanh",
+    lu: bool = False,
+    dropout: float = 0.0,
+    activation: str = "relu",
+) -> Flow:
+    """Masked autoregressive flow: ``layers`` affine MADE layers with the features reversed
+    (or, with ``lu``, a learned LU linear map) between them; base N(0, I).
+
+    Args:
+        features: D.
+        layers: autoregressive layers.
+        hidden, depth: the MADE's width (at least D - 1) and hidden layers (residual blocks).
+        conditioner: ``"mlp"`` (MADE) or ``"resmlp"`` (residual MADE).
+        scale_bound: the affine log-scale's bound, as ``realnvp``'s.
+        lu: a learned LU linear map between layers instead of reversing.
+        dropout, activation: as ``realnvp``'s.
+    Speed: ``log_prob`` one MADE pass per layer; ``sample`` D passes per layer.
+    Reference: Papamakarios, Pavlakou & Murray, Masked Autoregressive Flow for Density
+    Estimation, 2017.
+    """
+    _check(features, layers, hidden, depth, dropout)
+    made = _made_options(hidden, depth, conditioner, activation, dropout)
+    bound = parse_choice(ScaleBound, scale_bound, "scale bound")
+    transform = _stack(features, layers, lambda k: AffineAutoregressive(features, scale_bound=bound, **made), lu)
+    return Flow(transform, StandardNormal(features))
+
+
+def iaf(
+    features: int,
+    *,
+    layers: int = 5,
+    hidden: int = 128,
+    depth: int = 2,
+    conditioner: str = "mlp",
+    scale_bound: str = "tanh",
+    lu: bool = False,
+    dropout: float = 0.0,
+    activation: str = "relu",
+) -> Flow:
+    """Inverse autoregressive flow: ``maf``'s layers, each inverted, so that sampling (latent ->
+    data) is the one-pass direction. Arguments as ``maf``.
+
+    Speed: ``sample`` and ``sample_and_log_prob`` one MADE pass per layer; ``log_prob`` of
+    new data D passes per layer.
+    Reference: Kingma et al., Improved Variational Inference with Inverse Autoregressive Flow, 2016.
+    """
+    _check(features, layers, hidden, depth, dropout)
+    made = _made_options(hidden, depth, conditioner, activation, dropout)
+    bound = parse_choice(ScaleBound, scale_bound, "scale bound")
+    layer = lambda k: Inverse(AffineAutoregressive(features, scale_bound=bound, **made))
+    return Flow(_stack(features, layers, layer, lu), StandardNormal(features))
+
+
+def nsf(
+    features: int,
+    *,
+    layers: int = 5,
+    hidden: int = 128,
+    depth: int = 2,
+    conditioner: str = "mlp",
+    bins: int = 8,
+    tail_bound: float = 5.0,
+    autoregressive: bool = False,
+    lu: bool = True,
+    dropout: float = 0.0,
+    activation: str = "relu",
+) -> Flow:
+    """Neural spline flow: ``layers`` rational-quadratic spline couplings of alternating halves
+    (NSF-C), or spline MADE layers (``autoregressive``: NSF-AR), with a learned LU linear map
+    (or, without ``lu``, a reversal) between them; base N(0, I).
+
+    Args:
+        features: D (couplings need at least 2).
+        bins: K, bins per spline.
+        tail_bound: B: splines act on ``[-B, B]``, the identity outside (tables are
+            standardised by the start layers first).
+        autoregressive: NSF-AR instead of NSF-C.
+        other arguments: as ``maf``.
+    Speed: NSF-C one pass per layer both ways; NSF-AR as ``maf``.
+    Reference: Durkan, Bekasov, Murray & Papamakarios, Neural Spline Flows, 2019.
+    """
+    _check(features, layers, hidden, depth, dropout, bins)
+    if tail_bound <= 0:
+        raise ClayflowError(f"--tail-bound must be positive, got {tail_bound}")
+    if autoregressive:
+        made = _made_options(hidden, depth, conditioner, activation, dropout)
+        layer = lambda k: SplineAutoregressive(features, bins=bins, bound=tail_bound, **made)
+    else:
+        if features < 2:
+            raise ClayflowError(f"coupling flows need at least 2 features; for 1, use --autoregressive (got {features})")
+        make_net = _make_net(conditioner, hidden, depth, dropout, activation)
+        layer = partial(_spline_coupling, features, make_net, bins, tail_bound)
+    return Flow(_stack(features, layers, layer, lu), StandardNormal(features))
+
+
+def _spline_coupling(features: int, make_net, bins: int, bound: float, k: int) -> SplineCoupling:
+    return SplineCoupling(alternating_mask(features, k), make_net, bins=bins, bound=bound)
