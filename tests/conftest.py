@@ -9,6 +9,16 @@ def _seeded():
     torch.manual_seed(0)
 
 
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test: small models train faster so, and do not slow down
+    several-fold when the machine is busy (as ``clayflow train`` does for them)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def good_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("cli") / "run"

@@ -47,15 +47,29 @@ class Flow(nn.Module):
             (``output_shape`` is the identity), else the input shape a first reshaping layer
             records (``MultiScale.event_shape``), else unknown (then not checked here).
             ``models.build`` records it for every model.
+        context_features: K > 0 makes the flow conditional, p(x | c): every method then takes
+            ``context`` ``(B, K)``, one row per example (``sample(n, context=c)`` draws one
+            sample per row of c; a single row is shared by all n).
+        context_encoder: an optional network ``(B, K) -> (B, K')`` applied to the context
+            before the layers see it, trained with them.
     Shape:
         x: ``(B, *event_shape)``; log_prob -> ``(B,)``; sample(shape) -> ``(*shape, *event_shape)``;
         latent z: ``(B, *latent_shape)``.
     """
 
-    def __init__(self, transform: Transform, base: nn.Module, event_shape: tuple[int, ...] | None = None):
+    def __init__(
+        self,
+        transform: Transform,
+        base: nn.Module,
+        event_shape: tuple[int, ...] | None = None,
+        context_features: int = 0,
+        context_encoder: nn.Module | None = None,
+    ):
         super().__init__()
         self.transform = transform
         self.base = base
+        self.context_features = int(context_features)
+        self.context_encoder = context_encoder
         if isinstance(event_shape, int):
             event_shape = (event_shape,)
         if event_shape is None:
@@ -88,14 +102,14 @@ class Flow(nn.Module):
         x = self._input(x, self._event_shape, "data")
         if x.shape[0] == 0 and self.latent_shape is not None:
             return x.new_zeros((0, *self.latent_shape)), x.new_zeros(0)
-        return self.transform(x, context)
+        return self.transform(x, self._context(context, len(x)))
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Latent -> data: ``(x, log|det dx/dz|)``, ``(B, *event_shape)`` and ``(B,)``."""
         z = self._input(z, self.latent_shape, "latent")
         if z.shape[0] == 0 and self._event_shape is not None:
             return z.new_zeros((0, *self._event_shape)), z.new_zeros(0)
-        return self.transform.inverse(z, context)
+        return self.transform.inverse(z, self._context(context, len(z)))
 
     def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """Exact log-density of ``x`` ``(B, *event_shape)`` in nats, ``(B,)``, in the flow's
@@ -103,13 +117,33 @@ class Flow(nn.Module):
         x = self._input(x, self._event_shape, "data")
         if x.shape[0] == 0:
             return x.new_zeros(0)
-        z, logabsdet = self.transform(x, context)
+        z, logabsdet = self.transform(x, self._context(context, len(x)))
         return self.base.log_prob(z) + logabsdet
 
     def bits_per_dim(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         r"""``-log p(x) / (D ln 2)`` per sample, ``(B,)``; D = elements per sample."""
         dims = math.prod(x.shape[1:])
         return -self.log_prob(x, context) / (dims * math.log(2))
+
+    def _context(self, context: Tensor | None, rows: int) -> Tensor | None:
+        """The context the layers see for a batch of ``rows``: checked ``(rows, K)`` (a single
+        row is repeated), cast to the flow's dtype, and encoded; None for an unconditional flow."""
+        if not self.context_features:
+            if context is not None:
+                raise ClayflowError("this flow is not conditional: it takes no context")
+            return None
+        if context is None:
+            raise ClayflowError(f"this flow is conditional, p(x | c): pass context=... of shape (B, {self.context_features})")
+        context = torch.as_tensor(context)
+        if context.dim() == 1 and self.context_features == len(context):
+            context = context[None]
+        if context.dim() != 2 or context.shape[1] != self.context_features or len(context) not in (1, rows):
+            raise EventShapeError(
+                f"this flow's context has shape ({rows}, {self.context_features}) for {rows} examples "
+                f"(or one row for all), got a tensor of shape {tuple(context.shape)}"
+            )
+        context = context.to(self.dtype).expand(rows, -1)
+        return self.context_encoder(context) if self.context_encoder is not None else context
 
     def _input(self, t: Tensor, shape: torch.Size | None, what: str) -> Tensor:
         """``t`` checked against ``shape`` and cast to the flow's dtype, as a user of torch
@@ -135,7 +169,7 @@ class Flow(nn.Module):
         """Samples of shape ``(*sample_shape, *event_shape)``, differentiable w.r.t. the
         parameters (as ``torch.distributions``: ``rsample((3,))``; an int ``n`` is ``(n,)``);
         base draws are scaled by ``temperature``."""
-        shape = _sample_shape(sample_shape)
+        shape = self._sample_shape(sample_shape, context)
         z = self.base.sample(math.prod(shape), temperature)
         x, _ = self.inverse(z, context)
         return x.reshape(*shape, *x.shape[1:])
@@ -157,12 +191,19 @@ class Flow(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """Samples and their model log-density in one inverse pass: ``(x, log p(x))``, shaped
         ``(*sample_shape, *event_shape)`` and ``sample_shape``."""
-        shape = _sample_shape(sample_shape)
+        shape = self._sample_shape(sample_shape, context)
         n = math.prod(shape)
         z = self.base.sample(n)
         x, logabsdet = self.inverse(z, context)
         log_prob = logabsdet if n == 0 else self.base.log_prob(z) - logabsdet
         return x.reshape(*shape, *x.shape[1:]), log_prob.reshape(shape)
+
+    def _sample_shape(self, sample_shape: SampleShape, context: Tensor | None) -> tuple[int, ...]:
+        """The samples' batch shape: ``sample_shape``, or with a context and no shape one
+        sample per context row."""
+        if context is not None and sample_shape == () and torch.as_tensor(context).dim() == 2:
+            return (len(context),)
+        return _sample_shape(sample_shape)
 
     def compile(self, **options) -> Flow:
         """Compile ``forward``, ``inverse`` and ``log_prob`` with ``torch.compile(**options)``,

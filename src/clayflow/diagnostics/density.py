@@ -45,10 +45,16 @@ def integrated_mass(flow: Flow, bounds: tuple[float, float, float, float], resol
 
 @torch.no_grad()
 def box_mass(
-    flow: Flow, low: Sequence[float], high: Sequence[float], resolution: int, batch_size: int = 65536
+    flow: Flow,
+    low: Sequence[float],
+    high: Sequence[float],
+    resolution: int,
+    batch_size: int = 65536,
+    context: Tensor | None = None,
 ) -> float:
-    r"""Midpoint-rule integral of p(x) over the box ``[low, high]`` of any dimension D (keep
-    ``resolution ** D`` cells affordable): sum_cells p(centre) * cell volume, in eval mode."""
+    r"""Midpoint-rule integral of p(x) (of a conditional flow: p(x | c) for one ``context``
+    row ``(1, K)``) over the box ``[low, high]`` of any dimension D (keep ``resolution ** D``
+    cells affordable): sum_cells p(centre) * cell volume, in eval mode."""
     param = next(flow.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     axes = [lo + (torch.arange(resolution, dtype=torch.float64) + 0.5) * (hi - lo) / resolution
@@ -58,7 +64,7 @@ def box_mass(
     was_training = flow.training
     flow.eval()
     total = sum(
-        flow.log_prob(chunk.to(device=device, dtype=flow.dtype)).double().exp().sum().item()
+        flow.log_prob(chunk.to(device=device, dtype=flow.dtype), context).double().exp().sum().item()
         for chunk in points.split(batch_size)
     )
     flow.train(was_training)

@@ -105,7 +105,7 @@ def build(spec: ModelSpec) -> Flow:
     discrete = dict(zip(spec.discrete, spec.discrete_steps))
     start = start_transforms(features, discrete, spec.standardize, spec.power, spec.whiten)
     transform = Compose(*start, *flow.transform) if start else flow.transform
-    return Flow(transform, flow.base, event_shape=(features,))
+    return Flow(transform, flow.base, (features,), flow.context_features, flow.context_encoder)
 
 
 def _builder(name: str, kind: str):

@@ -16,7 +16,7 @@ from functools import partial
 
 from clayflow.core import Compose, Flow, StandardNormal
 from clayflow.errors import ClayflowError, parse_choice
-from clayflow.models.options import check_dropout, check_sizes
+from clayflow.models.options import check_dropout, check_sizes, context_network
 from clayflow.models.vector import Conditioner, _make_net
 from clayflow.transforms import (
     AffineAutoregressive,
@@ -44,9 +44,10 @@ def _mixing(features: int, lu: bool):
     return InvertibleConv1x1(features, lu=True) if lu else Permutation.reverse(features)
 
 
-def _made_options(hidden: int, depth: int, conditioner: str, activation: str, dropout: float) -> dict:
+def _made_options(hidden: int, depth: int, conditioner: str, activation: str, dropout: float, context: int) -> dict:
     residual = parse_choice(Conditioner, conditioner, "conditioner") is Conditioner.RESIDUAL
-    return {"hidden": hidden, "depth": depth, "residual": residual, "activation": activation, "dropout": dropout}
+    return {"hidden": hidden, "depth": depth, "residual": residual, "activation": activation, "dropout": dropout,
+            "context_features": context}  # fmt: skip
 
 
 def _stack(features: int, layers: int, make_layer, lu: bool) -> Compose:
@@ -69,6 +70,8 @@ def maf(
     lu: bool = False,
     dropout: float = 0.0,
     activation: str = "relu",
+    context_features: int = 0,
+    context_embedding: int = 0,
 ) -> Flow:
     """Masked autoregressive flow: ``layers`` affine MADE layers with the features reversed
     (or, with ``lu``, a learned LU linear map) between them; base N(0, I).
@@ -81,15 +84,18 @@ def maf(
         scale_bound: the affine log-scale's bound, as ``realnvp``'s.
         lu: a learned LU linear map between layers instead of reversing.
         dropout, activation: as ``realnvp``'s.
+        context_features, context_embedding: a conditional flow p(x | c), as ``realnvp``'s;
+            c enters every MADE's first hidden layer.
     Speed: ``log_prob`` one MADE pass per layer; ``sample`` D passes per layer.
     Reference: Papamakarios, Pavlakou & Murray, Masked Autoregressive Flow for Density
     Estimation, 2017.
     """
     _check(features, layers, hidden, depth, dropout)
-    made = _made_options(hidden, depth, conditioner, activation, dropout)
+    encoder, width = context_network(context_features, context_embedding)
+    made = _made_options(hidden, depth, conditioner, activation, dropout, width)
     bound = parse_choice(ScaleBound, scale_bound, "scale bound")
     transform = _stack(features, layers, lambda k: AffineAutoregressive(features, scale_bound=bound, **made), lu)
-    return Flow(transform, StandardNormal(features))
+    return Flow(transform, StandardNormal(features), None, context_features, encoder)
 
 
 def iaf(
@@ -103,6 +109,8 @@ def iaf(
     lu: bool = False,
     dropout: float = 0.0,
     activation: str = "relu",
+    context_features: int = 0,
+    context_embedding: int = 0,
 ) -> Flow:
     """Inverse autoregressive flow: ``maf``'s layers, each inverted, so that sampling (latent ->
     data) is the one-pass direction. Arguments as ``maf``.
@@ -112,10 +120,11 @@ def iaf(
     Reference: Kingma et al., Improved Variational Inference with Inverse Autoregressive Flow, 2016.
     """
     _check(features, layers, hidden, depth, dropout)
-    made = _made_options(hidden, depth, conditioner, activation, dropout)
+    encoder, width = context_network(context_features, context_embedding)
+    made = _made_options(hidden, depth, conditioner, activation, dropout, width)
     bound = parse_choice(ScaleBound, scale_bound, "scale bound")
     layer = lambda k: Inverse(AffineAutoregressive(features, scale_bound=bound, **made))
-    return Flow(_stack(features, layers, layer, lu), StandardNormal(features))
+    return Flow(_stack(features, layers, layer, lu), StandardNormal(features), None, context_features, encoder)
 
 
 def nsf(
@@ -131,6 +140,8 @@ def nsf(
     lu: bool = True,
     dropout: float = 0.0,
     activation: str = "relu",
+    context_features: int = 0,
+    context_embedding: int = 0,
 ) -> Flow:
     """Neural spline flow: ``layers`` rational-quadratic spline couplings of alternating halves
     (NSF-C), or spline MADE layers (``autoregressive``: NSF-AR), with a learned LU linear map
@@ -149,16 +160,17 @@ def nsf(
     _check(features, layers, hidden, depth, dropout, bins)
     if tail_bound <= 0:
         raise ClayflowError(f"--tail-bound must be positive, got {tail_bound}")
+    encoder, width = context_network(context_features, context_embedding)
     if autoregressive:
-        made = _made_options(hidden, depth, conditioner, activation, dropout)
+        made = _made_options(hidden, depth, conditioner, activation, dropout, width)
         layer = lambda k: SplineAutoregressive(features, bins=bins, bound=tail_bound, **made)
     else:
         if features < 2:
             raise ClayflowError(f"coupling flows need at least 2 features; for 1, use --autoregressive (got {features})")
         make_net = _make_net(conditioner, hidden, depth, dropout, activation)
-        layer = partial(_spline_coupling, features, make_net, bins, tail_bound)
-    return Flow(_stack(features, layers, layer, lu), StandardNormal(features))
+        layer = partial(_spline_coupling, features, make_net, width, bins, tail_bound)
+    return Flow(_stack(features, layers, layer, lu), StandardNormal(features), None, context_features, encoder)
 
 
-def _spline_coupling(features: int, make_net, bins: int, bound: float, k: int) -> SplineCoupling:
-    return SplineCoupling(alternating_mask(features, k), make_net, bins=bins, bound=bound)
+def _spline_coupling(features: int, make_net, context: int, bins: int, bound: float, k: int) -> SplineCoupling:
+    return SplineCoupling(alternating_mask(features, k), make_net, context, bins=bins, bound=bound)

@@ -8,7 +8,7 @@ from functools import partial
 
 from clayflow.core import Compose, Flow, StandardNormal
 from clayflow.errors import ClayflowError, UsageError, parse_choice
-from clayflow.models.options import check_dropout, check_sizes
+from clayflow.models.options import check_dropout, check_sizes, context_network
 from clayflow.nn import MLP, conditioner_activation
 from clayflow.nn.resnet import GlowNet
 from clayflow.transforms import (
@@ -49,13 +49,13 @@ def default_glow_scales(shape: tuple[int, int, int]) -> int:
     return scales
 
 
-def _step(channels: int, make_net, lu: bool, coupling: CouplingKind, bound: ScaleBound, parity: int):
+def _step(channels: int, make_net, lu: bool, coupling: CouplingKind, bound: ScaleBound, parity: int, context: int = 0):
     """ActNorm, invertible 1x1 conv (or linear), coupling of one half of dim 1."""
     mask = half_mask(channels, parity)
     if coupling is CouplingKind.ADDITIVE:
-        couple = AdditiveCoupling(mask, make_net)
+        couple = AdditiveCoupling(mask, make_net, context)
     else:
-        couple = AffineCoupling(mask, make_net, scale_bound=bound)
+        couple = AffineCoupling(mask, make_net, context, scale_bound=bound)
     return [ActNorm(channels), InvertibleConv1x1(channels, lu=lu), couple]
 
 
@@ -137,13 +137,16 @@ def glow_vector(
     scale_bound: str = "tanh",
     dropout: float = 0.0,
     activation: str = "relu",
+    context_features: int = 0,
+    context_embedding: int = 0,
 ) -> Flow:
     """Glow for vectors: ``layers`` steps of [ActNorm, invertible linear map (LU or plain),
     coupling of alternating halves with an MLP], then an ActNorm, with base N(0, I).
 
     Args as ``glow_image``; ``hidden`` and ``depth`` are the MLP's width and hidden layers,
     ``dropout`` its dropout probability while training, ``activation`` its hidden activation
-    (``relu`` or ``tanh``, as ``realnvp``).
+    (``relu`` or ``tanh``, as ``realnvp``), ``context_features`` and ``context_embedding``
+    a conditional flow's (as ``realnvp``).
     Reference: Kingma & Dhariwal, Glow, 2018.
     """
     if features < 2:
@@ -153,7 +156,8 @@ def glow_vector(
     kind = parse_choice(CouplingKind, coupling, "coupling")
     bound = parse_choice(ScaleBound, scale_bound, "scale bound")
     make_net = partial(MLP, hidden=hidden, depth=depth, dropout=dropout, activation=conditioner_activation(activation))
+    encoder, width = context_network(context_features, context_embedding)
     steps = []
     for k in range(layers):
-        steps += _step(features, make_net, lu, kind, bound, k)
-    return Flow(Compose(*steps, ActNorm(features)), StandardNormal(features))
+        steps += _step(features, make_net, lu, kind, bound, k, width)
+    return Flow(Compose(*steps, ActNorm(features)), StandardNormal(features), None, context_features, encoder)

@@ -7,7 +7,7 @@ from functools import partial
 
 from clayflow.core import Compose, DiagonalNormal, Flow, StandardNormal
 from clayflow.errors import ClayflowError, parse_choice
-from clayflow.models.options import check_dropout, check_sizes
+from clayflow.models.options import check_dropout, check_sizes, context_network
 from clayflow.nn import MLP, ResidualMLP, conditioner_activation
 from clayflow.transforms import AdditiveCoupling, AffineCoupling, BatchNorm, MaskKind, ScaleBound, Scaling
 from clayflow.transforms.masks import make_mask
@@ -58,6 +58,8 @@ def realnvp(
     base: str = "normal",
     dropout: float = 0.0,
     activation: str = "relu",
+    context_features: int = 0,
+    context_embedding: int = 0,
 ) -> Flow:
     """RealNVP for vectors: ``layers`` affine couplings whose masks alternate parity.
 
@@ -73,18 +75,22 @@ def realnvp(
         dropout: dropout probability in the conditioners while training (small tables).
         activation: the conditioners' hidden activation, ``"relu"`` or ``"tanh"`` (bounded
             outputs: the flow keeps the start's tails far from the data; small tables).
+        context_features: K > 0: a conditional flow p(x | c), c ``(B, K)`` appended to every
+            conditioner's input.
+        context_embedding: E > 0: c passes through an MLP to E features first.
     Reference: Dinh et al., Density estimation using Real NVP, 2017.
     """
     _check_sizes(features, layers, hidden, depth, dropout)
     make_net = _make_net(conditioner, hidden, depth, dropout, activation)
     mask_kind = parse_choice(MaskKind, mask, "mask")
     bound = parse_choice(ScaleBound, scale_bound, "scale bound")
+    encoder, width = context_network(context_features, context_embedding)
     steps = []
     for i in range(layers):
-        steps.append(AffineCoupling(make_mask(mask_kind, features, i), make_net, scale_bound=bound))
+        steps.append(AffineCoupling(make_mask(mask_kind, features, i), make_net, width, scale_bound=bound))
         if batch_norm and i < layers - 1:
             steps.append(BatchNorm(features))
-    return Flow(Compose(*steps), _make_base(base, features))
+    return Flow(Compose(*steps), _make_base(base, features), None, context_features, encoder)
 
 
 def nice(
@@ -98,6 +104,8 @@ def nice(
     base: str = "normal",
     dropout: float = 0.0,
     activation: str = "relu",
+    context_features: int = 0,
+    context_embedding: int = 0,
 ) -> Flow:
     """NICE: ``layers`` additive couplings with alternating masks, then a diagonal scaling.
 
@@ -107,5 +115,6 @@ def nice(
     _check_sizes(features, layers, hidden, depth, dropout)
     make_net = _make_net(conditioner, hidden, depth, dropout, activation)
     mask_kind = parse_choice(MaskKind, mask, "mask")
-    steps = [AdditiveCoupling(make_mask(mask_kind, features, i), make_net) for i in range(layers)]
-    return Flow(Compose(*steps, Scaling(features)), _make_base(base, features))
+    encoder, width = context_network(context_features, context_embedding)
+    steps = [AdditiveCoupling(make_mask(mask_kind, features, i), make_net, width) for i in range(layers)]
+    return Flow(Compose(*steps, Scaling(features)), _make_base(base, features), None, context_features, encoder)
