@@ -102,3 +102,25 @@ def test_trained_glow_reloads_without_reinitialising(tmp_path):
     for temperature in (1.0, 0.7, 0.5):
         x = flow.sample(4, temperature)
         assert x.shape == (4, 1, 8, 8) and x.min() >= 0 and x.max() <= 16
+
+
+def test_a_run_resumes_with_the_defaults_it_was_built_with(tmp_path, monkeypatch):
+    """A run started when Glow's scale bound defaulted to sigmoid (its config.json records
+    None for it) resumes as the model it is, after the default changed to tanh."""
+    from clayflow import models
+    from clayflow.cli.main import main
+    from clayflow.models.glow import glow_image
+
+    def glow_of_before(shape, levels=256, *, scales=None, layers=8, hidden=128, lu=True, coupling="affine",
+                       scale_bound="sigmoid"):  # fmt: skip
+        return glow_image(shape, levels, scales=scales, layers=layers, hidden=hidden, lu=lu, coupling=coupling,
+                          scale_bound=scale_bound)  # fmt: skip
+
+    run = tmp_path / "run"
+    small = ["--model", "glow", "--data", "digits", "--layers", "1", "--hidden", "4", "--scales", "1", "--no-plots"]
+    monkeypatch.setitem(models.MODELS["glow"], "image", glow_of_before)
+    assert main(["train", *small, "--steps", "2", "--out", str(run)]) == 0
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(run), "--steps", "4"]) == 0
+    saved = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert saved["step"] == 4 and saved["model_spec"]["options"]["scale_bound"] == "sigmoid"

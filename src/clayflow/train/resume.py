@@ -151,15 +151,27 @@ def data_fingerprint(data: Dataset) -> dict[str, Any]:
     }
 
 
+def _saved_spec(checkpoint: dict[str, Any] | None) -> ModelSpec | None:
+    try:
+        return ModelSpec.from_dict(checkpoint["model_spec"]) if checkpoint is not None else None
+    except (KeyError, TypeError):
+        return None  # check_same_run says what is wrong with it
+
+
 def saved_discrete_columns(checkpoint: dict[str, Any] | None) -> dict[int, float] | None:
     """The dequantized columns and grid steps a checkpoint's model was built with: a resumed
     run keeps them, even where today's detection would choose others (runs from before grid
     steps existed dequantized whole numbers only). None without a readable checkpoint."""
-    try:
-        saved = ModelSpec.from_dict(checkpoint["model_spec"]) if checkpoint is not None else None
-    except (KeyError, TypeError):
-        return None  # check_same_run says what is wrong with it
+    saved = _saved_spec(checkpoint)
     return None if saved is None else dict(zip(saved.discrete, saved.discrete_steps))
+
+
+def saved_model_options(checkpoint: dict[str, Any] | None) -> dict[str, Any]:
+    """The builder options a checkpoint's model was built with (every one, defaults included):
+    a resumed run takes those its config leaves unset from here, not from today's defaults,
+    so that a later change of a default (Glow's scale bound) cannot stop it resuming."""
+    saved = _saved_spec(checkpoint)
+    return {} if saved is None else dict(saved.options)
 
 
 def check_same_run(checkpoint: dict[str, Any], spec: ModelSpec | None, config: TrainConfig,

@@ -7,6 +7,7 @@ import math
 import sys
 from dataclasses import replace
 from functools import partial
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -84,15 +85,22 @@ def data_defaults(config: TrainConfig, data: Dataset, *, new_run: bool = True) -
 
 
 def build_flow(
-    config: TrainConfig, data: Dataset, *, verbose: bool = False, discrete: dict[int, float] | None = None
+    config: TrainConfig,
+    data: Dataset,
+    *,
+    verbose: bool = False,
+    discrete: dict[int, float] | None = None,
+    saved_options: dict[str, Any] | None = None,
 ) -> tuple[Flow, ModelSpec]:
     """The untrained flow for ``config`` on ``data``; a vector flow's start layers are fitted
     to the training split. ``discrete`` ({column: grid step}) overrides the columns that
-    ``config.discrete`` chooses (a resumed run keeps its own). With ``verbose``, says which
+    ``config.discrete`` chooses (a resumed run keeps its own), and ``saved_options`` (a
+    resumed run's builder options) the builder's defaults. With ``verbose``, says which
     columns are dequantized."""
     kind = data_kind(data.event_shape)
     options = {
         **model_defaults(config.model, kind),
+        **(saved_options or {}),
         **config.model_options(model_options(config.model, kind), kind),
     }
     vector = kind == VECTOR

@@ -21,6 +21,7 @@ from clayflow.train.resume import (
     data_fingerprint,
     resumed_config,
     saved_discrete_columns,
+    saved_model_options,
 )
 from clayflow.train.run import TrainResult, read_json, write_json
 from clayflow.train.rundir import ExistingRun, NewRun, ReadOnlyRun, default_run_dir
@@ -145,7 +146,8 @@ def setup_from_config(config: TrainConfig, checkpoint: dict | None, new_run: boo
     in; a resumed run keeps the dequantized columns of its checkpoint."""
     data = load_dataset(config.data)
     config = data_defaults(config, data, new_run=new_run)
-    flow, spec = build_flow(config, data, verbose=True, discrete=saved_discrete_columns(checkpoint))
+    flow, spec = build_flow(config, data, verbose=True, discrete=saved_discrete_columns(checkpoint),
+                            saved_options=saved_model_options(checkpoint))  # fmt: skip
     return config, data, flow, spec
 
 
