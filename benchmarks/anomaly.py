@@ -40,6 +40,8 @@ from sklearn.preprocessing import StandardScaler
 import clayflow
 from clayflow.data import load_dataset
 from clayflow.diagnostics.anomaly import GaussianReference, calibrate
+from clayflow.models import ModelSpec
+from clayflow.train.checkpoint import read_checkpoint
 from clayflow.train.evaluate import log_prob_in_chunks
 
 SEED = 0
@@ -65,12 +67,13 @@ def baselines(train: np.ndarray, test: np.ndarray) -> dict[str, np.ndarray]:
 def flow_scores(run: Path, data_spec: str, test: torch.Tensor, methods: tuple[str, ...]) -> dict[str, np.ndarray]:
     """clayflow's scores of ``test`` under the run's flow, calibrated on the run's own splits."""
     flow, data = clayflow.load(run), load_dataset(data_spec)
+    spec = ModelSpec.from_dict(read_checkpoint(run, prefer_best=True)["model_spec"])
     val_log_prob = log_prob_in_chunks(flow, data.val)
     test_log_prob = log_prob_in_chunks(flow, test)
-    levels = getattr(data, "levels", None)
+    discrete = dict(zip(spec.discrete, spec.discrete_steps))
     scores = {}
     for method in methods:
-        scorer = calibrate(method, 0.01, data.val, val_log_prob, data.train, levels)
+        scorer = calibrate(method, 0.01, data.val, val_log_prob, data.train, spec.levels, discrete)
         scores[f"clayflow {method}"] = scorer.scores(test_log_prob, test).numpy()
     return scores
 

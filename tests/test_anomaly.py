@@ -65,21 +65,26 @@ def test_the_ratio_reference_and_the_complexity_term():
 
 
 def test_the_column_code_of_tables():
-    """Discrete columns: add-one frequencies over the seen range plus one unseen value, so the
-    masses sum to 1; continuous columns: a kernel density; bits add over columns."""
+    """The flow's dequantized columns: add-one frequencies of the grid points seen plus one
+    unseen share (masses that sum to 1), per unit of the step; continuous columns: a kernel
+    density; bits add over columns; a wide integer range costs no memory."""
     g = torch.Generator().manual_seed(3)
-    counts = torch.tensor([0, 0, 0, 1, 3])  # values 0 (x3), 1 (x1), 3 (x1): range 0..3
+    halves = torch.tensor([0.0, 0.0, 0.0, 0.5, 1.5])  # step 0.5: points 0 (x3), 1, 3
     continuous = torch.randn(5, generator=g)
-    code = ColumnCode.fit(torch.stack([counts.double(), continuous.double()], 1))
-    masses = torch.tensor([4.0, 2.0, 1.0, 2.0], dtype=torch.float64) / 10.0  # (count + 1) / (5 + 4 + 1)
+    stamps = torch.tensor([0.0, 1e9, 1e9, 2e9, 5.0])  # integers over a range of 2e9
+    code = ColumnCode.fit(torch.stack([halves, continuous, stamps], 1).double(), {0: 0.5, 2: 1.0})
+    masses = torch.tensor([4.0, 2.0, 2.0], dtype=torch.float64) / 9.0  # (count + 1) / (5 + 3 + 1)
+    assert torch.equal(code.points[0], torch.tensor([0, 1, 3]))
     assert torch.allclose(code.log_mass[0].exp(), masses)
     assert math.isclose(float(masses.sum()) + math.exp(code.log_unseen[0]), 1.0)
     from scipy.stats import gaussian_kde
 
-    rows = torch.tensor([[0.0, 0.3], [2.0, -1.0], [7.0, 0.0], [0.5, 0.0]])  # 7 unseen, 0.5 off the grid
+    rows = torch.tensor([[0.0, 0.3, 1e9], [1.5, -1.0, 7.0], [7.0, 0.0, 0.0], [0.25, 0.0, 5.0]])  # 7, 0.25: unseen
     kde = torch.as_tensor(gaussian_kde(continuous.double().numpy()).logpdf(rows[:, 1].numpy()))
-    first = torch.tensor([masses[0].log(), masses[2].log(), -math.log(10.0), -math.log(10.0)], dtype=torch.float64)
-    assert torch.allclose(code.bits(rows), -(first + kde) / math.log(2))
+    unseen, step = -math.log(9.0), math.log(0.5)
+    first = torch.stack([masses[0].log(), masses[2].log(), torch.tensor(unseen), torch.tensor(unseen)]) - step
+    third = torch.tensor([3 / 10, 1 / 10, 2 / 10, 2 / 10], dtype=torch.float64).log()  # 4 points seen, 5 rows
+    assert torch.allclose(code.bits(rows), -(first + kde + third) / math.log(2))
 
 
 def test_score_flags_rows_and_measures_labelled_data(tmp_path, capsys):

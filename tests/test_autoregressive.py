@@ -120,3 +120,20 @@ def test_the_models_train_sample_score_and_verify_from_the_cli(tmp_path, model, 
     flow = __import__("clayflow").load(run)
     x, log_prob = flow.sample_and_log_prob(5)
     torch.testing.assert_close(flow.log_prob(x), log_prob, atol=1e-3, rtol=1e-4)  # both directions agree
+
+
+def test_one_bin_is_the_identity_and_bad_sizes_are_usage_errors():
+    from clayflow import models
+    from clayflow.errors import UsageError
+
+    for flow in (models.nsf(3, layers=1, hidden=8, bins=1), models.nsf(3, layers=1, hidden=8, bins=1, autoregressive=True)):
+        x = torch.randn(5, 3)
+        z, logabsdet = flow.transform.transforms[0](x)  # one bin with unit end slopes: y = x
+        torch.testing.assert_close(z, x)
+        torch.testing.assert_close(logabsdet, torch.zeros(5))
+    for bad in ({"bins": 0}, {"bins": 101}, {"tail_bound": 0.0}, {"hidden": 2, "autoregressive": True},
+                {"depth": 0, "autoregressive": True}):  # fmt: skip
+        with pytest.raises(UsageError):
+            models.nsf(3, **bad)
+    with pytest.raises(UsageError, match="--hidden of at least the 3 features"):
+        models.maf(3, hidden=2)

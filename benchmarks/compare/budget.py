@@ -107,7 +107,9 @@ def sample_rate(contender: Contender, n: int, repeats: int = 3) -> float:
 
 
 def clayflow_glow(shape: tuple[int, int, int], levels: int) -> Contender:
-    flow = models.glow_image(shape, levels, scales=GLOW_SCALES, layers=GLOW_STEPS, hidden=GLOW_HIDDEN)
+    # Glow's sigmoid scale, as normflows' Glow has (clayflow's default is a learned tanh bound)
+    flow = models.glow_image(shape, levels, scales=GLOW_SCALES, layers=GLOW_STEPS, hidden=GLOW_HIDDEN,
+                             scale_bound="sigmoid")  # fmt: skip
     return clayflow_contender(
         flow, "split priors conditioned on the kept half (Glow's); affine coupling scale sigmoid(r + 2)"
     )

@@ -87,6 +87,7 @@ def _calibrated(args, flow, payload, spec):
     -log p is asked for (no ``--fpr``, method likelihood)."""
     from clayflow.cli.inputs import run_dataset
     from clayflow.diagnostics.anomaly import calibrate
+    from clayflow.models import ModelSpec
     from clayflow.train.evaluate import log_prob_in_chunks
 
     if args.fpr is None and args.method == "likelihood":
@@ -98,7 +99,10 @@ def _calibrated(args, flow, payload, spec):
               f"{args.fpr:g}; the false-alarm rate it gives will vary", file=sys.stderr)  # fmt: skip
     val_log_prob = log_prob_in_chunks(flow, val, data.loader_options)
     train = data.train if isinstance(data.train, torch.Tensor) else None
-    return calibrate(args.method, args.fpr if args.fpr is not None else 0.5, val, val_log_prob, train, spec.get("levels"))
+    model = ModelSpec.from_dict(spec)
+    fpr = args.fpr if args.fpr is not None else 0.5
+    discrete = dict(zip(model.discrete, model.discrete_steps))
+    return calibrate(args.method, fpr, val, val_log_prob, train, spec.get("levels"), discrete)
 
 
 def _write(out, write_table, log_prob, bits_per_dim, scores, flags, files) -> None:

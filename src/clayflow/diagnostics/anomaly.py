@@ -36,6 +36,7 @@ from clayflow.errors import UsageError
 
 METHODS = ("likelihood", "typicality", "ratio", "complexity")
 _CHUNK = 1024  # images per chunk of the local-pixel model's features
+KDE_ROWS = 5000  # training rows of a column's kernel density in ColumnCode (its cost is N_train * N_scored)
 
 
 @dataclass
@@ -120,53 +121,52 @@ class ColumnCode:
     r"""The code length of table rows ``(N, D)`` under independent columns,
     ``L(x) = -\sum_j \log_2 q_j(x_j)``, fitted to training rows.
 
-    A column whose training values are all integers is discrete: ``q_j`` is the frequency of
-    the value with add-one smoothing over the integers from the column's minimum to its
-    maximum, and a value outside that range counts as one unseen value. Other columns have a
-    Gaussian kernel density (scipy's ``gaussian_kde``, Scott's bandwidth). On dequantized
-    columns a mass equals the density of the dequantized value, so ``L`` and a flow's
-    ``-log2 p`` are on one scale."""
+    The flow's dequantized columns (``discrete``: {column: grid step}) are discrete here too:
+    ``q_j`` is the frequency of the value's grid point with add-one smoothing over the points
+    seen, plus one share for any point not seen, divided by the step (a mass per unit, as
+    the flow's density of a dequantized value is). Other columns have a Gaussian kernel
+    density (scipy's ``gaussian_kde``, Scott's bandwidth) of up to ``KDE_ROWS`` training rows.
+    So ``L`` and a flow's ``-log2 p`` are on one scale."""
 
-    minimum: list[int | None]
-    log_mass: list[Tensor | None]  # discrete columns: log q of each integer from the minimum
-    log_unseen: list[float | None]  # discrete columns: log q of a value never seen
-    densities: list[Any]  # continuous columns: scipy.stats.gaussian_kde
+    discrete: dict[int, float]  # column -> grid step
+    points: dict[int, Tensor]  # discrete columns: the grid points seen (sorted, as integers)
+    log_mass: dict[int, Tensor]  # their log frequencies (add-one)
+    log_unseen: dict[int, float]  # the log share of a grid point never seen
+    densities: dict[int, Any]  # continuous columns: scipy.stats.gaussian_kde (None if constant)
 
     @classmethod
-    def fit(cls, x: Tensor) -> ColumnCode:
+    def fit(cls, x: Tensor, discrete: dict[int, float] | None = None) -> ColumnCode:
         """Fit each column of ``x`` ``(N, D)`` on its own."""
         from scipy.stats import gaussian_kde
 
         rows = x.reshape(len(x), -1).double()
-        minimum, log_mass, log_unseen, densities = [], [], [], []
-        for column in rows.T:
-            if torch.equal(column, column.round()):
-                low = int(column.min())
-                counts = torch.bincount((column - low).long()).double() + 1.0
-                minimum.append(low)
-                log_mass.append(counts.log() - math.log(counts.sum() + 1.0))  # + 1: one unseen value
-                log_unseen.append(-math.log(counts.sum() + 1.0))
-                densities.append(None)
+        discrete = dict(discrete or {})
+        code = cls(discrete, {}, {}, {}, {})
+        sample = torch.randperm(len(rows), generator=torch.Generator().manual_seed(0))[:KDE_ROWS]
+        for j, column in enumerate(rows.T):
+            if j in discrete:
+                points, counts = torch.unique(torch.round(column / discrete[j]).long(), return_counts=True)
+                total = counts.sum().item() + len(points) + 1.0  # add one to each, and one unseen point
+                code.points[j], code.log_mass[j] = points, (counts.double() + 1).log() - math.log(total)
+                code.log_unseen[j] = -math.log(total)
             else:
-                minimum.append(None)
-                log_mass.append(None)
-                log_unseen.append(None)
-                densities.append(gaussian_kde(column.numpy()) if column.std() > 0 else None)
-        return cls(minimum, log_mass, log_unseen, densities)
+                values = column[sample].numpy()
+                code.densities[j] = gaussian_kde(values) if values.std() > 0 else None
+        return code
 
     def bits(self, x: Tensor) -> Tensor:
         """``L(x)`` of each row of ``x`` ``(N, D)`` -> ``(N,)`` float64."""
         rows = x.reshape(len(x), -1).double()
         total = torch.zeros(len(rows), dtype=torch.float64)
         for j, column in enumerate(rows.T):
-            if self.log_mass[j] is not None:
-                table = self.log_mass[j]
-                index = column - self.minimum[j]
-                known = (index == index.round()) & (index >= 0) & (index < len(table))
-                log_q = torch.full_like(column, self.log_unseen[j])
-                log_q[known] = table[index[known].long()]
-                total -= log_q
-            elif self.densities[j] is not None:
+            if j in self.discrete:
+                step, points = self.discrete[j], self.points[j]
+                index = torch.round(column / step).long()
+                at = torch.searchsorted(points, index).clamp(max=len(points) - 1)
+                seen = (points[at] == index) & (column / step == index)  # on the grid, and seen
+                log_q = torch.where(seen, self.log_mass[j][at], torch.full_like(column, self.log_unseen[j]))
+                total -= log_q - math.log(step)
+            elif self.densities.get(j) is not None:
                 total -= torch.as_tensor(self.densities[j].logpdf(column.numpy()), dtype=torch.float64)
         return total / math.log(2)
 
@@ -218,10 +218,11 @@ def check_method(method: str, levels: int | None, fpr: float) -> None:
 
 
 def calibrate(method: str, fpr: float, val: Tensor, val_log_prob: Tensor, train: Tensor | None,
-              levels: int | None = None) -> AnomalyScorer:  # fmt: skip
+              levels: int | None = None, discrete: dict[int, float] | None = None) -> AnomalyScorer:  # fmt: skip
     """The scorer of ``method`` with its threshold at the ``1 - fpr`` quantile of the
     validation rows' scores (``train``: the rows a ``ratio``'s reference and a table's
-    ``complexity`` code are fitted to; the validation rows when None)."""
+    ``complexity`` code are fitted to, the validation rows when None; ``discrete``: the
+    table columns the flow dequantizes, {column: grid step})."""
     check_method(method, levels, fpr)
     if len(val) < 2:
         raise UsageError("calibrating a threshold needs at least 2 validation rows")
@@ -231,7 +232,7 @@ def calibrate(method: str, fpr: float, val: Tensor, val_log_prob: Tensor, train:
         rows = _dequantized(rows, levels)
         reference = LocalPixelReference.fit(rows) if rows.dim() == 4 else GaussianReference.fit(rows)
     elif method == "complexity" and levels is None:
-        reference = ColumnCode.fit(rows)
+        reference = ColumnCode.fit(rows, discrete)
     scorer = AnomalyScorer(method, fpr, math.inf, float(-val_log_prob.double().mean()), reference, levels)
     scorer.threshold = float(torch.quantile(scorer.scores(val_log_prob, val), 1 - fpr))
     return scorer

@@ -15,7 +15,7 @@ from __future__ import annotations
 from functools import partial
 
 from clayflow.core import Compose, Flow, StandardNormal
-from clayflow.errors import ClayflowError, parse_choice
+from clayflow.errors import ClayflowError, UsageError, parse_choice
 from clayflow.models.options import check_dropout, check_sizes, context_network
 from clayflow.models.vector import Conditioner, _make_net
 from clayflow.transforms import (
@@ -28,15 +28,21 @@ from clayflow.transforms import (
     SplineCoupling,
 )
 from clayflow.transforms.masks import alternating_mask
+from clayflow.transforms.splines import check_bins
 
 
-def _check(features: int, layers: int, hidden: int, depth: int, dropout: float, bins: int | None = None) -> None:
+def _check(features: int, layers: int, hidden: int, depth: int, dropout: float, made: bool = True) -> None:
+    """The sizes every builder here shares; a MADE needs a unit per degree (``hidden`` >= D)
+    and at least one hidden layer."""
     if features < 1:
         raise ClayflowError(f"flows need at least 1 feature (data column), got {features}")
     check_sizes(layers=layers, hidden=hidden, depth=depth)
     check_dropout(dropout)
-    if bins is not None and bins < 1:
-        raise ClayflowError(f"--bins must be at least 1, got {bins}")
+    if made and (hidden < features or depth < 1):
+        raise UsageError(
+            f"a MADE needs --hidden of at least the {features} features (one unit per degree) and --depth >= 1; "
+            f"got --hidden {hidden} --depth {depth}"
+        )
 
 
 def _mixing(features: int, lu: bool):
@@ -157,9 +163,8 @@ def nsf(
     Speed: NSF-C one pass per layer both ways; NSF-AR as ``maf``.
     Reference: Durkan, Bekasov, Murray & Papamakarios, Neural Spline Flows, 2019.
     """
-    _check(features, layers, hidden, depth, dropout, bins)
-    if tail_bound <= 0:
-        raise ClayflowError(f"--tail-bound must be positive, got {tail_bound}")
+    _check(features, layers, hidden, depth, dropout, made=autoregressive)
+    check_bins(bins, tail_bound)
     encoder, width = context_network(context_features, context_embedding)
     if autoregressive:
         made = _made_options(hidden, depth, conditioner, activation, dropout, width)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from clayflow.errors import ClayflowError
+from clayflow.errors import ClayflowError, UsageError
 from clayflow.nn.mlp import Dropout
 
 
@@ -78,7 +78,7 @@ class MADE(nn.Module):
         super().__init__()
         needed = features if context_features else max(features - 1, 1)
         if features < 1 or hidden < needed or depth < 1:
-            raise ClayflowError(
+            raise UsageError(
                 f"MADE needs hidden >= {needed} units (one per degree) and depth >= 1; got D = {features}, "
                 f"hidden {hidden}, depth {depth}"
             )

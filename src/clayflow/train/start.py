@@ -99,8 +99,8 @@ def start_training(config, run_dir, resume, force, progress, stop, setup=None, r
             if checkpoint is not None:
                 check_same_run(checkpoint, spec, config, fingerprint, run.path)
                 check_steps(checkpoint, config)
-            elif processes.main:  # killed before its first checkpoint: start again from step 0 in place
-                check_can_start_over(run.path)
+            else:  # killed before its first checkpoint: start again from step 0 in place
+                processes.on_main(lambda: check_can_start_over(run.path))
         if stop.signum is not None:
             raise TrainingInterrupted(f"interrupted by {stop.name} before training started; nothing was written",
                                       stop.exit_code)  # fmt: skip

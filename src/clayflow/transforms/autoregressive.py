@@ -21,7 +21,7 @@ from clayflow.errors import ClayflowError
 from clayflow.nn.made import MADE
 from clayflow.nn.mlp import conditioner_activation
 from clayflow.transforms.coupling import BoundedScale, ScaleBound, zero_init_last_layer
-from clayflow.transforms.splines import apply_spline, spline_params_per_feature
+from clayflow.transforms.splines import apply_spline, check_bins, spline_params_per_feature
 
 
 class _Autoregressive(Transform):
@@ -110,8 +110,7 @@ class SplineAutoregressive(_Autoregressive):
     """
 
     def __init__(self, features: int, *, bins: int = 8, bound: float = 5.0, **made):
-        if bins < 1 or bound <= 0:
-            raise ClayflowError(f"a spline needs at least 1 bin and a bound > 0, got {bins} bins and bound {bound}")
+        check_bins(bins, bound)
         self.params_per_feature = spline_params_per_feature(bins)
         super().__init__(features, **made)
         self.bins, self.bound = bins, float(bound)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from clayflow.core.transform import sum_except_batch
-from clayflow.errors import ClayflowError
+from clayflow.errors import ClayflowError, UsageError
 from clayflow.transforms.coupling import NetFactory, _Coupling
 
 MIN_BIN_WIDTH = 1e-3
@@ -32,6 +32,15 @@ MIN_BIN_HEIGHT = 1e-3
 MIN_DERIVATIVE = 1e-3
 # softplus(u + DERIVATIVE_SHIFT) = 1 - MIN_DERIVATIVE at u = 0: a zero network output is the identity
 DERIVATIVE_SHIFT = math.log(math.expm1(1 - MIN_DERIVATIVE))
+
+
+MAX_BINS = 100  # with at least MIN_BIN_WIDTH of the interval each, the bins must fit in it
+
+
+def check_bins(bins: int, bound: float) -> None:
+    """Refuse a number of bins outside 1..MAX_BINS or a bound <= 0 (a UsageError naming the flags)."""
+    if int(bins) != bins or not 1 <= bins <= MAX_BINS or not bound > 0:
+        raise UsageError(f"--bins must be an integer in 1..{MAX_BINS} and --tail-bound > 0; got {bins} and {bound}")
 
 
 def spline_params_per_feature(bins: int) -> int:
@@ -69,7 +78,7 @@ def rational_quadratic_spline(
     xs = _knots(raw_widths, bound, MIN_BIN_WIDTH)
     ys = _knots(raw_heights, bound, MIN_BIN_HEIGHT)
     interior = MIN_DERIVATIVE + F.softplus(raw_derivatives + DERIVATIVE_SHIFT)
-    ones = torch.ones_like(interior[..., :1])
+    ones = interior.new_ones((*interior.shape[:-1], 1))
     derivatives = torch.cat([ones, interior, ones], dim=-1)  # (*S, K + 1): slope 1 at +-B, as the tails
 
     inside = (x >= -bound) & (x <= bound)
@@ -128,8 +137,7 @@ class SplineCoupling(_Coupling):
     """
 
     def __init__(self, mask: Tensor, make_net: NetFactory, context_features: int = 0, bins: int = 8, bound: float = 5.0):
-        if bins < 1 or bound <= 0:
-            raise ClayflowError(f"a spline needs at least 1 bin and a bound > 0, got {bins} bins and bound {bound}")
+        check_bins(bins, bound)
         self.params_per_feature = spline_params_per_feature(bins)
         super().__init__(mask, make_net, context_features)
         self.bins, self.bound = bins, float(bound)
