@@ -13,7 +13,7 @@ GaussianMixture (k = 1..10, full/diag; ``gmm`` chosen by validation log-likeliho
 by the training rows' BIC) and
 KernelDensity (bandwidth by cross-validation on the training rows), see ``baselines.py``; and
 clayflow's default ``python -m clayflow train --data DATA --model M --seed S --no-plots
---no-progress --out RUN`` for M in realnvp, nice, glow, cnf, see ``flows.py``. Datasets: iris,
+--no-progress --out RUN`` for M in realnvp, nice, glow, maf, nsf, cnf, see ``flows.py``. Datasets: iris,
 wine, breast_cancer, diabetes, digits64 (scikit-learn's 8x8 digits as 64-column vectors) and
 every 2D toy of ``clayflow.data.toys.TOYS``. The seed is clayflow's ``--seed``, the mixture's
 and the KDE's ``random_state``, and the baselines' dequantization noise.

@@ -29,7 +29,7 @@ from pathlib import Path
 from .datasets import Rows
 from .records import REPO, Fit, source_hash
 
-FLOWS = ("realnvp", "nice", "glow", "cnf")
+FLOWS = ("realnvp", "nice", "glow", "maf", "nsf", "cnf")
 SIGNAL_EXITS = (129, 130, 143)  # clayflow stopped by SIGHUP, SIGINT or SIGTERM: stop the benchmark
 
 
