@@ -10,7 +10,7 @@ from clayflow import models
 from clayflow.cli.main import main
 from clayflow.diagnostics import verify
 from clayflow.diagnostics.faults import break_layer
-from clayflow.transforms import AffineCoupling, ScalarAffine
+from clayflow.transforms import ActNorm, AffineCoupling, ScalarAffine
 from clayflow.transforms import continuous as continuous_module
 from zoo import randomize
 
@@ -72,6 +72,17 @@ def test_a_layer_whose_log_det_is_off_by_a_constant_is_named():
     assert "log|det| of the model vs its Jacobian" in fails
     assert [name for name in fails if name.startswith("log|det| of transform")] == [f"log|det| of {name} (AffineCoupling)"]
     assert name == "transform.transforms.2"
+
+
+def test_a_cnf_does_not_loosen_the_checks_of_the_layers_beside_it():
+    """A log-det off by 1e-5 passes a CNF's solver tolerance (fixed steps: 1e-2) but not the
+    exact one every other layer is held to."""
+    x = FAMILIES["cnf"]()[1]
+    flow = initialised(models.cnf(2, hidden=16, depth=2, blocks=2, actnorm=True, solver="rk4", step_size=0.25), x)
+    name, broken = next((n, m) for n, m in flow.named_modules() if isinstance(m, ActNorm))
+    break_layer(broken, forward=lambda z, ld: (z, ld + 1e-5))
+    fails = failed(verify(flow, x, rows=64))
+    assert f"log|det| of {name} (ActNorm)" in fails, fails
 
 
 def test_a_layer_whose_inverse_is_off_is_named():
