@@ -85,7 +85,7 @@ def maf(
     Args:
         features: D.
         layers: autoregressive layers.
-        hidden, depth: the MADE's width (at least D - 1) and hidden layers (residual blocks).
+        hidden, depth: the MADE's width (at least D) and hidden layers (residual blocks).
         conditioner: ``"mlp"`` (MADE) or ``"resmlp"`` (residual MADE).
         scale_bound: the affine log-scale's bound, as ``realnvp``'s.
         lu: a learned LU linear map between layers instead of reversing.
@@ -96,12 +96,8 @@ def maf(
     Reference: Papamakarios, Pavlakou & Murray, Masked Autoregressive Flow for Density
     Estimation, 2017.
     """
-    _check(features, layers, hidden, depth, dropout)
-    encoder, width = context_network(context_features, context_embedding)
-    made = _made_options(hidden, depth, conditioner, activation, dropout, width)
-    bound = parse_choice(ScaleBound, scale_bound, "scale bound")
-    transform = _stack(features, layers, lambda k: AffineAutoregressive(features, scale_bound=bound, **made), lu)
-    return Flow(transform, StandardNormal(features), None, context_features, encoder)
+    return _affine_autoregressive(features, layers, hidden, depth, conditioner, scale_bound, lu, dropout, activation,
+                                  context_features, context_embedding, inverted=False)  # fmt: skip
 
 
 def iaf(
@@ -125,11 +121,22 @@ def iaf(
     new data D passes per layer.
     Reference: Kingma et al., Improved Variational Inference with Inverse Autoregressive Flow, 2016.
     """
+    return _affine_autoregressive(features, layers, hidden, depth, conditioner, scale_bound, lu, dropout, activation,
+                                  context_features, context_embedding, inverted=True)  # fmt: skip
+
+
+def _affine_autoregressive(features, layers, hidden, depth, conditioner, scale_bound, lu, dropout, activation,
+                           context_features, context_embedding, inverted: bool) -> Flow:  # fmt: skip
+    """MAF, or with ``inverted`` IAF: the layers of ``maf``, each wrapped in ``Inverse``."""
     _check(features, layers, hidden, depth, dropout)
     encoder, width = context_network(context_features, context_embedding)
     made = _made_options(hidden, depth, conditioner, activation, dropout, width)
     bound = parse_choice(ScaleBound, scale_bound, "scale bound")
-    layer = lambda k: Inverse(AffineAutoregressive(features, scale_bound=bound, **made))
+
+    def layer(k: int):
+        made_layer = AffineAutoregressive(features, scale_bound=bound, **made)
+        return Inverse(made_layer) if inverted else made_layer
+
     return Flow(_stack(features, layers, layer, lu), StandardNormal(features), None, context_features, encoder)
 
 
