@@ -254,6 +254,10 @@ CTRL_C_WHILE_TORCH_LOADS = textwrap.dedent(
     """
     import os, signal, sys
 
+    # Ctrl-C works as in a terminal even when the suite was started in the background of a
+    # non-interactive shell, whose children inherit SIGINT ignored (Python then keeps it so)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
     class CtrlC:
         def find_spec(self, name, path=None, target=None):
             if name == "torch":

@@ -27,7 +27,7 @@ import torch
 
 from clayflow.data import Dataset
 from clayflow.errors import ClayflowError, UsageError
-from clayflow.models import ModelSpec
+from clayflow.models import ModelSpec, model_options
 from clayflow.train.checkpoint import BEST_NAME, CHECKPOINT_NAME
 from clayflow.train.config import TrainConfig, config_from_dict, flag
 from clayflow.train.run import read_json, read_metrics
@@ -171,7 +171,13 @@ def saved_model_options(checkpoint: dict[str, Any] | None) -> dict[str, Any]:
     a resumed run takes those its config leaves unset from here, not from today's defaults,
     so that a later change of a default (Glow's scale bound) cannot stop it resuming."""
     saved = _saved_spec(checkpoint)
-    return {} if saved is None else dict(saved.options)
+    if saved is None:
+        return {}
+    try:
+        known = model_options(saved.name, saved.kind)
+    except ClayflowError:
+        return {}  # a model of another name: check_same_run says so
+    return {k: v for k, v in saved.options.items() if k in known}  # others: check_same_run names them
 
 
 def check_same_run(checkpoint: dict[str, Any], spec: ModelSpec | None, config: TrainConfig,
