@@ -20,8 +20,8 @@ from clayflow.core.transform import Transform, sum_except_batch
 from clayflow.errors import ClayflowError
 from clayflow.nn.made import MADE
 from clayflow.nn.mlp import conditioner_activation
-from clayflow.transforms.coupling import BoundedScale, ScaleBound, zero_init_last_layer
-from clayflow.transforms.splines import apply_spline, check_bins, spline_params_per_feature
+from clayflow.transforms.coupling import BoundedScale, ScaleBound, affine, zero_init_last_layer
+from clayflow.transforms.splines import apply_spline, spline_params_per_feature
 
 
 class _Autoregressive(Transform):
@@ -89,10 +89,7 @@ class AffineAutoregressive(_Autoregressive, BoundedScale):
         self.init_scale(features, scale_bound, clamp)
 
     def _map(self, v, params, inverse):
-        shift, s = params[..., 0], self.log_scale(params[..., 1])
-        if inverse:
-            return (v - shift) * torch.exp(-s), -sum_except_batch(s)
-        return v * torch.exp(s) + shift, sum_except_batch(s)
+        return affine(v, params[..., 0], self.log_scale(params[..., 1]), inverse)
 
 
 class SplineAutoregressive(_Autoregressive):
@@ -110,8 +107,7 @@ class SplineAutoregressive(_Autoregressive):
     """
 
     def __init__(self, features: int, *, bins: int = 8, bound: float = 5.0, **made):
-        check_bins(bins, bound)
-        self.params_per_feature = spline_params_per_feature(bins)
+        self.params_per_feature = spline_params_per_feature(bins, bound)
         super().__init__(features, **made)
         self.bins, self.bound = bins, float(bound)
 

@@ -155,6 +155,14 @@ class _Coupling(Transform):
         raise NotImplementedError
 
 
+def affine(v: Tensor, shift: Tensor, log_scale: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
+    """``z = v exp(s) + t`` and ``log|det| = sum s`` (forward), or ``x = (v - t) exp(-s)`` and
+    ``-sum s`` (inverse), with t = ``shift``, s = ``log_scale`` shaped like ``v`` ``(B, ...)``."""
+    if inverse:
+        return (v - shift) * torch.exp(-log_scale), -sum_except_batch(log_scale)
+    return v * torch.exp(log_scale) + shift, sum_except_batch(log_scale)
+
+
 class BoundedScale:
     """The log-scale ``s`` of an affine map, bounded from the raw network output as
     ``ScaleBound`` says (a mixin of nn.Modules: ``scale_factor`` is a parameter for TANH)."""
@@ -214,9 +222,7 @@ class AffineCoupling(_Coupling, BoundedScale):
         s = self.log_scale(raw)
         if free is not None:
             shift, s = shift * free, s * free
-        if inverse:
-            return (v - shift) * torch.exp(-s), -sum_except_batch(s)
-        return v * torch.exp(s) + shift, sum_except_batch(s)
+        return affine(v, shift, s, inverse)
 
 
 class AdditiveCoupling(_Coupling):

@@ -43,8 +43,10 @@ def check_bins(bins: int, bound: float) -> None:
         raise UsageError(f"--bins must be an integer in 1..{MAX_BINS} and --tail-bound > 0; got {bins} and {bound}")
 
 
-def spline_params_per_feature(bins: int) -> int:
-    """Raw parameters per transformed entry: K widths, K heights and K - 1 interior derivatives."""
+def spline_params_per_feature(bins: int, bound: float) -> int:
+    """Raw parameters per transformed entry of a spline of ``bins`` bins on ``[-bound, bound]``
+    (checked by ``check_bins``): K widths, K heights and K - 1 interior derivatives."""
+    check_bins(bins, bound)
     return 3 * bins - 1
 
 
@@ -137,8 +139,7 @@ class SplineCoupling(_Coupling):
     """
 
     def __init__(self, mask: Tensor, make_net: NetFactory, context_features: int = 0, bins: int = 8, bound: float = 5.0):
-        check_bins(bins, bound)
-        self.params_per_feature = spline_params_per_feature(bins)
+        self.params_per_feature = spline_params_per_feature(bins, bound)
         super().__init__(mask, make_net, context_features)
         self.bins, self.bound = bins, float(bound)
 
