@@ -2,12 +2,16 @@
 density of its own; sampling draws one example per context row, in one batch; a flow trained
 on a conditional toy puts its mass where the context says."""
 
+import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
+import clayflow
 from clayflow import models
+from clayflow.cli.main import main
 from clayflow.core.flow import EventShapeError
 from clayflow.diagnostics.density import box_mass
 from clayflow.errors import ClayflowError
@@ -71,3 +75,77 @@ def test_a_conditional_flow_learns_where_the_context_puts_the_mass(one_thread):
     c = torch.tensor([[0.0, 1.0]])
     samples = flow.sample(2000, context=c)
     assert (samples.mean(0) - torch.tensor([0.0, 2.0])).abs().max() < 0.1
+
+
+def cli(*argv) -> int:
+    return main([str(a) for a in argv])
+
+
+@pytest.fixture(scope="module")
+def conditional_run(tmp_path_factory):
+    """``clayflow train --context c`` on a table whose x = (c, c^2) + N(0, 0.1^2 I) given c."""
+    folder = tmp_path_factory.mktemp("conditional")
+    rng = np.random.default_rng(0)
+    c = rng.uniform(-2, 2, 8000)
+    x = np.stack([c, c**2], 1) + 0.1 * rng.standard_normal((8000, 2))
+    table = folder / "table.csv"
+    np.savetxt(table, np.column_stack([c, x]), delimiter=",", header="c,x1,x2", comments="")
+    run = folder / "run"
+    code = cli("train", "--data", table, "--context", "c", "--model", "maf", "--steps", 1500, "--hidden", 64,
+               "--batch-size", 256, "--no-plots", "--out", run, "--threads", 1)  # fmt: skip
+    assert code == 0
+    return folder, table, run
+
+
+def test_the_cli_learns_p_x_given_c_to_its_true_entropy(conditional_run):
+    _, _, run = conditional_run
+    results = json.loads((run / "results.json").read_text())
+    true_entropy = 2 * 0.5 * math.log(2 * math.pi * math.e * 0.01)  # of x given c: -1.767 nats
+    assert results["test_nll"] < true_entropy + 0.25, results["test_nll"]  # p(x) alone: about +2.5
+    assert json.loads((run / "config.json").read_text())["context"] == "c"
+
+
+def test_sample_draws_at_each_context_row_and_score_gives_log_p_x_given_c(conditional_run, capsys):
+    folder, table, run = conditional_run
+    contexts = folder / "contexts.csv"
+    contexts.write_text("c\n1.5\n-1.0\n")
+    out = folder / "draws.csv"
+    assert cli("sample", run, "--context", contexts, "--n", 2000, "--out", out) == 0
+    draws = np.loadtxt(out, delimiter=",", skiprows=1)
+    assert out.read_text().splitlines()[0] == "x1,x2,c"  # x, then the context it was drawn at
+    assert draws.shape == (4000, 3) and set(draws[:, 2]) == {1.5, -1.0}
+    for value, rows in ((1.5, draws[:2000]), (-1.0, draws[2000:])):
+        assert np.allclose(rows[:, 2], value)
+        assert np.abs(rows[:, :2].mean(0) - [value, value**2]).max() < 0.05
+        assert np.abs(rows[:, :2].std(0) - 0.1).max() < 0.03
+
+    scores = folder / "scores.csv"
+    assert cli("score", run, "--data", table, "--out", scores) == 0
+    values = np.loadtxt(scores, delimiter=",", skiprows=1)
+    rows = torch.as_tensor(np.loadtxt(table, delimiter=",", skiprows=1))
+    flow = clayflow.load(run).double()
+    expected = flow.log_prob(rows[:, 1:], context=rows[:, :1]).detach().numpy()  # columns by name
+    assert np.allclose(values[:, 1], expected, atol=1e-3)
+    assert np.allclose(values[:, 2], -values[:, 1] / (2 * math.log(2)))  # bits per dim of x alone
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["sample", "{run}", "--out", "{folder}/s.csv"], "give --context FILE"),
+        (["verify", "{run}"], "conditional flows p(x | c) are not supported yet"),
+        (["explain", "{run}"], "conditional flows p(x | c) are not supported yet"),
+        (["score", "{run}", "--data", "{table}", "--method", "ratio", "--out", "{folder}/r.csv"], "use likelihood or typicality"),
+        (["train", "--data", "{table}", "--context", "c", "--model", "cnf", "--out", "{folder}/cnf"], "cannot be conditional"),
+        (["train", "--data", "{table}", "--context", "c,x1,x2", "--out", "{folder}/all"], "leave at least one column"),
+        (["train", "--data", "digits", "--context", "1", "--out", "{folder}/digits"], "names columns of a table"),
+    ],
+)
+def test_conditional_runs_refuse_what_they_cannot_do_in_one_line(conditional_run, capsys, argv, message):
+    folder, table, run = conditional_run
+    before = sorted(p.name for p in folder.iterdir())
+    code = cli(*(a.format(run=run, folder=folder, table=table) for a in argv))
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert sorted(p.name for p in folder.iterdir()) == before

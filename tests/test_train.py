@@ -98,8 +98,9 @@ SMALL_CNF = {
     "step_size": 0.5,
 }
 
-# Spline MADE layers with a learned LU map between them, and dropout in the MADE.
-SMALL_NSF_AR = {**SMALL_NOISY_TABLE, "model": "nsf", "autoregressive": True, "layers": 2}
+# Spline MADE layers with a learned LU map between them, dropout in the MADE, and a context
+# (p(other columns | alcohol, hue)) that the input noise must leave alone.
+SMALL_NSF_AR = {**SMALL_NOISY_TABLE, "model": "nsf", "autoregressive": True, "layers": 2, "context": "alcohol,hue"}
 
 
 @pytest.mark.parametrize(

@@ -308,6 +308,12 @@ def write(folder: Path, path: Path) -> Path:
     if budget_rows:
         lines.append("\n## Equal wall-clock budget: Glow on digits, CNF on toys\n")
         lines += _budget_table(budget_rows)
+    autoregressive = folder.parent / "compare_autoregressive" / "speed.md"
+    if autoregressive.exists():  # run.py --only autoregressive
+        lines.append(
+            "\n## Autoregressive and spline flows\n\nMAF, NSF-AR and NSF-C beside zuko's and nflows' at "
+            f"equal architecture: `{os.path.relpath(autoregressive, path.parent)}`."
+        )
     _plots(folder, speed_rows, quality_rows)
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -4,6 +4,7 @@
     python benchmarks/compare/run.py                  # everything, about 75 minutes on 2 cores
     python benchmarks/compare/run.py --only speed     # one workload; the report merges what is there
     python benchmarks/compare/run.py --quick          # a smoke test of every workload, 3 minutes
+    python benchmarks/compare/run.py --only autoregressive   # MAF / NSF beside zuko's and nflows'
 
 Writes ``benchmarks/results/<date>.md`` (config, machine, versions, every table with ratios to
 clayflow, and the targets), and beside it ``<date>/{speed,quality,budget}.csv`` and
@@ -15,6 +16,10 @@ Workloads (see each module): ``speed`` (train steps/s, log_prob and sample throu
 toys after 3000 steps of batch 512, Adam 1e-3, 3 seeds), ``glow`` (Glow on digits at an
 equal wall-clock budget, against normflows' Glow) and ``cnf`` (a CNF on the toys at an equal
 budget, against zuko's CNF). Speed runs alone: nothing else should run on the machine.
+
+Not in the default run: ``autoregressive`` (``autoregressive.py``: MAF, NSF-AR and NSF-C beside
+zuko's and nflows' at equal architecture, dim 8 and 64; ``--threads``, ``--blocks``,
+``--block-seconds`` and ``--quick`` pass through), written to ``<out>/compare_autoregressive/``.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import autoregressive
 import budget
 import quality
 import report
@@ -37,6 +43,7 @@ import speed
 from contenders import BUILDERS, PEERS, compiled, with_fused_adam
 
 WORKLOADS = ("speed", "glow", "cnf", "quality")
+EXTRA_WORKLOADS = ("autoregressive",)  # run only when named in --only
 AS_SHIPPED = ("clayflow", "plain PyTorch", *PEERS)  # each library as it comes, not compiled
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
@@ -73,7 +80,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--only", nargs="+", choices=WORKLOADS, default=list(WORKLOADS))
+    parser.add_argument("--only", nargs="+", choices=WORKLOADS + EXTRA_WORKLOADS, default=list(WORKLOADS))
     parser.add_argument("--date", default=datetime.date.today().isoformat(), help="name of the report")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--threads", type=int, default=2)
@@ -129,9 +136,17 @@ def main() -> None:
                 builders, args.toys, args.seeds, args.steps, args.batch, args.lr, args.test_size, log
             )
             write_csv(folder / "quality.csv", rows)
-        report.save_config(folder, config)
-    path = report.write(folder, args.out / f"{args.date}.md")
-    print(f"wrote {path}")
+        if "autoregressive" in args.only:
+            autoregressive.main(
+                ["--out", str(args.out / "compare_autoregressive"), "--threads", str(args.threads),
+                 "--blocks", str(args.blocks), "--block-seconds", str(args.block_seconds)]
+                + (["--quick"] if args.quick else [])
+            )  # fmt: skip
+        if set(args.only) & set(WORKLOADS):
+            report.save_config(folder, config)
+    if args.report_only or set(args.only) & set(WORKLOADS):
+        path = report.write(folder, args.out / f"{args.date}.md")
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":

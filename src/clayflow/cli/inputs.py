@@ -29,6 +29,8 @@ def examples_to_score(
     from clayflow.data.tabular import align_columns, read_table
 
     shape = tuple(spec.get("event_shape") or [spec["features"]])
+    if context_features := (spec.get("options") or {}).get("context_features"):
+        shape = (shape[0] + context_features,)  # a conditional model scores rows (x, context)
     levels = spec.get("levels")
     if data.startswith("images:"):
         source = load_image_source(data)
@@ -99,7 +101,7 @@ def run_dataset(run: str, payload: dict, why: str = "give --data"):
         raise ClayflowError(f"{run} was trained from Python (clayflow.fit), so its data are not known here; {why}")
     if "data" not in config:
         raise ClayflowError(f"{run} does not say what data it was trained on; {why}")
-    return load_dataset(config["data"])
+    return load_dataset(config["data"], config.get("context"))
 
 
 def read_image_array(path: str) -> np.ndarray:

@@ -13,7 +13,6 @@ import typing
 from dataclasses import fields
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from clayflow import __version__
@@ -24,9 +23,11 @@ EXAMPLES = {
     "  clayflow train --data wine --model nice --steps 2000\n"
     "  clayflow train --data my_table.csv --out runs/mine\n"
     "  clayflow train --data digits --model glow     # images: realnvp or glow\n"
+    "  clayflow train --data wine --model nsf --context alcohol,hue   # p(other columns | alcohol, hue)\n"
     "  clayflow train --resume runs/mine --steps 8000  # continue (or extend) a run",
     "sample": "examples:\n  clayflow sample runs/mine --n 1000 --out samples.csv --temperature 0.8\n"
-    "  clayflow sample runs/digits --n 64 --out grid.png --temperature 0.7   # image models: .png or .npy",
+    "  clayflow sample runs/digits --n 64 --out grid.png --temperature 0.7   # image models: .png or .npy\n"
+    "  clayflow sample runs/wine-given-hue --context contexts.csv --n 10 --out draws.csv   # 10 per row",
     "score": "examples:\n  clayflow score runs/mine --data new_rows.csv --out scores.csv\n"
     "  clayflow score runs/digits --data images:my_scans --out scores.csv\n"
     "  clayflow score runs/mine --data rows.csv --fpr 0.01 --method typicality --out flagged.csv\n"
@@ -71,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"clayflow {__version__}")
     verbs = parser.add_subparsers(dest="verb", metavar="<command>", required=True)
     _add_train(verbs)
-    _add_sample(verbs)
+    _add_verb_module(verbs, "sample")
     _add_verb_module(verbs, "score")
     _add_plot(verbs)
     _add_verb_module(verbs, "verify")
@@ -91,7 +92,7 @@ def _verb(verbs, name: str, help: str):
 
 # ``clayflow train --help`` in groups: every ``TrainConfig`` field is in one (checked by a test).
 TRAIN_GROUPS = {
-    "data": ("data", "standardize", "power_transform", "whiten", "discrete", "input_noise"),
+    "data": ("data", "context", "standardize", "power_transform", "whiten", "discrete", "input_noise"),
     "model": (
         "model", "layers", "hidden", "depth", "conditioner", "mask", "scale_bound", "batch_norm", "base",
         "dropout", "activation", "scales", "norm", "alpha", "lu", "coupling", "bins", "tail_bound", "autoregressive",
@@ -167,22 +168,6 @@ def _add_train(verbs) -> None:
     p.set_defaults(handler=cmd_train)
 
 
-def _add_sample(verbs) -> None:
-    p = _verb(verbs, "sample", "Draw samples from a trained flow.")
-    p.add_argument("run", metavar="RUN", help="run directory or checkpoint file")
-    p.add_argument("--n", type=int, default=1000, help="number of samples (default: 1000)")
-    p.add_argument(
-        "--out", required=True, metavar="FILE", help="output .csv or .npy (image models: .npy or .png grid)"
-    )
-    p.add_argument(
-        "--temperature", type=float, default=1.0, help="scale of the base draws, > 0 (default: 1.0)"
-    )
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--device", type=_device, default="cpu", help="device (default: cpu)")
-    p.add_argument("--force", action="store_true", help="replace an existing --out file")
-    p.set_defaults(handler=cmd_sample)
-
-
 def _device(name: str) -> str:
     """argparse ``type`` of ``--device``: auto, cpu, cuda or cuda:N that exists here."""
     from clayflow.train.config import check_device
@@ -195,6 +180,7 @@ def _device(name: str) -> str:
 
 # Verbs whose options and handler live in their own module (``add_arguments``, ``run``).
 VERB_MODULES = {
+    "sample": "Draw samples from a trained flow.",
     "score": "Log-likelihood of each row of a file under a trained flow, and anomaly scores.",
     "verify": "Check a trained flow: round trips, log-dets layer by layer, mass, samples.",
     "explain": "Show what each layer of a trained flow does: its share of log p, and pictures.",
@@ -285,65 +271,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_sample(args: argparse.Namespace) -> int:
-    """Write ``--n`` samples at ``--temperature``: rows to .csv/.npy, or images to .npy/.png."""
-    import math
-
-    from clayflow.data.tabular import check_output_path, write_table
-    from clayflow.train.config import MAX_SEED
-
-    if args.n <= 0:
-        raise UsageError(f"--n must be a positive number of samples, got {args.n}")
-    if not (args.temperature > 0 and math.isfinite(args.temperature)):
-        raise UsageError(f"--temperature must be > 0 and finite, got {args.temperature}")
-    if not 0 <= args.seed <= MAX_SEED:
-        raise UsageError(f"--seed must be in [0, 2**64 - 1] (torch's seed range), got {args.seed}")
-    flow, payload = _load_run(args.run, args.device)
-    spec = payload["model_spec"]
-    images = spec.get("levels") is not None
-    suffixes = (".npy", ".png") if images else (".csv", ".npy")
-    check_output_path(args.out, suffixes, args.force)  # before the work
-    torch.manual_seed(args.seed)
-    chunk = 65536 if not images else 256
-    samples = torch.cat(
-        [flow.sample(len(c), args.temperature).cpu() for c in torch.arange(args.n).split(chunk)]
-    )
-    finite = torch.isfinite(samples.reshape(len(samples), -1)).all(1)
-    if not finite.all():  # never write NaN or inf as if they were samples
-        bad = int((~finite).sum())
-        why = (
-            "the flow cannot map draws that far out to finite values; lower --temperature"
-            if args.temperature > 1
-            else "the model gives non-finite values; check the run (it may have diverged)"
-        )
-        raise ClayflowError(
-            f"{bad} of {args.n} samples at temperature {args.temperature} are not finite (NaN or inf), "
-            f"so nothing was written: {why}"
-        )
-    if images:
-        _write_images(args.out, samples, spec["levels"])
-    else:
-        columns = payload.get("data_columns") or [f"x{i + 1}" for i in range(samples.shape[1])]
-        write_table(args.out, samples.double().numpy(), list(columns))
-    print(f"wrote {args.n} samples (temperature {args.temperature}) to {args.out}")
-    return 0
-
-
-def _write_images(path: str, images: torch.Tensor, levels: int) -> None:
-    """Images of integer levels as an ``(N, C, H, W)`` .npy array, or a .png grid."""
-    from clayflow.files import atomic_write
-    from clayflow.plotting.images import save_image_grid
-
-    dtype = np.uint8 if levels <= 256 else np.int32
-    try:
-        if path.lower().endswith(".png"):
-            save_image_grid(images, levels, Path(path))
-        else:
-            atomic_write(Path(path), lambda file: np.save(file, images.numpy().astype(dtype)))
-    except OSError as exc:
-        raise ClayflowError(f"cannot write {path}: {exc.strerror or exc}") from None
-
-
 def cmd_plot(args: argparse.Namespace) -> int:
     """Redraw the plots of a run from its checkpoint, metrics and data."""
     from clayflow.train import load
@@ -357,17 +284,17 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def _plot(run_dir: Path, flow, columns: str | None = None) -> list[Path]:
-    from clayflow.data import load_dataset
-    from clayflow.data.discrete import column_list
+    from clayflow.data import column_list, load_dataset
     from clayflow.plotting import plot_run
     from clayflow.train.resume import read_run_config
 
-    data = load_dataset(read_run_config(run_dir).data)
+    config = read_run_config(run_dir)
+    data = load_dataset(config.data, config.context)
     show = None
     if columns is not None:
-        if data.levels is not None or data.event_shape == (2,):
+        if data.levels is not None or (data.event_shape == (2,) and not data.context_features):
             raise UsageError("--columns chooses the columns of a table's marginals and pairs; this run draws all its data")
-        show = column_list(columns, data.columns, data.dims, "--columns")
+        show = column_list(columns, data.columns, data.train.shape[1], "--columns")
     if data.levels is None:  # tables and toys: every row, so that a small table's histograms have shape
         rows, label = torch.cat([data.train, data.val, data.test]), "rows (all splits)"
     else:

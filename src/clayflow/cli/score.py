@@ -55,11 +55,14 @@ def run(args: argparse.Namespace, load_run) -> int:
     flow, payload = load_run(args.run, args.device)
     spec = payload["model_spec"]
     check_method(args.method, spec.get("levels"), args.fpr if args.fpr is not None else 0.5)
+    if flow.context_features and args.method in ("ratio", "complexity"):
+        raise UsageError(f"--method {args.method} compares with a reference of p(x); this run learned p(x | c): "
+                         "use likelihood or typicality")  # fmt: skip
     x, files, labels = examples_to_score(args.data, spec, payload.get("data_columns"), args.label_column)
     if args.labels:
         labels = read_labels(args.labels, len(x))
     log_prob = log_prob_in_chunks(flow, x)
-    bits_per_dim = -log_prob / (x[0].numel() * math.log(2))
+    bits_per_dim = -log_prob / ((x[0].numel() - flow.context_features) * math.log(2))  # x's dims, not c's
     scorer = _calibrated(args, flow, payload, spec)
     scores = scorer.scores(log_prob, x) if scorer is not None else -log_prob.double()
     flags = scorer.flag(scores) if scorer is not None and args.fpr is not None else None

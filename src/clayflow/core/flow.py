@@ -102,14 +102,14 @@ class Flow(nn.Module):
         x = self._input(x, self._event_shape, "data")
         if x.shape[0] == 0 and self.latent_shape is not None:
             return x.new_zeros((0, *self.latent_shape)), x.new_zeros(0)
-        return self.transform(x, self._context(context, len(x)))
+        return self.transform(x, self.encoded_context(context, len(x)))
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Latent -> data: ``(x, log|det dx/dz|)``, ``(B, *event_shape)`` and ``(B,)``."""
         z = self._input(z, self.latent_shape, "latent")
         if z.shape[0] == 0 and self._event_shape is not None:
             return z.new_zeros((0, *self._event_shape)), z.new_zeros(0)
-        return self.transform.inverse(z, self._context(context, len(z)))
+        return self.transform.inverse(z, self.encoded_context(context, len(z)))
 
     def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """Exact log-density of ``x`` ``(B, *event_shape)`` in nats, ``(B,)``, in the flow's
@@ -117,7 +117,7 @@ class Flow(nn.Module):
         x = self._input(x, self._event_shape, "data")
         if x.shape[0] == 0:
             return x.new_zeros(0)
-        z, logabsdet = self.transform(x, self._context(context, len(x)))
+        z, logabsdet = self.transform(x, self.encoded_context(context, len(x)))
         return self.base.log_prob(z) + logabsdet
 
     def bits_per_dim(self, x: Tensor, context: Tensor | None = None) -> Tensor:
@@ -125,7 +125,21 @@ class Flow(nn.Module):
         dims = math.prod(x.shape[1:])
         return -self.log_prob(x, context) / (dims * math.log(2))
 
-    def _context(self, context: Tensor | None, rows: int) -> Tensor | None:
+    def split_rows(self, rows: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Rows ``(B, D + K)`` of data and context side by side, as the tables of a conditional
+        run hold them, split into ``(x (B, D), context (B, K))``; an unconditional flow's rows
+        are its data, ``(rows, None)``.
+
+        >>> from clayflow import models
+        >>> x, c = models.maf(2, context_features=1).split_rows(torch.zeros(5, 3))
+        >>> x.shape, c.shape
+        (torch.Size([5, 2]), torch.Size([5, 1]))
+        """
+        if not self.context_features:
+            return rows, None
+        return rows[:, : -self.context_features], rows[:, -self.context_features :]
+
+    def encoded_context(self, context: Tensor | None, rows: int) -> Tensor | None:
         """The context the layers see for a batch of ``rows``: checked ``(rows, K)`` (a single
         row is repeated), cast to the flow's dtype, and encoded; None for an unconditional flow."""
         if not self.context_features:

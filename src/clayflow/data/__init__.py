@@ -8,7 +8,7 @@ tables), ``load_dataset("path/to/file.csv")`` (the user's own ``.csv``/``.npy``)
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,8 @@ class Dataset:
     test: Tensor
     columns: list[str] | None = None
     levels: int | None = None  # images only
+    # Tables of a conditional run, p(x | c): the last K columns of every row are the context c.
+    context_features: int = 0
     # Datasets' splits: DataLoader options (num_workers, worker_init_fn, ...) to read them with.
     loader_options: dict[str, Any] = field(default_factory=dict)
     _example_shape: tuple[int, ...] | None = field(default=None, repr=False, compare=False)
@@ -49,6 +51,8 @@ class Dataset:
     @property
     def event_shape(self) -> tuple[int, ...]:
         if isinstance(self.train, Tensor):
+            if self.context_features:  # rows are (x, c): the model's events are the x part
+                return (self.train.shape[1] - self.context_features,)
             return tuple(self.train.shape[1:])
         if self._example_shape is None:  # read once, without drawing from torch's random stream
             with torch.random.fork_rng(devices=[]):
@@ -62,7 +66,34 @@ class Dataset:
 
     @property
     def features(self) -> int:
-        return self.train.shape[1]
+        """Columns of the modelled x (a conditional table's rows hold K context columns more)."""
+        return self.train.shape[1] - self.context_features
+
+    @property
+    def context_columns(self) -> list[str] | None:
+        """The names of the context columns of a conditional table (None without names)."""
+        if not self.context_features or self.columns is None:
+            return None
+        return self.columns[-self.context_features :]
+
+    def with_context(self, choice: str) -> Dataset:
+        """This table for learning p(x | c), with the columns that ``choice`` names
+        (comma-separated names or 1-based numbers) as the context c: the columns are put in
+        the order (x columns, context columns in ``choice``'s order) and
+        ``context_features`` is set. Refuses images, and a context of every column."""
+        if not isinstance(self.train, Tensor) or self.levels is not None or self.train.dim() != 2:
+            raise UsageError("--context names columns of a table; images and Python datasets have none")
+        width = self.train.shape[1]
+        context = column_list(choice, self.columns, width, "--context")
+        twice = sorted({j for j in context if context.count(j) > 1})
+        if twice:
+            raise UsageError(f"--context names column(s) {column_names(twice, self.columns)} twice")
+        if len(context) == width:
+            raise UsageError("--context names every column; leave at least one column to model")
+        order = [j for j in range(width) if j not in set(context)] + context
+        columns = [self.columns[j] for j in order] if self.columns else None
+        return replace(self, train=self.train[:, order], val=self.val[:, order], test=self.test[:, order],
+                       columns=columns, context_features=len(context))  # fmt: skip
 
 
 def example(item: Any) -> Tensor:
@@ -76,8 +107,11 @@ def dataset_names() -> list[str]:
     return [*TOYS, *SKLEARN_TABLES, "digits", "patches"]
 
 
-def load_dataset(spec: str) -> Dataset:
-    """The dataset named ``spec``, or the table in the file ``spec``."""
+def load_dataset(spec: str, context: str | None = None) -> Dataset:
+    """The dataset named ``spec``, or the table in the file ``spec``; with ``context`` (column
+    names or 1-based numbers), its rows as (x, context) for p(x | c) (``Dataset.with_context``)."""
+    if context is not None:
+        return load_dataset(spec).with_context(context)
     if is_image_spec(spec):
         return _split_images(load_image_source(spec))
     if spec in TOYS:
@@ -172,6 +206,21 @@ def column_names(indices: list[int], columns: list[str] | None) -> str:
     """Columns by 0-based ``indices`` for a message: ``"1, 3"``, or with names ``"1, 3 (a, c)"`` (1-based)."""
     numbers = ", ".join(str(i + 1) for i in indices)
     return f"{numbers} ({', '.join(str(columns[i]) for i in indices)})" if columns else numbers
+
+
+def column_list(text: str, columns: list[str] | None, width: int, option: str) -> list[int]:
+    """The 0-based columns that ``text`` names, in its order: comma-separated names or 1-based
+    numbers (a name first, as a column may be called "3"); a ``UsageError`` naming ``option``."""
+    chosen = []
+    for item in (part.strip() for part in text.split(",")):
+        if columns and item in columns:
+            chosen.append(columns.index(item))
+        elif item.isdigit() and 1 <= int(item) <= width:
+            chosen.append(int(item) - 1)
+        else:
+            named = f"; columns: {', '.join(columns)}" if columns else ""
+            raise UsageError(f"{option}: no column {item!r} (give column names or numbers 1-{width}{named})")
+    return chosen
 
 
 def _toy_dataset(name: str) -> Dataset:

@@ -10,7 +10,7 @@ import math
 import torch
 from torch import Tensor
 
-from clayflow.data import Dataset, column_names
+from clayflow.data import Dataset, column_list, column_names
 from clayflow.errors import UsageError
 
 # A column whose values lie on a grid with at most this many distinct values is discrete (a
@@ -58,7 +58,7 @@ def discrete_columns(data: Dataset, choice: str = "auto") -> dict[int, float]:
     choice = choice.strip()
     if choice == "none":
         return {}
-    values = torch.cat([data.train, data.val, data.test])
+    values = torch.cat([data.train, data.val, data.test])[:, : data.features]  # not a context
     if choice == "auto":
         distinct = [values[:, j].unique() for j in range(values.shape[1])]
         steps = {j: grid_step(d) for j, d in enumerate(distinct) if len(d) <= MAX_DISCRETE_VALUES}
@@ -73,18 +73,3 @@ def discrete_columns(data: Dataset, choice: str = "auto") -> dict[int, float]:
             "counts, codes and values recorded at a fixed resolution can be dequantized"
         )
     return steps
-
-
-def column_list(text: str, columns: list[str] | None, width: int, option: str) -> list[int]:
-    """The 0-based columns that ``text`` names, in its order: comma-separated names or 1-based
-    numbers (a name first, as a column may be called "3"); a ``UsageError`` naming ``option``."""
-    chosen = []
-    for item in (part.strip() for part in text.split(",")):
-        if columns and item in columns:
-            chosen.append(columns.index(item))
-        elif item.isdigit() and 1 <= int(item) <= width:
-            chosen.append(int(item) - 1)
-        else:
-            named = f"; columns: {', '.join(columns)}" if columns else ""
-            raise UsageError(f"{option}: no column {item!r} (give column names or numbers 1-{width}{named})")
-    return chosen

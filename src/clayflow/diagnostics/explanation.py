@@ -28,6 +28,7 @@ from torch import Tensor
 
 from clayflow.core import Flow
 from clayflow.diagnostics.anatomy import leaf_layers
+from clayflow.errors import UsageError
 
 
 @dataclass
@@ -77,6 +78,8 @@ def explain(flow: Flow, x: Tensor, seed: int = 0) -> Explanation:
     """Run ``flow`` forward on ``x`` ``(B, *event_shape)`` in eval mode and record every leaf
     layer's output and log|det| (see ``Explanation``); the flow's mode and torch's random
     stream are left as they were."""
+    if flow.context_features:
+        raise UsageError("explain shows flows of p(x); conditional flows p(x | c) are not supported yet")
     names = {id(module): name for name, module in flow.named_modules()}
     steps: list[Step] = []
     handles = []

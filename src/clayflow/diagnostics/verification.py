@@ -39,6 +39,7 @@ from clayflow.core import Flow
 from clayflow.diagnostics import checks
 from clayflow.diagnostics.anatomy import anatomy, float64_copy
 from clayflow.diagnostics.report import Check, Report
+from clayflow.errors import UsageError
 
 MAX_JACOBIAN_DIMS = 4096  # above: the brute-force log-det checks are skipped (said in the report)
 
@@ -55,6 +56,8 @@ def verify(flow: Flow, data: Tensor, *, rows: int = 256, points: int | None = No
     (default by dimension, ``jacobian_points``). Returns a ``Report``; ``report.passed`` is
     True when every check with a tolerance passed. The flow is left as it was (its mode,
     its weights); torch's random stream is left untouched (draws come from ``seed``)."""
+    if flow.context_features:
+        raise UsageError("verify checks flows of p(x); conditional flows p(x | c) are not supported yet")
     flow = copy.deepcopy(flow).eval()  # a check may run an uninitialised ActNorm: not the caller's flow
     device = next(flow.parameters()).device
     x = torch.as_tensor(data)[:rows].to(device=device, dtype=flow.dtype)  # image levels too

@@ -17,7 +17,7 @@ from clayflow.models.autoregressive import iaf, maf, nsf
 from clayflow.models.continuous import cnf, cnf_image
 from clayflow.models.glow import glow_image, glow_vector
 from clayflow.models.image import realnvp_image
-from clayflow.models.start import start_transforms
+from clayflow.models.start import StandardizedContext, start_transforms
 from clayflow.models.vector import nice, realnvp
 
 VECTOR, IMAGE = "vector", "image"
@@ -38,7 +38,8 @@ class ModelSpec:
 
     Vectors: ``MODELS[name]["vector"](D, **options)``, preceded by the start layers of
     ``clayflow.models.start`` that are switched on (their fitted values live in the state
-    dict). Images: ``MODELS[name]["image"]((C, H, W), levels, **options)``.
+    dict), and with ``standardize`` a conditional model's context is standardised too
+    (``options["context_features"]`` K > 0). Images: ``MODELS[name]["image"]((C, H, W), levels, **options)``.
     """
 
     name: str
@@ -105,7 +106,10 @@ def build(spec: ModelSpec) -> Flow:
     discrete = dict(zip(spec.discrete, spec.discrete_steps))
     start = start_transforms(features, discrete, spec.standardize, spec.power, spec.whiten)
     transform = Compose(*start, *flow.transform) if start else flow.transform
-    return Flow(transform, flow.base, (features,), flow.context_features, flow.context_encoder)
+    encoder = flow.context_encoder
+    if spec.standardize and flow.context_features:
+        encoder = StandardizedContext(flow.context_features, encoder)
+    return Flow(transform, flow.base, (features,), flow.context_features, encoder)
 
 
 def _builder(name: str, kind: str):

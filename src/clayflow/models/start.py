@@ -12,12 +12,15 @@ The model's own layers start as the identity (zero-initialised couplings), so wi
 untrained flow is a full-covariance Gaussian of the power-transformed columns (without 3,
 exactly the Gaussian maximum-likelihood fit), and training moves away from it only as far
 as validation rewards.
+
+A conditional flow's context is standardised the same way (``StandardizedContext``, fitted
+by ``fit_context``) before its encoder and layers see it.
 """
 
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from clayflow.core import Flow
 from clayflow.transforms import DequantizeColumns, PowerTransform, Standardize, Whitening
@@ -62,3 +65,34 @@ def fit_start(flow: Flow, train: Tensor, standardization, seed: int = 0) -> None
             layer.fit(x)
         else:
             return
+
+
+class StandardizedContext(nn.Module):
+    """A conditional flow's context encoder preceded by a fixed per-column standardisation:
+    ``encoder((c - mean) / std)`` for contexts ``(B, K)`` (the raw standardised context
+    without an encoder), so that networks see unit-scale contexts whatever their units.
+    ``mean`` and ``std`` are buffers, 0 and 1 until ``fit_context`` sets them."""
+
+    def __init__(self, context_features: int, encoder: nn.Module | None = None):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(context_features))
+        self.register_buffer("std", torch.ones(context_features))
+        self.encoder = encoder
+
+    def forward(self, context: Tensor) -> Tensor:
+        context = (context - self.mean) / self.std
+        return self.encoder(context) if self.encoder is not None else context
+
+
+@torch.no_grad()
+def fit_context(flow: Flow, context: Tensor) -> None:
+    """Set the standardisation of ``flow``'s context encoder (a ``StandardizedContext``) from
+    the training contexts ``(N, K)``. A constant column is left unscaled (std 1): it carries
+    no information, and a context needs no density, so nothing is refused."""
+    encoder = flow.context_encoder
+    if not isinstance(encoder, StandardizedContext):
+        return
+    context = context.double()
+    std = context.std(0) if len(context) > 1 else torch.ones(context.shape[1], dtype=context.dtype)
+    encoder.mean.copy_(context.mean(0))
+    encoder.std.copy_(torch.where(std > 0, std, torch.ones_like(std)))

@@ -66,7 +66,8 @@ def plot_run(
 
     ``data_x`` is data to compare the model's samples with, ``(N, D)`` (every row is used
     for tables; a 2D scatter draws up to ``SAMPLES``), or images ``(N, C, H, W)`` with
-    ``levels`` intensity levels. ``columns`` are the D column names; ``show_columns`` the
+    ``levels`` intensity levels; a conditional flow's rows hold (x, context) and are compared
+    with samples at their contexts (``table_samples``). ``columns`` are the D column names; ``show_columns`` the
     columns of a table to draw (names, or 0-based indices; default: the first ones, see
     ``choose_columns``); ``data_label`` says in the figures what the rows are.
     """
@@ -81,7 +82,7 @@ def plot_run(
 
         return paths + plot_image_run(run_dir, flow, data_x, levels)
     data = data_x.detach().cpu().numpy()
-    if data.shape[1] == 2:
+    if data.shape[1] == 2 and not flow.context_features:
         data = data[:SAMPLES]
         samples = flow.sample(len(data)).cpu().numpy()
         paths.append(plot_samples_2d(data, samples, out / "samples.png"))
@@ -90,11 +91,27 @@ def plot_run(
         if len(cnfs) == 1 and flow.transform[len(flow.transform) - 1] is cnfs[0]:
             paths.append(plot_trajectories_2d(flow, cnfs[0], out / "trajectories.png"))
     elif len(data):
-        samples = flow.sample(model_sample_count(len(data))).cpu().numpy()
+        samples = table_samples(flow, data_x, model_sample_count(len(data))).numpy()
+        if flow.context_features and show_columns is None:  # the context first: x against c
+            width = data.shape[1]
+            show_columns = [*range(width - flow.context_features, width), *range(width - flow.context_features)]
         table = (data, samples, columns, show_columns, data_label)
         paths.append(save_figure(marginals_figure(*table), out / "marginals.png"))
         paths.append(save_figure(pairs_figure(*table), out / "pairs.png"))
     return paths
+
+
+def table_samples(flow: Flow, rows: torch.Tensor, n: int) -> torch.Tensor:
+    """``n`` model samples ``(n, D)`` to set beside the table ``rows`` ``(N, D)``, on the CPU.
+    A conditional flow's rows hold (x, context) (``Flow.split_rows``): its samples are
+    (x ~ p(x | c), c) with the contexts of ``rows`` taken in turn, so that the figures compare
+    the joint of the data with the model's conditionals at the data's own contexts."""
+    if not flow.context_features:
+        return flow.sample(n).cpu()
+    _, context = flow.split_rows(rows.detach())
+    context = context[torch.arange(n) % len(context)]
+    device = next(flow.parameters()).device
+    return torch.cat([flow.sample(context=context.to(device)).cpu().to(context.dtype), context], 1)
 
 
 def model_sample_count(rows: int) -> int:

@@ -39,7 +39,8 @@ def log_prob_in_chunks(
     evaluations of one model agree, the caller's random stream is left untouched, and the
     result does not depend on who evaluates which chunk: on ``processes`` (a distributed
     run), process r evaluates chunks r, r + N, r + 2N, ... and every process gets all N
-    log-probs (each example is evaluated once)."""
+    log-probs (each example is evaluated once). A conditional flow's rows hold the context in
+    their last columns (``Flow.split_rows``): the result is then log p(x | c)."""
     processes = processes or Processes()
     device = next(flow.parameters()).device
     if len(x) == 0:
@@ -50,7 +51,7 @@ def log_prob_in_chunks(
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         for k, chunk in zip(mine, chunks(x, size, loader_options, which=mine)):
             torch.manual_seed(EVAL_SEED + k)
-            log_probs[k * size : k * size + len(chunk)] = flow.log_prob(chunk.to(device).float()).double().cpu()
+            log_probs[k * size : k * size + len(chunk)] = flow.log_prob(*flow.split_rows(chunk.to(device).float())).double().cpu()
     return processes.sum(log_probs)
 
 

@@ -61,8 +61,11 @@ class StepObjective(nn.Module):
 
 def maximum_likelihood(flow: Flow, x: Tensor, kinetic: float = 0.0, jacobian: float = 0.0) -> StepLoss:
     r"""-mean log p(x), plus ``kinetic`` * int |f|^2 dt and ``jacobian`` * int |df/dz|_F^2 dt
-    averaged over the batch for every CNF block (RNODE)."""
+    averaged over the batch for every CNF block (RNODE). A conditional flow's rows ``x`` hold
+    the context in their last columns (``Flow.split_rows``): the NLL is then -log p(x | c)."""
     regularize = kinetic > 0 or jacobian > 0
+    x, context = flow.split_rows(x)
+    context = flow.encoded_context(context, len(x))
     z, logabsdet, penalty, solves = x, x.new_zeros(x.shape[0]), x.new_zeros(()), []
     for transform in flow.transform:
         if isinstance(transform, CNF):
@@ -73,7 +76,7 @@ def maximum_likelihood(flow: Flow, x: Tensor, kinetic: float = 0.0, jacobian: fl
                     penalty + kinetic * stats.kinetic.mean() + jacobian * stats.jacobian_frobenius.mean()
                 )
         else:
-            z, ladj = transform(z)
+            z, ladj = transform(z, context)
         logabsdet = logabsdet + ladj
     nll = -(flow.base.log_prob(z) + logabsdet).mean()
     return StepLoss(nll + penalty if regularize else nll, nll, solves)

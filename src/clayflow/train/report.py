@@ -56,6 +56,9 @@ def start_line(model: str, flow: nn.Module, data: Dataset, device: torch.device,
     rows = "/".join(f"{len(split):,}" for split in (data.train, data.val, data.test))
     if data_kind(data.event_shape) == VECTOR:
         what = f"{rows} rows (train/val/test) of {data.event_shape[0]} columns"
+        if data.context_features:
+            named = f" ({', '.join(data.context_columns)})" if data.context_columns else ""
+            what += f" given {data.context_features} context column{'s' if data.context_features > 1 else ''}{named}"
     else:
         what = f"{rows} images (train/val/test) of {'x'.join(map(str, data.event_shape))}"
         what += f", {data.levels} levels" if data.levels else ""

@@ -16,8 +16,8 @@ from clayflow.core import Flow
 from clayflow.data import Dataset, column_names, standardization
 from clayflow.data.discrete import discrete_columns
 from clayflow.errors import UsageError
-from clayflow.models import VECTOR, ModelSpec, build, data_kind, model_defaults, model_options
-from clayflow.models.start import fit_start
+from clayflow.models import MODELS, VECTOR, ModelSpec, build, data_kind, model_defaults, model_options
+from clayflow.models.start import fit_context, fit_start
 from clayflow.train.config import TrainConfig
 
 _LISTED_COLUMNS = 8  # a message names at most this many columns
@@ -103,6 +103,11 @@ def build_flow(
         **(saved_options or {}),
         **config.model_options(model_options(config.model, kind), kind),
     }
+    if data.context_features:
+        if "context_features" not in options:
+            able = [name for name in MODELS if "context_features" in model_options(name, VECTOR)]
+            raise UsageError(f"model {config.model!r} cannot be conditional (--context); use one of: {', '.join(able)}")
+        options["context_features"] = data.context_features
     vector = kind == VECTOR
     if not vector and config.discrete != "auto":
         raise UsageError("--discrete chooses columns of a table; images are dequantized as a whole")
@@ -118,7 +123,11 @@ def build_flow(
     torch.manual_seed(config.seed)
     flow = build(spec)
     if vector:
-        fit_start(flow, data.train, partial(standardization, columns=data.columns), seed=config.seed)
+        x, context = flow.split_rows(data.train)
+        columns = data.columns[: data.features] if data.columns else None
+        fit_start(flow, x, partial(standardization, columns=columns), seed=config.seed)
+        if context is not None:
+            fit_context(flow, context)
         if config.objective == "fm":  # flow matching trains the CNF alone; the fitted start stays
             for layer in list(flow.transform)[:-1]:
                 layer.requires_grad_(False)
@@ -133,7 +142,8 @@ def input_noise_factor(
     r"""A factor ``F``, shape ``(D, D)``, of the Gaussian noise added to each training batch
     (noise regularisation, Rothfuss et al. 2019): ``x + eps @ F.T`` with ``eps ~ N(0, I)`` has
     noise covariance ``noise**2 * Sigma``, where ``Sigma`` is the training covariance of the
-    continuous columns (0 on dequantized columns, whose uniform noise already smooths them);
+    continuous columns (0 on dequantized columns, whose uniform noise already smooths them,
+    and on the context columns of a conditional table, which are conditioned on, not modelled);
     shaped like the data, as a KDE's bandwidth matrix, so that thin directions of correlated
     columns are not blurred. Training then fits the data convolved with this noise, which a
     flow cannot collapse onto the training rows. The factor comes from an eigendecomposition, so
@@ -141,8 +151,9 @@ def input_noise_factor(
     fine. On ``device``; None when there is no noise."""
     if not noise:
         return None
+    width = data.train.shape[1]  # a conditional table's context columns get no noise
     continuous = [j for j in range(data.features) if j not in set(discrete)]
-    factor = torch.zeros(data.features, data.features, dtype=torch.float64)
+    factor = torch.zeros(width, width, dtype=torch.float64)
     if continuous:
         covariance = torch.cov(data.train.double()[:, continuous].T).reshape(len(continuous), -1)
         eigenvalues, eigenvectors = torch.linalg.eigh(covariance)  # covariance = V diag(l) V^T

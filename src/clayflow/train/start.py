@@ -142,9 +142,10 @@ def _check_trained_the_same_way(run_dir: Path, from_python: bool) -> None:
 
 
 def setup_from_config(config: TrainConfig, checkpoint: dict | None, new_run: bool):
-    """The data and the untrained flow that ``config`` names, with the data's defaults filled
-    in; a resumed run keeps the dequantized columns of its checkpoint."""
-    data = load_dataset(config.data)
+    """The data and the untrained flow that ``config`` names (with ``config.context``, the
+    table's rows as (x, context), see ``Dataset.with_context``), with the data's defaults
+    filled in; a resumed run keeps the dequantized columns of its checkpoint."""
+    data = load_dataset(config.data, config.context)
     config = data_defaults(config, data, new_run=new_run)
     flow, spec = build_flow(config, data, verbose=True, discrete=saved_discrete_columns(checkpoint),
                             saved_options=saved_model_options(checkpoint))  # fmt: skip

@@ -1,0 +1,122 @@
+"""``clayflow sample RUN --out FILE``: draw from a trained flow, as table rows (.csv/.npy) or
+images (.npy levels, or a .png grid); a conditional run draws ``--n`` per row of ``--context``."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from clayflow.errors import ClayflowError, UsageError
+
+CHUNK = {"rows": 65536, "images": 256}  # samples drawn at once
+
+
+def add_arguments(p: argparse.ArgumentParser, device_type) -> None:
+    """The options of ``clayflow sample``."""
+    p.add_argument("run", metavar="RUN", help="run directory or checkpoint file")
+    p.add_argument("--n", type=int,
+                   help="number of samples (default: 1000), or with --context per context row (default: 1)")  # fmt: skip
+    p.add_argument("--out", required=True, metavar="FILE", help="output .csv or .npy (image models: .npy or .png grid)")
+    p.add_argument("--context", metavar="FILE",
+                   help="conditional runs (train --context): a .csv/.npy of context rows, matched to the "
+                        "training context columns by name (or position); writes rows (x, context)")  # fmt: skip
+    p.add_argument("--temperature", type=float, default=1.0, help="scale of the base draws, > 0 (default: 1.0)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--device", type=device_type, default="cpu", help="device (default: cpu)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out file")
+
+
+def run(args: argparse.Namespace, load_run) -> int:
+    """Write ``--n`` samples at ``--temperature``: rows to .csv/.npy, or images to .npy/.png."""
+    from clayflow.data.tabular import check_output_path, write_table
+    from clayflow.train.config import MAX_SEED
+
+    n = args.n if args.n is not None else (1 if args.context else 1000)
+    if n <= 0:
+        raise UsageError(f"--n must be a positive number of samples, got {n}")
+    if not (args.temperature > 0 and math.isfinite(args.temperature)):
+        raise UsageError(f"--temperature must be > 0 and finite, got {args.temperature}")
+    if not 0 <= args.seed <= MAX_SEED:
+        raise UsageError(f"--seed must be in [0, 2**64 - 1] (torch's seed range), got {args.seed}")
+    flow, payload = load_run(args.run, args.device)
+    spec = payload["model_spec"]
+    images = spec.get("levels") is not None
+    check_output_path(args.out, (".npy", ".png") if images else (".csv", ".npy"), args.force)  # before the work
+    columns = payload.get("data_columns")
+    context = _contexts(args, flow, columns)
+    torch.manual_seed(args.seed)
+    if context is None:
+        samples = torch.cat([flow.sample(len(c), args.temperature).cpu()
+                             for c in torch.arange(n).split(CHUNK["images" if images else "rows"])])  # fmt: skip
+    else:  # n per context row, the rows of one context together
+        context = context.repeat_interleave(n, 0)
+        device = next(flow.parameters()).device
+        samples = torch.cat([flow.sample(temperature=args.temperature, context=c.to(device)).cpu()
+                             for c in context.split(CHUNK["rows"])])  # fmt: skip
+    _check_finite(samples, args.temperature)
+    if images:
+        _write_images(args.out, samples, spec["levels"])
+    else:
+        values = samples.double() if context is None else torch.cat([samples.double(), context], 1)
+        columns = columns or [f"x{i + 1}" for i in range(values.shape[1])]
+        write_table(args.out, values.numpy(), list(columns))
+    per_row = f" at each of {len(context) // n} context rows" if context is not None else ""
+    print(f"wrote {len(samples)} samples ({n}{per_row}; temperature {args.temperature}) to {args.out}")
+    return 0
+
+
+def _contexts(args: argparse.Namespace, flow, columns: list[str] | None) -> torch.Tensor | None:
+    """The context rows ``(M, K)`` (float64) of ``--context`` (None for an unconditional run), matched to
+    the run's context columns (the last K of its data columns) by name, else by position."""
+    from clayflow.data.tabular import align_columns, read_table
+
+    k = flow.context_features
+    if not k:
+        if args.context:
+            raise UsageError("--context is for conditional runs (trained with --context); this one models p(x)")
+        return None
+    names = columns[-k:] if columns else None
+    if not args.context:
+        which = f" ({', '.join(names)})" if names else ""
+        raise UsageError(f"this run learned p(x | c) given {k} context column(s){which}; give --context FILE with their values")
+    values, header = read_table(args.context)
+    if header is None and values.shape[1] != k:
+        raise ClayflowError(f"{args.context} has {values.shape[1]} columns; the run's context has {k}")
+    if header is not None and names is not None and set(names) <= set(header):
+        values, header = values[:, [header.index(c) for c in names]], names  # other columns are ignored
+    return torch.as_tensor(align_columns(values, header, names, args.context))  # float64: written as read
+
+
+def _check_finite(samples: torch.Tensor, temperature: float) -> None:
+    """Never write NaN or inf as if they were samples: a one-line error instead."""
+    finite = torch.isfinite(samples.reshape(len(samples), -1)).all(1)
+    if finite.all():
+        return
+    why = (
+        "the flow cannot map draws that far out to finite values; lower --temperature"
+        if temperature > 1
+        else "the model gives non-finite values; check the run (it may have diverged)"
+    )
+    raise ClayflowError(
+        f"{int((~finite).sum())} of {len(samples)} samples at temperature {temperature} are not finite "
+        f"(NaN or inf), so nothing was written: {why}"
+    )
+
+
+def _write_images(path: str, images: torch.Tensor, levels: int) -> None:
+    """Images of integer levels as an ``(N, C, H, W)`` .npy array, or a .png grid."""
+    from clayflow.files import atomic_write
+    from clayflow.plotting.images import save_image_grid
+
+    dtype = np.uint8 if levels <= 256 else np.int32
+    try:
+        if path.lower().endswith(".png"):
+            save_image_grid(images, levels, Path(path))
+        else:
+            atomic_write(Path(path), lambda file: np.save(file, images.numpy().astype(dtype)))
+    except OSError as exc:
+        raise ClayflowError(f"cannot write {path}: {exc.strerror or exc}") from None
