@@ -84,7 +84,8 @@ def test_training_learns_and_density_integrates_to_one(trained_moons):
 
 # A small table: dropout, tanh conditioners, the fitted start and input noise all draw on the RNG.
 SMALL_NOISY_TABLE = {**SMALL, "data": "wine", "batch_size": 32, "input_noise": 0.2}
-SMALL_GLOW = {**{k: v for k, v in SMALL_IMAGE.items() if k != "depth"}, "model": "glow", "layers": 2}
+# Class-conditional: the digit reaches every coupling as constant channels.
+SMALL_GLOW = {**{k: v for k, v in SMALL_IMAGE.items() if k != "depth"}, "model": "glow", "layers": 2, "conditional": True}
 # Hutchinson probes, augmented dimensions and ActNorm's data-dependent init all draw on the RNG.
 SMALL_CNF = {
     **{k: v for k, v in SMALL.items() if k != "layers"},

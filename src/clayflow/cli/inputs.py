@@ -24,17 +24,30 @@ def examples_to_score(
     images; labels ``(N,)`` or None.
     """
     files = labels = None
-    from clayflow.data import load_dataset, looks_like_path
+    from clayflow.data import load_dataset, looks_like_path, with_class_channel
     from clayflow.data.images import is_image_spec, load_image_source
     from clayflow.data.tabular import align_columns, read_table
 
     shape = tuple(spec.get("event_shape") or [spec["features"]])
-    if context_features := (spec.get("options") or {}).get("context_features"):
-        shape = (shape[0] + context_features,)  # a conditional model scores rows (x, context)
     levels = spec.get("levels")
+    classes = False
+    if context_features := (spec.get("options") or {}).get("context_features"):
+        if len(shape) == 1:  # a conditional model scores rows (x, context)
+            shape = (shape[0] + context_features,)
+        else:  # images with their class as one more channel (see ``clayflow.data.Dataset``)
+            shape, classes = (shape[0] + 1, *shape[1:]), True
+            if looks_like_path(data) and not is_image_spec(data):
+                raise ClayflowError(f"this run learned images given their class; give labelled images "
+                                    f"(a dataset, or images:DIR with one subfolder per class), not {data}")  # fmt: skip
     if data.startswith("images:"):
-        source = load_image_source(data)
+        source = load_image_source(data, labelled=classes)
         values, files = source.images, source.files
+        if classes:
+            if len(source.classes) > context_features:
+                raise ClayflowError(f"{data} has {len(source.classes)} classes (subfolders); the run learned {context_features}")
+            values = with_class_channel(values, source.labels)
+    elif classes:
+        values = load_dataset(data, classes=True).test.numpy()
     elif data.lower().endswith(".npy") and levels is not None:
         values = read_image_array(data)
     elif looks_like_path(data) and not is_image_spec(data):
@@ -101,7 +114,7 @@ def run_dataset(run: str, payload: dict, why: str = "give --data"):
         raise ClayflowError(f"{run} was trained from Python (clayflow.fit), so its data are not known here; {why}")
     if "data" not in config:
         raise ClayflowError(f"{run} does not say what data it was trained on; {why}")
-    return load_dataset(config["data"], config.get("context"))
+    return load_dataset(config["data"], config.get("context"), classes=bool(config.get("conditional")))
 
 
 def read_image_array(path: str) -> np.ndarray:

@@ -92,7 +92,7 @@ def _verb(verbs, name: str, help: str):
 
 # ``clayflow train --help`` in groups: every ``TrainConfig`` field is in one (checked by a test).
 TRAIN_GROUPS = {
-    "data": ("data", "context", "standardize", "power_transform", "whiten", "discrete", "input_noise"),
+    "data": ("data", "context", "conditional", "standardize", "power_transform", "whiten", "discrete", "input_noise"),
     "model": (
         "model", "layers", "hidden", "depth", "conditioner", "mask", "scale_bound", "batch_norm", "base",
         "dropout", "activation", "scales", "norm", "alpha", "lu", "coupling", "bins", "tail_bound", "autoregressive",
@@ -284,12 +284,12 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def _plot(run_dir: Path, flow, columns: str | None = None) -> list[Path]:
-    from clayflow.data import column_list, load_dataset
+    from clayflow.data import column_list
     from clayflow.plotting import plot_run
     from clayflow.train.resume import read_run_config
 
     config = read_run_config(run_dir)
-    data = load_dataset(config.data, config.context)
+    data = config.dataset()
     show = None
     if columns is not None:
         if data.levels is not None or (data.event_shape == (2,) and not data.context_features):

@@ -19,7 +19,8 @@ def add_arguments(p: argparse.ArgumentParser, device_type) -> None:
     """The options of ``clayflow sample``."""
     p.add_argument("run", metavar="RUN", help="run directory or checkpoint file")
     p.add_argument("--n", type=int,
-                   help="number of samples (default: 1000), or with --context per context row (default: 1)")  # fmt: skip
+                   help="number of samples (default: 1000); with --context per context row (default: 1); "
+                        "class-conditional image runs: per class (default: 8)")  # fmt: skip
     p.add_argument("--out", required=True, metavar="FILE", help="output .csv or .npy (image models: .npy or .png grid)")
     p.add_argument("--context", metavar="FILE",
                    help="conditional runs (train --context): a .csv/.npy of context rows, matched to the "
@@ -36,6 +37,7 @@ def run(args: argparse.Namespace, load_run) -> int:
     from clayflow.train.config import MAX_SEED
 
     n = args.n if args.n is not None else (1 if args.context else 1000)
+    per_class = False
     if n <= 0:
         raise UsageError(f"--n must be a positive number of samples, got {n}")
     if not (args.temperature > 0 and math.isfinite(args.temperature)):
@@ -47,7 +49,14 @@ def run(args: argparse.Namespace, load_run) -> int:
     images = spec.get("levels") is not None
     check_output_path(args.out, (".npy", ".png") if images else (".csv", ".npy"), args.force)  # before the work
     columns = payload.get("data_columns")
-    context = _contexts(args, flow, columns)
+    if images and flow.context_features:  # class-conditional: n of each class, the classes in order
+        if args.context:
+            raise UsageError("a class-conditional image run draws --n images of each class; it takes no --context")
+        n = args.n if args.n is not None else 8
+        classes = torch.arange(flow.context_features)
+        context, per_class = torch.nn.functional.one_hot(classes, flow.context_features).double(), True
+    else:
+        context = _contexts(args, flow, columns)
     torch.manual_seed(args.seed)
     if context is None:
         samples = torch.cat([flow.sample(len(c), args.temperature).cpu()
@@ -59,12 +68,14 @@ def run(args: argparse.Namespace, load_run) -> int:
                              for c in context.split(CHUNK["rows"])])  # fmt: skip
     _check_finite(samples, args.temperature)
     if images:
-        _write_images(args.out, samples, spec["levels"])
+        _write_images(args.out, samples, spec["levels"], columns=n if per_class else None)
     else:
         values = samples.double() if context is None else torch.cat([samples.double(), context], 1)
         columns = columns or [f"x{i + 1}" for i in range(values.shape[1])]
         write_table(args.out, values.numpy(), list(columns))
     per_row = f" at each of {len(context) // n} context rows" if context is not None else ""
+    if per_class:
+        per_row = f" of each of {flow.context_features} classes, in class order"
     print(f"wrote {len(samples)} samples ({n}{per_row}; temperature {args.temperature}) to {args.out}")
     return 0
 
@@ -107,15 +118,16 @@ def _check_finite(samples: torch.Tensor, temperature: float) -> None:
     )
 
 
-def _write_images(path: str, images: torch.Tensor, levels: int) -> None:
-    """Images of integer levels as an ``(N, C, H, W)`` .npy array, or a .png grid."""
+def _write_images(path: str, images: torch.Tensor, levels: int, columns: int | None = None) -> None:
+    """Images of integer levels as an ``(N, C, H, W)`` .npy array, or a .png grid (of
+    ``columns`` images per row; default square)."""
     from clayflow.files import atomic_write
     from clayflow.plotting.images import save_image_grid
 
     dtype = np.uint8 if levels <= 256 else np.int32
     try:
         if path.lower().endswith(".png"):
-            save_image_grid(images, levels, Path(path))
+            save_image_grid(images, levels, Path(path), columns=columns)
         else:
             atomic_write(Path(path), lambda file: np.save(file, images.numpy().astype(dtype)))
     except OSError as exc:

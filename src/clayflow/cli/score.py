@@ -62,7 +62,8 @@ def run(args: argparse.Namespace, load_run) -> int:
     if args.labels:
         labels = read_labels(args.labels, len(x))
     log_prob = log_prob_in_chunks(flow, x)
-    bits_per_dim = -log_prob / ((x[0].numel() - flow.context_features) * math.log(2))  # x's dims, not c's
+    dims = math.prod(flow.event_shape) if flow.event_shape is not None else x[0].numel()  # x's, not a context's
+    bits_per_dim = -log_prob / (dims * math.log(2))
     scorer = _calibrated(args, flow, payload, spec)
     scores = scorer.scores(log_prob, x) if scorer is not None else -log_prob.double()
     flags = scorer.flag(scores) if scorer is not None and args.fpr is not None else None

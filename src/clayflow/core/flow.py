@@ -127,8 +127,9 @@ class Flow(nn.Module):
 
     def split_rows(self, rows: Tensor) -> tuple[Tensor, Tensor | None]:
         """Rows ``(B, D + K)`` of data and context side by side, as the tables of a conditional
-        run hold them, split into ``(x (B, D), context (B, K))``; an unconditional flow's rows
-        are its data, ``(rows, None)``.
+        run hold them, split into ``(x (B, D), context (B, K))``; images ``(B, C + 1, H, W)``
+        whose last channel holds a class index (constant over the image) into ``(x (B, C, H,
+        W), one-hot context (B, K))``; an unconditional flow's rows are its data, ``(rows, None)``.
 
         >>> from clayflow import models
         >>> x, c = models.maf(2, context_features=1).split_rows(torch.zeros(5, 3))
@@ -137,6 +138,9 @@ class Flow(nn.Module):
         """
         if not self.context_features:
             return rows, None
+        if rows.dim() == 4:
+            labels = rows[:, -1, 0, 0].long()
+            return rows[:, :-1], torch.nn.functional.one_hot(labels, self.context_features).to(self.dtype)
         return rows[:, : -self.context_features], rows[:, -self.context_features :]
 
     def encoded_context(self, context: Tensor | None, rows: int) -> Tensor | None:

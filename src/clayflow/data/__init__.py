@@ -42,8 +42,11 @@ class Dataset:
     test: Tensor
     columns: list[str] | None = None
     levels: int | None = None  # images only
-    # Tables of a conditional run, p(x | c): the last K columns of every row are the context c.
+    # Data of a conditional run, p(x | c): tables hold the context c in the last K columns of
+    # every row; images of ``classes`` hold the class index in one more channel (constant over
+    # the image), which ``Flow.split_rows`` turns into a one-hot c of K = len(classes).
     context_features: int = 0
+    classes: list[str] | None = None
     # Datasets' splits: DataLoader options (num_workers, worker_init_fn, ...) to read them with.
     loader_options: dict[str, Any] = field(default_factory=dict)
     _example_shape: tuple[int, ...] | None = field(default=None, repr=False, compare=False)
@@ -52,7 +55,9 @@ class Dataset:
     def event_shape(self) -> tuple[int, ...]:
         if isinstance(self.train, Tensor):
             if self.context_features:  # rows are (x, c): the model's events are the x part
-                return (self.train.shape[1] - self.context_features,)
+                if self.train.dim() == 2:
+                    return (self.train.shape[1] - self.context_features,)
+                return (self.train.shape[1] - 1, *self.train.shape[2:])  # less the class channel
             return tuple(self.train.shape[1:])
         if self._example_shape is None:  # read once, without drawing from torch's random stream
             with torch.random.fork_rng(devices=[]):
@@ -107,13 +112,19 @@ def dataset_names() -> list[str]:
     return [*TOYS, *SKLEARN_TABLES, "digits", "patches"]
 
 
-def load_dataset(spec: str, context: str | None = None) -> Dataset:
-    """The dataset named ``spec``, or the table in the file ``spec``; with ``context`` (column
-    names or 1-based numbers), its rows as (x, context) for p(x | c) (``Dataset.with_context``)."""
+def load_dataset(spec: str, context: str | None = None, *, classes: bool = False) -> Dataset:
+    """The dataset named ``spec``, or the table in the file ``spec``; for p(x | c), a table's
+    rows as (x, ``context`` columns: names or 1-based numbers, see ``Dataset.with_context``),
+    or with ``classes`` images with their class (see ``Dataset.context_features``)."""
     if context is not None:
+        if classes:
+            raise UsageError("give either --context (columns of a table) or --conditional (classes of images)")
         return load_dataset(spec).with_context(context)
     if is_image_spec(spec):
-        return _split_images(load_image_source(spec))
+        return _split_images(load_image_source(spec, labelled=classes))
+    if classes:
+        raise UsageError(f"--conditional learns images of each class; for a table ({spec}) name the "
+                         "conditioning columns with --context")  # fmt: skip
     if spec in TOYS:
         return _toy_dataset(spec)
     if spec in SKLEARN_TABLES:
@@ -248,13 +259,30 @@ def _split_table(name: str, values: np.ndarray, columns: list[str] | None) -> Da
 
 
 def _split_images(source: ImageSource) -> Dataset:
-    """80/10/10, or for a published train/test pair, 90/10 of the train part and its test."""
+    """80/10/10, or for a published train/test pair, 90/10 of the train part and its test.
+    Labelled images carry their class index as one more channel (see ``Dataset``)."""
+    if source.classes is not None:
+        if len(source.classes) > 256:
+            raise ClayflowError(f"{source.name} has {len(source.classes)} classes; --conditional takes at most 256")
+        with_class = with_class_channel
+        if source.images is not None:
+            source = replace(source, images=with_class(source.images, source.labels))
+        else:
+            source = replace(source, train=with_class(source.train, source.train_labels),
+                             test=with_class(source.test, source.test_labels))  # fmt: skip
     if source.images is not None:
         parts = _split(source.name, source.images)
     else:
         parts = [*_split(source.name, source.train, (0.9,)), source.test]
     train, val, test = (torch.from_numpy(np.ascontiguousarray(p)) for p in parts)
-    return Dataset(source.name, train, val, test, levels=source.levels)
+    classes = len(source.classes) if source.classes is not None else 0
+    return Dataset(source.name, train, val, test, levels=source.levels, context_features=classes, classes=source.classes)
+
+
+def with_class_channel(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Images ``(N, C, H, W)`` with one more channel holding each one's class index."""
+    channel = np.broadcast_to(labels.astype(images.dtype)[:, None, None, None], (len(images), 1, *images.shape[2:]))
+    return np.concatenate([images, channel], axis=1)
 
 
 def _to_tensor(values: np.ndarray) -> Tensor:

@@ -36,6 +36,11 @@ class ImageSource:
     train: np.ndarray | None = None  # with a published test split (MNIST, CIFAR-10)
     test: np.ndarray | None = None
     files: list[str] | None = None  # a folder's: the file name of each of ``images``
+    # Class labels (``labelled`` sources): 0-based indices into ``classes``, one per image.
+    labels: np.ndarray | None = None
+    train_labels: np.ndarray | None = None
+    test_labels: np.ndarray | None = None
+    classes: list[str] | None = None
 
 
 IMAGE_PREFIXES = ("mnist:", "cifar10:", "images:")
@@ -46,14 +51,22 @@ def is_image_spec(spec: str) -> bool:
     return spec == "digits" or spec == "patches" or spec.startswith(("patches:", *IMAGE_PREFIXES))
 
 
-def load_image_source(spec: str) -> ImageSource:
-    """The images ``spec`` names (see the module docstring)."""
+def load_image_source(spec: str, labelled: bool = False) -> ImageSource:
+    """The images ``spec`` names (see the module docstring); with ``labelled``, their classes
+    too: digits' and MNIST's digit, CIFAR-10's class, or for ``images:DIR`` the subfolder
+    (one per class) each image is in."""
     if spec == "digits":
         from sklearn.datasets import load_digits
 
-        images = load_digits().images.astype(np.uint8)[:, None]
+        bunch = load_digits()
+        images = bunch.images.astype(np.uint8)[:, None]
+        if labelled:
+            return ImageSource("digits", 17, images=images, labels=bunch.target, classes=[str(d) for d in range(10)])
         return ImageSource("digits", 17, images=images)
     if spec == "patches" or spec.startswith("patches:"):
+        if labelled:
+            raise UsageError(f"{spec} has no classes; --conditional needs labelled images: digits, "
+                             "mnist:DIR, cifar10:DIR, or images:DIR with one subfolder per class")  # fmt: skip
         return _patches(spec)
     kind, _, path = spec.partition(":")
     if not path:
@@ -62,9 +75,11 @@ def load_image_source(spec: str) -> ImageSource:
     if not folder.is_dir():
         raise ClayflowError(f"{spec}: {folder} is not a folder")
     if kind == "mnist":
-        return read_mnist(folder)
+        return read_mnist(folder, labelled)
     if kind == "cifar10":
-        return read_cifar10(folder)
+        return read_cifar10(folder, labelled)
+    if labelled:
+        return read_class_folders(folder, spec)
     images, files = read_image_folder(folder)
     return ImageSource(spec, 256, images=images, files=files)
 
@@ -95,13 +110,25 @@ def _patches(spec: str) -> ImageSource:
 # -- MNIST ------------------------------------------------------------------------------------
 
 MNIST_FILES = {"train": "train-images-idx3-ubyte", "test": "t10k-images-idx3-ubyte"}
+MNIST_LABELS = {"train": "train-labels-idx1-ubyte", "test": "t10k-labels-idx1-ubyte"}
 
 
-def read_mnist(folder: Path) -> ImageSource:
+def read_mnist(folder: Path, labelled: bool = False) -> ImageSource:
     """MNIST from ``train-images-idx3-ubyte`` and ``t10k-images-idx3-ubyte`` (or ``.gz``,
-    or ``train-images.idx3-ubyte`` spellings) in ``folder`` or its ``raw``/``MNIST/raw``."""
+    or ``train-images.idx3-ubyte`` spellings) in ``folder`` or its ``raw``/``MNIST/raw``;
+    with ``labelled``, the digits from ``train-labels-idx1-ubyte`` and ``t10k-labels-idx1-ubyte``."""
     parts = {split: read_idx(_find_mnist_file(folder, name)) for split, name in MNIST_FILES.items()}
-    return ImageSource(f"mnist:{folder}", 256, train=parts["train"][:, None], test=parts["test"][:, None])
+    source = ImageSource(f"mnist:{folder}", 256, train=parts["train"][:, None], test=parts["test"][:, None])
+    if labelled:
+        for split, name in MNIST_LABELS.items():
+            path = _find_mnist_file(folder, name)
+            labels = read_idx(path, ndim=1)
+            if len(labels) != len(parts[split]) or labels.max(initial=0) > 9:
+                raise ClayflowError(f"{path} holds {len(labels)} labels (largest {labels.max(initial=0)}) for "
+                                    f"{len(parts[split])} images of digits 0-9")  # fmt: skip
+            setattr(source, f"{split}_labels", labels)
+        source.classes = [str(d) for d in range(10)]
+    return source
 
 
 def _find_mnist_file(folder: Path, name: str) -> Path:
@@ -115,8 +142,9 @@ def _find_mnist_file(folder: Path, name: str) -> Path:
     raise ClayflowError(f"MNIST file {name} (or {name}.gz) is missing from {folder}")
 
 
-def read_idx(path: Path) -> np.ndarray:
-    """An IDX file of unsigned bytes (``.gz`` or plain) as a uint8 array, validated."""
+def read_idx(path: Path, ndim: int = 3) -> np.ndarray:
+    """An IDX file of unsigned bytes (``.gz`` or plain) as a uint8 array of ``ndim``
+    dimensions (images 3, labels 1), validated."""
     try:
         if path.suffix == ".gz":
             with gzip.open(path) as file:
@@ -129,19 +157,20 @@ def read_idx(path: Path) -> np.ndarray:
         raise ClayflowError(f"{path} is not an IDX file (bad magic number)")
     if raw[2] != 0x08:
         raise ClayflowError(f"{path} holds IDX type {raw[2]:#x}; only unsigned bytes (0x08) are supported")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
+    dims = raw[3]
+    header = 4 + 4 * dims
     if len(raw) < header:
         raise ClayflowError(f"{path} is truncated inside its header")
-    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims))
     expected = header + int(np.prod(shape))
     if len(raw) != expected:
         raise ClayflowError(
             f"{path} is truncated or malformed: its header promises {expected} bytes for shape {shape}, "
             f"the file has {len(raw)}"
         )
-    if ndim != 3:
-        raise ClayflowError(f"{path} holds {ndim}-D data; an images file has 3 (N, H, W)")
+    if dims != ndim:
+        what = "an images file has 3 (N, H, W)" if ndim == 3 else "a labels file has 1 (N,)"
+        raise ClayflowError(f"{path} holds {dims}-D data; {what}")
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape).copy()
 
 
@@ -171,8 +200,9 @@ class _ArrayUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only numpy arrays are allowed")
 
 
-def read_cifar_batch(path: Path) -> np.ndarray:
-    """The images of one CIFAR-10 python batch as ``(N, 3, 32, 32)`` uint8."""
+def read_cifar_batch(path: Path, labelled: bool = False):
+    """The images of one CIFAR-10 python batch as ``(N, 3, 32, 32)`` uint8; with
+    ``labelled``, ``(images, labels (N,))``."""
     try:
         with open(path, "rb") as file:
             batch = _ArrayUnpickler(file, encoding="bytes").load()
@@ -183,17 +213,32 @@ def read_cifar_batch(path: Path) -> np.ndarray:
     data = batch.get(b"data", batch.get("data")) if isinstance(batch, dict) else None
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         raise ClayflowError(f"{path} has no 'data' array of uint8 rows of 3072 values (3x32x32)")
-    return data.reshape(-1, 3, 32, 32)
+    images = data.reshape(-1, 3, 32, 32)
+    if not labelled:
+        return images
+    labels = np.asarray(batch.get(b"labels", batch.get("labels", [])))
+    if labels.shape != (len(images),) or labels.dtype.kind not in "iu" or not np.all((labels >= 0) & (labels < 10)):
+        raise ClayflowError(f"{path} has no 'labels' list of one class 0-9 per image")
+    return images, labels
 
 
-def read_cifar10(folder: Path) -> ImageSource:
+CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def read_cifar10(folder: Path, labelled: bool = False) -> ImageSource:
     """CIFAR-10 from ``data_batch_1..5`` and ``test_batch`` in ``folder`` (or its
-    ``cifar-10-batches-py`` subfolder)."""
+    ``cifar-10-batches-py`` subfolder), with their classes if ``labelled``."""
     if (folder / "cifar-10-batches-py").is_dir():
         folder = folder / "cifar-10-batches-py"
     missing = [n for n in [*CIFAR_TRAIN, CIFAR_TEST] if not (folder / n).is_file()]
     if missing:
         raise ClayflowError(f"CIFAR-10 file(s) {', '.join(missing)} missing from {folder}")
+    if labelled:
+        batches = [read_cifar_batch(folder / name, labelled=True) for name in CIFAR_TRAIN]
+        test, test_labels = read_cifar_batch(folder / CIFAR_TEST, labelled=True)
+        return ImageSource(f"cifar10:{folder}", 256, train=np.concatenate([b[0] for b in batches]), test=test,
+                           train_labels=np.concatenate([b[1] for b in batches]), test_labels=test_labels,
+                           classes=CIFAR_CLASSES)  # fmt: skip
     train = np.concatenate([read_cifar_batch(folder / name) for name in CIFAR_TRAIN])
     return ImageSource(f"cifar10:{folder}", 256, train=train, test=read_cifar_batch(folder / CIFAR_TEST))
 
@@ -232,3 +277,25 @@ def read_image_folder(folder: Path) -> tuple[np.ndarray, list[str]]:
         array = np.asarray(picture.convert("L" if grey else "RGB"), dtype=np.uint8)
         arrays.append(array[None] if grey else array.transpose(2, 0, 1))
     return np.stack(arrays), [path.name for path in files]
+
+
+def read_class_folders(folder: Path, spec: str) -> ImageSource:
+    """The images of each subfolder of ``folder`` (sorted by name), labelled by subfolder:
+    one class per subfolder, as torchvision's ``ImageFolder``. Greyscale classes become RGB
+    when another class is in colour; all images must have one size."""
+    subfolders = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(subfolders) < 2:
+        raise ClayflowError(f"{spec}: --conditional needs one subfolder of images per class in {folder}, "
+                            f"found {len(subfolders)}")  # fmt: skip
+    parts = [read_image_folder(sub) for sub in subfolders]
+    channels = max(images.shape[1] for images, _ in parts)
+    arrays, files = [], []
+    for sub, (images, names) in zip(subfolders, parts):
+        if images.shape[2:] != parts[0][0].shape[2:]:
+            raise ClayflowError(f"images must all have one size: {subfolders[0].name}/ holds "
+                                f"{parts[0][0].shape[3]}x{parts[0][0].shape[2]}, {sub.name}/ {images.shape[3]}x{images.shape[2]}")  # fmt: skip
+        arrays.append(np.repeat(images, channels // images.shape[1], axis=1))
+        files += [f"{sub.name}/{name}" for name in names]
+    labels = np.concatenate([np.full(len(images), k) for k, (images, _) in enumerate(parts)])
+    return ImageSource(spec, 256, images=np.concatenate(arrays), files=files, labels=labels,
+                       classes=[sub.name for sub in subfolders])  # fmt: skip

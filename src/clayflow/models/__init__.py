@@ -98,7 +98,7 @@ def build(spec: ModelSpec) -> Flow:
         raise ClayflowError(f"model {spec.name!r} on {spec.kind}s has no option(s) {sorted(unknown)}")
     if spec.kind == IMAGE:
         flow = builder(tuple(spec.event_shape), spec.levels, **spec.options)
-        return Flow(flow.transform, flow.base, event_shape=tuple(spec.event_shape))
+        return Flow(flow.transform, flow.base, tuple(spec.event_shape), flow.context_features, flow.context_encoder)
     if len(spec.event_shape) != 1:
         raise ClayflowError(f"models need vectors (D,) or images (C, H, W), got shape {spec.event_shape}")
     features = spec.event_shape[0]

@@ -67,6 +67,7 @@ def realnvp_image(
     scale_bound: str = "tanh",
     batch_norm: bool = False,
     alpha: float = 0.05,
+    context_features: int = 0,
 ) -> Flow:
     """Multi-scale RealNVP for images with ``levels`` intensity levels.
 
@@ -84,6 +85,8 @@ def realnvp_image(
         scale_bound: ``"tanh"`` (learned factor, RealNVP) or ``"soft_clamp"``.
         batch_norm: a ``BatchNorm`` flow layer after each coupling (RealNVP Sec. 3.7).
         alpha: logit boundary (RealNVP: 0.05).
+        context_features: K > 0: p(x | c) with c ``(B, K)`` (e.g. a one-hot class) given to
+            every coupling's network as K constant channels.
     Shape:
         log_prob: ``(B, C, H, W)`` -> ``(B,)``; sample(n) -> ``(n, C, H, W)`` integer levels.
     Reference: Dinh et al., Density estimation using Real NVP, 2017.
@@ -98,7 +101,7 @@ def realnvp_image(
     def couplings(masks, channels):
         steps = []
         for mask in masks:
-            steps.append(AffineCoupling(mask, make_net, scale_bound=bound))
+            steps.append(AffineCoupling(mask, make_net, context_features, scale_bound=bound))
             if batch_norm:
                 steps.append(BatchNorm(channels))
         return steps
@@ -118,4 +121,4 @@ def realnvp_image(
         current = (squeezed - squeezed // 2, height // 2, width // 2)
     preprocess = [Dequantize(levels), ScalarAffine(1.0 / levels), Logit(alpha)]
     model = Compose(*preprocess, MultiScale(level_transforms, shape))
-    return Flow(model, StandardNormal(math.prod(shape)))
+    return Flow(model, StandardNormal(math.prod(shape)), context_features=context_features)

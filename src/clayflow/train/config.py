@@ -102,6 +102,7 @@ class TrainConfig:
     power_transform: bool = True  # tables: a learned Yeo-Johnson power per column, fitted before training
     whiten: bool = True  # tables: a learned linear map fitted to whiten the training rows (start from a Gaussian)
     discrete: str = "auto"  # tables: columns to dequantize: auto (columns of few values on a grid: integers, or recorded to 0.1, 0.01, ...), none, or names/numbers
+    conditional: bool = False  # images: learn p(image | class) (digits, mnist:DIR, cifar10:DIR, images:DIR with one subfolder per class); models realnvp, glow
     context: str | None = None  # tables: learn p(x | c), the density of the other columns given these (names or 1-based numbers, comma-separated; models realnvp, nice, glow, maf, iaf, nsf)
     input_noise: float = 0.0  # tables: Gaussian noise on each training batch, shaped as the training covariance of the continuous columns and scaled by this factor (noise regularisation, e.g. 0.2)
     optimizer: str = "adam"  # adam or adamw
@@ -123,6 +124,13 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def dataset(self):
+        """The data this config names, as ``clayflow.data.load_dataset`` gives them (with the
+        context columns of ``context`` or the classes of ``conditional``)."""
+        from clayflow.data import load_dataset
+
+        return load_dataset(self.data, self.context, classes=self.conditional)
 
     def resolved(self) -> TrainConfig:
         """A copy with the defaults of the data's kind filled in (see ``KIND_DEFAULTS``); the

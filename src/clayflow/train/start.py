@@ -8,7 +8,6 @@ from pathlib import Path
 
 import torch
 
-from clayflow.data import load_dataset
 from clayflow.errors import ClayflowError, UsageError
 from clayflow.train.checkpoint import CHECKPOINT_NAME, read_checkpoint
 from clayflow.train.config import TrainConfig, config_from_dict
@@ -145,7 +144,7 @@ def setup_from_config(config: TrainConfig, checkpoint: dict | None, new_run: boo
     """The data and the untrained flow that ``config`` names (with ``config.context``, the
     table's rows as (x, context), see ``Dataset.with_context``), with the data's defaults
     filled in; a resumed run keeps the dequantized columns of its checkpoint."""
-    data = load_dataset(config.data, config.context)
+    data = config.dataset()
     config = data_defaults(config, data, new_run=new_run)
     flow, spec = build_flow(config, data, verbose=True, discrete=saved_discrete_columns(checkpoint),
                             saved_options=saved_model_options(checkpoint))  # fmt: skip

@@ -60,6 +60,16 @@ def _block_order(mask: Tensor) -> bool | None:
     return None
 
 
+def _with_context(inputs: Tensor, context: Tensor | None) -> Tensor:
+    """A conditioner's ``inputs`` with the ``context`` ``(B, K)`` appended along dim 1: as K
+    more features of vectors, or as K more channels, constant over the image, of images."""
+    if context is None:
+        return inputs
+    if inputs.dim() > 2:
+        context = context.reshape(*context.shape, *[1] * (inputs.dim() - 2)).expand(-1, -1, *inputs.shape[2:])
+    return torch.cat([inputs, context.to(inputs.dtype)], dim=1)
+
+
 class _Coupling(Transform):
     """Shared split/merge and conditioner logic; subclasses define the elementwise map.
 
@@ -70,6 +80,9 @@ class _Coupling(Transform):
     * a mask of the whole event shape ``(C, H, W)`` (e.g. a checkerboard): the net sees
       ``x * mask`` at full size and its outputs are zeroed on the kept entries, so the map
       is the identity there and the log-det counts only the transformed entries.
+
+    A context ``(B, K)`` (``context_features`` K) is appended to the net's input either way:
+    as K more features, or for images as K more channels, constant over the image.
     """
 
     params_per_feature = 1
@@ -85,10 +98,8 @@ class _Coupling(Transform):
         self.register_buffer("mask", mask)
         self.elementwise = mask.dim() == 3
         if self.elementwise:
-            if context_features:
-                raise ClayflowError("context is supported only by couplings with a 1-D mask")
             channels = mask.shape[0]
-            self.net = make_net(channels, self.params_per_feature * channels)
+            self.net = make_net(channels + context_features, self.params_per_feature * channels)
             self.transformed_features = channels
         else:
             kept = mask.nonzero().squeeze(1)
@@ -120,9 +131,10 @@ class _Coupling(Transform):
     def _couple(self, x: Tensor, context: Tensor | None, inverse: bool) -> tuple[Tensor, Tensor]:
         self._check(x)
         if self.elementwise:
-            return self._map(x, self.net(x * self.mask), inverse, free=(~self.mask).to(x.dtype))
+            inputs = _with_context(x * self.mask, context)
+            return self._map(x, self.net(inputs), inverse, free=(~self.mask).to(x.dtype))
         x_kept, x_rest = self._split(x)
-        inputs = x_kept if context is None else torch.cat([x_kept, context], dim=1)
+        inputs = _with_context(x_kept, context)
         out_rest, logabsdet = self._map(x_rest, self.net(inputs), inverse)
         return self._merge(x_kept, out_rest), logabsdet
 
