@@ -137,7 +137,8 @@ def test_sample_draws_at_each_context_row_and_score_gives_log_p_x_given_c(condit
         (["verify", "{run}"], "conditional flows p(x | c) are not supported yet"),
         (["explain", "{run}"], "conditional flows p(x | c) are not supported yet"),
         (["score", "{run}", "--data", "{table}", "--method", "ratio", "--out", "{folder}/r.csv"], "use likelihood or typicality"),
-        (["train", "--data", "{table}", "--context", "c", "--model", "cnf", "--out", "{folder}/cnf"], "cannot be conditional"),
+        (["train", "--data", "digits", "--conditional", "--model", "cnf", "--out", "{folder}/cnf"], "cannot be conditional"),
+        (["train", "--data", "{table}", "--context", "c", "--model", "cnf", "--objective", "fm", "--ot", "--out", "{folder}/ot"], "mixes contexts"),
         (["train", "--data", "{table}", "--context", "c,x1,x2", "--out", "{folder}/all"], "leave at least one column"),
         (["train", "--data", "digits", "--context", "1", "--out", "{folder}/digits"], "names columns of a table"),
     ],
@@ -149,3 +150,28 @@ def test_conditional_runs_refuse_what_they_cannot_do_in_one_line(conditional_run
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert sorted(p.name for p in folder.iterdir()) == before
+
+
+@pytest.mark.parametrize("adjoint", [False, True])
+def test_a_conditional_cnf_is_normalised_per_context_and_trains_by_both_objectives(adjoint, one_thread):
+    from clayflow.train.objective import flow_matching, maximum_likelihood
+
+    torch.manual_seed(0)
+    flow = models.cnf(2, hidden=16, depth=2, solver="rk4", step_size=0.1, trace="exact", adjoint=adjoint,
+                      context_features=1).double()  # fmt: skip
+    for p in flow.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    masses = [box_mass(flow.eval(), (-8, -8), (8, 8), 120, context=torch.tensor([[c]], dtype=torch.float64))
+              for c in (-1.0, 2.0)]  # fmt: skip
+    assert all(abs(m - 1) < 2e-2 for m in masses), masses
+    rows = torch.randn(64, 3, dtype=torch.float64)
+    x, c = flow.split_rows(rows)
+    assert (flow.log_prob(x, c) - flow.log_prob(x, -c)).abs().max() > 1e-3
+    z, _ = flow(x, c)
+    torch.testing.assert_close(flow.inverse(z, c)[0], x, atol=1e-6, rtol=0)
+    flow.train()
+    for objective in (maximum_likelihood, flow_matching):
+        flow.zero_grad()
+        objective(flow, rows).loss.backward()
+        weight = flow.transform[0].dynamics.layers[0].map.weight  # (hidden, D + K)
+        assert weight.shape == (16, 3) and weight.grad[:, 2].abs().sum() > 0  # the context's column learns

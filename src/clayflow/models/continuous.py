@@ -5,7 +5,7 @@ from __future__ import annotations
 from clayflow.core import Compose, Flow, StandardNormal
 from clayflow.errors import ClayflowError, UsageError
 from clayflow.models.image import check_image_shape
-from clayflow.models.options import check_sizes
+from clayflow.models.options import check_sizes, context_network
 from clayflow.nn import ODENet
 from clayflow.transforms import CNF, ActNorm, Augment, BatchNorm, Dequantize, Logit, ScalarAffine
 
@@ -29,6 +29,8 @@ def cnf(
     trace: str = "hutchinson",
     eval_trace: str = "exact",
     adjoint: bool = False,
+    context_features: int = 0,
+    context_embedding: int = 0,
 ) -> Flow:
     """``blocks`` CNF blocks (FFJORD), each with its own concatsquash MLP vector field.
 
@@ -44,20 +46,24 @@ def cnf(
         trace, eval_trace: ``"hutchinson"`` or ``"exact"`` divergence in training / eval
             (FFJORD: Hutchinson to train; exact is cheap to evaluate in low dimension).
         adjoint: backpropagate with the adjoint method.
+        context_features: K > 0: a conditional flow p(x | c), c ``(B, K)`` given to every
+            vector field's first layer beside z (with ``context_embedding`` E > 0 through an
+            MLP to E features first).
     Reference: Grathwohl et al., FFJORD, 2019.
     """
     if features < 1:
         raise ClayflowError(f"a CNF needs at least 1 feature, got {features}")
     check_sizes(blocks=blocks, hidden=hidden, depth=depth)
     width = features + augment
+    encoder, context_width = context_network(context_features, context_embedding)
 
     def field():
-        return ODENet(width, hidden, depth, activation=activation)
+        return ODENet(width, hidden, depth, activation=activation, context_features=context_width)
 
     solve = {"t1": t1, "learn_t1": learn_t1, "solver": solver, "atol": atol, "rtol": rtol,
              "step_size": step_size, "trace": trace, "eval_trace": eval_trace, "adjoint": adjoint}  # fmt: skip
     steps = _augment(augment) + _blocks(field, width, blocks, actnorm, batch_norm, solve)
-    return Flow(Compose(*steps), StandardNormal(width), event_shape=(features,))
+    return Flow(Compose(*steps), StandardNormal(width), (features,), context_features, encoder)
 
 
 def cnf_image(

@@ -9,7 +9,7 @@ from enum import Enum
 import torch
 from torch import Tensor, nn
 
-from clayflow.errors import parse_choice
+from clayflow.errors import UsageError, parse_choice
 
 
 class TimeLayer(str, Enum):
@@ -93,9 +93,12 @@ class ODENet(nn.Module):
     default, as in FFJORD: at the identity the likelihood gradient vanishes for symmetric
     data (e.g. standardised 8gaussians), and training sits on that saddle for hundreds of steps.
 
+    ``context_features`` K > 0 makes the field conditional, f(t, z; c): the first layer sees
+    the context ``(B, K)`` beside z (vectors only).
+
     Shape:
         t: scalar (one time for the batch, as in an ODE solve) or ``(B,)`` (flow matching),
-        z: ``(B, D)``, or ``(B, C, H, W)`` with ``conv`` -> like z.
+        z: ``(B, D)``, or ``(B, C, H, W)`` with ``conv`` -> like z; context ``(B, K)``.
     """
 
     def __init__(
@@ -107,19 +110,22 @@ class ODENet(nn.Module):
         activation: str = "softplus",
         zero_init: bool = False,
         conv: bool = False,
+        context_features: int = 0,
     ):
         super().__init__()
+        if conv and context_features:
+            raise UsageError("a convolutional vector field takes no context")
         kind = parse_choice(TimeLayer, layer, "time layer")
         act = parse_choice(Activation, activation, "activation")
         make = ConcatSquash if kind is TimeLayer.CONCATSQUASH else Concat
-        widths = [features, *[hidden] * depth, features]
+        widths = [features + context_features, *[hidden] * depth, features]
         self.layers = nn.ModuleList(make(a, b, conv) for a, b in itertools.pairwise(widths))
         self.activation = nn.Softplus() if act is Activation.SOFTPLUS else nn.Tanh()
         if zero_init:
             self.layers[-1].zero_()
 
-    def forward(self, t: Tensor, z: Tensor) -> Tensor:
-        h = z
+    def forward(self, t: Tensor, z: Tensor, context: Tensor | None = None) -> Tensor:
+        h = z if context is None else torch.cat([z, context.to(z.dtype)], dim=1)
         for i, layer in enumerate(self.layers):
             h = layer(t, h)
             if i < len(self.layers) - 1:

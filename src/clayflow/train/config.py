@@ -103,7 +103,7 @@ class TrainConfig:
     whiten: bool = True  # tables: a learned linear map fitted to whiten the training rows (start from a Gaussian)
     discrete: str = "auto"  # tables: columns to dequantize: auto (columns of few values on a grid: integers, or recorded to 0.1, 0.01, ...), none, or names/numbers
     conditional: bool = False  # images: learn p(image | class) (digits, mnist:DIR, cifar10:DIR, images:DIR with one subfolder per class); models realnvp, glow
-    context: str | None = None  # tables: learn p(x | c), the density of the other columns given these (names or 1-based numbers, comma-separated; models realnvp, nice, glow, maf, iaf, nsf)
+    context: str | None = None  # tables: learn p(x | c), the density of the other columns given these (names or 1-based numbers, comma-separated; every vector model)
     input_noise: float = 0.0  # tables: Gaussian noise on each training batch, shaped as the training covariance of the continuous columns and scaled by this factor (noise regularisation, e.g. 0.2)
     optimizer: str = "adam"  # adam or adamw
     weight_decay: float = 0.0  # decoupled with adamw, L2 with adam

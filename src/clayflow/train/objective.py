@@ -69,7 +69,7 @@ def maximum_likelihood(flow: Flow, x: Tensor, kinetic: float = 0.0, jacobian: fl
     z, logabsdet, penalty, solves = x, x.new_zeros(x.shape[0]), x.new_zeros(()), []
     for transform in flow.transform:
         if isinstance(transform, CNF):
-            z, ladj, stats = transform.forward_with_stats(z, regularize=regularize)
+            z, ladj, stats = transform.forward_with_stats(z, regularize=regularize, context=context)
             solves.append(stats)
             if regularize:
                 penalty = (
@@ -89,8 +89,13 @@ def flow_matching(flow: Flow, x: Tensor, optimal_transport: bool = False) -> Ste
     eps ~ N(0, I) and t ~ U[0, T], target velocity (eps - x) / T, loss E|f(t, x_t) - target|^2.
     Fixed transforms before the CNF (standardisation) are applied first. With
     ``optimal_transport`` the noise is re-paired to the batch by an exact minibatch assignment
-    on squared distances, which straightens the learned paths.
+    on squared distances, which straightens the learned paths. A conditional flow's rows hold
+    the context (``Flow.split_rows``), which the field sees beside x_t.
     """
+    x, context = flow.split_rows(x)
+    context = flow.encoded_context(context, len(x))
+    if context is not None and optimal_transport:
+        raise UsageError("--ot pairs noise and data across the batch, which mixes contexts; train p(x | c) without it")
     transforms = list(flow.transform)
     blocks = [i for i, t in enumerate(transforms) if isinstance(t, CNF)]
     if len(blocks) != 1 or blocks[0] != len(transforms) - 1:
@@ -107,7 +112,7 @@ def flow_matching(flow: Flow, x: Tensor, optimal_transport: bool = False) -> Ste
     t = batch.rand((x.shape[0],), like=x) * t1
     s = (t / t1).reshape(-1, *[1] * (x.dim() - 1))
     x_t = (1 - s) * x + s * eps
-    velocity = cnf.dynamics(t, x_t)
+    velocity = cnf.dynamics(t, x_t) if context is None else cnf.dynamics(t, x_t, context)
     loss = (velocity - (eps - x) / t1).pow(2).reshape(x.shape[0], -1).sum(1).mean()
     return StepLoss(loss, None)
 

@@ -103,12 +103,16 @@ def build_flow(
         **(saved_options or {}),
         **config.model_options(model_options(config.model, kind), kind),
     }
+    vector = kind == VECTOR
     if data.context_features:
         if "context_features" not in options:
-            able = [name for name in MODELS if "context_features" in model_options(name, VECTOR)]
-            raise UsageError(f"model {config.model!r} cannot be conditional (--context); use one of: {', '.join(able)}")
+            able = [name for name, builders in MODELS.items()
+                    if kind in builders and "context_features" in model_options(name, kind)]  # fmt: skip
+            how = "--context" if vector else "--conditional"
+            raise UsageError(f"model {config.model!r} cannot be conditional ({how}) on {kind}s; use one of: {', '.join(able)}")
         options["context_features"] = data.context_features
-    vector = kind == VECTOR
+        if config.ot:
+            raise UsageError("--ot pairs noise and data across the batch, which mixes contexts; train p(x | c) without it")
     if not vector and config.discrete != "auto":
         raise UsageError("--discrete chooses columns of a table; images are dequantized as a whole")
     if not vector and config.input_noise:

@@ -85,6 +85,7 @@ class _AugmentedDynamics(nn.Module):
         self.regularize = False
         self.create_graph = True
         self.counter = _Counter()
+        self.context: Tensor | None = None  # a conditional field's context (B, K) for this solve
 
     def forward(self, t: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         self.counter.calls += 1
@@ -94,7 +95,7 @@ class _AugmentedDynamics(nn.Module):
                 # A fresh leaf: views made under no_grad (torchdiffeq's adjoint builds some)
                 # report requires_grad but are not connected to anything.
                 z = z.detach().requires_grad_(True)
-            dz = self.dynamics(t, z)
+            dz = self.dynamics(t, z) if self.context is None else self.dynamics(t, z, self.context)
             vjp = None
             if self.trace is Trace.EXACT:
                 divergence = exact_divergence(dz, z, self.create_graph)
@@ -117,7 +118,8 @@ class CNF(Transform):
     r"""A continuous normalizing flow block: z = x + int_0^T f(t, z(t)) dt.
 
     Args:
-        dynamics: ``f(t, z)``, an ``nn.Module`` taking a scalar time and ``(B, D)``.
+        dynamics: ``f(t, z)``, an ``nn.Module`` taking a scalar time and ``(B, D)``; for a
+            conditional CNF ``f(t, z, context)`` with the context ``(B, K)`` given to every call.
         t1: integration time T.
         learn_t1: learn T (kept positive as exp of a parameter).
         solver: a torchdiffeq method (``dopri5``, ``rk4``, ``euler``, ``adaptive_heun``, ...).
@@ -175,22 +177,29 @@ class CNF(Transform):
         return self.log_t1.exp()
 
     def forward(self, x, context=None):
-        z, logabsdet, _ = self.forward_with_stats(x)
+        z, logabsdet, _ = self.forward_with_stats(x, context=context)
         return z, logabsdet
 
     def inverse(self, z, context=None):
-        x, logabsdet, _ = self._solve(z, reverse=True, regularize=False)
+        x, logabsdet, _ = self._solve(z, reverse=True, regularize=False, context=context)
         return x, logabsdet
 
-    def forward_with_stats(self, x: Tensor, regularize: bool = False) -> tuple[Tensor, Tensor, SolveStats]:
+    def forward_with_stats(
+        self, x: Tensor, regularize: bool = False, context: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, SolveStats]:
         """``forward`` plus its ``SolveStats`` (NFE; kinetic and Frobenius integrals with
         ``regularize``, which need a Hutchinson probe even with the exact trace)."""
-        return self._solve(x, reverse=False, regularize=regularize)
+        return self._solve(x, reverse=False, regularize=regularize, context=context)
 
-    def _solve(self, x: Tensor, reverse: bool, regularize: bool):
+    def _solve(self, x: Tensor, reverse: bool, regularize: bool, context: Tensor | None = None):
         from torchdiffeq import odeint, odeint_adjoint
 
         func = self.func
+        if self.adjoint and context is not None and context.requires_grad and torch.is_grad_enabled():
+            # The adjoint pass differentiates the ODE's state and parameters only: a context
+            # computed by a trained encoder would get no gradient, silently.
+            raise UsageError("the adjoint method cannot train a context encoder; drop adjoint or the encoder")
+        func.context = context
         func.trace = self.trace if self.training else self.eval_trace
         func.regularize = regularize
         func.create_graph = torch.is_grad_enabled()
