@@ -21,6 +21,7 @@ from clayflow.transforms import (
     MultiScale,
     ScalarAffine,
     ScaleBound,
+    SplineCoupling,
     Squeeze,
     half_mask,
 )
@@ -29,10 +30,25 @@ MAX_DEFAULT_SCALES = 3
 
 
 class CouplingKind(str, Enum):
-    """Glow's coupling: affine (scale and shift) or additive (shift only, volume preserving)."""
+    """Glow's coupling: affine (scale and shift), additive (shift only, volume preserving), or
+    a rational-quadratic spline (Durkan et al. 2019: monotone splines with identity tails)."""
 
     AFFINE = "affine"
     ADDITIVE = "additive"
+    SPLINE = "spline"
+
+
+def coupling_factory(coupling: str, make_net, scale_bound: str, bins: int, tail_bound: float):
+    """``couple(mask, context_features)``: the Glow coupling named ``coupling`` with the net
+    factory ``make_net`` (and the scale bound of affine couplings, the ``bins`` and
+    ``tail_bound`` of splines)."""
+    kind = parse_choice(CouplingKind, coupling, "coupling")
+    bound = parse_choice(ScaleBound, scale_bound, "scale bound")
+    if kind is CouplingKind.ADDITIVE:
+        return lambda mask, context: AdditiveCoupling(mask, make_net, context)
+    if kind is CouplingKind.SPLINE:
+        return lambda mask, context: SplineCoupling(mask, make_net, context, bins=bins, bound=tail_bound)
+    return lambda mask, context: AffineCoupling(mask, make_net, context, scale_bound=bound)
 
 
 def default_glow_scales(shape: tuple[int, int, int]) -> int:
@@ -49,14 +65,9 @@ def default_glow_scales(shape: tuple[int, int, int]) -> int:
     return scales
 
 
-def _step(channels: int, make_net, lu: bool, coupling: CouplingKind, bound: ScaleBound, parity: int, context: int = 0):
-    """ActNorm, invertible 1x1 conv (or linear), coupling of one half of dim 1."""
-    mask = half_mask(channels, parity)
-    if coupling is CouplingKind.ADDITIVE:
-        couple = AdditiveCoupling(mask, make_net, context)
-    else:
-        couple = AffineCoupling(mask, make_net, context, scale_bound=bound)
-    return [ActNorm(channels), InvertibleConv1x1(channels, lu=lu), couple]
+def _step(channels: int, couple, lu: bool, parity: int, context: int = 0):
+    """ActNorm, invertible 1x1 conv (or linear), ``couple`` (of ``coupling_factory``) of one half of dim 1."""
+    return [ActNorm(channels), InvertibleConv1x1(channels, lu=lu), couple(half_mask(channels, parity), context)]
 
 
 def glow_image(
@@ -69,6 +80,8 @@ def glow_image(
     lu: bool = True,
     coupling: str = "affine",
     scale_bound: str = "tanh",
+    bins: int = 8,
+    tail_bound: float = 5.0,
     context_features: int = 0,
 ) -> Flow:
     """Multi-scale Glow for images with ``levels`` intensity levels.
@@ -85,7 +98,9 @@ def glow_image(
         layers: steps K per level.
         hidden: width of the coupling networks (Glow: 512).
         lu: LU-decomposed 1x1 convolutions (else plain, with a determinant per call).
-        coupling: ``"affine"`` or ``"additive"``.
+        coupling: ``"affine"``, ``"additive"`` or ``"spline"`` (rational-quadratic, with
+            ``bins`` bins on ``[-tail_bound, tail_bound]``, the identity outside: the
+            ActNorm before each coupling keeps its inputs at unit scale).
         scale_bound: affine scale: ``"tanh"`` (RealNVP's, learned factor: the default),
             ``"sigmoid"`` (Glow's code) or ``"soft_clamp"``. Glow's sigmoid scales only
             contract towards the latent, so their inverse is unbounded: on digits after 1,500
@@ -108,15 +123,13 @@ def glow_image(
             f"{scales} Glow levels squeeze {scales} times, so height and width must be divisible by "
             f"{factor}; got {height}x{width}. Use --scales {default_glow_scales(shape)} or crop the images"
         )
-    kind = parse_choice(CouplingKind, coupling, "coupling")
-    bound = parse_choice(ScaleBound, scale_bound, "scale bound")
-    make_net = partial(GlowNet, hidden=hidden)
+    couple = coupling_factory(coupling, partial(GlowNet, hidden=hidden), scale_bound, bins, tail_bound)
     level_transforms, priors = [], []
     for level in range(scales):
         channels, height, width = 4 * channels, height // 2, width // 2
         steps = [Squeeze()]
         for k in range(layers):
-            steps += _step(channels, make_net, lu, kind, bound, k, context_features)
+            steps += _step(channels, couple, lu, k, context_features)
         if level == scales - 1:
             steps.append(LearnedPrior(channels))
         else:
@@ -138,6 +151,8 @@ def glow_vector(
     lu: bool = True,
     coupling: str = "affine",
     scale_bound: str = "tanh",
+    bins: int = 8,
+    tail_bound: float = 5.0,
     dropout: float = 0.0,
     activation: str = "relu",
     context_features: int = 0,
@@ -156,11 +171,10 @@ def glow_vector(
         raise ClayflowError(f"coupling flows need at least 2 features (data columns), got {features}")
     check_sizes(layers=layers, hidden=hidden, depth=depth)
     check_dropout(dropout)
-    kind = parse_choice(CouplingKind, coupling, "coupling")
-    bound = parse_choice(ScaleBound, scale_bound, "scale bound")
     make_net = partial(MLP, hidden=hidden, depth=depth, dropout=dropout, activation=conditioner_activation(activation))
+    couple = coupling_factory(coupling, make_net, scale_bound, bins, tail_bound)
     encoder, width = context_network(context_features, context_embedding)
     steps = []
     for k in range(layers):
-        steps += _step(features, make_net, lu, kind, bound, k, width)
+        steps += _step(features, couple, lu, k, width)
     return Flow(Compose(*steps, ActNorm(features)), StandardNormal(features), None, context_features, encoder)
