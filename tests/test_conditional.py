@@ -175,3 +175,14 @@ def test_a_conditional_cnf_is_normalised_per_context_and_trains_by_both_objectiv
         objective(flow, rows).loss.backward()
         weight = flow.transform[0].dynamics.layers[0].map.weight  # (hidden, D + K)
         assert weight.shape == (16, 3) and weight.grad[:, 2].abs().sum() > 0  # the context's column learns
+
+
+def test_fit_trains_a_conditional_flow_from_rows_of_x_and_c(one_thread):
+    torch.manual_seed(0)
+    c = torch.rand(3000, 1) * 4 - 2
+    rows = torch.cat([torch.cat([c, c**2], 1) + 0.1 * torch.randn(3000, 2), c], 1)
+    flow = models.maf(2, hidden=32, context_features=1)
+    result = clayflow.fit(flow, rows[:2400], val=rows[2400:2700], test=rows[2700:], steps=400, progress=False)
+    true_entropy = 2 * 0.5 * math.log(2 * math.pi * math.e * 0.01)
+    # Without c no model can go below H(x) >= H(c) + H(x2 | x1, c) = log 4 - 0.88 = 0.50 nats.
+    assert result.test_nll < true_entropy + 0.6, result.test_nll

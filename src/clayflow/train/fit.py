@@ -78,6 +78,9 @@ def fit(
     the batches itself (shuffled epochs from ``seed``, dropping the last partial batch), so
     that a resume is exact. (Random augmentations drawn in worker processes restart their
     streams on resume; with ``num_workers=0`` they come from torch's checkpointed stream.)
+    A conditional flow (``context_features`` K) of vectors trains on rows ``(N, D + K)``
+    holding x and its context side by side (``Flow.split_rows``): the NLLs are then
+    -log p(x | c).
 
     ``val``: evaluated once per epoch (``eval_every``); the weights with the lowest validation
     NLL are the ones kept (the untrained flow is the first candidate), and vector data stop
