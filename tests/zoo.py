@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from clayflow import transforms as T
+from clayflow.core import Transform
 from clayflow.models.glow import glow_image, glow_vector
 from clayflow.models.image import realnvp_image
 from clayflow.nn import MLP, ODENet, ResidualMLP
@@ -127,6 +128,22 @@ def _glow_vector():
     return flow.transform, (4,)
 
 
+class _AtContext(Transform):
+    """A conditional transform at one fixed, randomised context row (a buffer), so that the
+    zoo's tests, which pass no context, check its maps and log-dets at that context."""
+
+    def __init__(self, transform: T.Transform, context_features: int):
+        super().__init__()
+        self.transform = transform
+        self.register_buffer("context", torch.zeros(1, context_features))
+
+    def forward(self, x, context=None):
+        return self.transform(x, self.context.expand(len(x), -1))
+
+    def inverse(self, z, context=None):
+        return self.transform.inverse(z, self.context.expand(len(z), -1))
+
+
 def _split_with_prior():
     first = T.Compose(T.Squeeze(), T.AffineCoupling(T.half_mask(4), resnet, scale_bound="sigmoid"))
     last = T.Compose(T.InvertibleConv1x1(2, lu=False), T.LearnedPrior(2))
@@ -163,6 +180,15 @@ ZOO.update(
         "spline_coupling_image": lambda: (T.SplineCoupling(T.half_mask(4), _conv, bins=3, bound=1.5), (4, 3, 3)),
         "spline_coupling_checkerboard": lambda: (
             T.SplineCoupling(T.checkerboard_mask((2, 4, 4)), _conv, bins=4, bound=1.0),
+            (2, 4, 4),
+        ),
+        "maf_context": lambda: (_AtContext(T.AffineAutoregressive(3, hidden=8, context_features=2), 2), (3,)),
+        "affine_coupling_context": lambda: (
+            _AtContext(T.AffineCoupling(T.alternating_mask(4), mlp, context_features=3), 3),
+            (4,),
+        ),
+        "spline_coupling_checkerboard_context": lambda: (
+            _AtContext(T.SplineCoupling(T.checkerboard_mask((2, 4, 4)), _conv, 2, bins=4, bound=1.0), 2),
             (2, 4, 4),
         ),
         "power_transform": lambda: (T.PowerTransform(4), (4,)),

@@ -103,7 +103,7 @@ def flow_matching(flow: Flow, x: Tensor, optimal_transport: bool = False) -> Ste
     for transform in transforms[:-1]:
         if any(p.requires_grad for p in transform.parameters()):
             raise UsageError("flow matching cannot train layers before the CNF; drop --batch-norm")
-        x, _ = transform(x)
+        x, _ = transform(x, context)
     cnf = transforms[-1]
     eps = batch.randn_like(x)
     if optimal_transport:
