@@ -39,7 +39,7 @@ import functools
 import json
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -48,7 +48,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import report
 import speed
-from contenders import Contender, _ContextFree, _version, clayflow_contender, zuko_contender
+from contenders import Contender, _ContextFree, _version, clayflow_contender, nflows_contender, zuko_contender
 
 from clayflow import models
 
@@ -193,16 +193,7 @@ def build_nflows(family: str, features: int) -> Contender:
                     )
                 )
         flow = Flow(CompositeTransform(steps), StandardNormal([features]))
-    return Contender(
-        "nflows",
-        _version("nflows"),
-        flow,
-        flow.log_prob,
-        flow.sample,
-        flow.transform_to_noise,
-        lambda z: flow._transform.inverse(z)[0],
-        DIFFERS["nflows", family],
-    )
+    return nflows_contender(flow, DIFFERS["nflows", family])
 
 
 BUILDERS = {CLAYFLOW: build_clayflow, "zuko": build_zuko, "nflows": build_nflows}
@@ -232,16 +223,8 @@ def contenders(
 # --- the run ------------------------------------------------------------------------------------
 
 
-@dataclass
-class Row:
-    family: str
-    contender: str
-    features: int
-    batch: int
-    workload: str
-    median: float
-    low: float
-    high: float
+# A ``speed.SpeedRow`` with the flow family first.
+Row = dataclasses.make_dataclass("Row", [("family", str), *((f.name, f.type) for f in dataclasses.fields(speed.SpeedRow))])
 
 
 def _no_sample(contender: Contender) -> Contender:

@@ -207,6 +207,11 @@ def build_nflows(features: int) -> Contender:
         mask[half] = 1
         transforms.append(AffineCouplingTransform(mask, _ContextFree))
     flow = Flow(CompositeTransform(transforms), StandardNormal([features]))
+    return nflows_contender(flow, "scale sigmoid(r + 2) + 1e-3 (fixed in nflows)")
+
+
+def nflows_contender(flow: nn.Module, differs: str) -> Contender:
+    """An nflows ``Flow``, whose ``transform_to_noise`` maps data -> latent."""
     return Contender(
         "nflows",
         _version("nflows"),
@@ -215,7 +220,7 @@ def build_nflows(features: int) -> Contender:
         flow.sample,
         flow.transform_to_noise,
         lambda z: flow._transform.inverse(z)[0],
-        "scale sigmoid(r + 2) + 1e-3 (fixed in nflows)",
+        differs,
     )
 
 
