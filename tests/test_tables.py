@@ -304,3 +304,15 @@ def test_residual_conditioners_without_dropout_keep_their_parameter_names():
 
     names = set(ResidualMLP(3, 4, hidden=8, depth=1).state_dict())
     assert "blocks.0.body.3.weight" in names and not any("body.4" in n for n in names)
+
+
+@pytest.mark.parametrize(
+    "data, model, coupling, bins",
+    [("moons", "nsf", None, 16), ("wine", "nsf", None, None), ("moons", "glow", "spline", 16),
+     ("moons", "glow", None, None), ("moons", "realnvp", None, None)],
+)
+def test_spline_models_take_more_bins_on_large_data(data, model, coupling, bins):
+    config = data_defaults(TrainConfig(data=data, model=model, coupling=coupling), load_dataset(data))
+    assert config.bins == bins  # None: the builder's 8
+    given = data_defaults(TrainConfig(data=data, model=model, coupling=coupling, bins=5), load_dataset(data))
+    assert given.bins == 5

@@ -78,7 +78,7 @@ class TrainConfig:
     alpha: float | None = None  # realnvp and cnf images: logit boundary alpha (default 0.05)
     lu: bool | None = None  # glow: LU-decomposed 1x1 convolutions, else plain (default on); maf, iaf, nsf: a learned LU linear map between layers, else reversing the features (default: nsf on, maf and iaf off)
     coupling: str | None = None  # glow: affine, additive or spline couplings (default affine; spline: rational-quadratic, see --bins)
-    bins: int | None = None  # nsf, glow --coupling spline: bins of each rational-quadratic spline (default 8)
+    bins: int | None = None  # nsf, glow --coupling spline: bins of each rational-quadratic spline (default 8; 16 for data of 5,000 training rows or more)
     tail_bound: float | None = None  # nsf, glow --coupling spline: splines act on [-B, B] of the standardised data, the identity outside (default 5)
     autoregressive: bool | None = None  # nsf: spline MADE layers (NSF-AR) instead of spline couplings (NSF-C) (default off)
     blocks: int | None = None  # cnf: CNF blocks in sequence (default 1)
