@@ -112,12 +112,12 @@ def test_sample_draws_at_each_context_row_and_score_gives_log_p_x_given_c(condit
     out = folder / "draws.csv"
     assert cli("sample", run, "--context", contexts, "--n", 2000, "--out", out) == 0
     draws = np.loadtxt(out, delimiter=",", skiprows=1)
-    assert out.read_text().splitlines()[0] == "x1,x2,c"  # x, then the context it was drawn at
-    assert draws.shape == (4000, 3) and set(draws[:, 2]) == {1.5, -1.0}
+    assert out.read_text().splitlines()[0] == "c,x1,x2"  # the training file's columns, with the context drawn at
+    assert draws.shape == (4000, 3) and set(draws[:, 0]) == {1.5, -1.0}
     for value, rows in ((1.5, draws[:2000]), (-1.0, draws[2000:])):
-        assert np.allclose(rows[:, 2], value)
-        assert np.abs(rows[:, :2].mean(0) - [value, value**2]).max() < 0.05
-        assert np.abs(rows[:, :2].std(0) - 0.1).max() < 0.03
+        assert np.allclose(rows[:, 0], value)
+        assert np.abs(rows[:, 1:].mean(0) - [value, value**2]).max() < 0.05
+        assert np.abs(rows[:, 1:].std(0) - 0.1).max() < 0.03
 
     scores = folder / "scores.csv"
     assert cli("score", run, "--data", table, "--out", scores) == 0
@@ -186,3 +186,42 @@ def test_fit_trains_a_conditional_flow_from_rows_of_x_and_c(one_thread):
     true_entropy = 2 * 0.5 * math.log(2 * math.pi * math.e * 0.01)
     # Without c no model can go below H(x) >= H(c) + H(x2 | x1, c) = log 4 - 0.88 = 0.50 nats.
     assert result.test_nll < true_entropy + 0.6, result.test_nll
+
+
+def test_a_conditional_cnf_lets_go_of_its_context_after_each_solve():
+    import copy
+
+    flow = models.cnf(2, hidden=8, depth=1, solver="rk4", step_size=0.25, context_features=1, context_embedding=4)
+    x, c = torch.randn(5, 2), torch.randn(5, 1)
+    flow.log_prob(x, c).mean().backward()
+    copy.deepcopy(flow)  # a field holding the batch's encoded context (a non-leaf) could not be copied
+    cnf = flow.transform[0]
+    _, states = cnf.trajectory(torch.randn(5, 2), steps=3, context=flow.encoded_context(c, 5).detach())
+    assert states.shape == (3, 5, 2)
+
+
+def test_a_headerless_conditional_table_keeps_the_files_column_order(tmp_path, capsys):
+    """The context is column 2 of 3: score, sample and --discrete all count columns as the
+    file does, although the model holds them as (x, context)."""
+    rng = np.random.default_rng(0)
+    c = rng.integers(0, 4, 600).astype(float)
+    rows = np.column_stack([c + 0.1 * rng.standard_normal(600), c, -c + 0.1 * rng.standard_normal(600)])
+    table = tmp_path / "rows.csv"
+    np.savetxt(table, rows, delimiter=",")
+    run = tmp_path / "run"
+    assert cli("train", "--data", table, "--context", 2, "--model", "maf", "--steps", 20, "--no-plots", "--out", run) == 0
+    scores = tmp_path / "scores.csv"
+    assert cli("score", run, "--data", table, "--out", scores) == 0
+    flow = clayflow.load(run).double()
+    torch.manual_seed(1234)  # no dequantized column: the noise does not matter
+    values = torch.as_tensor(rows)
+    expected = flow.log_prob(values[:, [0, 2]], context=values[:, [1]]).detach().numpy()
+    assert np.allclose(np.loadtxt(scores, delimiter=",", skiprows=1)[:, 1], expected, atol=1e-3)
+    contexts = tmp_path / "contexts.csv"
+    contexts.write_text("3\n")
+    draws = tmp_path / "draws.csv"
+    assert cli("sample", run, "--context", contexts, "--n", 4, "--out", draws) == 0
+    assert np.all(np.loadtxt(draws, delimiter=",", skiprows=1)[:, 1] == 3)  # the context in its own column
+    capsys.readouterr()
+    assert cli("train", "--data", table, "--context", 2, "--discrete", 2, "--out", tmp_path / "d") == 2
+    assert "are context columns" in capsys.readouterr().err

@@ -149,3 +149,30 @@ def test_the_cli_trains_samples_a_grid_per_class_and_scores(tmp_path, capsys):
     capsys.readouterr()
     assert cli("score", run, "--data", grid, "--out", tmp_path / "s.csv") == 1
     assert "give labelled images" in capsys.readouterr().err
+
+
+def test_class_folders_are_matched_by_name_and_loose_or_hidden_files_are_handled(tmp_path, capsys):
+    from clayflow.cli.inputs import examples_to_score
+    from clayflow.train.checkpoint import read_checkpoint
+
+    for folder, names in (("train", ["a", "b", "c"]), ("new", ["c", "b"]), ("odd", ["a", "zebra"])):
+        for name in names:
+            (tmp_path / folder / name).mkdir(parents=True)
+            for i in range(6):
+                Image.fromarray(RNG.integers(0, 256, (4, 4)).astype(np.uint8)).save(tmp_path / folder / name / f"{i}.png")
+    (tmp_path / "train" / "a" / "._0.png").write_bytes(b"AppleDouble")  # macOS metadata: skipped
+    run = tmp_path / "run"
+    assert cli("train", "--data", f"images:{tmp_path / 'train'}", "--conditional", "--model", "glow", "--layers", 1,
+               "--hidden", 4, "--scales", 1, "--steps", 2, "--no-plots", "--out", run) == 0  # fmt: skip
+    payload = read_checkpoint(run, prefer_best=True)
+    assert payload["classes"] == ["a", "b", "c"]
+    x, files, _ = examples_to_score(f"images:{tmp_path / 'new'}", payload["model_spec"], layout=payload)
+    classes = dict(zip(files, x[:, -1, 0, 0].tolist()))
+    assert classes["c/0.png"] == 2 and classes["b/0.png"] == 1  # the run's class numbers, by name
+    assert cli("score", run, "--data", f"images:{tmp_path / 'new'}", "--out", tmp_path / "new.csv") == 0
+    capsys.readouterr()
+    assert cli("score", run, "--data", f"images:{tmp_path / 'odd'}", "--out", tmp_path / "odd.csv") == 1
+    assert "zebra" in capsys.readouterr().err
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "train" / "loose.png")
+    with pytest.raises(ClayflowError, match="beside the class subfolders"):
+        load_dataset(f"images:{tmp_path / 'train'}", classes=True)

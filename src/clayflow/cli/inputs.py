@@ -12,21 +12,24 @@ from clayflow.errors import ClayflowError
 
 
 def examples_to_score(
-    data: str, spec: dict, data_columns: list[str] | None = None, label_column: str | None = None
+    data: str, spec: dict, data_columns: list[str] | None = None, label_column: str | None = None,
+    layout: dict | None = None,
 ) -> tuple[torch.Tensor, list[str] | None, np.ndarray | None]:
     """The examples of ``data`` as a tensor, checked against the model's data shape:
     every image of ``images:DIR`` (and their file names), the rows of a table file, or a
     dataset's test split.
 
     Table columns are matched to the training columns (``data_columns``) by name when both
-    have names, else by position; ``label_column`` (a name, or a number from 1) is taken out
-    as the labels. Shape: ``(N, *event_shape)`` float32; names: None but for a folder of
+    have names, else by position (the training file's order: a conditional run's columns are
+    put in its order by ``layout["column_order"]``); ``label_column`` (a name, or a number
+    from 1) is taken out as the labels. A class-conditional run's ``images:DIR`` subfolders
+    are matched to its classes (``layout["classes"]``) by name. Shape: ``(N, *event_shape)`` float32; names: None but for a folder of
     images; labels ``(N,)`` or None.
     """
     files = labels = None
     from clayflow.data import load_dataset, looks_like_path, with_class_channel
     from clayflow.data.images import is_image_spec, load_image_source
-    from clayflow.data.tabular import align_columns, read_table
+    from clayflow.data.tabular import read_table
 
     shape = tuple(spec.get("event_shape") or [spec["features"]])
     levels = spec.get("levels")
@@ -43,9 +46,7 @@ def examples_to_score(
         source = load_image_source(data, labelled=classes)
         values, files = source.images, source.files
         if classes:
-            if len(source.classes) > context_features:
-                raise ClayflowError(f"{data} has {len(source.classes)} classes (subfolders); the run learned {context_features}")
-            values = with_class_channel(values, source.labels)
+            values = with_class_channel(values, _class_indices(source, (layout or {}).get("classes"), data))
     elif classes:
         values = load_dataset(data, classes=True).test.numpy()
     elif data.lower().endswith(".npy") and levels is not None:
@@ -54,10 +55,10 @@ def examples_to_score(
         values, names = read_table(data)
         if label_column is not None:
             values, names, labels = _take_column(values, names, label_column, data)
-        values = align_columns(values, names, data_columns, data)
+        values = _in_model_order(values, names, data_columns, (layout or {}).get("column_order"), data)
     else:
         dataset = load_dataset(data)
-        values = align_columns(dataset.test.numpy(), dataset.columns, data_columns, data)
+        values = _in_model_order(dataset.test.numpy(), dataset.columns, data_columns, (layout or {}).get("column_order"), data)
     if tuple(values.shape[1:]) != shape:
         if len(shape) == 1 and values.ndim == 2:
             raise ClayflowError(
@@ -75,6 +76,31 @@ def examples_to_score(
     if label_column is not None and labels is None:
         raise ClayflowError(f"--label-column needs a table file; {data} is not one")
     return torch.as_tensor(np.ascontiguousarray(values), dtype=torch.float32), files, labels
+
+
+def _in_model_order(values: np.ndarray, names, data_columns, column_order, path: str) -> np.ndarray:
+    """A table's columns in the model's order: by name when the file and the run both have
+    names, else by position in the training file's order (``column_order``: where a
+    conditional run's column i came from in that file)."""
+    from clayflow.data.tabular import align_columns
+
+    if names is not None and data_columns is not None:
+        return align_columns(values, names, data_columns, path)
+    if column_order is not None and values.shape[1] == len(column_order):
+        return values[:, column_order]
+    return values
+
+
+def _class_indices(source, classes: list[str] | None, spec: str) -> np.ndarray:
+    """The class index, in the run's ``classes``, of each image of a folder of class
+    subfolders, matched by name (a run that did not record its classes: by sorted position)."""
+    if classes is None:
+        return source.labels
+    unknown = [name for name in source.classes if name not in classes]
+    if unknown:
+        raise ClayflowError(f"{spec} has subfolder(s) {', '.join(unknown)}, which are not classes the run "
+                            f"learned ({', '.join(classes)})")  # fmt: skip
+    return np.array([classes.index(source.classes[k]) for k in source.labels])
 
 
 def _take_column(values: np.ndarray, names: list[str] | None, column: str, path: str):

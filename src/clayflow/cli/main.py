@@ -284,7 +284,6 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def _plot(run_dir: Path, flow, columns: str | None = None) -> list[Path]:
-    from clayflow.data import column_list
     from clayflow.plotting import plot_run
     from clayflow.train.resume import read_run_config
 
@@ -294,7 +293,7 @@ def _plot(run_dir: Path, flow, columns: str | None = None) -> list[Path]:
     if columns is not None:
         if data.levels is not None or (data.event_shape == (2,) and not data.context_features):
             raise UsageError("--columns chooses the columns of a table's marginals and pairs; this run draws all its data")
-        show = column_list(columns, data.columns, data.train.shape[1], "--columns")
+        show = data.file_columns(columns, "--columns")
     if data.levels is None:  # tables and toys: every row, so that a small table's histograms have shape
         rows, label = torch.cat([data.train, data.val, data.test]), "rows (all splits)"
     else:

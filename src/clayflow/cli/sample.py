@@ -72,6 +72,9 @@ def run(args: argparse.Namespace, load_run) -> int:
     else:
         values = samples.double() if context is None else torch.cat([samples.double(), context], 1)
         columns = columns or [f"x{i + 1}" for i in range(values.shape[1])]
+        if order := payload.get("column_order"):  # a conditional run's columns, back in the file's order
+            back = np.argsort(order)
+            values, columns = values[:, back], [columns[i] for i in back]
         write_table(args.out, values.numpy(), list(columns))
     per_row = f" at each of {len(context) // n} context rows" if context is not None else ""
     if per_class:
@@ -95,7 +98,7 @@ def _contexts(args: argparse.Namespace, flow, columns: list[str] | None) -> torc
         which = f" ({', '.join(names)})" if names else ""
         raise UsageError(f"this run learned p(x | c) given {k} context column(s){which}; give --context FILE with their values")
     values, header = read_table(args.context)
-    if header is None and values.shape[1] != k:
+    if (header is None or names is None) and values.shape[1] != k:  # matched by position
         raise ClayflowError(f"{args.context} has {values.shape[1]} columns; the run's context has {k}")
     if header is not None and names is not None and set(names) <= set(header):
         values, header = values[:, [header.index(c) for c in names]], names  # other columns are ignored

@@ -47,6 +47,8 @@ class Dataset:
     # the image), which ``Flow.split_rows`` turns into a one-hot c of K = len(classes).
     context_features: int = 0
     classes: list[str] | None = None
+    # A conditional table's columns as the file has them: column i here is file column column_order[i].
+    column_order: list[int] | None = None
     # Datasets' splits: DataLoader options (num_workers, worker_init_fn, ...) to read them with.
     loader_options: dict[str, Any] = field(default_factory=dict)
     _example_shape: tuple[int, ...] | None = field(default=None, repr=False, compare=False)
@@ -71,8 +73,37 @@ class Dataset:
 
     @property
     def features(self) -> int:
-        """Columns of the modelled x (a conditional table's rows hold K context columns more)."""
-        return self.train.shape[1] - self.context_features
+        """Columns of the modelled x of a table (a conditional table's rows hold K context
+        columns more); channels of images."""
+        return self.event_shape[0]
+
+    def layout(self) -> dict[str, Any]:
+        """What a checkpoint records of the data's columns: their names in the model's order,
+        where each came from in a conditional table's file, and the classes of class-conditional
+        images (``clayflow score`` and ``sample`` match new files with these)."""
+        return {"data_columns": self.columns, "column_order": self.column_order, "classes": self.classes}
+
+    def file_columns(self, text: str, option: str) -> list[int]:
+        """The columns ``text`` names (comma-separated names or 1-based numbers as the user's
+        file has them), as indices of this dataset's columns (a conditional table's are
+        reordered, see ``with_context``); a ``UsageError`` naming ``option``."""
+        order, names = self._file_order()
+        return [order.index(j) for j in column_list(text, names, len(order), option)]
+
+    def column_names(self, indices: list[int]) -> str:
+        """This dataset's columns ``indices`` for a message, numbered as the user's file has them."""
+        order, names = self._file_order()
+        return column_names([order[i] for i in indices], names)
+
+    def _file_order(self) -> tuple[list[int], list[str] | None]:
+        """``column_order`` (the identity for data in the file's order) and the file's column names."""
+        order = self.column_order or list(range(self.train.shape[1]))
+        if not self.columns:
+            return order, None
+        names = [""] * len(order)
+        for i, j in enumerate(order):
+            names[j] = self.columns[i]
+        return order, names
 
     @property
     def context_columns(self) -> list[str] | None:
@@ -84,7 +115,8 @@ class Dataset:
     def with_context(self, choice: str) -> Dataset:
         """This table for learning p(x | c), with the columns that ``choice`` names
         (comma-separated names or 1-based numbers) as the context c: the columns are put in
-        the order (x columns, context columns in ``choice``'s order) and
+        the order (x columns, context columns in ``choice``'s order; ``column_order`` says
+        where each came from) and
         ``context_features`` is set. Refuses images, and a context of every column."""
         if not isinstance(self.train, Tensor) or self.levels is not None or self.train.dim() != 2:
             raise UsageError("--context names columns of a table; images and Python datasets have none")
@@ -98,7 +130,7 @@ class Dataset:
         order = [j for j in range(width) if j not in set(context)] + context
         columns = [self.columns[j] for j in order] if self.columns else None
         return replace(self, train=self.train[:, order], val=self.val[:, order], test=self.test[:, order],
-                       columns=columns, context_features=len(context))  # fmt: skip
+                       columns=columns, context_features=len(context), column_order=order)  # fmt: skip
 
 
 def example(item: Any) -> Tensor:

@@ -10,7 +10,7 @@ import math
 import torch
 from torch import Tensor
 
-from clayflow.data import Dataset, column_list, column_names
+from clayflow.data import Dataset
 from clayflow.errors import UsageError
 
 # A column whose values lie on a grid with at most this many distinct values is discrete (a
@@ -63,12 +63,16 @@ def discrete_columns(data: Dataset, choice: str = "auto") -> dict[int, float]:
         distinct = [values[:, j].unique() for j in range(values.shape[1])]
         steps = {j: grid_step(d) for j, d in enumerate(distinct) if len(d) <= MAX_DISCRETE_VALUES}
         return {j: step for j, step in steps.items() if step is not None}
-    chosen = sorted(set(column_list(choice, data.columns, values.shape[1], "--discrete")))
+    chosen = sorted(set(data.file_columns(choice, "--discrete")))
+    context = [j for j in chosen if j >= data.features]
+    if context:
+        raise UsageError(f"--discrete: column(s) {data.column_names(context)} are context columns "
+                         "(--context), which are conditioned on, not modelled, so not dequantized")  # fmt: skip
     steps = {j: grid_step(values[:, j]) for j in chosen}
     off_grid = [j for j, step in steps.items() if step is None]
     if off_grid:
         raise UsageError(
-            f"--discrete: column(s) {column_names(off_grid, data.columns)} hold values that are not "
+            f"--discrete: column(s) {data.column_names(off_grid)} hold values that are not "
             f"on a grid (whole multiples of a step of at most {MAX_DECIMALS} decimals); only "
             "counts, codes and values recorded at a fixed resolution can be dequantized"
         )

@@ -252,7 +252,7 @@ def read_image_folder(folder: Path) -> tuple[np.ndarray, list[str]]:
     size."""
     from PIL import Image, UnidentifiedImageError
 
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    files = sorted(p for p in folder.iterdir() if _is_image_file(p))
     if not files:
         raise ClayflowError(f"{folder} has no {'/'.join(IMAGE_SUFFIXES)} images")
     pictures = []
@@ -287,6 +287,10 @@ def read_class_folders(folder: Path, spec: str) -> ImageSource:
     if len(subfolders) < 2:
         raise ClayflowError(f"{spec}: --conditional needs one subfolder of images per class in {folder}, "
                             f"found {len(subfolders)}")  # fmt: skip
+    loose = [p.name for p in folder.iterdir() if _is_image_file(p)]
+    if loose:
+        raise ClayflowError(f"{spec}: {len(loose)} image(s) ({loose[0]}, ...) lie beside the class subfolders; "
+                            "--conditional takes the images inside each class's subfolder, so move them into one")  # fmt: skip
     parts = [read_image_folder(sub) for sub in subfolders]
     channels = max(images.shape[1] for images, _ in parts)
     arrays, files = [], []
@@ -299,3 +303,8 @@ def read_class_folders(folder: Path, spec: str) -> ImageSource:
     labels = np.concatenate([np.full(len(images), k) for k, (images, _) in enumerate(parts)])
     return ImageSource(spec, 256, images=np.concatenate(arrays), files=files, labels=labels,
                        classes=[sub.name for sub in subfolders])  # fmt: skip
+
+
+def _is_image_file(path: Path) -> bool:
+    """A PNG/JPEG file that is not hidden (macOS's ``._name.png`` companions are not images)."""
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".") and path.is_file()

@@ -129,7 +129,7 @@ class Trainer:
     def _payload(self) -> dict[str, Any]:
         return {
             "model_spec": self.spec.to_dict() if self.spec is not None else None,  # None: clayflow.fit
-            "data_columns": self.data.columns,
+            **self.data.layout(),
             "data_fingerprint": self.fingerprint,
             "config": self.config.to_dict(),
             "step": self.step,
@@ -452,7 +452,7 @@ class Trainer:
             return
         payload = {
             "model_spec": self.spec.to_dict() if self.spec is not None else None,
-            "data_columns": self.data.columns,
+            **self.data.layout(),
             "step": self.step,
             "val_nll": val_nll,
             "model": self._eval_flow().state_dict(),

@@ -62,6 +62,7 @@ def start_line(model: str, flow: nn.Module, data: Dataset, device: torch.device,
     else:
         what = f"{rows} images (train/val/test) of {'x'.join(map(str, data.event_shape))}"
         what += f", {data.levels} levels" if data.levels else ""
+        what += f", each given its class ({len(data.classes)}: {', '.join(data.classes[:10])}{', ...' if len(data.classes) > 10 else ''})" if data.classes else ""
     plan = f"steps {reached}-{steps}" if reached else f"{steps} steps"
     return (
         f"training {model} ({parameter_count(flow):,} parameters) on {data.name}: {what}; "

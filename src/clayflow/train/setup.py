@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from clayflow.core import Flow
-from clayflow.data import Dataset, column_names, standardization
+from clayflow.data import Dataset, standardization
 from clayflow.data.discrete import discrete_columns
 from clayflow.errors import UsageError
 from clayflow.models import MODELS, VECTOR, ModelSpec, build, data_kind, model_defaults, model_options
@@ -177,7 +177,7 @@ def input_noise_factor(
 def _discrete_message(discrete: dict[int, float], data: Dataset) -> str:
     columns = list(discrete)
     which = (
-        f"column(s) {column_names(columns, data.columns)}"
+        f"column(s) {data.column_names(columns)}"
         if len(columns) <= _LISTED_COLUMNS
         else f"{len(columns)} of the {data.features} columns"
     )

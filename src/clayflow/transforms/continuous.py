@@ -192,14 +192,26 @@ class CNF(Transform):
         return self._solve(x, reverse=False, regularize=regularize, context=context)
 
     def _solve(self, x: Tensor, reverse: bool, regularize: bool, context: Tensor | None = None):
-        from torchdiffeq import odeint, odeint_adjoint
-
         func = self.func
-        if self.adjoint and context is not None and context.requires_grad and torch.is_grad_enabled():
+        adjoint = self.adjoint and torch.is_grad_enabled()
+        if adjoint and context is not None and context.requires_grad:
             # The adjoint pass differentiates the ODE's state and parameters only: a context
             # computed by a trained encoder would get no gradient, silently.
             raise UsageError("the adjoint method cannot train a context encoder; drop adjoint or the encoder")
+        # The adjoint's backward pass calls the field again after this returns, so it keeps the
+        # (constant) context; otherwise the field lets go of it, and of its graph, after the solve.
         func.context = context
+        try:
+            return self._integrate(x, reverse, regularize, adjoint)
+        finally:
+            if not adjoint:
+                func.context = None
+
+    def _integrate(self, x: Tensor, reverse: bool, regularize: bool, adjoint: bool):
+        """``_solve`` once the field holds its context: one torchdiffeq solve of the state."""
+        from torchdiffeq import odeint, odeint_adjoint
+
+        func = self.func
         func.trace = self.trace if self.training else self.eval_trace
         func.regularize = regularize
         func.create_graph = torch.is_grad_enabled()
@@ -216,7 +228,7 @@ class CNF(Transform):
         if self.solver in FIXED_STEP_SOLVERS:
             options["step_size"] = self.step_size or float(self.t1) / DEFAULT_STEPS
         kwargs = {"rtol": self.rtol, "atol": self.atol, "method": self.solver, "options": options}
-        if self.adjoint and torch.is_grad_enabled():
+        if adjoint:
             params = tuple(p for p in self.func.parameters() if p.requires_grad)  # T gets its grad via t
             solution = odeint_adjoint(func, state, times, adjoint_params=params, **kwargs)
         else:
@@ -231,9 +243,10 @@ class CNF(Transform):
         return final[0], final[1], stats
 
     @torch.no_grad()
-    def trajectory(self, z: Tensor, steps: int = 6) -> tuple[Tensor, Tensor]:
+    def trajectory(self, z: Tensor, steps: int = 6, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Latent -> data states at ``steps`` times from T down to 0: ``(times (steps,),
-        states (steps, B, D))``, with the same solver and tolerances."""
+        states (steps, B, D))``, with the same solver and tolerances (a conditional field at
+        the encoded ``context`` ``(B, K)``)."""
         from torchdiffeq import odeint
 
         t1 = float(self.t1)
@@ -241,9 +254,8 @@ class CNF(Transform):
         options = (
             {"step_size": self.step_size or t1 / DEFAULT_STEPS} if self.solver in FIXED_STEP_SOLVERS else {}
         )
-        states = odeint(
-            self.dynamics, z, times, rtol=self.rtol, atol=self.atol, method=self.solver, options=options
-        )
+        field = self.dynamics if context is None else (lambda t, state: self.dynamics(t, state, context))
+        states = odeint(field, z, times, rtol=self.rtol, atol=self.atol, method=self.solver, options=options)
         return times, states
 
     def _probe(self, x: Tensor) -> Tensor:
