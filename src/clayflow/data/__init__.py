@@ -115,9 +115,9 @@ class Dataset:
     def with_context(self, choice: str) -> Dataset:
         """This table for learning p(x | c), with the columns that ``choice`` names
         (comma-separated names or 1-based numbers) as the context c: the columns are put in
-        the order (x columns, context columns in ``choice``'s order; ``column_order`` says
-        where each came from) and
-        ``context_features`` is set. Refuses images, and a context of every column."""
+        the order (x columns, context columns in ``choice``'s order), ``column_order`` says
+        where each came from, and ``context_features`` is set. Refuses images, and a context
+        of every column."""
         if not isinstance(self.train, Tensor) or self.levels is not None or self.train.dim() != 2:
             raise UsageError("--context names columns of a table; images and Python datasets have none")
         width = self.train.shape[1]
