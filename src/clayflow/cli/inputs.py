@@ -23,7 +23,8 @@ def examples_to_score(
     have names, else by position (the training file's order: a conditional run's columns are
     put in its order by ``layout["column_order"]``); ``label_column`` (a name, or a number
     from 1) is taken out as the labels. A class-conditional run's ``images:DIR`` subfolders
-    are matched to its classes (``layout["classes"]``) by name. Shape: ``(N, *event_shape)`` float32; names: None but for a folder of
+    are matched to its classes (``layout["classes"]``) by name. Shape: ``(N, *event_shape)``
+    float32 (a conditional run's rows with their context); names: None but for a folder of
     images; labels ``(N,)`` or None.
     """
     files = labels = None

@@ -24,7 +24,8 @@ def add_arguments(p: argparse.ArgumentParser, device_type) -> None:
     p.add_argument("--out", required=True, metavar="FILE", help="output .csv or .npy (image models: .npy or .png grid)")
     p.add_argument("--context", metavar="FILE",
                    help="conditional runs (train --context): a .csv/.npy of context rows, matched to the "
-                        "training context columns by name (or position); writes rows (x, context)")  # fmt: skip
+                        "training context columns by name (or position); writes each draw beside its context, "
+                        "in the training file's column order")  # fmt: skip
     p.add_argument("--temperature", type=float, default=1.0, help="scale of the base draws, > 0 (default: 1.0)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--device", type=device_type, default="cpu", help="device (default: cpu)")
