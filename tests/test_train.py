@@ -315,6 +315,7 @@ def test_checkpoint_records_every_builder_option(tmp_path):
         "scale_bound": "tanh",
         "batch_norm": False,
         "alpha": 0.05,
+        "context_features": 0,
     }
 
 
