@@ -141,6 +141,7 @@ def test_sample_draws_at_each_context_row_and_score_gives_log_p_x_given_c(condit
         (["train", "--data", "{table}", "--context", "c", "--model", "cnf", "--objective", "fm", "--ot", "--out", "{folder}/ot"], "mixes contexts"),
         (["train", "--data", "{table}", "--context", "c,x1,x2", "--out", "{folder}/all"], "leave at least one column"),
         (["train", "--data", "digits", "--context", "1", "--out", "{folder}/digits"], "names columns of a table"),
+        (["train", "--data", "{table}", "--context", "c,x1", "--out", "{folder}/one"], "for one column use maf"),
     ],
 )
 def test_conditional_runs_refuse_what_they_cannot_do_in_one_line(conditional_run, capsys, argv, message):

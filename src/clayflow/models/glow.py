@@ -8,7 +8,7 @@ from functools import partial
 
 from clayflow.core import Compose, Flow, StandardNormal
 from clayflow.errors import ClayflowError, UsageError, parse_choice
-from clayflow.models.options import check_dropout, check_sizes, context_network
+from clayflow.models.options import check_coupling_features, check_dropout, check_sizes, context_network
 from clayflow.nn import MLP, conditioner_activation
 from clayflow.nn.resnet import GlowNet
 from clayflow.transforms import (
@@ -167,8 +167,7 @@ def glow_vector(
     a conditional flow's (as ``realnvp``).
     Reference: Kingma & Dhariwal, Glow, 2018.
     """
-    if features < 2:
-        raise ClayflowError(f"coupling flows need at least 2 features (data columns), got {features}")
+    check_coupling_features(features)
     check_sizes(layers=layers, hidden=hidden, depth=depth)
     check_dropout(dropout)
     make_net = partial(MLP, hidden=hidden, depth=depth, dropout=dropout, activation=conditioner_activation(activation))

@@ -29,6 +29,14 @@ def check_dropout(dropout: float) -> None:
         raise UsageError(f"--dropout must be in [0, 1), got {dropout}")
 
 
+def check_coupling_features(features: int) -> None:
+    """Refuse a coupling flow on fewer than 2 features (one half would be empty), naming the
+    models that take a single column."""
+    if features < 2:
+        raise UsageError(f"coupling flows need at least 2 features (data columns), got {features}; "
+                            "for one column use maf, iaf, nsf --autoregressive or cnf")  # fmt: skip
+
+
 def context_network(context_features: int, context_embedding: int) -> tuple[nn.Module | None, int]:
     """The encoder of a conditional model's context and the width its layers see: none and
     K (``context_embedding`` 0: the raw context), or an MLP ``K -> 2E -> E`` (ReLU) and E.

@@ -6,8 +6,8 @@ from enum import Enum
 from functools import partial
 
 from clayflow.core import Compose, DiagonalNormal, Flow, StandardNormal
-from clayflow.errors import ClayflowError, parse_choice
-from clayflow.models.options import check_dropout, check_sizes, context_network
+from clayflow.errors import parse_choice
+from clayflow.models.options import check_coupling_features, check_dropout, check_sizes, context_network
 from clayflow.nn import MLP, ResidualMLP, conditioner_activation
 from clayflow.transforms import AdditiveCoupling, AffineCoupling, BatchNorm, MaskKind, ScaleBound, Scaling
 from clayflow.transforms.masks import make_mask
@@ -28,8 +28,7 @@ class Base(str, Enum):
 
 
 def _check_sizes(features: int, layers: int, hidden: int, depth: int, dropout: float) -> None:
-    if features < 2:
-        raise ClayflowError(f"coupling flows need at least 2 features (data columns), got {features}")
+    check_coupling_features(features)
     check_sizes(layers=layers, hidden=hidden, depth=depth)
     check_dropout(dropout)
 
