@@ -223,6 +223,11 @@ def test_a_headerless_conditional_table_keeps_the_files_column_order(tmp_path, c
     draws = tmp_path / "draws.csv"
     assert cli("sample", run, "--context", contexts, "--n", 4, "--out", draws) == 0
     assert np.all(np.loadtxt(draws, delimiter=",", skiprows=1)[:, 1] == 3)  # the context in its own column
+    assert draws.read_text().splitlines()[0] == "x1,x2,x3"
     capsys.readouterr()
     assert cli("train", "--data", table, "--context", 2, "--discrete", 2, "--out", tmp_path / "d") == 2
     assert "are context columns" in capsys.readouterr().err
+    rows[:, 2] = rows[:, 0]  # file column 3 repeats column 1: no density
+    np.savetxt(table, rows, delimiter=",")
+    assert cli("train", "--data", table, "--context", 2, "--out", tmp_path / "flat") == 1
+    assert "column 3 is a linear combination of column 1" in capsys.readouterr().err  # the file's numbers

@@ -299,7 +299,10 @@ def _plot(run_dir: Path, flow, columns: str | None = None) -> list[Path]:
     else:
         rows, label = data.test, "test images"
     try:
-        return plot_run(run_dir, flow, rows, data.columns, data.levels, show_columns=show, data_label=label)
+        names = data.columns
+        if names is None and data.column_order:  # a header-less conditional table: named as the file numbers them
+            names = [f"x{j + 1}" for j in data.column_order]
+        return plot_run(run_dir, flow, rows, names, data.levels, show_columns=show, data_label=label)
     except OSError as exc:
         raise ClayflowError(f"cannot write the plots of {run_dir}: {exc.strerror or exc}") from None
 

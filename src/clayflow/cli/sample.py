@@ -72,10 +72,10 @@ def run(args: argparse.Namespace, load_run) -> int:
         _write_images(args.out, samples, spec["levels"], columns=n if per_class else None)
     else:
         values = samples.double() if context is None else torch.cat([samples.double(), context], 1)
-        columns = columns or [f"x{i + 1}" for i in range(values.shape[1])]
         if order := payload.get("column_order"):  # a conditional run's columns, back in the file's order
             back = np.argsort(order)
-            values, columns = values[:, back], [columns[i] for i in back]
+            values, columns = values[:, back], [columns[i] for i in back] if columns else None
+        columns = columns or [f"x{i + 1}" for i in range(values.shape[1])]
         write_table(args.out, values.numpy(), list(columns))
     per_row = f" at each of {len(context) // n} context rows" if context is not None else ""
     if per_class:

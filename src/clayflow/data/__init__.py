@@ -8,7 +8,9 @@ tables), ``load_dataset("path/to/file.csv")`` (the user's own ``.csv``/``.npy``)
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -176,11 +178,14 @@ def looks_like_path(spec: str) -> bool:
     return Path(spec).suffix.lower() in TABLE_SUFFIXES or "/" in spec or Path(spec).exists()
 
 
-def standardization(train: Tensor, columns: list[str] | None = None) -> tuple[Tensor, Tensor]:
+def standardization(
+    train: Tensor, columns: list[str] | None = None, describe: Callable[[list[int]], str] | None = None
+) -> tuple[Tensor, Tensor]:
     """Per-column mean and std ``(D,)`` of the training split ``(N, D)`` of a table.
 
-    Refuses data with no density, naming the columns (by ``columns`` when given): constant
-    columns, and columns that are linear combinations of others (see ``check_full_rank``).
+    Refuses data with no density, naming the columns (by ``columns`` when given, or as
+    ``describe(indices)`` says, e.g. ``Dataset.column_names``): constant columns, and
+    columns that are linear combinations of others (see ``check_full_rank``).
     Both tests are relative to each column's own scale, so a column that varies by 1e-15
     around 0 is fine: it is standardised inside the flow.
     """
@@ -188,16 +193,20 @@ def standardization(train: Tensor, columns: list[str] | None = None) -> tuple[Te
     std = train.double().std(0)
     # Constant: no variation beyond float32 rounding of the values (std 0 is constant at any mean).
     constant = (std <= _FLOAT32_EPS * mean.abs()).nonzero().flatten().tolist()
+    describe = describe or partial(column_names, columns=columns)
     if constant:
         raise ClayflowError(
-            f"column(s) {column_names(constant, columns)} are constant in the training data (no "
+            f"column(s) {describe(constant)} are constant in the training data (no "
             "variation at float32 precision), so they have no density; drop them from the file"
         )
-    check_full_rank(train, mean, std, columns)
+    check_full_rank(train, mean, std, describe=describe)
     return mean.float(), std.float()
 
 
-def check_full_rank(train: Tensor, mean: Tensor, std: Tensor, columns: list[str] | None = None) -> None:
+def check_full_rank(
+    train: Tensor, mean: Tensor, std: Tensor, columns: list[str] | None = None,
+    describe: Callable[[list[int]], str] | None = None,
+) -> None:
     """Refuse a table ``(N, D)`` with a column that is a linear combination of others.
 
     Such data lie on a hyperplane: they have no density, and a flow's NLL falls without bound.
@@ -209,6 +218,7 @@ def check_full_rank(train: Tensor, mean: Tensor, std: Tensor, columns: list[str]
     gives every fit from its D x D factor R. Not checked with N <= D rows, where any column
     is a combination of the others after centring.
     """
+    describe = describe or partial(column_names, columns=columns)
     n, d = train.shape
     if n <= d or d < 2:
         return
@@ -233,8 +243,8 @@ def check_full_rank(train: Tensor, mean: Tensor, std: Tensor, columns: list[str]
             if residual <= 4 * np.sqrt(noise[j] ** 2 + coef**2 @ noise[independent] ** 2):
                 used = [i for i, c in zip(independent, coef) if abs(c) > 1e-6]
                 problems.append(
-                    f"column {column_names([j], columns)} is a linear combination of "
-                    f"column{'s' if len(used) > 1 else ''} {column_names(used, columns)}"
+                    f"column {describe([j])} is a linear combination of "
+                    f"column{'s' if len(used) > 1 else ''} {describe(used)}"
                 )
                 continue
         independent.append(j)

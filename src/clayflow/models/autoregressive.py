@@ -16,7 +16,7 @@ from functools import partial
 
 from clayflow.core import Compose, Flow, StandardNormal
 from clayflow.errors import ClayflowError, UsageError, parse_choice
-from clayflow.models.options import check_dropout, check_sizes, context_network
+from clayflow.models.options import check_coupling_features, check_dropout, check_sizes, context_network
 from clayflow.models.vector import Conditioner, _make_net
 from clayflow.transforms import (
     AffineAutoregressive,
@@ -177,8 +177,7 @@ def nsf(
         made = _made_options(hidden, depth, conditioner, activation, dropout, width)
         layer = lambda k: SplineAutoregressive(features, bins=bins, bound=tail_bound, **made)
     else:
-        if features < 2:
-            raise ClayflowError(f"coupling flows need at least 2 features; for 1, use --autoregressive (got {features})")
+        check_coupling_features(features)
         make_net = _make_net(conditioner, hidden, depth, dropout, activation)
         layer = partial(_spline_coupling, features, make_net, width, bins, tail_bound)
     return Flow(_stack(features, layers, layer, lu), StandardNormal(features), None, context_features, encoder)
