@@ -166,7 +166,7 @@ def test_class_folders_are_matched_by_name_and_loose_or_hidden_files_are_handled
                "--hidden", 4, "--scales", 1, "--steps", 2, "--no-plots", "--out", run) == 0  # fmt: skip
     payload = read_checkpoint(run, prefer_best=True)
     assert payload["classes"] == ["a", "b", "c"]
-    x, files, _ = examples_to_score(f"images:{tmp_path / 'new'}", payload["model_spec"], layout=payload)
+    x, files, _ = examples_to_score(f"images:{tmp_path / 'new'}", payload)
     classes = dict(zip(files, x[:, -1, 0, 0].tolist()))
     assert classes["c/0.png"] == 2 and classes["b/0.png"] == 1  # the run's class numbers, by name
     assert cli("score", run, "--data", f"images:{tmp_path / 'new'}", "--out", tmp_path / "new.csv") == 0

@@ -32,7 +32,7 @@ def run(args: argparse.Namespace, load_run) -> int:
         raise UsageError("--rows must be >= 2")
     flow, payload = load_run(args.run, args.device)
     if args.data:
-        x = examples_to_score(args.data, payload["model_spec"], payload.get("data_columns"))[0]
+        x = examples_to_score(args.data, payload)[0]
     else:
         x = run_dataset(args.run, payload).test
     x = x[: args.rows]

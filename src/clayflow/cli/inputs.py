@@ -12,22 +12,22 @@ from clayflow.errors import ClayflowError
 
 
 def examples_to_score(
-    data: str, spec: dict, data_columns: list[str] | None = None, label_column: str | None = None,
-    layout: dict | None = None,
+    data: str, payload: dict, label_column: str | None = None
 ) -> tuple[torch.Tensor, list[str] | None, np.ndarray | None]:
-    """The examples of ``data`` as a tensor, checked against the model's data shape:
-    every image of ``images:DIR`` (and their file names), the rows of a table file, or a
-    dataset's test split.
+    """The examples of ``data`` as a tensor, checked against the data shape of the model of
+    the checkpoint ``payload``: every image of ``images:DIR`` (and their file names), the
+    rows of a table file, or a dataset's test split.
 
-    Table columns are matched to the training columns (``data_columns``) by name when both
-    have names, else by position (the training file's order: a conditional run's columns are
-    put in its order by ``layout["column_order"]``); ``label_column`` (a name, or a number
-    from 1) is taken out as the labels. A class-conditional run's ``images:DIR`` subfolders
-    are matched to its classes (``layout["classes"]``) by name. Shape: ``(N, *event_shape)``
+    Table columns are matched to the training columns (``payload["data_columns"]``, see
+    ``Dataset.layout``) by name when both have names, else by position (the training file's
+    order: a conditional run's columns are put in its order by ``column_order``);
+    ``label_column`` (a name, or a number from 1) is taken out as the labels. A
+    class-conditional run's ``images:DIR`` subfolders are matched to its ``classes`` by name. Shape: ``(N, *event_shape)``
     float32 (a conditional run's rows with their context); names: None but for a folder of
     images; labels ``(N,)`` or None.
     """
     files = labels = None
+    spec = payload["model_spec"]
     from clayflow.data import load_dataset, looks_like_path, with_class_channel
     from clayflow.data.images import is_image_spec, load_image_source
     from clayflow.data.tabular import read_table
@@ -47,7 +47,7 @@ def examples_to_score(
         source = load_image_source(data, labelled=classes)
         values, files = source.images, source.files
         if classes:
-            values = with_class_channel(values, _class_indices(source, (layout or {}).get("classes"), data))
+            values = with_class_channel(values, _class_indices(source, payload.get("classes"), data))
     elif classes:
         values = load_dataset(data, classes=True).test.numpy()
     elif data.lower().endswith(".npy") and levels is not None:
@@ -56,10 +56,10 @@ def examples_to_score(
         values, names = read_table(data)
         if label_column is not None:
             values, names, labels = _take_column(values, names, label_column, data)
-        values = _in_model_order(values, names, data_columns, (layout or {}).get("column_order"), data)
+        values = _in_model_order(values, names, payload, data)
     else:
         dataset = load_dataset(data)
-        values = _in_model_order(dataset.test.numpy(), dataset.columns, data_columns, (layout or {}).get("column_order"), data)
+        values = _in_model_order(dataset.test.numpy(), dataset.columns, payload, data)
     if tuple(values.shape[1:]) != shape:
         if len(shape) == 1 and values.ndim == 2:
             raise ClayflowError(
@@ -79,12 +79,14 @@ def examples_to_score(
     return torch.as_tensor(np.ascontiguousarray(values), dtype=torch.float32), files, labels
 
 
-def _in_model_order(values: np.ndarray, names, data_columns, column_order, path: str) -> np.ndarray:
-    """A table's columns in the model's order: by name when the file and the run both have
-    names, else by position in the training file's order (``column_order``: where a
-    conditional run's column i came from in that file)."""
+def _in_model_order(values: np.ndarray, names: list[str] | None, layout: dict, path: str) -> np.ndarray:
+    """A table's columns (named ``names``, or None) in the model's order (``layout``: a
+    checkpoint's ``Dataset.layout``): by name when the file and the run both have names, else
+    by position in the training file's order (``column_order``: where a conditional run's
+    column i came from in that file)."""
     from clayflow.data.tabular import align_columns
 
+    data_columns, column_order = layout.get("data_columns"), layout.get("column_order")
     if names is not None and data_columns is not None:
         return align_columns(values, names, data_columns, path)
     if column_order is not None and values.shape[1] == len(column_order):

@@ -58,7 +58,7 @@ def run(args: argparse.Namespace, load_run) -> int:
     if flow.context_features and args.method in ("ratio", "complexity"):
         raise UsageError(f"--method {args.method} compares with a reference of p(x); this run learned p(x | c): "
                          "use likelihood or typicality")  # fmt: skip
-    x, files, labels = examples_to_score(args.data, spec, payload.get("data_columns"), args.label_column, payload)
+    x, files, labels = examples_to_score(args.data, payload, args.label_column)
     if args.labels:
         labels = read_labels(args.labels, len(x))
     log_prob = log_prob_in_chunks(flow, x)

@@ -37,7 +37,7 @@ def run(args: argparse.Namespace, load_run) -> int:
     run_dir = Path(args.run) if Path(args.run).is_dir() else None
     results, test = None, None
     if args.data:
-        x = examples_to_score(args.data, payload["model_spec"], payload.get("data_columns"))[0]
+        x = examples_to_score(args.data, payload)[0]
     else:
         test = run_dataset(args.run, payload).test
         x = test
