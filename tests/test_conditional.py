@@ -130,12 +130,22 @@ def test_sample_draws_at_each_context_row_and_score_gives_log_p_x_given_c(condit
     capsys.readouterr()
 
 
+def test_verify_and_explain_take_each_rows_context(conditional_run, capsys):
+    folder, _, run = conditional_run
+    assert cli("verify", run, "--rows", 128) == 0
+    report = capsys.readouterr().out
+    assert "test NLL of results.json reproduced" in report and "at the first example's context" in report
+    assert "all checks passed" in report
+    assert cli("explain", run, "--rows", 300, "--out", folder / "explain") == 0
+    printed = capsys.readouterr().out
+    assert "pictures at the first example's context: c = " in printed and "log p(x) (sum)" in printed
+    assert {p.name for p in (folder / "explain").iterdir()} == {"contributions.png", "layers.png", "layers.gif"}
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
         (["sample", "{run}", "--out", "{folder}/s.csv"], "give --context FILE"),
-        (["verify", "{run}"], "conditional flows p(x | c) are not supported yet"),
-        (["explain", "{run}"], "conditional flows p(x | c) are not supported yet"),
         (["score", "{run}", "--data", "{table}", "--method", "ratio", "--out", "{folder}/r.csv"], "use likelihood or typicality"),
         (["train", "--data", "digits", "--conditional", "--model", "cnf", "--out", "{folder}/cnf"], "cannot be conditional"),
         (["train", "--data", "{table}", "--context", "c", "--model", "cnf", "--objective", "fm", "--ot", "--out", "{folder}/ot"], "mixes contexts"),

@@ -149,6 +149,11 @@ def test_the_cli_trains_samples_a_grid_per_class_and_scores(tmp_path, capsys):
     capsys.readouterr()
     assert cli("score", run, "--data", grid, "--out", tmp_path / "s.csv") == 1
     assert "give labelled images" in capsys.readouterr().err
+    assert cli("verify", run, "--rows", 32) == 0  # each image checked under its own class
+    assert "all checks passed" in capsys.readouterr().out
+    assert cli("explain", run, "--rows", 40) == 0
+    assert "pictures at the first example's context: class " in capsys.readouterr().out
+    assert {p.name for p in (run / "explain").iterdir()} == {"contributions.png", "scales.png"}
 
 
 def test_class_folders_are_matched_by_name_and_loose_or_hidden_files_are_handled(tmp_path, capsys):

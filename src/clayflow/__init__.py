@@ -28,6 +28,7 @@ _LAZY = {
     "Inverse": "clayflow.core",
     "StandardNormal": "clayflow.core",
     "Transform": "clayflow.core",
+    "at_context": "clayflow.core",
     "ClayflowError": "clayflow.errors",
     "UsageError": "clayflow.errors",
     "load": "clayflow.train.checkpoint",
@@ -47,6 +48,7 @@ __all__ = [
     "StandardNormal",
     "Transform",
     "UsageError",
+    "at_context",
     "explain",
     "fit",
     "load",
@@ -64,6 +66,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
     from clayflow.core import Inverse as Inverse
     from clayflow.core import StandardNormal as StandardNormal
     from clayflow.core import Transform as Transform
+    from clayflow.core import at_context as at_context
     from clayflow.diagnostics import explain as explain
     from clayflow.diagnostics import verify as verify
     from clayflow.errors import ClayflowError as ClayflowError

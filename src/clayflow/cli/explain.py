@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import torch
+
 from clayflow.errors import ClayflowError, UsageError
 
 
@@ -22,6 +24,7 @@ def add_arguments(p: argparse.ArgumentParser, device_type) -> None:
 def run(args: argparse.Namespace, load_run) -> int:
     """Print each layer's share of log p and draw the pictures that apply to the data's kind."""
     from clayflow.cli.inputs import examples_to_score, run_dataset
+    from clayflow.core.conditioning import at_context
     from clayflow.diagnostics.explanation import explain
     from clayflow.plotting import explain as pictures
 
@@ -35,15 +38,22 @@ def run(args: argparse.Namespace, load_run) -> int:
         x = examples_to_score(args.data, payload)[0]
     else:
         x = run_dataset(args.run, payload).test
-    x = x[: args.rows]
+    x, context = flow.split_rows(x[: args.rows])
     out = Path(args.out) if args.out else run_dir / "explain"
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ClayflowError(f"cannot write to {out}: {exc.strerror or exc}") from None
-    explanation = explain(flow, x, args.seed)
+    explanation = explain(flow, x, args.seed, context)
     print(explanation.table())
     images = x.dim() == 4
+    if context is not None:  # pictures of p(x | c) at one c, the first example's
+        flow = at_context(flow, context[:1])
+        if not images and x.shape[1] == 2:  # the 2-D pictures then show that density's own samples
+            with torch.random.fork_rng():
+                torch.manual_seed(args.seed)
+                x = flow.sample(len(x))
+        print(f"pictures at the first example's context: {_context_text(payload, context[0])}")
     drawn = [pictures.plot_contributions(explanation, out / "contributions.png", images)]
     try:
         if images:
@@ -58,3 +68,12 @@ def run(args: argparse.Namespace, load_run) -> int:
         raise ClayflowError(f"cannot write the pictures in {out}: {exc.strerror or exc}") from None
     print("pictures: " + ", ".join(str(p) for p in drawn if p is not None))
     return 0
+
+
+def _context_text(payload: dict, context) -> str:
+    """A context row as a user named it: the class of a class-conditional image run, else
+    the context columns' values."""
+    if classes := payload.get("classes"):
+        return f"class {classes[int(context.argmax())]}"
+    names = (payload.get("data_columns") or [])[-len(context) :] or [f"c{k + 1}" for k in range(len(context))]
+    return ", ".join(f"{name} = {value:.4g}" for name, value in zip(names, context.tolist(), strict=True))

@@ -45,7 +45,8 @@ def run(args: argparse.Namespace, load_run) -> int:
             results = read_json(run_dir / "results.json")
     if len(x) < 2:
         raise ClayflowError(f"verify needs at least 2 held-out examples, got {len(x)}")
-    report = verify(flow, x, rows=args.rows, points=args.points, seed=args.seed)
+    x, context = flow.split_rows(x)  # a conditional run's rows: checked at their own contexts
+    report = verify(flow, x, context=context, rows=args.rows, points=args.points, seed=args.seed)
     if results is not None and isinstance(results.get("test_nll"), float):
         report.add(checks.reported(flow, test, results))
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.table())

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from clayflow.core import Flow
+from clayflow.core.conditioning import at_context
 from clayflow.diagnostics.anatomy import leaf_layers
 from clayflow.errors import UsageError
 
@@ -74,12 +75,18 @@ class Explanation:
 
 
 @torch.no_grad()
-def explain(flow: Flow, x: Tensor, seed: int = 0) -> Explanation:
+def explain(flow: Flow, x: Tensor, seed: int = 0, context: Tensor | None = None) -> Explanation:
     """Run ``flow`` forward on ``x`` ``(B, *event_shape)`` in eval mode and record every leaf
     layer's output and log|det| (see ``Explanation``); the flow's mode and torch's random
-    stream are left as they were."""
-    if flow.context_features:
-        raise UsageError("explain shows flows of p(x); conditional flows p(x | c) are not supported yet")
+    stream are left as they were. A conditional flow p(x | c) takes the rows' contexts
+    ``context`` ``(B, K)`` (see ``clayflow.core.conditioning.at_context`` to explain it
+    with the plots, which take an unconditional flow)."""
+    if bool(flow.context_features) != (context is not None):
+        raise UsageError("explain a conditional flow p(x | c) at the rows' contexts (context=...), "
+                         "and an unconditional one without" if flow.context_features else
+                         "this flow is not conditional: explain it without a context")  # fmt: skip
+    if context is not None:
+        flow = at_context(flow, context)
     names = {id(module): name for name, module in flow.named_modules()}
     steps: list[Step] = []
     handles = []
