@@ -80,7 +80,7 @@ class InvertibleConv1x1(Transform):
             self.lower = nn.Parameter(torch.tril(lower, -1))
             self.upper = nn.Parameter(torch.triu(upper, 1))
             self.log_s = nn.Parameter(diagonal.abs().log())
-        self._inverse_cache: tuple[tuple, Tensor] | None = None
+        self._inverse_cache: tuple[Tensor, Tensor] | None = None  # (W, W^-1)
 
     def weight_matrix(self) -> Tensor:
         """W ``(C, C)``."""
@@ -97,11 +97,13 @@ class InvertibleConv1x1(Transform):
         return self.log_s.sum() if self.lu else torch.linalg.slogdet(self.weight).logabsdet
 
     def _inverse_weight(self) -> Tensor:
+        weight = self.weight_matrix()
         if self.training or torch.is_grad_enabled():
-            return torch.linalg.inv(self.weight_matrix())
-        key = tuple((p.data_ptr(), p._version) for p in self.parameters())
-        if self._inverse_cache is None or self._inverse_cache[0] != key:
-            self._inverse_cache = (key, torch.linalg.inv(self.weight_matrix()))
+            return torch.linalg.inv(weight)
+        # Keyed by the weight's values: a fused optimiser step updates parameters in place
+        # without bumping their version counters, so (data_ptr, _version) would go stale.
+        if self._inverse_cache is None or not torch.equal(self._inverse_cache[0], weight):
+            self._inverse_cache = (weight.clone(), torch.linalg.inv(weight))
         return self._inverse_cache[1]
 
     @staticmethod
