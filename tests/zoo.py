@@ -193,6 +193,10 @@ ZOO.update(
         ),
         "power_transform": lambda: (T.PowerTransform(4), (4,)),
         "whitening": lambda: (T.Whitening(4), (4,)),
+        "planar": lambda: (T.Planar(3), (3,)),
+        "planar_stack": lambda: (T.Compose(T.Planar(4), T.Planar(4), T.Planar(4)), (4,)),
+        "radial": lambda: (T.Radial(3), (3,)),
+        "radial_stack": lambda: (T.Compose(T.Radial(2), T.Radial(2), T.Radial(2)), (2,)),
     }
 )
 

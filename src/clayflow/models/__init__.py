@@ -17,6 +17,7 @@ from clayflow.models.autoregressive import iaf, maf, nsf
 from clayflow.models.continuous import cnf, cnf_image
 from clayflow.models.glow import glow_image, glow_vector
 from clayflow.models.image import realnvp_image
+from clayflow.models.planar import planar, radial
 from clayflow.models.start import StandardizedContext, start_transforms
 from clayflow.models.vector import nice, realnvp
 
@@ -29,6 +30,8 @@ MODELS = {
     "maf": {VECTOR: maf},
     "iaf": {VECTOR: iaf},
     "nsf": {VECTOR: nsf},
+    "planar": {VECTOR: planar},
+    "radial": {VECTOR: radial},
 }
 
 
@@ -134,6 +137,8 @@ __all__ = [
     "model_options",
     "nice",
     "nsf",
+    "planar",
+    "radial",
     "realnvp",
     "realnvp_image",
 ]

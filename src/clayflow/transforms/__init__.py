@@ -10,6 +10,7 @@ from clayflow.transforms.linear import InvertibleConv1x1, Permutation, Whitening
 from clayflow.transforms.masks import MaskKind, alternating_mask, checkerboard_mask, half_mask
 from clayflow.transforms.multiscale import LearnedPrior, MultiScale
 from clayflow.transforms.normalization import ActNorm, BatchNorm
+from clayflow.transforms.planar import Planar, Radial
 from clayflow.transforms.preprocess import Dequantize, DequantizeColumns, LevelsError, Logit, ScalarAffine
 from clayflow.transforms.reshape import Squeeze
 from clayflow.transforms.splines import SplineCoupling, rational_quadratic_spline
@@ -33,7 +34,9 @@ __all__ = [
     "MaskKind",
     "MultiScale",
     "Permutation",
+    "Planar",
     "PowerTransform",
+    "Radial",
     "ScalarAffine",
     "ScaleBound",
     "Scaling",
