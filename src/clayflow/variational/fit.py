@@ -59,13 +59,15 @@ def fit_target(
     eval_samples: int = 8192,
     target_samples: Tensor | None = None,
     forward_weight: float = 0.0,
+    max_seconds: float | None = None,
     callback: Callable[[dict[str, float]], None] | None = None,
 ) -> VariationalResult:
     """Minimise the reverse KL of ``flow`` to ``target`` (``objective.reverse_kl``) with Adam
     for ``steps`` steps of ``batch_size`` draws; β anneals from 0.01 to 1 over the first
     ``anneal_steps``. Every ``eval_every`` steps (and at 0 and the end) ``eval_samples`` fresh
     draws give ESS, log Ẑ, its standard error, the ELBO and Pareto k̂; ``callback`` gets each
-    row. A step whose loss or gradient is not finite is skipped (10 in a row stop training
+    row. ``max_seconds``: stop (and evaluate) once training has taken that long, evaluations
+    not counted, for comparisons at equal wall-clock. A step whose loss or gradient is not finite is skipped (10 in a row stop training
     with a ``ClayflowError``). Seeds come from torch's global generator (``torch.manual_seed``).
     """
     if target.dims != _dims(flow):
@@ -107,9 +109,12 @@ def fit_target(
         scheduler.step()
         losses.append(loss.item())
         step += 1
-        if step % eval_every == 0 or step == steps:
+        out_of_time = max_seconds is not None and result.seconds + time.perf_counter() - started >= max_seconds
+        if step % eval_every == 0 or step == steps or out_of_time:
             evaluate(step, beta)
             started = time.perf_counter()
+        if out_of_time:
+            break
     return result
 
 
