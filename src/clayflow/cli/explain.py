@@ -14,7 +14,7 @@ from clayflow.errors import ClayflowError, UsageError
 def add_arguments(p: argparse.ArgumentParser, device_type) -> None:
     """The options of ``clayflow explain``."""
     p.add_argument("run", metavar="RUN", help="run directory")
-    p.add_argument("--data", metavar="DATA", help="examples to push through the layers (default: the run's test split)")
+    p.add_argument("--data", metavar="DATA", help="examples to push through the layers (default: the run's test split; a run of clayflow fit: its own draws)")
     p.add_argument("--rows", type=int, default=1000, metavar="N", help="examples used (default 1000)")
     p.add_argument("--out", metavar="DIR", help="where the pictures go (default RUN/explain)")
     p.add_argument("--seed", type=int, default=0, help="seed of dequantization noise and samples (default 0)")
@@ -36,6 +36,10 @@ def run(args: argparse.Namespace, load_run) -> int:
     flow, payload = load_run(args.run, args.device)
     if args.data:
         x = examples_to_score(args.data, payload)[0]
+    elif payload.get("target"):  # a run of clayflow fit: no data, its own draws instead
+        from clayflow.cli.verify import own_draws
+
+        x = own_draws(flow, args.rows, args.seed)
     else:
         x = run_dataset(args.run, payload).test
     x, context = flow.split_rows(x[: args.rows])

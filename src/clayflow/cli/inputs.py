@@ -139,6 +139,8 @@ def run_dataset(run: str, payload: dict, why: str = "give --data"):
     config = payload.get("config") or {}
     if Path(run).is_dir() and (Path(run) / "config.json").exists():
         config = read_json(Path(run) / "config.json")
+    if config.get("kind") == "variational":
+        raise ClayflowError(f"{run} was fitted to the target {config.get('target')}, not trained on data; {why}")
     if config.get("data") == FIT_DATA:
         raise ClayflowError(f"{run} was trained from Python (clayflow.fit), so its data are not known here; {why}")
     if "data" not in config:

@@ -1,4 +1,5 @@
-"""``clayflow <verb>``: train, sample, score and plot flows from the command line.
+"""``clayflow <verb>``: train (or fit to a target), sample, score, verify, explain and plot flows
+from the command line.
 
 Errors a user can fix print one line, ``clayflow: error: ...``, and exit 1 (2 for bad
 usage); tracebacks appear only with ``--debug``.
@@ -35,6 +36,10 @@ EXAMPLES = {
     "plot": "examples:\n  clayflow plot runs/mine\n  clayflow plot runs/wine --columns alcohol,proline,7",
     "explain": "examples:\n  clayflow explain runs/mine                 # table, and pictures in runs/mine/explain\n"
     "  clayflow explain runs/digits --rows 64 --out pictures/",
+    "fit": "examples:\n  clayflow fit --target u1                       # a flow fitted to Rezende & Mohamed's U1\n"
+    "  clayflow fit --target funnel --steps 10000 --out runs/funnel\n"
+    "  clayflow fit --target my_model.py:log_posterior --dims 12   # your own log p~(x), batched\n"
+    "  clayflow sample runs/funnel --n 1000 --weights --out draws.csv   # with importance weights",
     "verify": "examples:\n  clayflow verify runs/mine                      # on the run's test split\n"
     "  clayflow verify runs/mine --data held_out.csv --json > report.json\n"
     "  clayflow verify runs/mine && deploy runs/mine   # exit 0 only if every check passes",
@@ -64,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``clayflow`` parser with one subcommand per verb."""
     parser = _Parser(
         prog="clayflow",
-        description="Normalizing flows: train, sample, score, verify, explain and plot from one command.",
+        description="Normalizing flows: train (or fit to a density), sample, score, verify, explain and plot from one command.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Run 'clayflow <command> --help' for a command's options.",
     )
@@ -72,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"clayflow {__version__}")
     verbs = parser.add_subparsers(dest="verb", metavar="<command>", required=True)
     _add_train(verbs)
+    _add_verb_module(verbs, "fit")
     _add_verb_module(verbs, "sample")
     _add_verb_module(verbs, "score")
     _add_plot(verbs)
@@ -180,6 +186,7 @@ def _device(name: str) -> str:
 
 # Verbs whose options and handler live in their own module (``add_arguments``, ``run``).
 VERB_MODULES = {
+    "fit": "Fit a flow to a density known up to its normaliser (reverse KL): ESS, log Z, samples.",
     "sample": "Draw samples from a trained flow.",
     "score": "Log-likelihood of each row of a file under a trained flow, and anomaly scores.",
     "verify": "Check a trained flow: round trips, log-dets layer by layer, mass, samples.",
@@ -274,11 +281,17 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     """Redraw the plots of a run from its checkpoint, metrics and data."""
     from clayflow.train import load
+    from clayflow.train.variational import is_fitted_run
 
     run_dir = Path(args.run)
     if not run_dir.is_dir():
         raise ClayflowError(f"{run_dir} is not a run directory")
-    paths = _plot(run_dir, load(run_dir), args.columns)
+    if is_fitted_run(run_dir):
+        from clayflow.cli.fit import plot
+
+        paths = plot(run_dir, _load_run)
+    else:
+        paths = _plot(run_dir, load(run_dir), args.columns)
     print("plots: " + ", ".join(str(p) for p in paths))
     return 0
 

@@ -27,6 +27,11 @@ def add_arguments(p: argparse.ArgumentParser, device_type) -> None:
                         "training context columns by name (or position); writes each draw beside its context, "
                         "in the training file's column order")  # fmt: skip
     p.add_argument("--temperature", type=float, default=1.0, help="scale of the base draws, > 0 (default: 1.0)")
+    p.add_argument("--weights", action="store_true",
+                   help="runs of clayflow fit: add each draw's log importance weight, log p~(x) - log q(x)")  # fmt: skip
+    p.add_argument("--resample", action="store_true",
+                   help="runs of clayflow fit: draw 10 times as many (at least 10,000) and resample --n of them "
+                        "in proportion to their importance weights")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--device", type=device_type, default="cpu", help="device (default: cpu)")
     p.add_argument("--force", action="store_true", help="replace an existing --out file")
@@ -46,6 +51,8 @@ def run(args: argparse.Namespace, load_run) -> int:
     if not 0 <= args.seed <= MAX_SEED:
         raise UsageError(f"--seed must be in [0, 2**64 - 1] (torch's seed range), got {args.seed}")
     flow, payload = load_run(args.run, args.device)
+    if args.weights or args.resample or payload.get("target"):
+        return _fitted(args, flow, payload, n)
     spec = payload["model_spec"]
     images = spec.get("levels") is not None
     check_output_path(args.out, (".npy", ".png") if images else (".csv", ".npy"), args.force)  # before the work
@@ -81,6 +88,48 @@ def run(args: argparse.Namespace, load_run) -> int:
     if per_class:
         per_row = f" of each of {flow.context_features} classes, in class order"
     print(f"wrote {len(samples)} samples ({n}{per_row}; temperature {args.temperature}) to {args.out}")
+    return 0
+
+
+def _fitted(args: argparse.Namespace, flow, payload: dict, n: int) -> int:
+    """``sample`` of a run of ``clayflow fit``: draws with their log importance weights
+    (``--weights``), or resampled by them (``--resample``)."""
+    from clayflow.data.tabular import check_output_path, write_table
+    from clayflow.variational import ImportanceWeights, load_target
+
+    if not payload.get("target"):
+        raise UsageError("--weights and --resample need a run of clayflow fit (a flow fitted to a target density)")
+    if args.context:
+        raise UsageError("a run of clayflow fit is not conditional; it takes no --context")
+    if args.temperature != 1 and (args.weights or args.resample):
+        raise UsageError("importance weights are of the flow itself: --weights and --resample take no --temperature")
+    if args.weights and args.resample:
+        raise UsageError("resampled draws all carry the same weight: give --weights or --resample, not both")
+    check_output_path(args.out, (".csv", ".npy"), args.force)
+    config = payload.get("config") or {}
+    target = load_target(payload["target"], config.get("dims"))
+    torch.manual_seed(args.seed)
+    pool = max(10 * n, 10_000) if args.resample else n
+    weights = None
+    with torch.no_grad():
+        if args.weights or args.resample:
+            draws = [flow.sample_and_log_prob(len(c)) for c in torch.arange(pool).split(CHUNK["rows"])]
+            x = torch.cat([d[0] for d in draws]).cpu()
+            weights = ImportanceWeights(target(x), torch.cat([d[1] for d in draws]).cpu())
+        else:
+            x = torch.cat([flow.sample(len(c), args.temperature).cpu() for c in torch.arange(n).split(CHUNK["rows"])])
+    _check_finite(x, args.temperature)
+    columns = [f"x{i + 1}" for i in range(x.shape[1])]
+    values = x.double()
+    if args.resample:
+        values = values[weights.resample(n, torch.Generator().manual_seed(args.seed))]
+    if args.weights:
+        values = torch.cat([values, weights.log_w[:, None]], 1)
+        columns.append("log_weight")
+    write_table(args.out, values.numpy(), columns)
+    how = f"resampled from {pool} draws by their importance weights" if args.resample else "draws of the flow"
+    ess = f"; ESS {100 * weights.ess:.1f}%" if weights is not None else ""
+    print(f"wrote {n} samples ({how}{', with log weights' if args.weights else ''}{ess}) to {args.out}")
     return 0
 
 

@@ -35,7 +35,7 @@ from clayflow.train.objective import StepObjective, flow_matching, maximum_likel
 from clayflow.train.report import Progress, Watch, auto_threads, start_line
 from clayflow.train.run import MetricsLog, TrainResult, write_json
 from clayflow.train.sampler import TrainingBatches, head
-from clayflow.train.schedule import make_optimizer, make_scheduler
+from clayflow.train.schedule import make_optimizer, make_scheduler, step_seed
 from clayflow.train.selection import BestModel
 from clayflow.train.setup import (
     input_noise_factor,
@@ -45,13 +45,7 @@ from clayflow.train.tracking import TensorBoardLog
 
 INTERVAL_SUMS = ("loss", "nll", "nfe_forward", "nfe_backward")  # averaged into each metrics row
 STEP0_TRAIN_ROWS = 10_000  # training rows whose NLL the step-0 metrics row reports
-STEP_SEED_STRIDE = 1_000_003  # a prime: (seed, step) -> distinct seeds for realistic sizes
 MAX_SKIPS_IN_A_ROW = 20  # --nonfinite skip: a model that stays non-finite this long has diverged
-
-
-def step_seed(seed: int, step: int) -> int:
-    """The seed of the random draws of optimisation step ``step + 1`` of a run seeded ``seed``."""
-    return (seed + STEP_SEED_STRIDE * (step + 1)) % (2**63)
 
 
 class TrainingStopped(ClayflowError):

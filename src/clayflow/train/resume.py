@@ -55,6 +55,9 @@ def read_run_config(run_dir: Path) -> TrainConfig:
     values = read_json(path)
     if not isinstance(values, dict):
         raise ClayflowError(f"{path} is malformed: it must hold an object of options")
+    if values.get("kind") == "variational":
+        raise UsageError(f"{run_dir} is a run of clayflow fit (a flow fitted to a target), not of clayflow train; "
+                         f"continue it with: clayflow fit --resume {run_dir}")  # fmt: skip
     values = {**OPTIONS_BEFORE_THEY_EXISTED, **values}
     try:
         return config_from_dict(values, source=str(path), here=False, saved=True)  # a resume may change --device

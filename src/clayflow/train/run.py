@@ -68,20 +68,23 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 class MetricsLog:
-    """``metrics.csv``: one row per evaluation, flushed as written.
+    """``metrics.csv``: one row per evaluation, flushed as written (``columns``: those of
+    maximum-likelihood training by default).
 
     On resume, rows past the checkpoint's step (written after it, then lost with the
     killed process's state) are dropped so the file reads as one uninterrupted run.
     """
 
-    def __init__(self, path: Path, resume_step: int | None = None):
-        self.path = path
+    columns: tuple[str, ...] = METRIC_COLUMNS
+
+    def __init__(self, path: Path, resume_step: int | None = None, columns: tuple[str, ...] = METRIC_COLUMNS):
+        self.path, self.columns = path, columns
         if resume_step is None or not path.exists():
-            atomic_write(path, lambda f: f.write((",".join(METRIC_COLUMNS) + "\n").encode()))
+            atomic_write(path, lambda f: f.write((",".join(columns) + "\n").encode()))
         else:
             kept = [row for row in read_metrics(path) if int(row["step"]) <= resume_step]
             buffer = io.StringIO()
-            writer = csv.DictWriter(buffer, METRIC_COLUMNS, lineterminator="\n")
+            writer = csv.DictWriter(buffer, columns, lineterminator="\n")
             writer.writeheader()
             writer.writerows(kept)
             atomic_write(path, lambda f: f.write(buffer.getvalue().encode()))
@@ -91,7 +94,7 @@ class MetricsLog:
         the file (a full disk: an ``OSError``) leaves at most a part of a line without its
         newline, which ``read_metrics`` leaves out on resume."""
         line = io.StringIO()
-        csv.DictWriter(line, METRIC_COLUMNS, lineterminator="\n").writerow(row)
+        csv.DictWriter(line, self.columns, lineterminator="\n").writerow(row)
         with self.path.open("a", newline="") as file:
             file.write(line.getvalue())
 

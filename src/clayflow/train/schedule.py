@@ -1,11 +1,19 @@
-"""The optimiser, and its learning-rate schedule: linear warm-up, then cosine decay to zero or a
-constant rate."""
+"""The optimiser, its learning-rate schedule (linear warm-up, then cosine decay to zero or a
+constant rate), and the seed of each step's random draws."""
 
 from __future__ import annotations
 
 import math
 
 import torch
+
+STEP_SEED_STRIDE = 1_000_003  # a prime: (seed, step) -> distinct seeds for realistic sizes
+
+
+def step_seed(seed: int, step: int) -> int:
+    """The seed of the random draws of optimisation step ``step + 1`` of a run seeded ``seed``
+    (the same on resume, so a resumed run draws what an uninterrupted one would)."""
+    return (seed + STEP_SEED_STRIDE * (step + 1)) % (2**63)
 
 
 def make_optimizer(

@@ -1,9 +1,10 @@
-r"""``fit_target``: train a flow by reverse KL towards an unnormalised target, from Python.
+r"""Training a flow by reverse KL towards an unnormalised target: ``ReverseKLTraining`` (the
+state of one such training, which a checkpoint holds whole) and ``fit_target``, its loop for
+Python (``clayflow fit`` runs the same steps in a run directory, with resume).
 
 >>> import torch
 >>> from clayflow import models
 >>> from clayflow.variational import fit_target, load_target
->>> torch.manual_seed(0) and None
 >>> result = fit_target(models.realnvp(2, layers=2, hidden=16), load_target("banana"), steps=20,
 ...                     eval_every=10, eval_samples=512)
 >>> [row["step"] for row in result.history]
@@ -18,18 +19,111 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from clayflow.core import Flow
 from clayflow.errors import ClayflowError
-from clayflow.train.schedule import make_optimizer, make_scheduler
+from clayflow.train.schedule import make_optimizer, make_scheduler, step_seed
 from clayflow.variational.objective import anneal, draw_weights, reverse_kl
 from clayflow.variational.targets import Target
 from clayflow.variational.weights import ImportanceWeights
 
 MAX_SKIPS_IN_A_ROW = 10
+EVAL_SEED = 12_345  # evaluation draws: the same at a step whether or not the run was resumed
+
+
+@dataclass
+class Settings:
+    """How to train: ``steps`` of ``batch_size`` draws with Adam at ``lr`` (``schedule``:
+    cosine or constant, after ``warmup``), β annealed from 0.01 to 1 over ``anneal_steps``,
+    gradients clipped to norm ``clip`` (0: not), draws seeded from ``seed``."""
+
+    steps: int = 5000
+    batch_size: int = 512
+    lr: float = 1e-3
+    schedule: str = "cosine"
+    warmup: int = 0
+    anneal_steps: int = 1000
+    clip: float = 10.0
+    seed: int = 0
+
+
+class ReverseKLTraining:
+    """One reverse-KL training of ``flow`` to ``target``: the optimiser, its schedule and the
+    step reached, all in ``state_dict`` so that a resumed training takes the same steps.
+
+    Each step's draws come from ``step_seed(settings.seed, step)``; a step whose loss or
+    gradient norm is not finite is skipped (its draws are consumed, the step is not), and
+    ``MAX_SKIPS_IN_A_ROW`` in a row raise a ``ClayflowError``. Layers with a data-dependent
+    initialisation (ActNorm) are marked initialised: with no data, they start as the identity.
+    """
+
+    def __init__(self, flow: Flow, target: Target, settings: Settings,
+                 target_samples: Tensor | None = None, forward_weight: float = 0.0):  # fmt: skip
+        if target.dims != flow_dims(flow):
+            raise ClayflowError(f"the flow has {flow_dims(flow)} dimensions and target {target.name} {target.dims}")
+        for name, buffer in flow.named_buffers():  # no data to initialise ActNorm from: it starts as the identity
+            if name.endswith("initialized"):
+                buffer.fill_(True)
+        self.flow, self.target, self.settings = flow, target, settings
+        if target_samples is not None:
+            target_samples = target_samples.to(next(flow.parameters()).device)
+        self.target_samples, self.forward_weight = target_samples, forward_weight
+        self.optimizer = make_optimizer(flow.parameters(), "adam", settings.lr)
+        self.scheduler = make_scheduler(self.optimizer, settings.warmup, settings.steps, settings.schedule)
+        self.step, self.skipped = 0, 0
+
+    @property
+    def beta(self) -> float:
+        """The annealing factor of the next step."""
+        return anneal(self.step, self.settings.anneal_steps)
+
+    def train_step(self) -> tuple[float, float] | None:
+        """One optimisation step: ``(loss, gradient norm)``, or None when it was skipped."""
+        self.flow.train()
+        torch.manual_seed(step_seed(self.settings.seed, self.step + self.skipped))
+        loss = reverse_kl(self.flow, self.target, self.settings.batch_size, self.beta,
+                          self.target_samples, self.forward_weight).loss  # fmt: skip
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        clip = self.settings.clip if self.settings.clip > 0 else math.inf
+        norm = torch.nn.utils.clip_grad_norm_(self.flow.parameters(), clip)
+        loss_value, norm_value = loss.item(), norm.item()
+        if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
+            self.optimizer.zero_grad(set_to_none=True)
+            self.skipped += 1
+            if self.skipped >= MAX_SKIPS_IN_A_ROW:
+                raise ClayflowError(
+                    f"the reverse KL was not finite in {MAX_SKIPS_IN_A_ROW} steps in a row at step {self.step + 1}: "
+                    "the target gives -inf or nan where the flow puts samples; try a lower --lr, a longer "
+                    "--anneal, or a target that is finite everywhere"
+                )
+            return None
+        self.skipped = 0
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        return loss_value, norm_value
+
+    def evaluate(self, samples: int) -> ImportanceWeights:
+        """Importance weights of ``samples`` fresh draws (seeded by the step; torch's random
+        stream is left as it was)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(step_seed(self.settings.seed + EVAL_SEED, self.step))
+            return draw_weights(self.flow, self.target, samples)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.flow.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "step": self.step, "skipped": self.skipped}  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.flow.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.skipped = int(state["step"]), int(state.get("skipped", 0))
 
 
 @dataclass
@@ -55,6 +149,7 @@ def fit_target(
     warmup: int = 0,
     anneal_steps: int = 0,
     clip: float = 10.0,
+    seed: int = 0,
     eval_every: int = 500,
     eval_samples: int = 8192,
     target_samples: Tensor | None = None,
@@ -67,58 +162,41 @@ def fit_target(
     ``anneal_steps``. Every ``eval_every`` steps (and at 0 and the end) ``eval_samples`` fresh
     draws give ESS, log Ẑ, its standard error, the ELBO and Pareto k̂; ``callback`` gets each
     row. ``max_seconds``: stop (and evaluate) once training has taken that long, evaluations
-    not counted, for comparisons at equal wall-clock. A step whose loss or gradient is not finite is skipped (10 in a row stop training
-    with a ``ClayflowError``). Seeds come from torch's global generator (``torch.manual_seed``).
+    not counted, for comparisons at equal wall-clock. Draws are seeded from ``seed``.
     """
-    if target.dims != _dims(flow):
-        raise ClayflowError(f"the flow has {_dims(flow)} dimensions and target {target.name} {target.dims}")
-    flow.train()
-    optimizer = make_optimizer(flow.parameters(), "adam", lr)
-    scheduler = make_scheduler(optimizer, warmup, steps, schedule)
+    settings = Settings(steps, batch_size, lr, schedule, warmup, anneal_steps, clip, seed)
+    training = ReverseKLTraining(flow, target, settings, target_samples, forward_weight)
     result = VariationalResult(flow)
-    losses, skipped_in_a_row, started = [], 0, time.perf_counter()
+    losses: list[float] = []
 
-    def evaluate(step: int, beta: float) -> None:
-        result.seconds += time.perf_counter() - started
-        result.weights = draw_weights(flow, target, eval_samples)
-        row = {"step": step, "loss": sum(losses) / len(losses) if losses else math.nan, "beta": beta,
-               **result.weights.summary(), "seconds": result.seconds}  # fmt: skip
+    def evaluate() -> None:
+        result.weights = training.evaluate(eval_samples)
+        row = {"step": training.step, "loss": sum(losses) / len(losses) if losses else math.nan,
+               "beta": training.beta, **result.weights.summary(), "seconds": result.seconds}  # fmt: skip
         result.history.append(row)
         losses.clear()
         if callback is not None:
             callback(row)
 
-    evaluate(0, anneal(0, anneal_steps))
-    started = time.perf_counter()
-    step = 0
-    while step < steps:
-        beta = anneal(step, anneal_steps)
-        loss = reverse_kl(flow, target, batch_size, beta, target_samples, forward_weight).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(flow.parameters(), clip if clip > 0 else math.inf)
-        if not (torch.isfinite(loss) and torch.isfinite(norm)):
-            skipped_in_a_row += 1
-            if skipped_in_a_row >= MAX_SKIPS_IN_A_ROW:
-                raise ClayflowError(f"the reverse KL was not finite in {MAX_SKIPS_IN_A_ROW} steps in a row at step "
-                                    f"{step + 1}: the target gives -inf or nan where the flow puts samples; "
-                                    "try a lower lr, annealing, or a target finite everywhere")  # fmt: skip
+    evaluate()
+    while training.step < steps:
+        started = time.perf_counter()
+        taken = training.train_step()
+        result.seconds += time.perf_counter() - started
+        if taken is None:
             continue
-        skipped_in_a_row = 0
-        optimizer.step()
-        scheduler.step()
-        losses.append(loss.item())
-        step += 1
-        out_of_time = max_seconds is not None and result.seconds + time.perf_counter() - started >= max_seconds
-        if step % eval_every == 0 or step == steps or out_of_time:
-            evaluate(step, beta)
-            started = time.perf_counter()
+        losses.append(taken[0])
+        out_of_time = max_seconds is not None and result.seconds >= max_seconds
+        if training.step % eval_every == 0 or training.step == steps or out_of_time:
+            evaluate()
         if out_of_time:
             break
+    flow.eval()
     return result
 
 
-def _dims(flow: Flow) -> int:
+def flow_dims(flow: Flow) -> int:
+    """D of a flow of vectors ``(B, D)``; a ``ClayflowError`` for images."""
     shape = flow.event_shape or flow.latent_shape
     if shape is None or len(shape) != 1:
         raise ClayflowError("fit a flow of vectors (B, D) to a target")

@@ -34,11 +34,14 @@ class ReverseKLStep:
 def reverse_kl(flow: Flow, target: Target, samples: int, beta: float = 1.0,
                target_samples: Tensor | None = None, forward_weight: float = 0.0) -> ReverseKLStep:  # fmt: skip
     """``mean(log q(x) - β log p̃(x))`` over ``samples`` draws of the flow (the reverse KL up to
-    log Z at β = 1), mixed with ``forward_weight`` of the NLL of ``target_samples`` ``(m, D)``."""
+    log Z at β = 1), mixed with ``forward_weight`` of the NLL of ``target_samples`` ``(m, D)``
+    (a random ``samples`` of them when there are more)."""
     x, log_q = flow.sample_and_log_prob(samples)
     log_target = target(x)
     loss = (log_q - beta * log_target).mean()
     if target_samples is not None and forward_weight > 0:
+        if len(target_samples) > samples:
+            target_samples = target_samples[torch.randint(len(target_samples), (samples,), device=target_samples.device)]
         loss = (1 - forward_weight) * loss - forward_weight * flow.log_prob(target_samples).mean()
     return ReverseKLStep(loss, log_target.detach(), log_q.detach())
 
