@@ -116,3 +116,11 @@ def test_contexts_are_required_exactly_when_the_flow_is_conditional():
         verify(models.realnvp(3, layers=2, hidden=8), x, context=c)
     with pytest.raises(UsageError, match="at the rows' contexts"):
         explain(flow, x)
+
+
+def test_a_conditional_cnf_at_one_context_draws_its_trajectories(tmp_path):
+    """The trajectory picture calls a CNF's forward_with_stats, which the held context reaches too."""
+    from clayflow.plotting.explain import plot_cnf_trajectories
+
+    flow, _, c = conditional("cnf")
+    assert plot_cnf_trajectories(at_context(flow, c[:1]), tmp_path / "trajectories.png").exists()

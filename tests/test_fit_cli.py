@@ -55,8 +55,7 @@ def test_sample_writes_importance_weights_or_resamples(fitted, capsys):
     assert np.allclose(values[:, 2], expected, atol=1e-3)
     assert cli("sample", run, "--n", 4000, "--resample", "--out", folder / "r.csv") == 0
     resampled = np.loadtxt(folder / "r.csv", delimiter=",", skiprows=1)
-    raw = clayflow.load(run).sample(40000)[:, 0].std().item()
-    assert abs(resampled[:, 0].std() - 2) < min(abs(raw - 2), 0.3), raw  # the banana's x1 ~ N(0, 2^2)
+    assert abs(resampled[:, 0].std() - 2) < 0.1  # the banana's x1 ~ N(0, 2^2)
     assert "ESS" in capsys.readouterr().out
 
 
@@ -94,7 +93,7 @@ def test_an_interrupted_or_crashed_run_resumes_to_the_same_numbers(tmp_path, mon
             fit(config, tmp_path / "cut", progress=False, stop=stop)
     kept = torch.load(tmp_path / "cut" / "checkpoints" / "last.pt", weights_only=True)["step"]
     assert kept == (20 if crash else 31)  # a crash keeps the last checkpoint; a signal saves after its step
-    resumed = fit(FitConfig(), tmp_path / "cut", resume=True, progress=False)
+    resumed = fit(None, tmp_path / "cut", resume=True, progress=False)
     assert resumed["log_z"] == whole["log_z"] and resumed["ess"] == whole["ess"]
     whole_rows, cut_rows = ([row.split(",")[:-1] for row in (tmp_path / run / "metrics.csv").read_text().splitlines()]
                             for run in ("whole", "cut"))  # every column but the elapsed time  # fmt: skip
@@ -157,3 +156,17 @@ def test_draws_of_the_target_mix_their_nll_into_the_loss(tmp_path, monkeypatch):
     assert json.loads((run / "config.json").read_text())["samples"] == str(tmp_path / "draws.csv")
     np.savetxt(tmp_path / "three.csv", np.zeros((5, 3)), delimiter=",")
     assert cli("fit", "--target", "banana", "--samples", tmp_path / "three.csv", "--out", tmp_path / "bad") == 2
+
+
+def test_a_longer_resume_keeps_the_annealing_and_refuses_other_changes(tmp_path):
+    """The anneal steps are recorded resolved (a fifth of the first --steps): resuming with a
+    larger --steps continues at beta = 1, and an option given again unchanged is no change."""
+    config = {"target": "u1", "steps": 40, "eval_every": 20, "eval_samples": 500, "batch_size": 64,
+              "options": {"layers": 2, "hidden": 16}}  # fmt: skip
+    fit(config, tmp_path / "run", progress=False)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["anneal"] == 8
+    fit({"steps": 60, "device": "cpu", "model": "realnvp"}, tmp_path / "run", resume=True, progress=False)
+    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[1:]
+    assert [row.split(",")[2] for row in rows] == ["0.01", "1.0", "1.0", "1.0"]  # beta at steps 0, 20, 40, 60
+    with pytest.raises(clayflow.UsageError, match="--model cannot change"):
+        fit({"model": "maf"}, tmp_path / "run", resume=True, progress=False)

@@ -60,7 +60,7 @@ def test_conv1x1_inverse_is_cached_in_eval_and_follows_weight_changes():
 
 
 @pytest.mark.parametrize("lu", [False, True])
-def test_conv1x1_inverse_follows_a_fused_optimiser_step(lu):
+def test_conv1x1_inverse_follows_a_fused_optimiser_step_and_a_dtype_change(lu):
     """Fused Adam updates the weights in place without bumping their version counters: a
     cache keyed by those gave the inverse of the old weights after training (found by a
     reverse-KL fit, whose log q of samples was 84 nats off its log_prob)."""
@@ -76,6 +76,10 @@ def test_conv1x1_inverse_follows_a_fused_optimiser_step(lu):
     with torch.no_grad():
         x, _ = conv.inverse(z)
         torch.testing.assert_close(conv(x)[0], z, atol=1e-5, rtol=0)
+        conv.double()  # the cache is a plain attribute, which .double() leaves in float32
+        x, _ = conv.inverse(z.double())
+        assert x.dtype == torch.float64
+        torch.testing.assert_close(conv(x)[0], z.double(), atol=1e-5, rtol=0)
 
 
 def test_temperature_scales_sigma_of_the_learned_prior_and_keeps_its_mean():

@@ -138,7 +138,7 @@ def test_a_flow_fitted_by_reverse_kl_finds_the_normaliser(one_thread):
 def test_fitting_refuses_a_mismatch_and_a_target_that_is_never_finite():
     with pytest.raises(ClayflowError, match="2 dimensions and target funnel 10"):
         fit_target(models.realnvp(2, layers=2, hidden=8), load_target("funnel"), steps=1)
-    nowhere = Target("nowhere", 2, lambda x: torch.full((len(x),), -math.inf))
+    nowhere = Target("nowhere", 2, lambda x: 0 * x[:, 0] - math.inf)
     with pytest.raises(ClayflowError, match="not finite in 10 steps in a row"):
         fit_target(models.realnvp(2, layers=2, hidden=8), nowhere, steps=5, eval_samples=64)
 
@@ -162,3 +162,25 @@ def test_every_family_that_samples_can_be_fitted(name, one_thread):
     result = fit_target(flow, load_target("banana"), steps=40, eval_every=40, eval_samples=1000, batch_size=128, lr=3e-3)
     first, last = result.history[0], result.history[-1]
     assert math.isfinite(last["elbo"]) and last["elbo"] > first["elbo"], (first, last)
+
+
+def test_the_planar_inverse_has_the_gradients_of_the_map_it_inverts():
+    """The bisection carries no gradient; the Newton step at the root gives the implicit
+    function theorem's: gradcheck w.r.t. the data and u, w, b, in float64."""
+    layer = T.Planar(3).double()
+    with torch.no_grad():
+        layer.u.copy_(torch.tensor([0.9, -0.4, 0.3]))
+        layer.b.fill_(0.2)
+    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    parameters = [layer.u, layer.w, layer.b]
+
+    def forward(x, u, w, b):
+        return torch.func.functional_call(layer, {"u": u, "w": w, "b": b}, (x,))
+
+    assert torch.autograd.gradcheck(forward, (x, *[p.detach().clone().requires_grad_() for p in parameters]))
+
+
+def test_a_target_without_a_gradient_is_refused():
+    detached = Target("numpy", 2, lambda x: torch.as_tensor(-(x.detach().numpy() ** 2).sum(1)))
+    with pytest.raises(UsageError, match="without a gradient"):
+        reverse_kl(models.realnvp(2, layers=2, hidden=8), detached, 16)

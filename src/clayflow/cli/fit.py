@@ -30,9 +30,9 @@ def add_arguments(p: argparse.ArgumentParser, device_type) -> None:
     p.add_argument("--samples", metavar="FILE",
                    help="a .csv/.npy of draws from the target, where some exist: their NLL (forward KL) is "
                         "mixed into the loss")  # fmt: skip
-    p.add_argument("--forward-weight", type=float, default=defaults.forward_weight, metavar="A",
+    p.add_argument("--forward-weight", type=float, metavar="A",
                    help=f"with --samples: loss = (1 - A) reverse KL + A NLL of the samples (default: {defaults.forward_weight})")  # fmt: skip
-    p.add_argument("--model", default=defaults.model, metavar="MODEL",
+    p.add_argument("--model", metavar="MODEL",
                    help="realnvp (default), nice, glow, maf, iaf, nsf, cnf, planar or radial")  # fmt: skip
     group = p.add_argument_group("model options (as clayflow train's; each model takes its own)")
     for name, kind in MODEL_OPTIONS.items():
@@ -42,20 +42,20 @@ def add_arguments(p: argparse.ArgumentParser, device_type) -> None:
         ("steps", "optimisation steps"), ("batch_size", "draws per step"), ("lr", "Adam's learning rate"),
         ("schedule", "cosine or constant"), ("warmup", "linear warm-up steps"),
         ("anneal", "steps over which the target's power beta rises from 0.01 to 1 (0: none; default: a fifth of --steps)"),
-        ("clip", "gradient norm clip (0: none)"), ("seed", "seed of every draw"),
+        ("clip", "gradient norm clip (0: none)"), ("seed", "seed of the initial weights and of every draw"),
         ("eval_every", "steps between evaluations (ESS, log Z)"), ("eval_samples", "draws per evaluation"),
         ("checkpoint_every", "steps between checkpoints"),
     ):  # fmt: skip
         default = getattr(defaults, name)
         shown = "" if default is None else f" (default: {default})"
         training.add_argument(f"--{name.replace('_', '-')}", type=type(default) if default is not None else int,
-                              default=default, metavar=name.upper(), help=help_text + shown)  # fmt: skip
+                              metavar=name.upper(), help=help_text + shown)  # fmt: skip
     run = p.add_argument_group("run, output and machine")
     run.add_argument("--out", metavar="DIR", help="run directory (default: runs/<model>-<target>-<time>)")
     run.add_argument("--resume", metavar="RUN", help="continue the run in RUN from its last checkpoint")
     run.add_argument("--force", action="store_true", help="replace an existing run directory given by --out")
     run.add_argument("--threads", type=int, metavar="N", help="CPU threads (default: torch's)")
-    run.add_argument("--device", type=device_type, default="cpu", help="device (default: cpu)")
+    run.add_argument("--device", type=device_type, help="device (default: cpu)")
     run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="progress bar (default: on a terminal; else a log line every 250 steps or 30 seconds)")  # fmt: skip
     run.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True, help="write plots (default: on)")
@@ -72,16 +72,18 @@ def run(args: argparse.Namespace, load_run) -> int:
         raise UsageError("--out and --resume name different directories; --resume continues in place")
     if not args.resume and not args.target:
         raise UsageError("give --target (a built-in target or module:function), or --resume RUN")
-    values = {f.name: getattr(args, f.name) for f in fields(FitConfig) if hasattr(args, f.name) and f.name != "options"}
-    values["options"] = {name: getattr(args, name) for name in MODEL_OPTIONS if hasattr(args, name)}
-    values["target"] = _absolute_file(args.target or "")
+    # The options given (None: not given), so that a resumed run can tell a change from a default.
+    given = {f.name: getattr(args, f.name) for f in fields(FitConfig) if getattr(args, f.name, None) is not None}
+    if options := {name: getattr(args, name) for name in MODEL_OPTIONS if hasattr(args, name)}:
+        given["options"] = options
+    if args.target:
+        given["target"] = _absolute_file(args.target)
     if args.samples:
-        values["samples"] = str(Path(args.samples).resolve())  # recorded so that --resume works from anywhere
-    config = FitConfig(**values)
+        given["samples"] = str(Path(args.samples).resolve())  # recorded so that --resume works from anywhere
     out = Path(args.resume or args.out) if (args.resume or args.out) else None
     stop = StopRequest()
     with stop.catching():
-        results = fit(config, out, resume=bool(args.resume), force=args.force, progress=args.progress, stop=stop)
+        results = fit(given, out, resume=bool(args.resume), force=args.force, progress=args.progress, stop=stop)
     truth = "" if results["log_z_true"] is None else f" (true {results['log_z_true']:.4f}, error {results['log_z_error']:+.4f})"
     print(f"fitted {results['model']} to {results['target']} for {results['steps']} steps in "
           f"{results['train_seconds']:.0f} s: ESS {100 * results['ess']:.1f}% of {results['eval_samples']} draws, "

@@ -13,6 +13,7 @@ import torch
 from clayflow.errors import ClayflowError, UsageError
 
 CHUNK = {"rows": 65536, "images": 256}  # samples drawn at once
+TARGET_CHUNK = 4096  # draws whose target density is evaluated at once (a posterior's costs data x draws)
 
 
 def add_arguments(p: argparse.ArgumentParser, device_type) -> None:
@@ -106,16 +107,20 @@ def _fitted(args: argparse.Namespace, flow, payload: dict, n: int) -> int:
     if args.weights and args.resample:
         raise UsageError("resampled draws all carry the same weight: give --weights or --resample, not both")
     check_output_path(args.out, (".csv", ".npy"), args.force)
-    config = payload.get("config") or {}
-    target = load_target(payload["target"], config.get("dims"))
     torch.manual_seed(args.seed)
     pool = max(10 * n, 10_000) if args.resample else n
     weights = None
     with torch.no_grad():
-        if args.weights or args.resample:
-            draws = [flow.sample_and_log_prob(len(c)) for c in torch.arange(pool).split(CHUNK["rows"])]
-            x = torch.cat([d[0] for d in draws]).cpu()
-            weights = ImportanceWeights(target(x), torch.cat([d[1] for d in draws]).cpu())
+        if args.weights or args.resample:  # the target only now: plain draws need not find its file
+            target = load_target(payload["target"], (payload.get("config") or {}).get("dims"))
+            xs, log_targets, log_qs = [], [], []
+            for chunk in torch.arange(pool).split(TARGET_CHUNK):
+                x, log_q = flow.sample_and_log_prob(len(chunk))
+                xs.append(x.cpu())
+                log_targets.append(target(x).cpu())
+                log_qs.append(log_q.cpu())
+            x = torch.cat(xs)
+            weights = ImportanceWeights(torch.cat(log_targets), torch.cat(log_qs))
         else:
             x = torch.cat([flow.sample(len(c), args.temperature).cpu() for c in torch.arange(n).split(CHUNK["rows"])])
     _check_finite(x, args.temperature)

@@ -34,7 +34,8 @@ def at_context(flow: Flow, context: Tensor) -> Flow:
     context row (N = 1) gives the density p(x | c) of one c, which integrates to 1. Every
     leaf layer holds the encoded rows as a buffer (so ``.double()`` and copies keep them) and
     uses them whenever it is called without a context; layers keep their class for
-    ``isinstance`` (a subclass of the same name, as ``diagnostics.faults.break_layer`` does).
+    ``isinstance`` (a subclass of the same name, as ``diagnostics.faults.break_layer`` does),
+    so the copy cannot be pickled: save the original flow, and hold it at contexts again.
     """
     if not flow.context_features:
         raise ValueError("at_context takes a conditional flow (context_features > 0)")
@@ -68,6 +69,10 @@ def _bound_class(cls: type) -> type:
         "__module__": cls.__module__,
         "__qualname__": cls.__qualname__,
     }
+    if hasattr(cls, "forward_with_stats"):  # a CNF's forward with its solver statistics
+        methods["forward_with_stats"] = lambda self, x, regularize=False, context=None: cls.forward_with_stats(
+            self, x, regularize, rows(self, len(x), context)
+        )
     if hasattr(cls, "trajectory"):
         methods["trajectory"] = lambda self, z, steps=6, context=None: cls.trajectory(self, z, steps, rows(self, len(z), context))
     _BOUND_CLASSES[cls] = type(cls.__name__, (cls,), methods)

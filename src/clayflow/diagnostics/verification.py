@@ -71,6 +71,8 @@ def verify(flow: Flow, data: Tensor, *, context: Tensor | None = None, rows: int
     single = None
     if context is not None:
         context = torch.as_tensor(context)[: len(data)]
+        if len(context) == 1:  # one context for every example, as log_prob takes it
+            context = context.expand(len(data), -1)
         if len(context) != len(data):
             raise UsageError(f"verify takes one context row per example: {len(data)} examples, {len(context)} contexts")
         flow, single = at_context(flow, context), at_context(flow, context[:1]).eval()

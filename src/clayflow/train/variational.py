@@ -60,7 +60,7 @@ class FitConfig:
     device: str = "cpu"
 
     def settings(self) -> Settings:
-        anneal = self.steps // 5 if self.anneal is None else self.anneal
+        anneal = self.steps // 5 if self.anneal is None else self.anneal  # a new run records it resolved
         return Settings(self.steps, self.batch_size, self.lr, self.schedule, self.warmup, anneal, self.clip, self.seed)
 
     def check(self) -> None:
@@ -85,13 +85,19 @@ class FitConfig:
         return {"kind": KIND, **asdict(self)}
 
 
-def fit(config: FitConfig, out: Path | None, *, resume: bool = False, force: bool = False,
+def fit(config: FitConfig | dict[str, Any] | None, out: Path | None, *, resume: bool = False, force: bool = False,
         progress: bool | None = None, stop: StopRequest | None = None) -> dict[str, Any]:  # fmt: skip
     """Fit ``config.model`` to ``config.target`` in the run directory ``out`` (new, or resumed
-    from its last checkpoint); returns the contents of ``results.json`` (with ``run_dir``)."""
+    from its last checkpoint); returns the contents of ``results.json`` (with ``run_dir``).
+    With ``resume``, ``config`` is None or a dict of the options given again: the run keeps its
+    own, and only the ``RESUMABLE`` ones may change."""
     stop = stop or StopRequest()
     if resume:
-        config = resumed_fit_config(out, config)
+        config = resumed_fit_config(out, config or {})
+    elif not isinstance(config, FitConfig):
+        config = FitConfig(**(config or {}))
+    if config.anneal is None:
+        config.anneal = config.steps // 5  # recorded, so that a longer --steps on resume keeps it
     config.check()
     target = load_target(config.target, config.dims)
     samples, forward_weight = _target_samples(config, target)
@@ -102,14 +108,14 @@ def fit(config: FitConfig, out: Path | None, *, resume: bool = False, force: boo
     checkpoint = None
     if resume:
         run = ExistingRun(out)
-        if (out / CHECKPOINT_NAME).exists():
-            checkpoint = read_checkpoint(out, map_location=resolve_device(config.device))
     else:
-        run = NewRun(out or default_run_dir(config.model, config.target.replace(":", "-").replace("/", "-")),
-                     force=force, unique=out is None)  # fmt: skip
+        run = NewRun(out or default_run_dir(config.model, _name(config.target)), force=force, unique=out is None)
     try:
-        if checkpoint is not None:
-            training.load_state_dict(checkpoint)
+        if resume:
+            run.remove_stale_temporaries()  # of a checkpoint write that a kill cut short
+            if (out / CHECKPOINT_NAME).exists():
+                checkpoint = read_checkpoint(out, map_location=resolve_device(config.device))
+                training.load_state_dict(checkpoint)
         write_json(run.path / "config.json", config.to_dict())
         return _Fitting(config, run, target, spec, training, checkpoint, progress, stop).run()
     except BaseException:
@@ -131,23 +137,30 @@ def _target_samples(config: FitConfig, target: Target) -> tuple[torch.Tensor | N
     return torch.as_tensor(values, dtype=torch.get_default_dtype()), config.forward_weight
 
 
-def resumed_fit_config(out: Path | None, given: FitConfig) -> FitConfig:
-    """The run's own config, with the resumable options of ``given`` that differ from the defaults."""
+def _name(target: str) -> str:
+    """A target as a part of a run directory's name: ``u1``, ``model-log_posterior``."""
+    module, _, function = target.rpartition(":")
+    return f"{Path(module).stem.split('.')[-1]}-{function}" if module else target
+
+
+def resumed_fit_config(out: Path | None, given: dict[str, Any]) -> FitConfig:
+    """The run's own config, with the options ``given`` again: equal to the run's, or resumable."""
     if out is None or not (out / "config.json").exists():
         raise UsageError(f"{out} is not a run of clayflow fit (no config.json); give the run directory to --resume")
     saved = read_json(out / "config.json")
     if saved.get("kind") != KIND:
         raise UsageError(f"{out} was trained by clayflow train; continue it with: clayflow train --resume {out}")
     saved.pop("kind")
-    config = FitConfig(**{k: v for k, v in saved.items() if k in {f.name for f in fields(FitConfig)}})
-    defaults = FitConfig()
-    for f in fields(FitConfig):
-        value = getattr(given, f.name)
-        if value != getattr(defaults, f.name) and value != getattr(config, f.name):
-            if f.name not in RESUMABLE:
-                raise UsageError(f"--{f.name.replace('_', '-')} cannot change on --resume (the run has "
-                                 f"{getattr(config, f.name)!r}); only {', '.join(sorted(RESUMABLE))} can")  # fmt: skip
-            setattr(config, f.name, value)
+    names = {f.name for f in fields(FitConfig)}
+    config = FitConfig(**{k: v for k, v in saved.items() if k in names})
+    for name, value in given.items():
+        if name not in names:
+            raise UsageError(f"clayflow fit has no option {name!r}")
+        if value != getattr(config, name):
+            if name not in RESUMABLE:
+                raise UsageError(f"--{name.replace('_', '-')} cannot change on --resume (the run has "
+                                 f"{getattr(config, name)!r}); only {', '.join(sorted(RESUMABLE))} can")  # fmt: skip
+            setattr(config, name, value)
     return config
 
 
@@ -245,7 +258,8 @@ class _Fitting:
                    **{k: final[k] for k in ("ess", "log_z", "log_z_se", "elbo", "pareto_k")},
                    "eval_samples": self.config.eval_samples, "log_z_true": self.target.log_z,
                    "log_z_error": None if self.target.log_z is None else final["log_z"] - self.target.log_z}  # fmt: skip
-        write_json(self.run_dir.path / "results.json", results)
+        write_json(self.run_dir.path / "results.json",
+                   {k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in results.items()})  # fmt: skip
         return {**results, "run_dir": str(self.run_dir.path)}
 
 

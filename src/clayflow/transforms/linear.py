@@ -102,7 +102,9 @@ class InvertibleConv1x1(Transform):
             return torch.linalg.inv(weight)
         # Keyed by the weight's values: a fused optimiser step updates parameters in place
         # without bumping their version counters, so (data_ptr, _version) would go stale.
-        if self._inverse_cache is None or not torch.equal(self._inverse_cache[0], weight):
+        cached = self._inverse_cache  # a plain attribute: .double() and .to() leave it as it was
+        if cached is None or cached[0].dtype != weight.dtype or cached[0].device != weight.device \
+                or not torch.equal(cached[0], weight):  # fmt: skip
             self._inverse_cache = (weight.clone(), torch.linalg.inv(weight))
         return self._inverse_cache[1]
 

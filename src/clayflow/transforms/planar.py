@@ -31,7 +31,9 @@ class Planar(Transform):
     ``forward`` (x -> z): with s = wᵀx, the root α = wᵀz of α + (wᵀû) tanh(α + b) = s lies in
     [s - |wᵀû|, s + |wᵀû|]; bisection halves that bracket to the input dtype's resolution (64
     halvings in float64), then one Newton step carries the gradient (the implicit function
-    theorem's, exact at the root). z = x - û tanh(α + b).
+    theorem's, exact at the root). z = x - û tanh(α + b). Second derivatives through
+    ``forward`` (a Jacobian penalty on log p of data) lack the root's second-order terms;
+    ``inverse``, which sampling and reverse KL use, is exact to every order.
 
     In float32, wᵀu below about -17 rounds wᵀû to -1 exactly: the map is then flat where
     wᵀz + b = 0 and round trips there lose digits (float64 holds to about -37).

@@ -32,6 +32,7 @@ from clayflow.variational.targets import Target
 from clayflow.variational.weights import ImportanceWeights
 
 MAX_SKIPS_IN_A_ROW = 10
+SKIP_STREAM = 7_919  # seeds of the retries of a skipped step
 EVAL_SEED = 12_345  # evaluation draws: the same at a step whether or not the run was resumed
 
 
@@ -84,7 +85,8 @@ class ReverseKLTraining:
     def train_step(self) -> tuple[float, float] | None:
         """One optimisation step: ``(loss, gradient norm)``, or None when it was skipped."""
         self.flow.train()
-        torch.manual_seed(step_seed(self.settings.seed, self.step + self.skipped))
+        # A retried (skipped) step draws from its own stream, not from the next step's seed.
+        torch.manual_seed(step_seed(self.settings.seed + SKIP_STREAM * self.skipped, self.step))
         loss = reverse_kl(self.flow, self.target, self.settings.batch_size, self.beta,
                           self.target_samples, self.forward_weight).loss  # fmt: skip
         self.optimizer.zero_grad(set_to_none=True)
@@ -111,7 +113,8 @@ class ReverseKLTraining:
     def evaluate(self, samples: int) -> ImportanceWeights:
         """Importance weights of ``samples`` fresh draws (seeded by the step; torch's random
         stream is left as it was)."""
-        with torch.random.fork_rng(devices=[]):
+        device = next(self.flow.parameters()).device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(step_seed(self.settings.seed + EVAL_SEED, self.step))
             return draw_weights(self.flow, self.target, samples)
 
@@ -147,7 +150,7 @@ def fit_target(
     lr: float = 1e-3,
     schedule: str = "cosine",
     warmup: int = 0,
-    anneal_steps: int = 0,
+    anneal_steps: int | None = None,
     clip: float = 10.0,
     seed: int = 0,
     eval_every: int = 500,
@@ -159,11 +162,13 @@ def fit_target(
 ) -> VariationalResult:
     """Minimise the reverse KL of ``flow`` to ``target`` (``objective.reverse_kl``) with Adam
     for ``steps`` steps of ``batch_size`` draws; β anneals from 0.01 to 1 over the first
-    ``anneal_steps``. Every ``eval_every`` steps (and at 0 and the end) ``eval_samples`` fresh
+    ``anneal_steps`` (default: a fifth of the steps, as ``clayflow fit``). Every ``eval_every`` steps (and at 0 and the end) ``eval_samples`` fresh
     draws give ESS, log Ẑ, its standard error, the ELBO and Pareto k̂; ``callback`` gets each
     row. ``max_seconds``: stop (and evaluate) once training has taken that long, evaluations
-    not counted, for comparisons at equal wall-clock. Draws are seeded from ``seed``.
+    not counted, for comparisons at equal wall-clock. Draws are seeded from ``seed`` (each step
+    sets torch's global seed: ``torch.manual_seed`` afterwards for other random work).
     """
+    anneal_steps = steps // 5 if anneal_steps is None else anneal_steps
     settings = Settings(steps, batch_size, lr, schedule, warmup, anneal_steps, clip, seed)
     training = ReverseKLTraining(flow, target, settings, target_samples, forward_weight)
     result = VariationalResult(flow)

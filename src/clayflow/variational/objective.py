@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from clayflow.core import Flow
+from clayflow.errors import UsageError
 from clayflow.variational.targets import Target
 
 
@@ -38,6 +39,9 @@ def reverse_kl(flow: Flow, target: Target, samples: int, beta: float = 1.0,
     (a random ``samples`` of them when there are more)."""
     x, log_q = flow.sample_and_log_prob(samples)
     log_target = target(x)
+    if x.requires_grad and not log_target.requires_grad:
+        raise UsageError(f"target {target.name} gives log p~ without a gradient: compute it from x with torch "
+                         "operations (its gradient drives the fit; values through numpy or .detach() have none)")  # fmt: skip
     loss = (log_q - beta * log_target).mean()
     if target_samples is not None and forward_weight > 0:
         if len(target_samples) > samples:

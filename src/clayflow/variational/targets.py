@@ -26,6 +26,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import math
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -174,7 +175,10 @@ def load_target(spec: str, dims: int | None = None) -> Target:
     """A built-in target by name, or ``module:name`` / ``path/file.py:name`` (a ``Target``, or a
     function ``(B, D) -> (B,)`` whose ``dims`` attribute, or the ``dims`` given, says D)."""
     if spec in TARGETS:
-        return TARGETS[spec]()
+        target = TARGETS[spec]()
+        if dims is not None and dims != target.dims:
+            raise UsageError(f"target {spec} has {target.dims} dimensions, not {dims}")
+        return target
     if ":" not in spec:
         raise UsageError(f"unknown target {spec!r}: give one of {', '.join(TARGETS)}, or module:function")
     module_name, _, attribute = spec.rpartition(":")
@@ -201,10 +205,14 @@ def _import(name: str):
             raise UsageError(f"{name}: no such file")
         module_spec = importlib.util.spec_from_file_location(path.stem, path)
         module = importlib.util.module_from_spec(module_spec)
-        sys.modules.setdefault(path.stem, module)
-        module_spec.loader.exec_module(module)
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as exc:  # noqa: BLE001 - the user's file: any error is theirs to see in one line
+            raise UsageError(f"{name} failed to load: {type(exc).__name__}: {exc}") from None
         return module
+    if "" not in sys.path and os.getcwd() not in sys.path:  # as `python -m` would: modules of this folder
+        sys.path.insert(0, os.getcwd())
     try:
         return importlib.import_module(name)
     except ImportError as exc:
-        raise UsageError(f"cannot import {name}: {exc}") from None
+        raise UsageError(f"cannot import {name}: {exc} (a file of this folder: give file.py:function)") from None

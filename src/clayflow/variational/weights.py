@@ -23,10 +23,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from clayflow.errors import ClayflowError
 
 RELIABLE_K = 0.7  # PSIS's threshold for a reliable estimate at a sample size in the thousands
 
@@ -38,7 +41,7 @@ class ImportanceWeights:
     log_target: Tensor
     log_q: Tensor
 
-    @property
+    @cached_property
     def log_w(self) -> Tensor:
         """log wᵢ = log p̃(xᵢ) - log q(xᵢ) ``(n,)``, float64 (non-finite where p̃ is 0)."""
         return (self.log_target.double() - self.log_q.double()).detach().cpu()
@@ -76,7 +79,7 @@ class ImportanceWeights:
         from scipy.stats import genpareto
 
         log_w = np.sort(self.log_w.numpy())
-        tail = int(min(self.n / 5, 3 * math.sqrt(self.n)))
+        tail = math.ceil(min(self.n / 5, 3 * math.sqrt(self.n)))
         if tail < 5 or not np.isfinite(log_w[-1]):
             return math.nan
         shift = log_w[-1]  # weights relative to the largest, so exp does not overflow
@@ -94,5 +97,9 @@ class ImportanceWeights:
     def resample(self, count: int, generator: torch.Generator | None = None) -> Tensor:
         """Indices of ``count`` draws with replacement in proportion to the weights (sampling
         importance resampling: the draws then follow p more closely than q's)."""
-        probabilities = torch.softmax(self.log_w, 0)
-        return torch.multinomial(probabilities, count, replacement=True, generator=generator)
+        if self.ess == 0:
+            raise ClayflowError("no draw has a positive finite weight (the target is 0 or nan at every draw): "
+                                "nothing to resample")  # fmt: skip
+        cumulative = torch.cumsum(torch.softmax(self.log_w, 0), 0)  # searchsorted: any n, unlike multinomial
+        uniforms = torch.rand(count, generator=generator, dtype=cumulative.dtype) * cumulative[-1]
+        return torch.searchsorted(cumulative, uniforms).clamp_max(self.n - 1)
