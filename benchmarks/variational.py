@@ -2,7 +2,7 @@
 
     python benchmarks/variational.py [--seeds 0 1 2] [--targets ...] [--steps N] [--out DIR]
 
-Each fit is the command a user runs, ``clayflow fit --target T --seed S`` (defaults unless
+Each fit is the command a user runs, ``clayflow fit --target T --seed S --threads 1`` (defaults unless
 ``--steps``/``--model`` say otherwise; funnel and the posterior with ``--steps 10000`` by
 default, see ``STEPS``). Reported per target (mean and spread over seeds): ESS (share of
 ``EVAL`` fresh draws), log Ẑ - log Z (the truth: closed form for banana, the Gaussian mixture
@@ -63,7 +63,7 @@ def fit(target: str, seed: int, out: Path, steps: int | None, model: str) -> dic
     run = out / "runs" / f"{target}-{model}-seed{seed}"
     if not (run / "results.json").exists():
         command = [sys.executable, "-m", "clayflow", "fit", "--target", target, "--model", model, "--seed", str(seed),
-                   "--no-plots", "--no-progress", "--out", str(run), "--force"]  # fmt: skip
+                   "--no-plots", "--no-progress", "--threads", "1", "--out", str(run), "--force"]  # fmt: skip
         if steps:
             command += ["--steps", str(steps)]
         subprocess.run(command, check=True, capture_output=True, text=True)
