@@ -13,7 +13,8 @@ an ``nf.distributions.Target`` for normflows. Contenders (float32, batch 512, no
 
 * ``clayflow``: ``models.realnvp(2)`` as shipped (8 affine couplings, MLP 2 x 128 ReLU, tanh-bounded
   log-scale, alternating masks, fixed N(0, I) base), trained by ``fit_target`` with its defaults
-  (fused Adam lr 1e-3, cosine decay to 0, gradient-norm clip 10) and ``anneal_steps=1000``. The
+  (fused Adam lr 1e-3, cosine decay to 0, gradient-norm clip 10), ``anneal_steps=1000`` (``clayflow fit``'s
+  default at its 5000 steps) and ``seed`` the run's (``fit_target`` seeds every step's draws). The
   cosine needs a step count: a 2-second pilot run measures steps/s and ``steps = 1.1 x rate x budget``
   (the budget stops training first, the rate then at 2 % of its peak; a shortfall would stop it early).
 * ``normflows RealNVP``: normflows' Real NVP example (``real_nvp_colab.ipynb``), 8 layers instead of
@@ -114,12 +115,12 @@ def build(library: str, target: Target) -> torch.nn.Module:
     return nf.NormalizingFlow(nf.distributions.DiagGaussian(2), flows, NormflowsTarget(target))
 
 
-def train_clayflow(flow, target: Target, budget: float) -> tuple[int, float]:
+def train_clayflow(flow, target: Target, budget: float, seed: int) -> tuple[int, float]:
     """``fit_target`` for ``budget`` s, its cosine schedule sized by a pilot run's steps/s."""
-    pilot = fit_target(models.realnvp(2), target, steps=10**9, anneal_steps=ANNEAL, max_seconds=PILOT_SECONDS,
-                       eval_every=10**9, eval_samples=256)  # fmt: skip
+    pilot = fit_target(models.realnvp(2), target, steps=10**9, anneal_steps=ANNEAL, seed=seed,
+                       max_seconds=PILOT_SECONDS, eval_every=10**9, eval_samples=256)  # fmt: skip
     steps = int(PILOT_MARGIN * pilot.history[-1]["step"] / pilot.seconds * budget)
-    result = fit_target(flow, target, steps=steps, batch_size=BATCH, lr=LR, anneal_steps=ANNEAL,
+    result = fit_target(flow, target, steps=steps, batch_size=BATCH, lr=LR, anneal_steps=ANNEAL, seed=seed,
                         max_seconds=budget, eval_every=10**9, eval_samples=256)  # fmt: skip
     return int(result.history[-1]["step"]), result.seconds
 
@@ -335,7 +336,7 @@ def main() -> None:
             for library in LIBRARIES[turn % 3 :] + LIBRARIES[: turn % 3]:
                 torch.manual_seed(seed)
                 model = build(library, target)
-                steps, seconds = (train_clayflow(model, target, args.budget) if library == CLAYFLOW
+                steps, seconds = (train_clayflow(model, target, args.budget, seed) if library == CLAYFLOW
                                   else train_normflows(model, args.budget))  # fmt: skip
                 scores = evaluate(library, model, target, log_z[name][0], 10_000 + seed)
                 row = {"target": name, "library": library, "seed": seed, "steps": steps,
