@@ -170,3 +170,14 @@ def test_a_longer_resume_keeps_the_annealing_and_refuses_other_changes(tmp_path)
     assert [row.split(",")[2] for row in rows] == ["0.01", "1.0", "1.0", "1.0"]  # beta at steps 0, 20, 40, 60
     with pytest.raises(clayflow.UsageError, match="--model cannot change"):
         fit({"model": "maf"}, tmp_path / "run", resume=True, progress=False)
+
+
+def test_heavy_tailed_weights_are_warned_about_and_the_run_is_kept(tmp_path, capsys):
+    """After 5 steps the flow is still near its N(0, I) start, far from the mixture's ring at
+    radius 4: a few draws carry all the weight, and the figures from them cannot be trusted."""
+    run = tmp_path / "early"
+    assert cli("fit", "--target", "gaussian_mixture", "--steps", 5, *SMALL, "--no-plots", "--out", run) == 0
+    captured = capsys.readouterr()
+    k = json.loads((run / "results.json").read_text())["pareto_k"]
+    assert k is None or k > 0.7
+    assert "clayflow: warning: the importance weights are heavy-tailed" in captured.err and "ESS" in captured.out

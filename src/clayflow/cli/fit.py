@@ -4,6 +4,7 @@ KL, variational inference) into a run directory, with the ESS and log Z as it go
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import fields
 from pathlib import Path
 
@@ -65,6 +66,7 @@ def run(args: argparse.Namespace, load_run) -> int:
     """Fit, print the ESS and log Z, write the plots."""
     from clayflow.train.signals import StopRequest
     from clayflow.train.variational import FitConfig, fit
+    from clayflow.variational.weights import RELIABLE_K
 
     if args.resume and args.force:
         raise UsageError("--force and --resume contradict: --resume continues a run, --force replaces one")
@@ -88,6 +90,10 @@ def run(args: argparse.Namespace, load_run) -> int:
     print(f"fitted {results['model']} to {results['target']} for {results['steps']} steps in "
           f"{results['train_seconds']:.0f} s: ESS {100 * results['ess']:.1f}% of {results['eval_samples']} draws, "
           f"log Z {results['log_z']:.4f} ± {results['log_z_se']:.4f}{truth}, Pareto k {results['pareto_k']:.2f}")  # fmt: skip
+    if not results["pareto_k"] <= RELIABLE_K:  # also when k̂ is NaN (the weights could not be fitted)
+        print(f"clayflow: warning: the importance weights are heavy-tailed (Pareto k {results['pareto_k']:.2f}, "
+              f"reliable below {RELIABLE_K}): the ESS and log Z above are unreliable; fit for more --steps, or "
+              "with a more flexible --model (nsf)", file=sys.stderr)  # fmt: skip
     print(f"run directory: {results['run_dir']}")
     if args.plots:
         print("plots: " + ", ".join(str(p) for p in plot(Path(results["run_dir"]), load_run)))
