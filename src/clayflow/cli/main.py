@@ -111,7 +111,7 @@ TRAIN_GROUPS = {
         "blocks", "augment", "actnorm", "t1", "learn_t1", "solver", "atol", "rtol", "step_size", "trace",
         "eval_trace", "adjoint", "objective", "kinetic", "jacobian", "ot",
     ),
-    "run, output and machine": ("checkpoint_every", "tensorboard", "device", "threads", "compile"),
+    "run, output and machine": ("checkpoint_every", "tensorboard", "device", "threads", "compile", "precision"),
 }  # fmt: skip
 
 

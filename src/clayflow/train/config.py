@@ -119,6 +119,7 @@ class TrainConfig:
     checkpoint_every: int = 500  # steps between checkpoints
     device: str = "auto"  # auto, cpu, cuda or cuda:N
     compile: bool = False  # torch.compile the training step (coupling flows; same numbers, faster)
+    precision: str = "fp32"  # the conditioner networks' precision while training: fp32, or bf16 (autocast; the transformations, log-dets and ODE states stay float32, and evaluation runs in float32)
     tensorboard: bool = False  # also write metrics and plots as TensorBoard events in RUN/tensorboard (pip install tensorboard)
     threads: int | None = None  # CPU threads of torch while training (default: 1 for small vector models, which more threads do not speed up and slow down several-fold on a busy machine; else one per core)
 
@@ -174,6 +175,7 @@ _CHOICES = {
     "schedule": ("cosine", "constant"),
     "objective": ("mle", "fm"),
     "nonfinite": ("stop", "skip"),
+    "precision": ("fp32", "bf16"),
 }
 
 
@@ -298,6 +300,11 @@ def _check_combinations(config: TrainConfig, source: str) -> None:
         )
     if config.compile and config.model == "cnf":
         raise UsageError(f"{source}: --compile speeds up coupling flows; CNF solves are not compiled")
+    if config.precision != "fp32" and config.model == "cnf" and config.objective != "fm":
+        raise UsageError(
+            f"{source}: --precision {config.precision} on a CNF needs --objective fm: an adaptive solve would "
+            "take ever smaller steps to meet its tolerance on a vector field rounded to 8 bits"
+        )
     if config.ot and config.objective != "fm":
         raise UsageError(f"{source}: --ot pairs noise and data for flow matching; add --objective fm")
     if config.patience and not config.select_best:

@@ -36,7 +36,7 @@ from clayflow.train.start import FIT_DATA, start_training
 # The options of the optimisation that ``fit`` takes by name (see ``TrainConfig`` for each).
 FIT_OPTIONS = frozenset(
     {
-        "optimizer", "weight_decay", "schedule", "warmup", "clip", "ema", "nonfinite", "compile",
+        "optimizer", "weight_decay", "schedule", "warmup", "clip", "ema", "nonfinite", "compile", "precision",
         "patience", "select_best", "checkpoint_every", "eval_every", "seed", "device", "threads", "tensorboard",
     }
 )  # fmt: skip

@@ -22,6 +22,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from clayflow.core import Flow, batch
 from clayflow.errors import ClayflowError, first_line
+from clayflow.nn.precision import autocast_conditioners
 from clayflow.train.checkpoint import (
     BEST_NAME,
     CHECKPOINT_NAME,
@@ -76,6 +77,7 @@ class Trainer:
         # How to continue a stopped run ("": it cannot be, its directory is temporary).
         self.resume_command = "clayflow train --resume {run_dir}" if resume_command is None else resume_command
         self.flow = flow.to(device).train()
+        autocast_conditioners(self.flow, config.precision, vector_fields=config.objective == "fm")
         self.optimizer = make_optimizer(
             self.flow.parameters(), config.optimizer, config.lr, config.weight_decay
         )

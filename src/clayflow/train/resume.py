@@ -36,8 +36,11 @@ from clayflow.train.schedule import lr_factor
 
 # Options that may change when a run is resumed; the rest define the run.
 RESUMABLE_OPTIONS = frozenset(
-    {"steps", "device", "eval_every", "checkpoint_every", "patience", "nonfinite", "compile", "threads", "tensorboard"}
-)
+    {
+        "steps", "device", "eval_every", "checkpoint_every", "patience", "nonfinite", "compile", "precision",
+        "threads", "tensorboard",
+    }
+)  # fmt: skip
 # May be spelled differently (``./d.csv``, ``../d.csv`` from a sub-folder, a moved file) when
 # it names the same data: the checkpoint's data fingerprint decides.
 SAME_DATA_OPTIONS = frozenset({"data"})
