@@ -77,6 +77,10 @@ class Trainer:
         # How to continue a stopped run ("": it cannot be, its directory is temporary).
         self.resume_command = "clayflow train --resume {run_dir}" if resume_command is None else resume_command
         self.flow = flow.to(device).train()
+        # Images: channels-last weights and batches (the convolutions' fastest layout on the CPU:
+        # Glow 1.2-1.3x, benchmarks/results/image_throughput); the same numbers to float rounding.
+        self.memory_format = torch.channels_last if len(data.event_shape) == 3 else torch.contiguous_format
+        self.flow.to(memory_format=self.memory_format)
         autocast_conditioners(self.flow, config.precision, vector_fields=config.objective == "fm")
         self.optimizer = make_optimizer(
             self.flow.parameters(), config.optimizer, config.lr, config.weight_decay
@@ -340,7 +344,7 @@ class Trainer:
         # The step's draws come from a seed of (seed, step), per example of the global batch
         # (``core.batch``): the same on any number of processes, and again on resume.
         torch.manual_seed(step_seed(self.config.seed, self.step))
-        examples = self.batches.next()
+        examples = self.batches.next().contiguous(memory_format=self.memory_format)
         with batch.part(self.processes.slice(self.config.batch_size), self.config.batch_size):
             if self.noise_factor is not None:
                 examples = examples + batch.randn_like(examples) @ self.noise_factor.T
