@@ -14,7 +14,8 @@ Demonstrations (seed 0; every split is printed):
    (16 - x), and 8x8 patches of scikit-learn's two sample photographs (grey, 17 levels).
 
 Scores: clayflow's likelihood, typicality, ratio and complexity, from
-``clayflow.diagnostics.anomaly``; baselines on the same rows (standardised on the training
+``clayflow.diagnostics.anomaly``, on each example's log-likelihood bound over ``DRAWS``
+dequantization draws (``clayflow score``'s default); baselines on the same rows (standardised on the training
 rows): a full-covariance Gaussian, GaussianMixture (components 1-8 by BIC), KernelDensity
 (bandwidth by 5-fold cross-validation) and IsolationForest (200 trees). Prints AUROC for
 every method and demonstration.
@@ -45,6 +46,7 @@ from clayflow.train.checkpoint import read_checkpoint
 from clayflow.train.evaluate import log_prob_in_chunks
 
 SEED = 0
+DRAWS = 8  # dequantization draws per example, as ``clayflow score`` takes by default (--draws)
 
 
 def baselines(train: np.ndarray, test: np.ndarray) -> dict[str, np.ndarray]:
@@ -68,8 +70,8 @@ def flow_scores(run: Path, data_spec: str, test: torch.Tensor, methods: tuple[st
     """clayflow's scores of ``test`` under the run's flow, calibrated on the run's own splits."""
     flow, data = clayflow.load(run), load_dataset(data_spec)
     spec = ModelSpec.from_dict(read_checkpoint(run, prefer_best=True)["model_spec"])
-    val_log_prob = log_prob_in_chunks(flow, data.val)
-    test_log_prob = log_prob_in_chunks(flow, test)
+    val_log_prob = log_prob_in_chunks(flow, data.val, draws=DRAWS)
+    test_log_prob = log_prob_in_chunks(flow, test, draws=DRAWS)
     discrete = dict(zip(spec.discrete, spec.discrete_steps))
     scores = {}
     for method in methods:
