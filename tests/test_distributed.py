@@ -53,17 +53,21 @@ def test_two_processes_train_the_run_one_process_trains(tmp_path, options):
     assert two.stderr.count("training realnvp (") == 1 and "2 processes of cpu, 1 thread;" in two.stderr
 
 
-@pytest.mark.parametrize("model", [["glow", "--layers", "2"], ["realnvp", "--depth", "1"]])
+@pytest.mark.parametrize(
+    "model", [["glow", "--layers", "2"], ["realnvp", "--depth", "1"], ["realnvp", "--depth", "1", "--precision", "bf16"]]
+)
 def test_image_models_train_the_same_on_two(tmp_path, model):
     """Glow and RealNVP on 8x8 digits: ActNorm initialises on the same rows in both processes,
-    the conditioners' batch norm (RealNVP) uses the global batch's statistics, and the
-    dequantization noise of an image is the one it gets on one process."""
+    the conditioners' batch norm (RealNVP) uses the global batch's statistics (in float32 also
+    under bf16 autocast), and the dequantization noise of an image is the one it gets on one
+    process."""
     images = ["--model", *model, "--data", "digits", "--hidden", "8", "--scales", "2",
               "--batch-size", "32", "--steps", "10", "--eval-every", "5", "--no-plots"]  # fmt: skip
     two = on_two(*images, "--out", tmp_path / "two")
     assert two.returncode == 0, two.stderr
     assert main(["train", *images, "--out", str(tmp_path / "one")]) == 0
-    same_run(tmp_path / "one", tmp_path / "two", tolerance=1e-5)
+    # bf16 convolutions of a batch of 16 and of 32 round differently (measured: weights 7e-4 apart)
+    same_run(tmp_path / "one", tmp_path / "two", tolerance=1e-2 if "bf16" in model else 1e-5)
 
 
 def test_nproc_launches_torchrun_on_this_machine(tmp_path):

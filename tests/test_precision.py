@@ -85,3 +85,27 @@ def test_bf16_on_a_cnf_needs_flow_matching():
     config_from_dict({"model": "cnf", "precision": "bf16", "objective": "fm"})
     with pytest.raises(UsageError, match="precision must be one of fp32, bf16"):
         config_from_dict({"precision": "fp16"})
+
+
+def _autocast(net) -> bool:
+    return any(cls.__name__ == "_Autocast" for cls in type(net).__mro__)
+
+
+def test_the_python_fit_gives_back_the_flow_as_it_was_given(tmp_path):
+    """After ``fit(..., precision="bf16")`` the flow's networks have their own classes again
+    (it pickles, and trains in float32 when the caller goes on), and image weights are
+    contiguous again; a copy of a network under autocast is a plain one."""
+    from clayflow.train.fit import fit
+
+    flow = build(ModelSpec("realnvp", [1, 8, 8], {"hidden": 8, "depth": 1, "scales": 2}, levels=17))
+    x = torch.randint(0, 17, (64, 1, 8, 8)).float()
+    fit(flow, x, x[:16], steps=3, batch_size=16, precision="bf16", threads=1, progress=False)
+    nets = conditioner_networks(flow)
+    assert nets and not any(_autocast(net) for net in nets)
+    assert all(p.is_contiguous() for p in flow.parameters())
+    torch.save(flow, tmp_path / "flow.pt")
+    autocast_conditioners(flow, "bf16")
+    assert all(_autocast(net) for net in nets)
+    assert not _autocast(copy.deepcopy(nets[0]))
+    autocast_conditioners(flow, "fp32")  # puts the networks' own classes back
+    assert not any(_autocast(net) for net in nets)

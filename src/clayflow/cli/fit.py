@@ -4,6 +4,7 @@ KL, variational inference) into a run directory, with the ESS and log Z as it go
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -90,7 +91,10 @@ def run(args: argparse.Namespace, load_run) -> int:
     print(f"fitted {results['model']} to {results['target']} for {results['steps']} steps in "
           f"{results['train_seconds']:.0f} s: ESS {100 * results['ess']:.1f}% of {results['eval_samples']} draws, "
           f"log Z {results['log_z']:.4f} ± {results['log_z_se']:.4f}{truth}, Pareto k {results['pareto_k']:.2f}")  # fmt: skip
-    if not results["pareto_k"] <= RELIABLE_K:  # also when k̂ is NaN (the weights could not be fitted)
+    if math.isnan(results["pareto_k"]):  # under 25 draws, or the largest weights all equal
+        print(f"clayflow: note: Pareto k could not be estimated from {results['eval_samples']} draws; give more "
+              "--eval-samples to check the weights' tail", file=sys.stderr)  # fmt: skip
+    elif results["pareto_k"] > RELIABLE_K:
         print(f"clayflow: warning: the importance weights are heavy-tailed (Pareto k {results['pareto_k']:.2f}, "
               f"reliable below {RELIABLE_K}): the ESS and log Z above are unreliable; fit for more --steps, or "
               "with a more flexible --model (nsf)", file=sys.stderr)  # fmt: skip

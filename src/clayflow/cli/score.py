@@ -36,7 +36,8 @@ def add_arguments(p: argparse.ArgumentParser, device_type) -> None:
     p.add_argument("--draws", type=int, default=8, metavar="K",
                    help="a model that dequantizes (images, discrete columns): each example's log-likelihood is the "
                         "importance-weighted bound over K noise draws, log mean_k p(x + u_k), tighter and less noisy "
-                        "than one draw's (default: 8)")  # fmt: skip
+                        "than one draw's (default: 8; a CNF evaluated with Hutchinson's trace takes one, since "
+                        "K random log-dets would bias the bound upwards)")  # fmt: skip
     p.add_argument("--device", type=device_type, default="cpu", help="device (default: cpu)")
     p.add_argument("--force", action="store_true", help="replace an existing --out file")
 
@@ -47,7 +48,7 @@ def run(args: argparse.Namespace, load_run) -> int:
     from clayflow.cli.inputs import examples_to_score, read_labels
     from clayflow.data.tabular import check_output_path, write_table
     from clayflow.diagnostics.anomaly import check_method, evaluate_labels
-    from clayflow.train.evaluate import dequantizes, log_prob_in_chunks
+    from clayflow.train.evaluate import effective_draws, log_prob_in_chunks
 
     check_output_path(args.out, force=args.force)  # fail before the expensive part
     if args.roc:
@@ -75,8 +76,8 @@ def run(args: argparse.Namespace, load_run) -> int:
     flags = scorer.flag(scores) if scorer is not None and args.fpr is not None else None
     _write(args.out, write_table, log_prob, bits_per_dim, scores if scorer is not None else None, flags, files)
     line = f"scored {len(x)} examples: mean log-likelihood {log_prob.mean():.4f} nats ({bits_per_dim.mean():.4f} bits/dim)"
-    if args.draws > 1 and dequantizes(flow):
-        line += f" (importance-weighted over {args.draws} dequantization draws)"
+    if (draws := effective_draws(flow, args.draws)) > 1:
+        line += f" (importance-weighted over {draws} dequantization draws)"
     if flags is not None:
         line += (f"; {args.method} score threshold {scorer.threshold:.4f} (flags {args.fpr:g} of the validation "
                  f"rows): {int(flags.sum())} flagged ({flags.double().mean():.1%})")  # fmt: skip

@@ -39,28 +39,41 @@ class Precision(str, Enum):
 class _Autocast:
     """Mixed into a network's class: its forward runs under autocast in training mode, and its
     output comes back in the dtype of its first input (float32 data: float32 parameters of the
-    transformation)."""
+    transformation). A copy (``copy.deepcopy``, ``pickle``, ``torch.save``) is of the network's
+    own class, in full precision."""
 
     autocast_dtype: torch.dtype
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        if not self.training:  # type: ignore[attr-defined]
+        inputs = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor) and a.is_floating_point()]
+        if not self.training or not inputs:  # type: ignore[attr-defined]
             return super().forward(*args, **kwargs)  # type: ignore[misc]
-        first = next(a for a in args if isinstance(a, torch.Tensor) and a.is_floating_point())
-        with torch.autocast(first.device.type, dtype=self.autocast_dtype):
+        with torch.autocast(inputs[0].device.type, dtype=self.autocast_dtype):
             out = super().forward(*args, **kwargs)  # type: ignore[misc]
-        return out.to(first.dtype)
+        if isinstance(out, tuple):
+            return tuple(o.to(inputs[0].dtype) if isinstance(o, torch.Tensor) else o for o in out)
+        return out.to(inputs[0].dtype)
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        """Pickled (``torch.save(flow)``, ``copy.deepcopy``) as the network's own class."""
+        cls = type(self)
+        own = cls.__mro__[2]  # (_Autocast subclass, _Autocast, the network's class, ...)
+        try:
+            self.__class__ = own
+            return own.__reduce_ex__(self, protocol)
+        finally:
+            self.__class__ = cls
 
 
-_CLASSES: dict[type, type] = {}
+_CLASSES: dict[tuple[type, torch.dtype], type] = {}
 
 
-def _autocast_class(cls: type) -> type:
-    """``cls`` with ``_Autocast`` mixed in, one subclass per class (same name, so the module's
-    repr and ``isinstance`` checks are unchanged; state dicts keep their keys)."""
-    if cls not in _CLASSES:
-        _CLASSES[cls] = type(cls.__name__, (_Autocast, cls), {"__module__": cls.__module__})
-    return _CLASSES[cls]
+def _autocast_class(cls: type, dtype: torch.dtype) -> type:
+    """``cls`` with ``_Autocast`` mixed in at ``dtype``, one subclass per pair (same name, so the
+    module's repr and ``isinstance`` checks are unchanged; state dicts keep their keys)."""
+    if (cls, dtype) not in _CLASSES:
+        _CLASSES[cls, dtype] = type(cls.__name__, (_Autocast, cls), {"__module__": cls.__module__, "autocast_dtype": dtype})
+    return _CLASSES[cls, dtype]
 
 
 def conditioner_networks(flow: nn.Module, vector_fields: bool = False) -> list[nn.Module]:
@@ -80,14 +93,20 @@ def conditioner_networks(flow: nn.Module, vector_fields: bool = False) -> list[n
 
 def autocast_conditioners(flow: nn.Module, precision: str | Precision, vector_fields: bool = False) -> int:
     """Run ``flow``'s conditioner networks (``conditioner_networks``) in ``precision`` while
-    training, in place; returns how many. fp32 changes nothing. A network already set keeps
-    the precision it has."""
+    training, in place; returns how many. fp32 puts back the networks' own classes
+    (``full_precision``) and returns 0."""
     kind = parse_choice(Precision, precision, "precision")
+    full_precision(flow)
     if kind is Precision.FP32:
         return 0
     nets = conditioner_networks(flow, vector_fields)
     for net in nets:
-        if not isinstance(net, _Autocast):
-            net.__class__ = _autocast_class(type(net))
-            net.autocast_dtype = kind.dtype  # type: ignore[assignment]
+        net.__class__ = _autocast_class(type(net), kind.dtype)
     return len(nets)
+
+
+def full_precision(flow: nn.Module) -> None:
+    """Undo ``autocast_conditioners``: every network of ``flow`` gets its own class back."""
+    for module in flow.modules():
+        if isinstance(module, _Autocast):
+            module.__class__ = type(module).__mro__[2]

@@ -34,7 +34,9 @@ class BatchNorm2d(nn.BatchNorm2d):
         total = batch.global_size(x.shape[0])
         if not self.training or total is None:
             return super().forward(x)
-        mean, var = batch.mean_var(x, [0, 2, 3], shift=self.running_mean)
+        # In float32 also under bf16 autocast (``--precision``): E[y²] - E[y]² and its sum over
+        # processes lose everything to 8 bits, and the running buffers are float32.
+        mean, var = batch.mean_var(x.to(self.running_mean.dtype), [0, 2, 3], shift=self.running_mean)
         if self.track_running_stats:
             n = total * x.shape[2] * x.shape[3]
             momentum = self.momentum if self.momentum is not None else 1 / (int(self.num_batches_tracked) + 1)
@@ -44,7 +46,8 @@ class BatchNorm2d(nn.BatchNorm2d):
                 self.running_var.lerp_(var.detach() * n / max(n - 1, 1), momentum)
         shape = (1, -1, 1, 1)
         out = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
-        return out * self.weight.view(shape) + self.bias.view(shape) if self.affine else out
+        out = out * self.weight.view(shape) + self.bias.view(shape) if self.affine else out
+        return out.to(x.dtype)
 
 
 class ConvResidualBlock(nn.Module):

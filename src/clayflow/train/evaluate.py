@@ -43,7 +43,9 @@ def log_prob_in_chunks(
     with ``draws`` K > 1 each example gets the importance-weighted bound over K draws,
     log (1/K) Σₖ p(x + uₖ), which is tighter (it rises towards log P(x) with K) and far less
     noisy per example (Burda et al. 2016; Ho et al., Flow++, 2019). Without dequantization
-    every draw is the same and K is ignored.
+    every draw is the same and K is ignored, and so it is for a flow whose log-det is itself a
+    random estimate (a CNF evaluated with Hutchinson's trace), for which the mean of K
+    exponentiated estimates would be biased upwards, past log P(x) (``effective_draws``).
 
     The noise of chunk k (dequantization) comes from seed ``EVAL_SEED + k``, so repeated
     evaluations of one model agree, the caller's random stream is left untouched, and the
@@ -52,7 +54,7 @@ def log_prob_in_chunks(
     log-probs (each example is evaluated once). A conditional flow's rows hold the context in
     their last columns (``Flow.split_rows``): the result is then log p(x | c)."""
     processes = processes or Processes()
-    draws = draws if dequantizes(flow) else 1
+    draws = effective_draws(flow, draws)
     device = next(flow.parameters()).device
     if len(x) == 0:
         return torch.zeros(0, dtype=torch.float64)
@@ -71,11 +73,17 @@ def log_prob_in_chunks(
     return processes.sum(log_probs)
 
 
-def dequantizes(flow: Flow) -> bool:
-    """Whether ``flow`` adds dequantization noise (images, or discrete columns of a table)."""
+def effective_draws(flow: Flow, draws: int) -> int:
+    """The dequantization draws ``log_prob_in_chunks`` averages over for ``flow``: ``draws`` if
+    the flow adds dequantization noise (images, or discrete columns of a table) and its log-det
+    is exact, else 1."""
+    from clayflow.transforms.continuous import CNF, Trace
     from clayflow.transforms.preprocess import Dequantize, DequantizeColumns
 
-    return any(isinstance(m, (Dequantize, DequantizeColumns)) for m in flow.modules())
+    modules = list(flow.modules())
+    noisy = any(isinstance(m, (Dequantize, DequantizeColumns)) for m in modules)
+    estimated = any(isinstance(m, CNF) and m.eval_trace is Trace.HUTCHINSON for m in modules)
+    return draws if noisy and not estimated else 1
 
 
 def initialize_data_dependent(

@@ -22,7 +22,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from clayflow.core import Flow, batch
 from clayflow.errors import ClayflowError, first_line
-from clayflow.nn.precision import autocast_conditioners
+from clayflow.nn.precision import autocast_conditioners, full_precision
 from clayflow.train.checkpoint import (
     BEST_NAME,
     CHECKPOINT_NAME,
@@ -236,6 +236,8 @@ class Trainer:
             ) from None
         finally:
             torch.set_num_threads(threads_before)
+            full_precision(self.flow)  # the caller's flow back as given: its networks' own classes,
+            self.flow.to(memory_format=torch.contiguous_format)  # and contiguous weights
             self.batches.close()
             if self.tensorboard is not None:
                 self.tensorboard.close()

@@ -258,8 +258,13 @@ def _check_same_data(checkpoint: dict[str, Any], config: TrainConfig, fingerprin
 
 def check_steps(checkpoint: dict[str, Any], config: TrainConfig) -> None:
     """``--steps`` may grow or shrink on resume, down to the step reached; a cosine schedule is
-    then stretched from that step, which is said, with the learning rate before and after."""
+    then stretched from that step, which is said, with the learning rate before and after. A
+    change of ``--precision`` is said too."""
     step = checkpoint["step"]
+    precision = (checkpoint.get("config") or {}).get("precision", "fp32")
+    if precision != config.precision:
+        print(f"--precision changed from {precision} to {config.precision} at step {step}: the continued run "
+              "differs from an uninterrupted one", file=sys.stderr)  # fmt: skip
     if config.steps < step:
         raise UsageError(f"the run has reached step {step}; --steps {config.steps} would undo that, give at least {step}")
     before = (checkpoint.get("config") or {}).get("steps")
