@@ -185,3 +185,12 @@ def test_dequantized_scores_use_an_importance_weighted_bound_over_several_draws(
     assert main(["score", str(run), "--data", "digits", "--out", str(tmp_path / "s.csv")]) == 0
     assert "importance-weighted over 8 dequantization draws" in capsys.readouterr().out
     assert main(["score", str(run), "--data", "digits", "--draws", "0", "--out", str(tmp_path / "t.csv")]) == 2
+
+
+def test_a_cnf_with_a_random_trace_estimate_takes_one_draw():
+    """K exponentiated Hutchinson estimates would bias the bound upwards, past log P(x)."""
+    from clayflow.train.evaluate import effective_draws
+
+    assert effective_draws(models.cnf_image((1, 8, 8), 17, eval_trace="hutchinson"), 8) == 1
+    assert effective_draws(models.cnf_image((1, 8, 8), 17, eval_trace="exact"), 8) == 8
+    assert effective_draws(models.cnf(2), 8) == 1  # nothing dequantized
