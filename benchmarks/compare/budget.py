@@ -10,6 +10,7 @@ data and are scored as trained.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -28,7 +29,7 @@ GLOW_SCALES, GLOW_STEPS, GLOW_HIDDEN = 2, 8, 128
 
 @dataclass
 class BudgetRow:
-    workload: str  # "glow digits" or "cnf <toy>"
+    workload: str  # "glow digits seed S" or "cnf <toy>"
     contender: str
     steps: int
     seconds: float
@@ -107,12 +108,14 @@ def sample_rate(contender: Contender, n: int, repeats: int = 3) -> float:
 
 
 def clayflow_glow(shape: tuple[int, int, int], levels: int) -> Contender:
-    # Glow's sigmoid scale, as normflows' Glow has (clayflow's default is a learned tanh bound)
+    # Glow's sigmoid scale, as normflows' Glow has (clayflow's default is a learned tanh bound);
+    # channels-last weights and batches, as ``clayflow train`` keeps image models
     flow = models.glow_image(shape, levels, scales=GLOW_SCALES, layers=GLOW_STEPS, hidden=GLOW_HIDDEN,
-                             scale_bound="sigmoid")  # fmt: skip
-    return clayflow_contender(
-        flow, "split priors conditioned on the kept half (Glow's); affine coupling scale sigmoid(r + 2)"
+                             scale_bound="sigmoid").to(memory_format=torch.channels_last)  # fmt: skip
+    contender = clayflow_contender(
+        flow, "split priors conditioned on the kept half (Glow's); affine coupling scale sigmoid(r + 2); channels-last"
     )
+    return dataclasses.replace(contender, log_prob=lambda x: flow.log_prob(x.contiguous(memory_format=torch.channels_last)))
 
 
 def normflows_glow(shape: tuple[int, int, int], levels: int) -> Contender:
@@ -160,6 +163,7 @@ def normflows_glow(shape: tuple[int, int, int], levels: int) -> Contender:
 
 
 def glow_digits(budget: float, batch: int, lr: float, seed: int = 0, log=print) -> list[BudgetRow]:
+    """Both Glows for ``budget`` seconds from ``seed`` (weights, batches), as workload "glow digits seed S"."""
     data = load_dataset("digits")
     shape, levels = tuple(data.train.shape[1:]), data.levels
     rows = []
@@ -173,7 +177,7 @@ def glow_digits(budget: float, batch: int, lr: float, seed: int = 0, log=print) 
         dims = math.prod(shape)
         rows.append(
             BudgetRow(
-                "glow digits",
+                f"glow digits seed {seed}",
                 contender.name,
                 steps,
                 seconds,
@@ -183,7 +187,7 @@ def glow_digits(budget: float, batch: int, lr: float, seed: int = 0, log=print) 
                 sample_rate(contender, 256),
             )
         )
-        log(f"glow {contender.name}: {steps} steps in {seconds:.0f} s, test {rows[-1].test_bpd:.4f} bits/dim")
+        log(f"glow seed {seed} {contender.name}: {steps} steps in {seconds:.0f} s, test {rows[-1].test_bpd:.4f} bits/dim")
     return rows
 
 

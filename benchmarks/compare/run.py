@@ -98,13 +98,14 @@ def main() -> None:
     parser.add_argument("--test-size", type=int, default=20000, help="quality and cnf: test points per toy")
     parser.add_argument("--glow-budget", type=float, default=240.0, help="glow: training seconds per model")
     parser.add_argument("--glow-batch", type=int, default=64)
+    parser.add_argument("--glow-seeds", type=int, default=3, help="glow: seeds 0 .. N-1")
     parser.add_argument("--cnf-budget", type=float, default=120.0, help="cnf: training seconds per model")
     parser.add_argument("--quick", action="store_true", help="tiny budgets: checks that everything runs")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
     if args.quick:
         args.blocks, args.block_seconds, args.steps, args.seeds = 2, 0.05, 30, 1
-        args.glow_budget, args.cnf_budget, args.test_size, args.dims = 5.0, 5.0, 2000, [2, 8]
+        args.glow_budget, args.cnf_budget, args.test_size, args.dims, args.glow_seeds = 5.0, 5.0, 2000, [2, 8], 1
         args.batches = [64, 256]
     torch.set_num_threads(args.threads)
     folder = args.out / args.date
@@ -116,7 +117,8 @@ def main() -> None:
         if "glow" in args.only or "cnf" in args.only:
             rows = []
             if "glow" in args.only:
-                rows += budget.glow_digits(args.glow_budget, args.glow_batch, args.lr, log=log)
+                for seed in range(args.glow_seeds):
+                    rows += budget.glow_digits(args.glow_budget, args.glow_batch, args.lr, seed, log=log)
             if "cnf" in args.only:
                 rows += budget.cnf_toys(
                     args.toys, args.cnf_budget, args.batch, args.lr, args.test_size, log=log
