@@ -148,9 +148,44 @@ def main() -> None:
     if posterior and REFERENCE.exists():
         model = posterior[0].partition(":")[2] or args.model
         report += ["", *posterior_report([r for r in rows if r["target"] == "logistic_regression"], out, model)]
+    if picture := u_picture(rows, out, args.seeds[0]):
+        report += ["", f"U1-U4 beside the densities fitted with seed {args.seeds[0]}, ESS from the table's draws: `{picture.name}`."]
     (out / "variational.md").write_text("\n".join(report) + "\n")
     (out / "variational.json").write_text(json.dumps(rows, indent=1))
     print("\n".join(report))
+
+
+def u_picture(rows: list[dict], out: Path, seed: int, resolution: int = 300) -> Path | None:
+    """U1-U4 (those fitted) beside the fitted densities of ``seed``'s runs, each panel titled
+    with its ESS from the table's draws: ``u_targets.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from clayflow.diagnostics import grid_log_prob
+
+    fitted = [r for r in rows if r["target"] in ("u1", "u2", "u3", "u4") and r["seed"] == seed]
+    if not fitted:
+        return None
+    fig, axes = plt.subplots(len(fitted), 2, figsize=(6, 3 * len(fitted)), squeeze=False)
+    for (left, right), row in zip(axes, fitted, strict=True):
+        target = load_target(row["target"])
+        (x0, y0), (x1, y1) = target.box
+        flow = clayflow.load(out / "runs" / f"{row['target']}-{row['model']}-seed{seed}").double()
+        xs, ys, log_q = grid_log_prob(flow, (x0, x1, y0, y1), resolution)
+        yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+        log_p = target(torch.stack([xx.flatten(), yy.flatten()], 1)).reshape(resolution, resolution)
+        log_p = log_p - (row["log_z_true"] if row["log_z_true"] is not None else torch.logsumexp(log_p.flatten(), 0))
+        for ax, values, title in ((left, log_p, f"{row['target']}: target"),
+                                  (right, log_q, f"{row['model']}, ESS {100 * row['ess']:.1f}%")):  # fmt: skip
+            ax.imshow(values.exp().numpy(), origin="lower", extent=(x0, x1, y0, y1), aspect="auto")
+            ax.set(title=title, xticks=[], yticks=[])
+    fig.tight_layout()
+    path = out / "u_targets.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def posterior_report(rows: list[dict], out: Path, model: str) -> list[str]:
