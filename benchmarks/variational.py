@@ -147,7 +147,8 @@ def main() -> None:
     posterior = [e for e in args.targets if e.partition(":")[0] == "logistic_regression"]
     if posterior and REFERENCE.exists():
         model = posterior[0].partition(":")[2] or args.model
-        report += ["", *posterior_report([r for r in rows if r["target"] == "logistic_regression"], out, model)]
+        mine = [r for r in rows if r["target"] == "logistic_regression" and r["model"] == model]
+        report += ["", *posterior_report(mine, out, model)]
     if picture := u_picture(rows, out, args.seeds[0]):
         report += ["", f"U1-U4 beside the densities fitted with seed {args.seeds[0]}, ESS from the table's draws: `{picture.name}`."]
     (out / "variational.md").write_text("\n".join(report) + "\n")
