@@ -33,6 +33,7 @@ import torch
 
 import clayflow
 from clayflow.variational import ImportanceWeights, Target, load_target
+from clayflow.variational.objective import draw_weights
 
 ROOT = Path(__file__).resolve().parent
 TARGETS = ("u1", "u2", "u3", "u4", "banana", "gaussian_mixture", "gaussian_mixture:nsf", "funnel", "logistic_regression")
@@ -79,13 +80,8 @@ def importance_weights(run: str, target: Target, seed: int, draws: int, chunk: i
     """The weights of ``draws`` fresh draws of the run's flow (float64) against ``target``."""
     flow = clayflow.load(run).double()
     torch.manual_seed(10_000 + seed)
-    log_ps, log_qs = [], []
     with torch.no_grad():
-        for _ in range(math.ceil(draws / chunk)):
-            x, log_q = flow.sample_and_log_prob(chunk)
-            log_ps.append(target(x))
-            log_qs.append(log_q)
-    return ImportanceWeights(torch.cat(log_ps)[:draws], torch.cat(log_qs)[:draws])
+        return draw_weights(flow, target, draws, chunk)
 
 
 def posterior_moments(run: str, target: Target, seed: int) -> tuple[np.ndarray, np.ndarray, float]:
@@ -164,23 +160,18 @@ def u_picture(rows: list[dict], out: Path, seed: int, resolution: int = 300) -> 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from clayflow.diagnostics import grid_log_prob
+    from clayflow.plotting.variational import density_grids
 
     fitted = [r for r in rows if r["target"] in ("u1", "u2", "u3", "u4") and r["seed"] == seed]
     if not fitted:
         return None
     fig, axes = plt.subplots(len(fitted), 2, figsize=(6, 3 * len(fitted)), squeeze=False)
     for (left, right), row in zip(axes, fitted, strict=True):
-        target = load_target(row["target"])
-        (x0, y0), (x1, y1) = target.box
         flow = clayflow.load(out / "runs" / f"{row['target']}-{row['model']}-seed{seed}").double()
-        xs, ys, log_q = grid_log_prob(flow, (x0, x1, y0, y1), resolution)
-        yy, xx = torch.meshgrid(ys, xs, indexing="ij")
-        log_p = target(torch.stack([xx.flatten(), yy.flatten()], 1)).reshape(resolution, resolution)
-        log_p = log_p - (row["log_z_true"] if row["log_z_true"] is not None else torch.logsumexp(log_p.flatten(), 0))
+        extent, _, _, log_p, log_q = density_grids(flow, load_target(row["target"]), resolution)
         for ax, values, title in ((left, log_p, f"{row['target']}: target"),
                                   (right, log_q, f"{row['model']}, ESS {100 * row['ess']:.1f}%")):  # fmt: skip
-            ax.imshow(values.exp().numpy(), origin="lower", extent=(x0, x1, y0, y1), aspect="auto")
+            ax.imshow(values.exp().numpy(), origin="lower", extent=extent, aspect="auto")
             ax.set(title=title, xticks=[], yticks=[])
     fig.tight_layout()
     path = out / "u_targets.png"

@@ -73,17 +73,25 @@ def plot_history(metrics: list[dict[str, str]], path: Path, log_z: float | None 
     return save_figure(fig, path)
 
 
-def plot_density(flow: Flow, target: Target, path: Path, resolution: int = 200) -> Path:
-    """Target density, fitted density and the flow's samples, over the target's box."""
+def density_grids(flow: Flow, target: Target, resolution: int = 200):
+    """The target's box as ``extent`` (x0, x1, y0, y1), its grid ``xs, ys`` ``(resolution,)`` and
+    on it log p of the target (normalised on the grid) and log q of the flow, ``(resolution,
+    resolution)`` each, rows along y."""
     (x0, y0), (x1, y1) = target.box
     xs, ys, log_q = grid_log_prob(flow, (x0, x1, y0, y1), resolution)
     yy, xx = torch.meshgrid(ys, xs, indexing="ij")
     log_p = target(torch.stack([xx.flatten(), yy.flatten()], 1)).reshape(resolution, resolution)
     cell = (x1 - x0) * (y1 - y0) / resolution**2
-    log_p = log_p - torch.logsumexp(log_p.flatten(), 0) - np.log(cell)  # normalised on the grid
+    log_p = log_p - torch.logsumexp(log_p.flatten(), 0) - np.log(cell)
+    return (x0, x1, y0, y1), xs, ys, log_p, log_q
+
+
+def plot_density(flow: Flow, target: Target, path: Path, resolution: int = 200) -> Path:
+    """Target density, fitted density and the flow's samples, over the target's box."""
+    extent, xs, ys, log_p, log_q = density_grids(flow, target, resolution)
+    (x0, x1, y0, y1) = extent
     with torch.no_grad():
         samples = flow.sample(3000).double().cpu().numpy()
-    extent = (x0, x1, y0, y1)
     fig, axes = plt.subplots(1, 3, figsize=(12, 4))
     for ax, values, title in ((axes[0], log_p, f"target {target.name}"), (axes[1], log_q, "fitted flow")):
         ax.imshow(values.exp().numpy(), origin="lower", extent=extent, aspect="auto", cmap="magma")

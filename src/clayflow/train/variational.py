@@ -219,10 +219,9 @@ class _Fitting:
 
     def _evaluate(self) -> None:
         training = self.training
-        weights = training.evaluate(self.config.eval_samples)
-        row = {"step": training.step, "loss": sum(self.losses) / len(self.losses) if self.losses else "",
-               "beta": training.beta, **weights.summary(), "lr": training.scheduler.get_last_lr()[0],
-               "grad_norm": "" if math.isnan(self.grad_norm) else self.grad_norm, "elapsed_s": self.seconds}  # fmt: skip
+        row, _ = training.evaluation_row(self.losses, self.config.eval_samples)
+        row.update(loss=row["loss"] if self.losses else "", lr=training.scheduler.get_last_lr()[0],
+                   grad_norm="" if math.isnan(self.grad_norm) else self.grad_norm, elapsed_s=self.seconds)  # fmt: skip
         self.losses.clear()
         self.history.append(row)
         self.metrics.append(row)

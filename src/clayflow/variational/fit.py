@@ -118,6 +118,13 @@ class ReverseKLTraining:
             torch.manual_seed(step_seed(self.settings.seed + EVAL_SEED, self.step))
             return draw_weights(self.flow, self.target, samples)
 
+    def evaluation_row(self, losses: list[float], samples: int) -> tuple[dict[str, Any], ImportanceWeights]:
+        """``evaluate(samples)``, and the row it gives: step, the mean of ``losses`` (the steps'
+        losses since the last row; nan if none), β and ``ImportanceWeights.summary``."""
+        weights = self.evaluate(samples)
+        loss = sum(losses) / len(losses) if losses else math.nan
+        return {"step": self.step, "loss": loss, "beta": self.beta, **weights.summary()}, weights
+
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.flow.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "step": self.step, "skipped": self.skipped}  # fmt: skip
@@ -175,9 +182,8 @@ def fit_target(
     losses: list[float] = []
 
     def evaluate() -> None:
-        result.weights = training.evaluate(eval_samples)
-        row = {"step": training.step, "loss": sum(losses) / len(losses) if losses else math.nan,
-               "beta": training.beta, **result.weights.summary(), "seconds": result.seconds}  # fmt: skip
+        row, result.weights = training.evaluation_row(losses, eval_samples)
+        row["seconds"] = result.seconds
         result.history.append(row)
         losses.clear()
         if callback is not None:
