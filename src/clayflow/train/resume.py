@@ -256,7 +256,7 @@ def _check_same_data(checkpoint: dict[str, Any], config: TrainConfig, fingerprin
         raise ClayflowError(f"{which} ({what}); resume with the original data, or start a new run")
 
 
-def check_steps(checkpoint: dict[str, Any], config: TrainConfig) -> None:
+def check_changed_options(checkpoint: dict[str, Any], config: TrainConfig) -> None:
     """``--steps`` may grow or shrink on resume, down to the step reached; a cosine schedule is
     then stretched from that step, which is said, with the learning rate before and after. A
     change of ``--precision`` is said too."""

@@ -15,8 +15,8 @@ from clayflow.train.distributed import check_distributable, processes_from_envir
 from clayflow.train.loop import Trainer, TrainingInterrupted
 from clayflow.train.resume import (
     check_can_start_over,
+    check_changed_options,
     check_same_run,
-    check_steps,
     data_fingerprint,
     resumed_config,
     saved_discrete_columns,
@@ -97,7 +97,7 @@ def start_training(config, run_dir, resume, force, progress, stop, setup=None, r
         if run is not None:
             if checkpoint is not None:
                 check_same_run(checkpoint, spec, config, fingerprint, run.path)
-                check_steps(checkpoint, config)
+                check_changed_options(checkpoint, config)
             else:  # killed before its first checkpoint: start again from step 0 in place
                 processes.on_main(lambda: check_can_start_over(run.path))
         if stop.signum is not None:
