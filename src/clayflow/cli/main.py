@@ -248,7 +248,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Train into a run directory, print the test NLL and write the plots."""
     from clayflow.cli.processes import launch_processes, restarted_by_torchrun
     from clayflow.train import load, train
-    from clayflow.train.distributed import processes_from_environment
+    from clayflow.train.distributed import end_processes, processes_from_environment
     from clayflow.train.resume import read_run_config
     from clayflow.train.tracking import log_pictures
 
@@ -262,6 +262,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         args.resume = args.out
     config, run_dir = resolve_train_config(args)
     result = train(config, run_dir, resume=bool(args.resume), force=args.force, progress=args.progress)
+    end_processes()  # all together; rank 0 then reports and plots alone
     if not processes.main:
         return 0
     print(

@@ -36,6 +36,7 @@ pairs its own rows).
 from __future__ import annotations
 
 import atexit
+import gc
 import hashlib
 import os
 import re
@@ -169,7 +170,18 @@ def _destroy_process_group() -> None:
     same script until then). Left to the interpreter's teardown, gloo's threads aborted 5 of
     40 finished two-process runs here (``terminate called without an active exception``)."""
     if dist.is_initialized():
+        gc.collect()  # DistributedDataParallel reducers left in cycles hold the group and its work
         dist.destroy_process_group()
+
+
+def end_processes() -> None:
+    """Take down the process group together, once every process has finished its run: a
+    barrier (so that no process tears down while rank 0 still writes and talks), then the
+    teardown. A command ends with this rather than leave it to ``atexit``, where a finished
+    two-process run of the test suite still aborted once in gloo's threads (CI, 2026-12-02)."""
+    if dist.is_initialized():
+        dist.barrier()
+        _destroy_process_group()
 
 
 def is_peer_failure(exc: BaseException) -> bool:
