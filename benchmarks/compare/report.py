@@ -215,8 +215,25 @@ def _quality_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def _budget_summary(rows: list[dict]) -> list[str]:
+    """One row per model and data set ("cnf moons"): each library's test NLL, mean over the
+    seeds [min-max], and whether clayflow's mean is the lowest."""
+    nll: dict[str, dict[str, list[float]]] = {}
+    for r in rows:
+        task = r["workload"].split(" seed ")[0]
+        nll.setdefault(task, {}).setdefault(r["contender"], []).append(float(r["test_nll"]))
+    lines = ["| task | library | seeds | test NLL (nats), mean [min-max] | clayflow's mean lowest |", "|---|---|---|---|---|"]
+    for task, libraries in nll.items():
+        means = {name: sum(v) / len(v) for name, v in libraries.items() if len(v) == len(libraries[CLAYFLOW])}
+        lowest = "yes" if min(means, key=means.get) == CLAYFLOW else "**no**"
+        for name, v in libraries.items():
+            lines.append(f"| {task} | {name} | {len(v)} | {sum(v) / len(v):.4f} [{min(v):.4f}-{max(v):.4f}] | "
+                         + (lowest if name == CLAYFLOW else "") + " |")  # fmt: skip
+    return lines
+
+
 def _budget_table(rows: list[dict]) -> list[str]:
-    lines = []
+    lines = _budget_summary(rows)
     for workload in dict.fromkeys(r["workload"] for r in rows):
         group = [r for r in rows if r["workload"] == workload]
         image = workload.startswith("glow")

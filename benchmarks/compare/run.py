@@ -100,12 +100,14 @@ def main() -> None:
     parser.add_argument("--glow-batch", type=int, default=64)
     parser.add_argument("--glow-seeds", type=int, default=3, help="glow: seeds 0 .. N-1")
     parser.add_argument("--cnf-budget", type=float, default=120.0, help="cnf: training seconds per model")
+    parser.add_argument("--cnf-seeds", type=int, default=3, help="cnf: seeds 0 .. N-1")
     parser.add_argument("--quick", action="store_true", help="tiny budgets: checks that everything runs")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
     if args.quick:
         args.blocks, args.block_seconds, args.steps, args.seeds = 2, 0.05, 30, 1
-        args.glow_budget, args.cnf_budget, args.test_size, args.dims, args.glow_seeds = 5.0, 5.0, 2000, [2, 8], 1
+        args.glow_budget, args.cnf_budget, args.test_size, args.dims = 5.0, 5.0, 2000, [2, 8]
+        args.glow_seeds = args.cnf_seeds = 1
         args.batches = [64, 256]
     torch.set_num_threads(args.threads)
     folder = args.out / args.date
@@ -121,7 +123,7 @@ def main() -> None:
                     rows += budget.glow_digits(args.glow_budget, args.glow_batch, args.lr, seed, log=log)
             if "cnf" in args.only:
                 rows += budget.cnf_toys(
-                    args.toys, args.cnf_budget, args.batch, args.lr, args.test_size, log=log
+                    args.toys, args.cnf_budget, args.batch, args.lr, args.test_size, args.cnf_seeds, log=log
                 )
             keep = [
                 r

@@ -82,7 +82,7 @@ class TrainConfig:
     tail_bound: float | None = None  # nsf, glow --coupling spline: splines act on [-B, B] of the standardised data, the identity outside (default 5)
     autoregressive: bool | None = None  # nsf: spline MADE layers (NSF-AR) instead of spline couplings (NSF-C) (default off)
     blocks: int | None = None  # cnf: CNF blocks in sequence (default 1)
-    activation: str | None = None  # network activation: cnf softplus or tanh (default softplus); coupling models relu or tanh (default relu; tables under 5,000 rows tanh)
+    activation: str | None = None  # network activation: cnf tanh or softplus (default tanh; images softplus); coupling models relu or tanh (default relu; tables under 5,000 rows tanh)
     augment: int | None = None  # cnf: extra N(0, I) dimensions or channels (ANODE; NLL becomes a bound)
     actnorm: bool | None = None  # cnf: ActNorm between CNF blocks (default off)
     t1: float | None = None  # cnf: integration time T (default 1.0)
