@@ -29,9 +29,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import cast
 
 import torch
 from torch import Tensor
+from torch.autograd.function import FunctionCtx
 
 _part: tuple[slice, int] | None = None  # (this process's rows, rows of the global batch)
 
@@ -111,7 +113,13 @@ def mean_var(x: Tensor, dims: Sequence[int], shift: Tensor | None = None) -> tup
     kept_shape = [1 if d in dims else n for d, n in enumerate(x.shape)]
     centre = shift.detach().to(x.dtype) if shift is not None else x.new_zeros(x.shape[1])
     y = x - centre.reshape(kept_shape)
-    sums = _AllReduceSum.apply(torch.stack([y.sum(dim=dims), y.pow(2).sum(dim=dims)])) / count
+    # Function.apply is untyped in torch: the cast gives it _AllReduceSum.forward's signature.
+    sums = (
+        cast("Callable[[Tensor], Tensor]", _AllReduceSum.apply)(
+            torch.stack([y.sum(dim=dims), y.pow(2).sum(dim=dims)])
+        )
+        / count
+    )
     return centre + sums[0], (sums[1] - sums[0].pow(2)).clamp_min(0)
 
 
@@ -122,7 +130,7 @@ class _AllReduceSum(torch.autograd.Function):
     and is deprecated in favour of a private module."""
 
     @staticmethod
-    def forward(ctx, tensor: Tensor) -> Tensor:
+    def forward(ctx: FunctionCtx, tensor: Tensor) -> Tensor:
         import torch.distributed as dist
 
         total = tensor.clone(memory_format=torch.contiguous_format)
@@ -130,6 +138,6 @@ class _AllReduceSum(torch.autograd.Function):
         return total
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
-        return _AllReduceSum.apply(grad)
+    def backward(ctx: FunctionCtx, grad: Tensor) -> Tensor:
+        return cast("Callable[[Tensor], Tensor]", _AllReduceSum.apply)(grad)  # Function.apply is untyped
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -42,7 +43,9 @@ def at_context(flow: Flow, context: Tensor) -> Flow:
     device = next(itertools.chain(flow.parameters(), flow.buffers()), torch.empty(0)).device
     context = torch.as_tensor(context).to(device)
     with torch.no_grad():
-        encoded = flow.encoded_context(context if context.dim() == 2 else context[None], len(context)).detach()
+        encoded = cast(  # never None: the flow is conditional
+            Tensor, flow.encoded_context(context if context.dim() == 2 else context[None], len(context))
+        ).detach()
     fixed = Flow(copy.deepcopy(flow.transform), copy.deepcopy(flow.base), event_shape=flow.event_shape)
     for module in fixed.transform.modules():
         if isinstance(module, Transform) and not any(isinstance(m, Transform) for m in list(module.modules())[1:]):
@@ -51,16 +54,16 @@ def at_context(flow: Flow, context: Tensor) -> Flow:
     return fixed.train(flow.training)
 
 
-def _bound_class(cls: type) -> type:
+def _bound_class(cls: type[Transform]) -> type:
     """``cls`` with ``forward``/``inverse`` (and a CNF's ``trajectory``) taking their context,
     when none is passed, from the layer's ``bound_context`` rows."""
     if cls in _BOUND_CLASSES or cls in _BOUND_CLASSES.values():
         return _BOUND_CLASSES.get(cls, cls)
 
-    def rows(self, batch: int, context: Tensor | None) -> Tensor:
+    def rows(self: Transform, batch: int, context: Tensor | None) -> Tensor:
         if context is not None:
             return context
-        bound = self.bound_context
+        bound = cast(Tensor, self.bound_context)  # the buffer at_context registers
         return bound.expand(batch, -1) if len(bound) == 1 else bound[torch.arange(batch, device=bound.device) % len(bound)]
 
     methods = {

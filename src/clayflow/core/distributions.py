@@ -28,6 +28,8 @@ class StandardNormal(nn.Module):
         log_prob: z ``(B, *event_shape)`` -> ``(B,)``; sample(n) -> ``(n, *event_shape)``.
     """
 
+    _anchor: Tensor  # a buffer
+
     def __init__(self, event_shape: tuple[int, ...] | int):
         super().__init__()
         self.event_shape = torch.Size(_as_shape(event_shape))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, SupportsIndex, cast
 
 import torch
 from torch import Tensor, nn
@@ -13,6 +14,15 @@ from clayflow.core.transform import Compose, Inverse, Transform
 from clayflow.errors import ClayflowError
 
 SampleShape = int | Sequence[int]  # torch.Size, a tuple, or an int n meaning (n,)
+
+if TYPE_CHECKING:
+
+    class _Distribution(Protocol):
+        """What a flow calls on its base (an nn.Module, so typed as one)."""
+
+        def log_prob(self, z: Tensor) -> Tensor: ...
+
+        def sample(self, n: int, temperature: float = 1.0) -> Tensor: ...
 
 
 class EventShapeError(ClayflowError, ValueError):
@@ -118,7 +128,7 @@ class Flow(nn.Module):
         if x.shape[0] == 0:
             return x.new_zeros(0)
         z, logabsdet = self.transform(x, self.encoded_context(context, len(x)))
-        return self.base.log_prob(z) + logabsdet
+        return cast("_Distribution", self.base).log_prob(z) + logabsdet
 
     def bits_per_dim(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         r"""``-log p(x) / (D ln 2)`` per sample, ``(B,)``; D = elements per sample."""
@@ -188,7 +198,7 @@ class Flow(nn.Module):
         parameters (as ``torch.distributions``: ``rsample((3,))``; an int ``n`` is ``(n,)``);
         base draws are scaled by ``temperature``."""
         shape = self._sample_shape(sample_shape, context)
-        z = self.base.sample(math.prod(shape), temperature)
+        z = cast("_Distribution", self.base).sample(math.prod(shape), temperature)
         x, _ = self.inverse(z, context)
         return x.reshape(*shape, *x.shape[1:])
 
@@ -211,9 +221,9 @@ class Flow(nn.Module):
         ``(*sample_shape, *event_shape)`` and ``sample_shape``."""
         shape = self._sample_shape(sample_shape, context)
         n = math.prod(shape)
-        z = self.base.sample(n)
+        z = cast("_Distribution", self.base).sample(n)
         x, logabsdet = self.inverse(z, context)
-        log_prob = logabsdet if n == 0 else self.base.log_prob(z) - logabsdet
+        log_prob = logabsdet if n == 0 else cast("_Distribution", self.base).log_prob(z) - logabsdet
         return x.reshape(*shape, *x.shape[1:]), log_prob.reshape(shape)
 
     def _sample_shape(self, sample_shape: SampleShape, context: Tensor | None) -> tuple[int, ...]:
@@ -223,7 +233,8 @@ class Flow(nn.Module):
             return (len(context),)
         return _sample_shape(sample_shape)
 
-    def compile(self, **options) -> Flow:
+    # Unlike nn.Module.compile(*args, **kwargs) -> None, which compiles __call__: keywords, returns the flow.
+    def compile(self, **options: Any) -> Flow:  # type: ignore[override]
         """Compile ``forward``, ``inverse`` and ``log_prob`` with ``torch.compile(**options)``,
         in place; ``sample``, ``rsample`` and ``sample_and_log_prob`` use the compiled inverse.
 
@@ -232,19 +243,21 @@ class Flow(nn.Module):
         switching between train and eval mode, compiles again. Weights, state dicts and
         checkpoints are unaffected. Returns the flow.
         """
-        self.forward = torch.compile(self.forward, **options)
-        self.inverse = torch.compile(self.inverse, **options)
-        self.log_prob = torch.compile(self.log_prob, **options)
+        # Instance attributes shadowing the methods, on purpose (mypy refuses assigning to a method).
+        self.forward = torch.compile(self.forward, **options)  # type: ignore[method-assign]
+        self.inverse = torch.compile(self.inverse, **options)  # type: ignore[method-assign]
+        self.log_prob = torch.compile(self.log_prob, **options)  # type: ignore[method-assign]
         return self
 
 
 def _sample_shape(sample_shape: SampleShape) -> tuple[int, ...]:
     """``sample_shape`` as a tuple: an int ``n`` is ``(n,)``, as ``torch.distributions`` allows."""
-    try:
-        shape = (operator.index(sample_shape),)  # an int, numpy's included
+    shape: tuple[int, ...]
+    try:  # the casts: any value is tried, and a TypeError tells what it is
+        shape = (operator.index(cast(SupportsIndex, sample_shape)),)  # an int, numpy's included
     except TypeError:
         try:
-            shape = tuple(operator.index(n) for n in sample_shape)
+            shape = tuple(operator.index(n) for n in cast("Iterable[SupportsIndex]", sample_shape))
         except TypeError:
             raise ValueError(f"sample_shape must be an int or a sequence of ints, got {sample_shape!r}") from None
     if any(n < 0 for n in shape):

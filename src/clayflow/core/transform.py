@@ -13,6 +13,9 @@ A flow then scores data by the change of variables
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, cast
+
 from torch import Tensor, nn
 
 
@@ -32,10 +35,18 @@ class Transform(nn.Module):
         logabsdet ``(B,)``.
     """
 
+    if TYPE_CHECKING:
+        # For type checkers only: calling a transform runs ``forward`` (through nn.Module's
+        # untyped ``__call__``, which stays the one used at run time).
+        def __call__(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]: ...
+
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Data -> latent: ``(z, log|det dz/dx|)``, z like x (or of ``output_shape``), the
+        log-det ``(B,)``."""
         raise NotImplementedError
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Latent -> data: ``(x, log|det dx/dz|)``, minus the forward log-det at that x."""
         raise NotImplementedError
 
     def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -55,30 +66,30 @@ class Compose(Transform):
         self.transforms = nn.ModuleList(transforms)
 
     def __getitem__(self, index: int) -> Transform:
-        return self.transforms[index]
+        return cast(Transform, self.transforms[index])
 
     def __len__(self) -> int:
         return len(self.transforms)
 
-    def __iter__(self):
-        return iter(self.transforms)
+    def __iter__(self) -> Iterator[Transform]:
+        return iter(cast("Iterable[Transform]", self.transforms))
 
-    def forward(self, x, context=None):
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         logabsdet = x.new_zeros(x.shape[0])
         for transform in self.transforms:
             x, ladj = transform(x, context)
             logabsdet = logabsdet + ladj
         return x, logabsdet
 
-    def inverse(self, z, context=None):
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         logabsdet = z.new_zeros(z.shape[0])
-        for transform in reversed(self.transforms):
+        for transform in reversed(cast("Sequence[Transform]", self.transforms)):
             z, ladj = transform.inverse(z, context)
             logabsdet = logabsdet + ladj
         return z, logabsdet
 
-    def output_shape(self, shape):
-        for transform in self.transforms:
+    def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        for transform in cast("Iterable[Transform]", self.transforms):
             shape = transform.output_shape(shape)
         return tuple(shape)
 
@@ -90,13 +101,13 @@ class Inverse(Transform):
         super().__init__()
         self.transform = transform
 
-    def forward(self, x, context=None):
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return self.transform.inverse(x, context)
 
-    def inverse(self, z, context=None):
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return self.transform(z, context)
 
-    def output_shape(self, shape):
+    def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         if self.transform.output_shape(shape) != tuple(shape):
             raise NotImplementedError("the output shape of an inverted reshaping transform is not inferred")
         return tuple(shape)

@@ -14,6 +14,7 @@ the same kind of bound as dequantization. ``inverse`` drops the extra dimensions
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
 from clayflow.core import batch
 from clayflow.core.distributions import standard_normal_log_prob
@@ -37,17 +38,17 @@ class Augment(Transform):
             raise ClayflowError(f"augmentation needs a whole number of extra dimensions >= 1, got {extra}")
         self.extra = int(extra)
 
-    def forward(self, x, context=None):
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         a = batch.randn((x.shape[0], self.extra, *x.shape[2:]), like=x)
         return torch.cat([x, a], dim=1), -standard_normal_log_prob(a)
 
-    def inverse(self, z, context=None):
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if z.shape[1] <= self.extra:
             raise ClayflowError(f"cannot drop {self.extra} augmented dimensions from shape {tuple(z.shape)}")
         x, a = z[:, : -self.extra], z[:, -self.extra :]
         return x, standard_normal_log_prob(a)
 
-    def output_shape(self, shape):
+    def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         return (shape[0] + self.extra, *shape[1:])
 
     def extra_repr(self) -> str:

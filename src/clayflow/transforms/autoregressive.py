@@ -13,6 +13,8 @@ the flow's own samples comes with them in one pass, ``sample_and_log_prob``).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, TypedDict, Unpack, cast
+
 import torch
 from torch import Tensor
 
@@ -22,6 +24,18 @@ from clayflow.nn.made import MADE
 from clayflow.nn.mlp import conditioner_activation
 from clayflow.transforms.coupling import BoundedScale, ScaleBound, affine, zero_init_last_layer
 from clayflow.transforms.splines import apply_spline, spline_params_per_feature
+
+if TYPE_CHECKING:
+
+    class _MADEOptions(TypedDict, total=False):
+        """The MADE's keyword arguments that the subclasses pass on to ``_Autoregressive``."""
+
+        hidden: int
+        depth: int
+        context_features: int
+        residual: bool
+        activation: str
+        dropout: float
 
 
 class _Autoregressive(Transform):
@@ -48,12 +62,12 @@ class _Autoregressive(Transform):
     def _params(self, x: Tensor, context: Tensor | None) -> Tensor:
         if x.dim() != 2 or x.shape[1] != self.features:
             raise ClayflowError(f"this autoregressive layer was built for {self.features} features, got shape {tuple(x.shape)}")
-        return self.net(x, context).view(len(x), self.features, self.params_per_feature)
+        return cast(Tensor, self.net(x, context)).view(len(x), self.features, self.params_per_feature)
 
-    def forward(self, x, context=None):
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return self._map(x, self._params(x, context), inverse=False)
 
-    def inverse(self, z, context=None):
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         x = torch.zeros_like(z)
         for _ in range(self.features):  # pass k fixes feature k (its inputs x_<k are final)
             x, logabsdet = self._map(z, self._params(x, context), inverse=True)
@@ -84,11 +98,18 @@ class AffineAutoregressive(_Autoregressive, BoundedScale):
 
     params_per_feature = 2
 
-    def __init__(self, features: int, *, scale_bound: ScaleBound = ScaleBound.TANH, clamp: float = 2.0, **made):
+    def __init__(
+        self,
+        features: int,
+        *,
+        scale_bound: ScaleBound = ScaleBound.TANH,
+        clamp: float = 2.0,
+        **made: Unpack[_MADEOptions],
+    ):
         super().__init__(features, **made)
         self.init_scale(features, scale_bound, clamp)
 
-    def _map(self, v, params, inverse):
+    def _map(self, v: Tensor, params: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
         return affine(v, params[..., 0], self.log_scale(params[..., 1]), inverse)
 
 
@@ -106,12 +127,12 @@ class SplineAutoregressive(_Autoregressive):
     Reference: Durkan, Bekasov, Murray & Papamakarios, Neural Spline Flows, 2019.
     """
 
-    def __init__(self, features: int, *, bins: int = 8, bound: float = 5.0, **made):
+    def __init__(self, features: int, *, bins: int = 8, bound: float = 5.0, **made: Unpack[_MADEOptions]):
         self.params_per_feature = spline_params_per_feature(bins, bound)
         super().__init__(features, **made)
         self.bins, self.bound = bins, float(bound)
 
-    def _map(self, v, params, inverse):
+    def _map(self, v: Tensor, params: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
         out, log_slope = apply_spline(v, params, self.bins, self.bound, inverse)
         return out, sum_except_batch(log_slope)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -70,7 +71,7 @@ class SolveStats:
 
 
 class _Counter:
-    def __init__(self):
+    def __init__(self) -> None:
         self.calls = 0
 
 
@@ -101,13 +102,13 @@ class _AugmentedDynamics(nn.Module):
                 divergence = exact_divergence(dz, z, self.create_graph)
             if self.trace is Trace.HUTCHINSON or self.regularize:
                 vjp = torch.autograd.grad(dz, z, self.noise, create_graph=self.create_graph)[0]
-            if self.trace is Trace.HUTCHINSON:
-                divergence = (vjp * self.noise).reshape(z.shape[0], -1).sum(1)
+            if self.trace is Trace.HUTCHINSON:  # then vjp and the noise are set
+                divergence = (cast(Tensor, vjp) * cast(Tensor, self.noise)).reshape(z.shape[0], -1).sum(1)
         derivatives = [dz, divergence]
         if self.regularize:
             derivatives += [
                 dz.pow(2).reshape(z.shape[0], -1).sum(1),
-                vjp.pow(2).reshape(z.shape[0], -1).sum(1),
+                cast(Tensor, vjp).pow(2).reshape(z.shape[0], -1).sum(1),  # set above when regularizing
             ]
         if not self.create_graph:
             derivatives = [d.detach() for d in derivatives]
@@ -134,6 +135,8 @@ class CNF(Transform):
         x: ``(B, D)`` -> z ``(B, D)``, logabsdet ``(B,)``.
     Reference: Chen et al., Neural ODEs, 2018; Grathwohl et al., FFJORD, 2019.
     """
+
+    log_t1: Tensor  # a parameter with learn_t1, else a buffer
 
     def __init__(
         self,
@@ -163,9 +166,9 @@ class CNF(Transform):
         else:
             self.register_buffer("log_t1", log_t1)
         self.solver, self.atol, self.rtol, self.step_size = solver, atol, rtol, step_size
-        self.trace = parse_choice(Trace, trace, "trace")
-        self.eval_trace = parse_choice(Trace, eval_trace or trace, "trace")
-        self.noise_kind = parse_choice(Noise, noise, "Hutchinson noise")
+        self.trace: Trace = parse_choice(Trace, trace, "trace")
+        self.eval_trace: Trace = parse_choice(Trace, eval_trace or trace, "trace")
+        self.noise_kind: Noise = parse_choice(Noise, noise, "Hutchinson noise")
         self.adjoint = adjoint
 
     @property
@@ -176,11 +179,11 @@ class CNF(Transform):
     def t1(self) -> Tensor:
         return self.log_t1.exp()
 
-    def forward(self, x, context=None):
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         z, logabsdet, _ = self.forward_with_stats(x, context=context)
         return z, logabsdet
 
-    def inverse(self, z, context=None):
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         x, logabsdet, _ = self._solve(z, reverse=True, regularize=False, context=context)
         return x, logabsdet
 
@@ -191,7 +194,9 @@ class CNF(Transform):
         ``regularize``, which need a Hutchinson probe even with the exact trace)."""
         return self._solve(x, reverse=False, regularize=regularize, context=context)
 
-    def _solve(self, x: Tensor, reverse: bool, regularize: bool, context: Tensor | None = None):
+    def _solve(
+        self, x: Tensor, reverse: bool, regularize: bool, context: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, SolveStats]:
         func = self.func
         adjoint = self.adjoint and torch.is_grad_enabled()
         if adjoint and context is not None and context.requires_grad:
@@ -207,7 +212,9 @@ class CNF(Transform):
             if not adjoint:
                 func.context = None
 
-    def _integrate(self, x: Tensor, reverse: bool, regularize: bool, adjoint: bool):
+    def _integrate(
+        self, x: Tensor, reverse: bool, regularize: bool, adjoint: bool
+    ) -> tuple[Tensor, Tensor, SolveStats]:
         """``_solve`` once the field holds its context: one torchdiffeq solve of the state."""
         from torchdiffeq import odeint, odeint_adjoint
 
@@ -224,7 +231,7 @@ class CNF(Transform):
         )
         zeros = x.new_zeros(x.shape[0])
         state = (x, zeros) + ((zeros, zeros) if regularize else ())
-        options = {}
+        options: dict[str, float] = {}
         if self.solver in FIXED_STEP_SOLVERS:
             options["step_size"] = self.step_size or float(self.t1) / DEFAULT_STEPS
         kwargs = {"rtol": self.rtol, "atol": self.atol, "method": self.solver, "options": options}

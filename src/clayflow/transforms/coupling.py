@@ -86,6 +86,10 @@ class _Coupling(Transform):
     """
 
     params_per_feature = 1
+    mask: Tensor  # buffers (kept, transformed and merge_order: 1-D masks only)
+    kept: Tensor
+    transformed: Tensor
+    merge_order: Tensor
 
     def __init__(self, mask: Tensor, make_net: NetFactory, context_features: int = 0):
         super().__init__()
@@ -153,10 +157,10 @@ class _Coupling(Transform):
             return torch.cat([kept, transformed], dim=1).index_select(1, self.merge_order)
         return torch.cat([kept, transformed] if self.kept_first else [transformed, kept], dim=1)
 
-    def forward(self, x, context=None):
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return self._couple(x, context, inverse=False)
 
-    def inverse(self, z, context=None):
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return self._couple(z, context, inverse=True)
 
     def _map(
@@ -229,7 +233,9 @@ class AffineCoupling(_Coupling, BoundedScale):
         super().__init__(mask, make_net, context_features)
         self.init_scale(self.transformed_features, scale_bound, clamp)
 
-    def _map(self, v, params, inverse, free=None):
+    def _map(
+        self, v: Tensor, params: Tensor, inverse: bool, free: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         shift, raw = params.chunk(2, dim=1)
         s = self.log_scale(raw)
         if free is not None:
@@ -246,6 +252,8 @@ class AdditiveCoupling(_Coupling):
     Reference: Dinh et al., NICE: Non-linear Independent Components Estimation, 2015.
     """
 
-    def _map(self, v, params, inverse, free=None):
+    def _map(
+        self, v: Tensor, params: Tensor, inverse: bool, free: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         shift = params if free is None else params * free
         return (v - shift if inverse else v + shift), identity_logabsdet(v)

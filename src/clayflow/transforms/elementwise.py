@@ -35,10 +35,10 @@ class Scaling(Transform):
         super().__init__()
         self.log_scale = nn.Parameter(torch.zeros(features))
 
-    def forward(self, x, context=None):
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return affine_per_feature(x, None, self.log_scale, inverse=False)
 
-    def inverse(self, z, context=None):
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return affine_per_feature(z, None, self.log_scale, inverse=True)
 
 
@@ -53,15 +53,18 @@ class Standardize(Transform):
         x: ``(B, D)`` or ``(B, C, H, W)`` -> z like x, logabsdet ``(B,)``.
     """
 
+    mean: Tensor  # buffers
+    std: Tensor
+
     def __init__(self, features: int, mean: Tensor | None = None, std: Tensor | None = None):
         super().__init__()
         self.register_buffer("mean", torch.zeros(features) if mean is None else torch.as_tensor(mean))
         self.register_buffer("std", torch.ones(features) if std is None else torch.as_tensor(std))
 
-    def forward(self, x, context=None):
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return affine_per_feature(x, self.mean, -torch.log(self.std), inverse=False)
 
-    def inverse(self, z, context=None):
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return affine_per_feature(z, self.mean, -torch.log(self.std), inverse=True)
 
 
@@ -104,7 +107,7 @@ class PowerTransform(Transform):
         powers = np.clip([stats.yeojohnson_normmax(column) for column in columns], 0.02, 1.98)
         self.theta.copy_(torch.as_tensor(np.log(powers / (2 - powers)), dtype=self.theta.dtype))
 
-    def forward(self, x, context=None):
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         lam = self.power
         positive = x >= 0
         magnitude = torch.log1p(torch.where(positive, x, -x))  # log(1 + |x|), with slope 1 at 0
@@ -114,7 +117,7 @@ class PowerTransform(Transform):
         logabsdet = (torch.where(positive, lam - 1, 1 - lam) * magnitude).sum(1)
         return z, logabsdet
 
-    def inverse(self, z, context=None):
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         lam = self.power
         positive = z >= 0
         exponent = torch.where(positive, lam, 2 - lam)

@@ -3,6 +3,8 @@ invertible 1x1 convolution (plain or LU-decomposed), and a learned whitening of 
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -17,6 +19,9 @@ class Permutation(Transform):
     Shape:
         x: ``(B, D)`` or ``(B, C, H, W)`` -> z like x, logabsdet ``(B,)`` of zeros.
     """
+
+    permutation: Tensor  # buffers
+    inverse_permutation: Tensor
 
     def __init__(self, permutation: Tensor):
         super().__init__()
@@ -36,10 +41,10 @@ class Permutation(Transform):
         """A random permutation drawn from its own seeded generator (reproducible)."""
         return cls(torch.randperm(features, generator=torch.Generator().manual_seed(seed)))
 
-    def forward(self, x, context=None):
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return x.index_select(1, self.permutation), identity_logabsdet(x)
 
-    def inverse(self, z, context=None):
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return z.index_select(1, self.inverse_permutation), identity_logabsdet(z)
 
 
@@ -60,6 +65,9 @@ class InvertibleConv1x1(Transform):
         x: ``(B, C)`` or ``(B, C, H, W)`` -> z like x, logabsdet ``(B,)``.
     Reference: Kingma & Dhariwal, Glow, 2018, Sec. 3.2.
     """
+
+    row_order: Tensor  # buffers (LU only)
+    negative: Tensor
 
     def __init__(self, features: int, lu: bool = True, init: str = "rotation"):
         super().__init__()
@@ -94,19 +102,20 @@ class InvertibleConv1x1(Transform):
 
     def log_abs_det_weight(self) -> Tensor:
         """log|det W| (a scalar)."""
-        return self.log_s.sum() if self.lu else torch.linalg.slogdet(self.weight).logabsdet
+        # torch.linalg.slogdet is untyped (Any) in torch
+        return self.log_s.sum() if self.lu else cast(Tensor, torch.linalg.slogdet(self.weight).logabsdet)
 
     def _inverse_weight(self) -> Tensor:
         weight = self.weight_matrix()
         if self.training or torch.is_grad_enabled():
-            return torch.linalg.inv(weight)
+            return cast(Tensor, torch.linalg.inv(weight))  # torch.linalg.inv is untyped (Any) in torch
         # Keyed by the weight's values: a fused optimiser step updates parameters in place
         # without bumping their version counters, so (data_ptr, _version) would go stale.
         cached = self._inverse_cache  # a plain attribute: .double() and .to() leave it as it was
         if cached is None or cached[0].dtype != weight.dtype or cached[0].device != weight.device \
                 or not torch.equal(cached[0], weight):  # fmt: skip
             self._inverse_cache = (weight.clone(), torch.linalg.inv(weight))
-        return self._inverse_cache[1]
+        return cast("tuple[Tensor, Tensor]", self._inverse_cache)[1]  # set just above if it was None
 
     @staticmethod
     def _apply_matrix(x: Tensor, matrix: Tensor) -> Tensor:
@@ -117,10 +126,10 @@ class InvertibleConv1x1(Transform):
     def _logabsdet(self, x: Tensor) -> Tensor:
         return (self.log_abs_det_weight() * positions_per_feature(x)).expand(x.shape[0])
 
-    def forward(self, x, context=None):
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return self._apply_matrix(x, self.weight_matrix()), self._logabsdet(x)
 
-    def inverse(self, z, context=None):
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return self._apply_matrix(z, self._inverse_weight()), -self._logabsdet(z)
 
     def extra_repr(self) -> str:
@@ -146,6 +155,9 @@ class Whitening(Transform):
         x: ``(B, D)`` -> z ``(B, D)``, logabsdet ``(B,)``.
     """
 
+    mean: Tensor  # buffers
+    cholesky: Tensor
+
     def __init__(self, features: int):
         super().__init__()
         self.register_buffer("mean", torch.zeros(features))
@@ -168,12 +180,12 @@ class Whitening(Transform):
     def _log_abs_det_whitening(self, x: Tensor) -> Tensor:
         return -self.cholesky.diagonal().abs().log().sum().expand(x.shape[0])
 
-    def forward(self, x, context=None):
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         white = torch.linalg.solve_triangular(self.cholesky, (x - self.mean).T, upper=False).T
         z, logabsdet = self.linear(white - self.shift)
         return z, logabsdet + self._log_abs_det_whitening(x)
 
-    def inverse(self, z, context=None):
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         white, logabsdet = self.linear.inverse(z)
         x = (white + self.shift) @ self.cholesky.tril().T + self.mean
         return x, logabsdet - self._log_abs_det_whitening(z)

@@ -9,6 +9,7 @@ temperature is one draw from the base.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -33,12 +34,14 @@ class LearnedPrior(Transform):
     Reference: Kingma & Dhariwal, Glow, 2018 (and its code: split2d, learntop).
     """
 
+    net: nn.Conv2d | None
+
     def __init__(self, channels: int, context_channels: int = 0):
         super().__init__()
         if context_channels:
             self.net = nn.Conv2d(context_channels, 2 * channels, 3, padding=1)
             nn.init.zeros_(self.net.weight)
-            nn.init.zeros_(self.net.bias)
+            nn.init.zeros_(cast(Tensor, self.net.bias))  # a Conv2d has a bias unless bias=False
         else:
             self.net = None
             self.loc = nn.Parameter(torch.zeros(channels))
@@ -57,11 +60,11 @@ class LearnedPrior(Transform):
             return (-self.log_scale.sum() * positions_per_feature(z)).expand(z.shape[0])
         return -sum_except_batch(log_sigma)
 
-    def forward(self, z, context=None):
+    def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         mu, log_sigma = self._params(z, context)
         return (z - mu) * torch.exp(-log_sigma), self._logabsdet(z, log_sigma)
 
-    def inverse(self, eps, context=None):
+    def inverse(self, eps: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         mu, log_sigma = self._params(eps, context)
         return eps * torch.exp(log_sigma) + mu, -self._logabsdet(eps, log_sigma)
 
@@ -108,7 +111,7 @@ class MultiScale(Transform):
         self.kept_channels: list[int] = []
         self.latent_shapes: list[tuple[int, ...]] = []  # factored parts, then the top
         shape = self.event_shape
-        for i, level in enumerate(self.levels):
+        for i, level in enumerate(cast("Sequence[Transform]", self.levels)):
             shape = level.output_shape(shape)
             if i == len(self.levels) - 1:
                 break
@@ -122,7 +125,7 @@ class MultiScale(Transform):
         self.latent_shapes.append(tuple(shape))
         self.latent_sizes = [torch.Size(s).numel() for s in self.latent_shapes]
 
-    def forward(self, x, context=None):
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if tuple(x.shape[1:]) != self.event_shape:
             raise ClayflowError(
                 f"this model was built for images of shape {self.event_shape}, got {tuple(x.shape[1:])}"
@@ -142,7 +145,7 @@ class MultiScale(Transform):
         parts.append(x.reshape(x.shape[0], -1))
         return torch.cat(parts, dim=1), logabsdet
 
-    def inverse(self, z, context=None):
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         parts = self.split_latent(z)
         x = parts[-1]
         logabsdet = z.new_zeros(z.shape[0])
@@ -150,10 +153,10 @@ class MultiScale(Transform):
             if i < len(self.kept_channels):
                 factored = parts[i]
                 if isinstance(self.priors[i], Transform):
-                    factored, ladj = self.priors[i].inverse(factored, x)
+                    factored, ladj = cast(Transform, self.priors[i]).inverse(factored, x)
                     logabsdet = logabsdet + ladj
                 x = torch.cat([x, factored], dim=1)
-            x, ladj = self.levels[i].inverse(x, context)
+            x, ladj = cast(Transform, self.levels[i]).inverse(x, context)
             logabsdet = logabsdet + ladj
         return x, logabsdet
 
@@ -163,8 +166,9 @@ class MultiScale(Transform):
             raise ClayflowError(
                 f"a latent of this model has shape (B, {sum(self.latent_sizes)}), got {tuple(z.shape)}"
             )
-        chunks = z.split(self.latent_sizes, dim=1)
+        # Tensor.split is unannotated in torch
+        chunks = z.split(self.latent_sizes, dim=1)  # type: ignore[no-untyped-call]
         return [c.reshape(z.shape[0], *s) for c, s in zip(chunks, self.latent_shapes)]
 
-    def output_shape(self, shape):
+    def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         return (sum(self.latent_sizes),)

@@ -28,6 +28,9 @@ class BatchNorm(Transform):
     Reference: Dinh et al., Density estimation using Real NVP, 2017.
     """
 
+    running_mean: Tensor  # buffers
+    running_var: Tensor
+
     def __init__(self, features: int, momentum: float = 0.1, eps: float = 1e-5):
         super().__init__()
         self.momentum = momentum
@@ -50,13 +53,13 @@ class BatchNorm(Transform):
         per_sample = (self.log_gamma - 0.5 * torch.log(var + self.eps)).sum()
         return (per_sample * positions_per_feature(x)).expand(x.shape[0])
 
-    def forward(self, x, context=None):
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         mean, var = self._statistics(x)
         scale = torch.exp(self.log_gamma) * torch.rsqrt(var + self.eps)
         z = (x - per_feature(mean, x)) * per_feature(scale, x) + per_feature(self.beta, x)
         return z, self._logabsdet(x, var)
 
-    def inverse(self, z, context=None):
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         mean, var = self.running_mean, self.running_var
         scale = torch.exp(-self.log_gamma) * torch.sqrt(var + self.eps)
         x = (z - per_feature(self.beta, z)) * per_feature(scale, z) + per_feature(mean, z)
@@ -78,6 +81,8 @@ class ActNorm(Transform):
     Reference: Kingma & Dhariwal, Glow, 2018, Sec. 3.1.
     """
 
+    initialized: Tensor  # a buffer
+
     def __init__(self, features: int, eps: float = 1e-6):
         super().__init__()
         self.eps = eps
@@ -94,10 +99,10 @@ class ActNorm(Transform):
             self.log_scale.copy_(-torch.log(x.std(dim=dims, unbiased=False) + self.eps))
         self.initialized.fill_(True)
 
-    def forward(self, x, context=None):
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if not self.initialized:
             self.initialize(x)
         return affine_per_feature(x, self.loc, self.log_scale, inverse=False)
 
-    def inverse(self, z, context=None):
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return affine_per_feature(z, self.loc, self.log_scale, inverse=True)

@@ -62,14 +62,14 @@ class Planar(Transform):
         u_hat = self.u + (w_u_hat - wu) * self.w / (self.w @ self.w).clamp_min(1e-12)
         return u_hat, w_u_hat
 
-    def inverse(self, z, context=None):
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         u_hat, w_u_hat = self._u_hat()
         pre = z @ self.w + self.b
         activation = torch.tanh(pre)
         logabsdet = torch.log1p(w_u_hat * (1 - activation**2))
         return z + activation[:, None] * u_hat, logabsdet
 
-    def forward(self, x, context=None):
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         u_hat, w_u_hat = self._u_hat()
         s = x @ self.w
         with torch.no_grad():
@@ -125,13 +125,13 @@ class Radial(Transform):
         h = 1 / (alpha + r)
         return (self.features - 1) * torch.log1p(beta * h) + torch.log1p(beta * alpha * h**2)
 
-    def inverse(self, z, context=None):
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         alpha, beta = self._alpha_beta()
         offset = z - self.z0
         r = offset.norm(dim=1)
         return z + (beta / (alpha + r))[:, None] * offset, self._logabsdet(r)
 
-    def forward(self, x, context=None):
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         alpha, beta = self._alpha_beta()
         offset = x - self.z0
         rho = offset.norm(dim=1)

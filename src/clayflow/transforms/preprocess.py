@@ -51,12 +51,12 @@ class Dequantize(Transform):
             raise ClayflowError(f"dequantization needs an integer number of levels >= 2, got {levels}")
         self.levels = int(levels)
 
-    def forward(self, x, context=None):
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if not torch.compiler.is_compiling():
             check_levels(x, self.levels)
         return x + batch.rand_like(x), identity_logabsdet(x)
 
-    def inverse(self, z, context=None):
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return z.floor().clamp(0, self.levels - 1), identity_logabsdet(z)
 
     def extra_repr(self) -> str:
@@ -92,6 +92,8 @@ class DequantizeColumns(Transform):
         x: ``(B, D)`` -> y ``(B, D)``, logabsdet ``(B,)`` of zeros.
     """
 
+    mask: Tensor  # a buffer
+
     def __init__(self, features: int, columns: list[int], steps: list[float] | None = None):
         super().__init__()
         steps = [1.0] * len(columns) if steps is None else [float(h) for h in steps]
@@ -110,10 +112,10 @@ class DequantizeColumns(Transform):
         """The step of each column ``(D,)`` (0 on continuous ones) in ``x``'s dtype and device."""
         return torch.tensor(self.steps, dtype=x.dtype, device=x.device)
 
-    def forward(self, x, context=None):
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return x + batch.rand_like(x) * self.steps_like(x), identity_logabsdet(x)
 
-    def inverse(self, z, context=None):
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         z64 = z.double()
         step = torch.where(self.mask, self.steps_like(z64), 1.0)
         # floor(z / h), allowing 2 float32 ulps for a grid value stored just below its point (0.9
@@ -145,13 +147,13 @@ class ScalarAffine(Transform):
             )
         self.scale, self.shift = float(scale), float(shift)
 
-    def _logabsdet(self, x):
+    def _logabsdet(self, x: Tensor) -> Tensor:
         return x.new_full((x.shape[0],), x[0].numel() * math.log(abs(self.scale)))
 
-    def forward(self, x, context=None):
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return x * self.scale + self.shift, self._logabsdet(x)
 
-    def inverse(self, z, context=None):
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return (z - self.shift) / self.scale, -self._logabsdet(z)
 
     def extra_repr(self) -> str:
@@ -179,13 +181,13 @@ class Logit(Transform):
             raise UsageError(f"the logit boundary alpha must be in [0, 0.5), got {alpha}")
         self.alpha = float(alpha)
 
-    def forward(self, x, context=None):
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         p = self.alpha + (1 - 2 * self.alpha) * x
         log_p, log_1mp = torch.log(p), torch.log1p(-p)
         logabsdet = sum_except_batch(math.log1p(-2 * self.alpha) - log_p - log_1mp)
         return log_p - log_1mp, logabsdet
 
-    def inverse(self, z, context=None):
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         log_p, log_1mp = F.logsigmoid(z), F.logsigmoid(-z)
         x = (torch.sigmoid(z) - self.alpha) / (1 - 2 * self.alpha)
         return x, sum_except_batch(log_p + log_1mp - math.log1p(-2 * self.alpha))

@@ -143,8 +143,13 @@ class SplineCoupling(_Coupling):
         super().__init__(mask, make_net, context_features)
         self.bins, self.bound = bins, float(bound)
 
-    def _map(self, v, params, inverse, free=None):
-        raw = params.unflatten(1, (-1, self.params_per_feature)).movedim(2, -1)  # (B, D_b, *, 3K - 1)
+    def _map(
+        self, v: Tensor, params: Tensor, inverse: bool, free: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        # (B, D_b, *, 3K - 1); Tensor.unflatten is unannotated in torch
+        raw = params.unflatten(  # type: ignore[no-untyped-call]
+            1, (-1, self.params_per_feature)
+        ).movedim(2, -1)
         out, log_slope = apply_spline(v, raw, self.bins, self.bound, inverse)
         if free is not None:
             out, log_slope = torch.where(free.bool(), out, v), log_slope * free
@@ -154,5 +159,6 @@ class SplineCoupling(_Coupling):
 def apply_spline(v: Tensor, raw: Tensor, bins: int, bound: float, inverse: bool) -> tuple[Tensor, Tensor]:
     """``rational_quadratic_spline`` of ``v`` with its raw parameters ``raw`` ``(*v.shape, 3K - 1)``
     laid out as K widths, K heights, K - 1 derivatives."""
-    widths, heights, derivatives = raw.split([bins, bins, bins - 1], dim=-1)
+    # Tensor.split is unannotated in torch
+    widths, heights, derivatives = raw.split([bins, bins, bins - 1], dim=-1)  # type: ignore[no-untyped-call]
     return rational_quadratic_spline(v, widths, heights, derivatives, bound, inverse)
