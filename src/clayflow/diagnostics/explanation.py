@@ -9,13 +9,14 @@ for images: -log|det J_k| / (D ln 2) is what layer k costs or saves). ``explain`
 flow's forward pass once (random layers such as dequantization with noise from ``seed``) and
 records, for every leaf layer, its output and its log|det| per row.
 
->>> import torch
->>> from clayflow import models
->>> explanation = explain(models.realnvp(2, layers=2, hidden=8), torch.randn(5, 2))
->>> [step.kind for step in explanation.steps]
-['AffineCoupling', 'AffineCoupling']
->>> explanation.steps[0].output.shape, explanation.steps[0].logabsdet.shape
-(torch.Size([5, 2]), torch.Size([5]))
+Examples:
+    >>> import torch
+    >>> from clayflow import models
+    >>> explanation = explain(models.realnvp(2, layers=2, hidden=8), torch.randn(5, 2))
+    >>> [step.kind for step in explanation.steps]
+    ['AffineCoupling', 'AffineCoupling']
+    >>> explanation.steps[0].output.shape, explanation.steps[0].logabsdet.shape
+    (torch.Size([5, 2]), torch.Size([5]))
 """
 
 from __future__ import annotations

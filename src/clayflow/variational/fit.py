@@ -2,15 +2,16 @@ r"""Training a flow by reverse KL towards an unnormalised target: ``ReverseKLTra
 state of one such training, which a checkpoint holds whole) and ``fit_target``, its loop for
 Python (``clayflow fit`` runs the same steps in a run directory, with resume).
 
->>> import torch
->>> from clayflow import models
->>> from clayflow.variational import fit_target, load_target
->>> result = fit_target(models.realnvp(2, layers=2, hidden=16), load_target("banana"), steps=20,
-...                     eval_every=10, eval_samples=512)
->>> [row["step"] for row in result.history]
-[0, 10, 20]
->>> sorted(result.history[-1])
-['beta', 'elbo', 'ess', 'log_z', 'log_z_se', 'loss', 'pareto_k', 'seconds', 'step']
+Examples:
+    >>> import torch
+    >>> from clayflow import models
+    >>> from clayflow.variational import fit_target, load_target
+    >>> result = fit_target(models.realnvp(2, layers=2, hidden=16), load_target("banana"), steps=20,
+    ...                     eval_every=10, eval_samples=512)
+    >>> [row["step"] for row in result.history]
+    [0, 10, 20]
+    >>> sorted(result.history[-1])
+    ['beta', 'elbo', 'ess', 'log_z', 'log_z_se', 'loss', 'pareto_k', 'seconds', 'step']
 """
 
 from __future__ import annotations
