@@ -172,6 +172,35 @@ def test_a_longer_resume_keeps_the_annealing_and_refuses_other_changes(tmp_path)
         fit({"model": "maf"}, tmp_path / "run", resume=True, progress=False)
 
 
+def test_a_run_records_its_models_defaults_and_an_older_cnf_keeps_softplus(tmp_path):
+    """A fitted run's checkpoint records every builder default (tanh for a CNF now); one of an
+    older clayflow recorded only the options given, and its CNF, built when softplus was the
+    default, loads and resumes with softplus."""
+    from clayflow.nn.odenet import ODENet
+
+    def activations(flow) -> set[str]:
+        return {type(m.activation).__name__ for m in flow.modules() if isinstance(m, ODENet)}
+
+    run = tmp_path / "run"
+    config = {"target": "banana", "model": "cnf", "steps": 2, "eval_every": 2, "eval_samples": 64, "batch_size": 32,
+              "options": {"hidden": 8, "depth": 1, "solver": "rk4", "activation": "softplus"}}  # fmt: skip
+    fit(config, run, progress=False)
+    checkpoint = torch.load(run / "checkpoints/last.pt", weights_only=False)
+    assert checkpoint["model_spec"]["options"]["t1"] == 1.0  # a default, recorded though not given
+    del checkpoint["model_spec"]["options"]["activation"]  # as an older clayflow wrote it
+    checkpoint["model_spec"]["options"] = {k: config["options"][k] for k in ("hidden", "depth", "solver")}
+    torch.save(checkpoint, run / "checkpoints/last.pt")
+    written = json.loads((run / "config.json").read_text())
+    del written["options"]["activation"]
+    (run / "config.json").write_text(json.dumps(written))
+    assert activations(clayflow.load(run)) == {"Softplus"}
+    fit({"steps": 4}, run, resume=True, progress=False)
+    assert activations(clayflow.load(run)) == {"Softplus"}
+    fresh = tmp_path / "fresh"
+    fit({**config, "options": {k: v for k, v in config["options"].items() if k != "activation"}}, fresh, progress=False)
+    assert activations(clayflow.load(fresh)) == {"Tanh"}
+
+
 def test_heavy_tailed_weights_are_warned_about_and_the_run_is_kept(tmp_path, capsys):
     """After 5 steps the flow is still near its N(0, I) start, far from the mixture's ring at
     radius 4: a few draws carry all the weight, and the figures from them cannot be trusted."""

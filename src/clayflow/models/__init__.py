@@ -8,7 +8,7 @@ multi-scale ``image.realnvp_image`` on images.
 from __future__ import annotations
 
 import inspect
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from clayflow.core import Compose, Flow
@@ -22,6 +22,10 @@ from clayflow.models.start import StandardizedContext, start_transforms
 from clayflow.models.vector import nice, realnvp
 
 VECTOR, IMAGE = "vector", "image"
+# Builder defaults that have changed, as they were before: a run that did not record an option
+# (``clayflow fit`` runs before 2026-12-02 recorded only the options given) was built with these.
+# ``ModelSpec.with_former_defaults`` fills them in, so such a run loads and resumes as it trained.
+FORMER_DEFAULTS = {("cnf", "vector"): {"activation": "softplus"}}  # tanh since 2026-12-02
 MODELS = {
     "realnvp": {VECTOR: realnvp, IMAGE: realnvp_image},
     "nice": {VECTOR: nice},
@@ -68,10 +72,17 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ModelSpec:
+        """A spec as a checkpoint recorded it, by this or an older clayflow."""
         values = dict(values)
         if "features" in values:  # written before images existed: a vector model
             values["event_shape"] = [values.pop("features")]
-        return cls(**values)
+        return cls(**values).with_former_defaults()
+
+    def with_former_defaults(self) -> ModelSpec:
+        """This spec with the options it does not record set to the values the builder had
+        before their default changed (``FORMER_DEFAULTS``): what a recorded run was built with."""
+        former = FORMER_DEFAULTS.get((self.name, self.kind), {})
+        return replace(self, options={**former, **self.options})
 
 
 def data_kind(event_shape) -> str:

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from clayflow.errors import ClayflowError, UsageError
-from clayflow.models import ModelSpec, build, model_options
+from clayflow.models import ModelSpec, build, model_defaults, model_options
 from clayflow.train.checkpoint import CHECKPOINT_NAME, read_checkpoint, save_checkpoint
 from clayflow.train.loop import TrainingInterrupted, TrainingStopped
 from clayflow.train.report import Progress
@@ -101,7 +101,7 @@ def fit(config: FitConfig | dict[str, Any] | None, out: Path | None, *, resume: 
     config.check()
     target = load_target(config.target, config.dims)
     samples, forward_weight = _target_samples(config, target)
-    spec = ModelSpec(config.model, [target.dims], dict(config.options))
+    spec = _model_spec(config, target.dims, out if resume else None)
     torch.manual_seed(config.seed)  # the initial weights too come from the run's seed
     flow = build(spec).to(resolve_device(config.device))
     training = ReverseKLTraining(flow, target, config.settings(), samples, forward_weight)
@@ -141,6 +141,15 @@ def _name(target: str) -> str:
     """A target as a part of a run directory's name: ``u1``, ``model-log_posterior``."""
     module, _, function = target.rpartition(":")
     return f"{Path(module).stem.split('.')[-1]}-{function}" if module else target
+
+
+def _model_spec(config: FitConfig, dims: int, resumed: Path | None) -> ModelSpec:
+    """The run's model: as the checkpoint of the ``resumed`` run recorded it (``from_dict`` fills
+    the options an older clayflow did not record), else ``config``'s, with every builder
+    default recorded, so that a later change of a default cannot change this run's model."""
+    if resumed is not None and (resumed / CHECKPOINT_NAME).exists():
+        return ModelSpec.from_dict(read_checkpoint(resumed, map_location="cpu")["model_spec"])
+    return ModelSpec(config.model, [dims], {**model_defaults(config.model), **config.options})
 
 
 def resumed_fit_config(out: Path | None, given: dict[str, Any]) -> FitConfig:
