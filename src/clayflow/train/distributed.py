@@ -149,6 +149,9 @@ class Processes:
         return nn.parallel.DistributedDataParallel(module, device_ids=ids)
 
 
+_own_group = False  # whether the process group is one that clayflow set up (and takes down)
+
+
 def processes_from_environment() -> Processes:
     """The processes ``torchrun`` started (``WORLD_SIZE`` > 1), with the process group
     initialised (gloo on CPU, nccl when this process has a GPU), or one process."""
@@ -161,25 +164,31 @@ def processes_from_environment() -> Processes:
         if backend == "nccl":
             torch.cuda.set_device(local_rank)
         dist.init_process_group(backend)
+        global _own_group
+        _own_group = True
         atexit.register(_destroy_process_group)
     return Processes(rank, world, local_rank)
 
 
 def _destroy_process_group() -> None:
-    """At exit, take down the process group clayflow set up (kept for later ``fit`` calls in the
-    same script until then). Left to the interpreter's teardown, gloo's threads aborted 5 of
-    40 finished two-process runs here (``terminate called without an active exception``)."""
-    if dist.is_initialized():
+    """Take down the process group clayflow set up; at exit, unless ``end_processes`` did (the
+    group is kept for later ``fit`` calls in the same script until then). Left to the
+    interpreter's teardown, gloo's threads aborted 5 of 40 finished two-process runs here
+    (``terminate called without an active exception``)."""
+    global _own_group
+    if _own_group and dist.is_initialized():
         gc.collect()  # DistributedDataParallel reducers left in cycles hold the group and its work
         dist.destroy_process_group()
+    _own_group = False
 
 
 def end_processes() -> None:
-    """Take down the process group together, once every process has finished its run: a
-    barrier (so that no process tears down while rank 0 still writes and talks), then the
-    teardown. A command ends with this rather than leave it to ``atexit``, where a finished
-    two-process run of the test suite still aborted once in gloo's threads (CI, 2026-12-02)."""
-    if dist.is_initialized():
+    """Take down the process group clayflow set up together, once every process has finished
+    its run: a barrier (so that no process tears down while rank 0 still writes and talks),
+    then the teardown. A command ends with this rather than leave it to ``atexit``, where a
+    finished two-process run of the test suite still aborted once in gloo's threads (CI,
+    2026-12-02). A group that the calling script set up is left to it."""
+    if _own_group and dist.is_initialized():
         dist.barrier()
         _destroy_process_group()
 
