@@ -1,7 +1,7 @@
 """clayflow beside nflows, normflows, zuko and FrEIA, and a plain-PyTorch RealNVP, in one run.
 
     pip install -e ".[bench]"
-    python benchmarks/compare/run.py                  # everything, about 75 minutes on 2 cores
+    python benchmarks/compare/run.py                  # everything, about 2 hours on 2 cores (cnf: 1)
     python benchmarks/compare/run.py --only speed     # one workload; the report merges what is there
     python benchmarks/compare/run.py --quick          # a smoke test of every workload, 3 minutes
     python benchmarks/compare/run.py --only autoregressive   # MAF / NSF beside zuko's and nflows'
@@ -15,7 +15,7 @@ Workloads (see each module): ``speed`` (train steps/s, log_prob and sample throu
 2 and 64, batch 256 and 4096; parameters; round-trip error), ``quality`` (test NLL on four 2D
 toys after 3000 steps of batch 512, Adam 1e-3, 3 seeds), ``glow`` (Glow on digits at an
 equal wall-clock budget, against normflows' Glow) and ``cnf`` (a CNF on the toys at an equal
-budget, against zuko's CNF). Speed runs alone: nothing else should run on the machine.
+budget, against zuko's CNF, 3 seeds; on seed 0 also clayflow's former softplus field). Speed runs alone: nothing else should run on the machine.
 
 Not in the default run: ``autoregressive`` (``autoregressive.py``: MAF, NSF-AR and NSF-C beside
 zuko's and nflows' at equal architecture, dim 8 and 64; ``--threads``, ``--blocks``,

@@ -38,10 +38,11 @@ def cnf(
         features: D.
         blocks: CNF blocks in sequence; ``actnorm`` or ``batch_norm`` puts an ``ActNorm`` or
             ``BatchNorm`` between them.
-        hidden, depth, activation: the vector field MLP (``tanh`` or ``softplus``). tanh, as
-            FFJORD's toy experiments use, learned more per step and per second than softplus
-            on all four 2D toys (0.4 to 1.35 nats lower test NLL after 400 steps; 2.43 vs 2.53
-            on moons and 2.84 vs 3.13 on 8gaussians at equal time, about 590 s each).
+        hidden, depth, activation: the vector field MLP (``tanh`` or ``softplus``). tanh, as in
+            FFJORD's toy experiments, is the default since 2026-12-02 (it reached a lower test
+            NLL than softplus at an equal time budget: ``benchmarks/compare/run.py --only
+            cnf``); runs saved before load as they were built, and a flow built in Python
+            then is rebuilt with ``activation="softplus"``.
         augment: extra dimensions drawn from N(0, I) that the ODE moves in (see
             ``transforms.augment``); log_prob is then a lower bound on log p(x).
         t1, learn_t1: integration time T per block, fixed or learned.
