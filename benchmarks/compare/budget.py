@@ -194,14 +194,17 @@ def glow_digits(budget: float, batch: int, lr: float, seed: int = 0, log=print) 
 # --- CNF on toys -------------------------------------------------------------------------------
 
 
-def clayflow_cnf(activation: str = "tanh") -> Contender:
-    """clayflow's CNF with its default vector field (tanh); ``activation="softplus"`` gives the
-    default before 2026-12-02, named apart."""
+def clayflow_cnf(activation: str | None = None) -> Contender:
+    """clayflow's CNF with its default vector field, or with ``activation`` (named apart when
+    it is not the default: ``"softplus"``, the default before 2026-12-02)."""
+    activation = activation or models.model_defaults("cnf")["activation"]
     flow = models.cnf(2, hidden=64, depth=2, activation=activation, trace="exact", eval_trace="exact")
     contender = clayflow_contender(
         flow, f"concatsquash MLP 64-64 {activation}; torchdiffeq dopri5, atol = rtol = 1e-5; exact trace"
     )
-    return contender if activation == "tanh" else dataclasses.replace(contender, name=f"clayflow {activation}")
+    if activation == models.model_defaults("cnf")["activation"]:
+        return contender
+    return dataclasses.replace(contender, name=f"clayflow {activation}")
 
 
 def zuko_cnf() -> Contender:
