@@ -11,6 +11,7 @@ import platform
 import statistics
 from pathlib import Path
 
+import time_to_quality
 import torch
 
 from clayflow.plotting.plots import save_figure
@@ -321,6 +322,9 @@ def write(folder: Path, path: Path) -> Path:
     quality_rows = read_rows(folder / "quality.csv")
     if quality_rows:
         lines += _quality_table(quality_rows)
+    curve_rows = read_rows(folder / "curves.csv")
+    if curve_rows:
+        lines += time_to_quality.table(curve_rows, PEERS)
     budget_rows = read_rows(folder / "budget.csv")
     if budget_rows:
         lines.append("\n## Equal wall-clock budget: Glow on digits, CNF on toys\n")

@@ -13,7 +13,8 @@ is rebuilt from whatever CSVs the folder holds (``--report-only`` rebuilds it al
 
 Workloads (see each module): ``speed`` (train steps/s, log_prob and sample throughput at dim
 2 and 64, batch 256 and 4096; parameters; round-trip error), ``quality`` (test NLL on four 2D
-toys after 3000 steps of batch 512, Adam 1e-3, 3 seeds), ``glow`` (Glow on digits at an
+toys after 3000 steps of batch 512, Adam 1e-3, 3 seeds, with learning curves; and the time
+clayflow's default command takes to reach the best peer's NLL, ``time_to_quality.py``), ``glow`` (Glow on digits at an
 equal wall-clock budget, against normflows' Glow) and ``cnf`` (a CNF on the toys at an equal
 budget, against zuko's CNF, 3 seeds; on seed 0 also clayflow's former softplus field). Speed runs alone: nothing else should run on the machine.
 
@@ -40,6 +41,7 @@ import budget
 import quality
 import report
 import speed
+import time_to_quality
 from contenders import BUILDERS, PEERS, compiled, with_fused_adam
 
 WORKLOADS = ("speed", "glow", "cnf", "quality")
@@ -136,10 +138,16 @@ def main() -> None:
             )
         if "quality" in args.only:
             builders = {name: BUILDERS[name] for name in AS_SHIPPED}
-            rows = quality.run(
-                builders, args.toys, args.seeds, args.steps, args.batch, args.lr, args.test_size, log
-            )
+            rows, curves = quality.run(
+                builders, args.toys, args.seeds, args.steps, args.batch, args.lr, args.test_size, log,
+                curve_every=min(time_to_quality.CURVE_EVERY, max(1, args.steps // 10)),
+            )  # fmt: skip
+            curves += time_to_quality.run_default_command(
+                args.toys, args.seeds,
+                lambda toy, seed: quality.test_set(toy, seed, args.test_size), log,
+            )  # fmt: skip
             write_csv(folder / "quality.csv", rows)
+            write_csv(folder / "curves.csv", curves)
         if "autoregressive" in args.only:
             autoregressive.main(
                 ["--out", str(args.out / "compare_autoregressive"), "--threads", str(args.threads),
