@@ -176,11 +176,14 @@ def test_a_bad_discrete_choice_is_one_usage_line(tmp_path, capsys):
     ("data", "expected"),
     [
         # 142 training rows: the small-table rule, epochs of 2 batches of 64
-        ("wine", {"batch_size": 64, "dropout": 0.3, "activation": "tanh", "hidden": 32, "eval_every": 2, "patience": 250}),
+        ("wine", {"batch_size": 64, "dropout": 0.3, "activation": "tanh", "hidden": 32, "eval_every": 2, "patience": 250,
+                  "ema": 0.0}),
         # digits as images: once per epoch, no early stopping, no table rule
-        ("digits", {"batch_size": 64, "dropout": None, "activation": None, "hidden": None, "eval_every": 22, "patience": 0}),
-        # a 2D toy of 50,000 rows: big batches, epochs of 97 steps, patience of 20 epochs
-        ("moons", {"batch_size": 512, "dropout": None, "activation": None, "hidden": None, "eval_every": 97, "patience": 20}),
+        ("digits", {"batch_size": 64, "dropout": None, "activation": None, "hidden": None, "eval_every": 22, "patience": 0,
+                    "ema": 0.0}),
+        # a 2D toy of 50,000 rows: big batches, epochs of 97 steps, patience of 20 epochs, averaged weights
+        ("moons", {"batch_size": 512, "dropout": None, "activation": None, "hidden": None, "eval_every": 97, "patience": 20,
+                   "ema": 0.99}),
     ],
 )
 def test_defaults_follow_the_size_of_the_data(data, expected):
@@ -191,6 +194,7 @@ def test_defaults_follow_the_size_of_the_data(data, expected):
 def test_given_options_win_over_the_data_rule_and_config_json_records_the_rule(tmp_path):
     config = data_defaults(TrainConfig(data="wine", hidden=128, patience=0), load_dataset("wine"))
     assert (config.hidden, config.patience, config.dropout) == (128, 0, 0.3)
+    assert data_defaults(TrainConfig(data="moons", ema=0.0), load_dataset("moons")).ema == 0.0
     assert len(load_dataset("breast_cancer").train) < SMALL_TABLE_ROWS
     run = tmp_path / "run"
     assert main(["train", "--data", "wine", "--steps", "4", "--no-plots", "--out", str(run)]) == 0

@@ -110,7 +110,7 @@ class TrainConfig:
     schedule: str = "cosine"  # cosine (after warm-up) or constant
     warmup: int = 200  # linear warm-up steps
     clip: float = 10.0  # gradient-norm clipping threshold (0 disables)
-    ema: float = 0.0  # EMA decay of the weights used to evaluate (0 disables, e.g. 0.999)
+    ema: float | None = None  # decay of the moving average of the weights that is evaluated and kept (0 disables; default: 0.99 for vectors of at least 5,000 training rows, else 0)
     select_best: bool = True  # keep and use the best weights on validation (the untrained flow is the first candidate)
     patience: int | None = None  # stop after this many evaluations without a better model (0: never; default: vectors max(20, 500 steps), images 0)
     nonfinite: str = "stop"  # on a NaN/inf loss or gradient: stop, or skip the step (stops after 20 in a row)
@@ -267,7 +267,7 @@ def _check_values(config: TrainConfig, source: str, here: bool = True) -> None:
     for key in _NON_NEGATIVE:
         if getattr(config, key) is not None and getattr(config, key) < 0:
             raise UsageError(f"{source}: {key} must be >= 0, got {getattr(config, key)}")
-    if config.ema >= 1:
+    if config.ema is not None and config.ema >= 1:
         raise UsageError(f"{source}: ema is a decay in [0, 1), got {config.ema}")
     if config.seed > MAX_SEED:
         raise UsageError(f"{source}: seed must be in [0, 2**64 - 1] (torch's seed range), got {config.seed}")

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from clayflow.core import Flow, batch
 from clayflow.errors import ClayflowError, first_line
@@ -36,7 +35,7 @@ from clayflow.train.objective import StepObjective, flow_matching, maximum_likel
 from clayflow.train.report import Progress, Watch, auto_threads, start_line
 from clayflow.train.run import MetricsLog, TrainResult, write_json
 from clayflow.train.sampler import TrainingBatches, head
-from clayflow.train.schedule import make_optimizer, make_scheduler, step_seed
+from clayflow.train.schedule import make_optimizer, make_scheduler, make_weight_average, step_seed
 from clayflow.train.selection import BestModel
 from clayflow.train.setup import (
     input_noise_factor,
@@ -86,11 +85,7 @@ class Trainer:
             self.flow.parameters(), config.optimizer, config.lr, config.weight_decay
         )
         self.scheduler = make_scheduler(self.optimizer, config.warmup, config.steps, config.schedule)
-        self.ema = (
-            AveragedModel(self.flow, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True)
-            if config.ema > 0
-            else None
-        )
+        self.ema = make_weight_average(self.flow, config.ema) if config.ema else None
         self.batches = TrainingBatches(data.train, config.batch_size, config.seed, device, data.loader_options,
                                        part=self.processes.slice(config.batch_size))  # fmt: skip
         discrete = spec.discrete if spec is not None else []
