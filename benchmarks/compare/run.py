@@ -103,6 +103,9 @@ def main() -> None:
     parser.add_argument("--glow-seeds", type=int, default=3, help="glow: seeds 0 .. N-1")
     parser.add_argument("--cnf-budget", type=float, default=120.0, help="cnf: training seconds per model")
     parser.add_argument("--cnf-seeds", type=int, default=3, help="cnf: seeds 0 .. N-1")
+    parser.add_argument("--default-command-only", action="store_true",
+                        help="quality: rerun clayflow's default command alone and replace its learning curves on "
+                             "--toys in curves.csv, keeping the peers' (after a change of clayflow's defaults)")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="tiny budgets: checks that everything runs")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
@@ -137,16 +140,24 @@ def main() -> None:
                 [budget.BudgetRow(**report.typed(r, budget.BudgetRow)) for r in keep] + rows,
             )
         if "quality" in args.only:
-            builders = {name: BUILDERS[name] for name in AS_SHIPPED}
-            rows, curves = quality.run(
-                builders, args.toys, args.seeds, args.steps, args.batch, args.lr, args.test_size, log,
-                curve_every=min(time_to_quality.CURVE_EVERY, max(1, args.steps // 10)),
-            )  # fmt: skip
+            curves = []
+            if args.default_command_only:  # the peers' curves stay; clayflow's on these toys are replaced
+                curves = [
+                    quality.CurvePoint(**report.typed(r, quality.CurvePoint))
+                    for r in report.read_rows(folder / "curves.csv")
+                    if r["contender"] != time_to_quality.DEFAULT_COMMAND or r["toy"] not in args.toys
+                ]
+            else:
+                builders = {name: BUILDERS[name] for name in AS_SHIPPED}
+                rows, curves = quality.run(
+                    builders, args.toys, args.seeds, args.steps, args.batch, args.lr, args.test_size, log,
+                    curve_every=min(time_to_quality.CURVE_EVERY, max(1, args.steps // 10)),
+                )  # fmt: skip
+                write_csv(folder / "quality.csv", rows)
             curves += time_to_quality.run_default_command(
                 args.toys, args.seeds,
                 lambda toy, seed: quality.test_set(toy, seed, args.test_size), log,
             )  # fmt: skip
-            write_csv(folder / "quality.csv", rows)
             write_csv(folder / "curves.csv", curves)
         if "autoregressive" in args.only:
             autoregressive.main(
