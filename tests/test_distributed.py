@@ -31,14 +31,14 @@ def largest_difference(a, b) -> float:
     return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
 
 
-def same_run(one: Path, two: Path, tolerance: float = 1e-6) -> None:
+def same_run(one: Path, two: Path, tolerance: float = 1e-6, nll_tolerance: float = 1e-4) -> None:
     """Runs ``one`` and ``two`` hold the same weights, and the same validation and test NLL
     (evaluated on 1 process, and shared out over 2)."""
     assert largest_difference(weights(one), weights(two)) < tolerance
     val = [[float(row["val_nll"]) for row in csv.DictReader((run / "metrics.csv").open())] for run in (one, two)]
-    assert len(val[0]) == len(val[1]) > 1 and max(abs(a - b) for a, b in zip(*val)) < 1e-4
+    assert len(val[0]) == len(val[1]) > 1 and max(abs(a - b) for a, b in zip(*val)) < nll_tolerance
     results = [json.loads((run / "results.json").read_text()) for run in (one, two)]
-    assert abs(results[0]["test_nll"] - results[1]["test_nll"]) < 1e-4
+    assert abs(results[0]["test_nll"] - results[1]["test_nll"]) < nll_tolerance
 
 
 @pytest.mark.parametrize("options", [["--steps", "1"], ["--steps", "20", "--dropout", "0.2", "--input-noise", "0.05"]])
@@ -66,8 +66,10 @@ def test_image_models_train_the_same_on_two(tmp_path, model):
     two = on_two(*images, "--out", tmp_path / "two")
     assert two.returncode == 0, two.stderr
     assert main(["train", *images, "--out", str(tmp_path / "one")]) == 0
-    # bf16 convolutions of a batch of 16 and of 32 round differently (measured: weights 7e-4 apart)
-    same_run(tmp_path / "one", tmp_path / "two", tolerance=1e-2 if "bf16" in model else 1e-5)
+    # bf16 convolutions of a batch of 16 and of 32 round differently (measured: weights 7e-4
+    # apart, and validation NLLs of about 236 nats 1.2e-4 apart in one CI run)
+    bf16 = "bf16" in model
+    same_run(tmp_path / "one", tmp_path / "two", tolerance=1e-2 if bf16 else 1e-5, nll_tolerance=1e-2 if bf16 else 1e-4)
 
 
 def test_nproc_launches_torchrun_on_this_machine(tmp_path):

@@ -263,28 +263,33 @@ def test_ema_weights_are_used_for_evaluation_and_loading(tmp_path):
     assert not torch.equal(saved["model"][key], saved["ema"]["module." + key])
 
 
-def test_the_weight_average_follows_its_warm_up_formula_and_forgets_the_first_weights():
+@pytest.mark.parametrize("decay", [0.999, 0.5])  # 0.5: the cap binds from the 9th update on
+def test_the_weight_average_follows_its_warm_up_formula_and_forgets_the_first_weights(decay):
     """``make_weight_average``: w̄ <- β_n w̄ + (1 - β_n) w with β_n = min(decay, (1 + n) / (10 + n))
-    after n updates (the first update copies); computed by hand in float64. With decay 0.999
-    a first weight of 1000 followed by 1,499 zeros leaves under 1e-2 (a constant decay: 222)."""
+    after n updates (the first update copies); computed by hand in float64; integer buffers
+    take the newest value. With decay 0.999 a first weight of 1000 followed by 1,499 zeros
+    leaves under 1e-2 (a constant decay would leave 223)."""
     from clayflow.train.schedule import make_weight_average
 
     module = torch.nn.Linear(1, 1, bias=False).double()
-    average = make_weight_average(module, decay=0.999)
+    module.register_buffer("count", torch.zeros((), dtype=torch.long))
+    average = make_weight_average(module, decay=decay)
     values = torch.linspace(-1, 1, 50, dtype=torch.float64) ** 3
     expected = None
     for n, value in enumerate(values):
         module.weight.data.fill_(value)
+        module.count.fill_(n)
         average.update_parameters(module)
-        beta = min(0.999, (1 + n) / (10 + n))
+        beta = min(decay, (1 + n) / (10 + n))
         expected = value if n == 0 else beta * expected + (1 - beta) * value
     assert torch.allclose(average.module.weight, expected.reshape(1, 1), rtol=1e-12, atol=1e-15)
+    assert average.module.count.item() == len(values) - 1
 
-    average = make_weight_average(module, decay=0.999)
+    average = make_weight_average(module, decay=decay)
     for n in range(1500):
         module.weight.data.fill_(1000.0 if n == 0 else 0.0)
         average.update_parameters(module)
-    assert 0 < average.module.weight.item() < 1e-2
+    assert 0 <= average.module.weight.item() < 1e-2
 
 
 def test_resume_before_first_checkpoint_starts_over(tmp_path):

@@ -145,7 +145,8 @@ def main() -> None:
                 curves = [
                     quality.CurvePoint(**report.typed(r, quality.CurvePoint))
                     for r in report.read_rows(folder / "curves.csv")
-                    if r["contender"] != time_to_quality.DEFAULT_COMMAND or r["toy"] not in args.toys
+                    if r["contender"] != time_to_quality.DEFAULT_COMMAND
+                    or r["toy"] not in args.toys or int(r["seed"]) >= args.seeds
                 ]
             else:
                 builders = {name: BUILDERS[name] for name in AS_SHIPPED}
@@ -157,6 +158,7 @@ def main() -> None:
             curves += time_to_quality.run_default_command(
                 args.toys, args.seeds,
                 lambda toy, seed: quality.test_set(toy, seed, args.test_size), log,
+                steps=args.steps if args.quick else None,
             )  # fmt: skip
             write_csv(folder / "curves.csv", curves)
         if "autoregressive" in args.only:

@@ -12,7 +12,9 @@ For each toy and seed:
   own code (``start_training`` with the command's setup: its 50,000-row training split,
   defaults, thread choice, schedule, early stopping, checkpoints), except that its validation
   split is the shared test set, so the NLL it logs once per epoch is that test NLL; the
-  seconds are its own ``elapsed_s`` (training, checkpoints included, evaluations excluded);
+  seconds are its own ``elapsed_s``: its training steps and periodic checkpoints, without
+  the evaluations, the best-weights saves that follow them, and the fitted start before
+  step 0 (the peers have no such work);
 * a contender's time to the target is where its curve first reaches it, linear between two
   evaluations; ``nan`` if it never does.
 
@@ -53,8 +55,9 @@ class TimeToQuality:
     steps: float
 
 
-def default_command_curve(toy: str, seed: int, test: torch.Tensor) -> list[CurvePoint]:
-    """The learning curve of ``clayflow train --data TOY --seed SEED``, validated on ``test``."""
+def default_command_curve(toy: str, seed: int, test: torch.Tensor, steps: int | None = None) -> list[CurvePoint]:
+    """The learning curve of ``clayflow train --data TOY --seed SEED`` (``--steps`` if given:
+    smoke tests), validated on ``test``."""
 
     def setup(config: TrainConfig, checkpoint: dict | None, new_run: bool):
         config, data, flow, spec = setup_from_config(config, checkpoint, new_run)
@@ -62,7 +65,8 @@ def default_command_curve(toy: str, seed: int, test: torch.Tensor) -> list[Curve
 
     with tempfile.TemporaryDirectory() as folder:
         run = Path(folder) / "run"
-        start_training(TrainConfig(data=toy, seed=seed), run, False, False, False, StopRequest(), setup=setup)
+        config = TrainConfig(data=toy, seed=seed, **({"steps": steps} if steps else {}))
+        start_training(config, run, False, False, False, StopRequest(), setup=setup)
         rows = read_metrics(run / "metrics.csv")
     return [
         CurvePoint(DEFAULT_COMMAND, toy, seed, int(row["step"]), float(row["elapsed_s"]), float(row["val_nll"]))
@@ -91,7 +95,7 @@ def times(curves: list[CurvePoint], peers: tuple[str, ...]) -> list[TimeToQualit
         for point in curves:
             if (point.toy, point.seed) == (toy, seed):
                 by_name.setdefault(point.contender, []).append(point)
-        finals = [by_name[name][-1].test_nll for name in peers if name in by_name]
+        finals = [max(by_name[name], key=lambda p: p.step).test_nll for name in peers if name in by_name]
         target = min(nll for nll in finals if math.isfinite(nll))
         for name, curve in by_name.items():
             seconds, steps = first_reach(sorted(curve, key=lambda p: p.step), target)
@@ -100,14 +104,15 @@ def times(curves: list[CurvePoint], peers: tuple[str, ...]) -> list[TimeToQualit
 
 
 def run_default_command(
-    toys: list[str], seeds: int, tests: Callable[[str, int], torch.Tensor], log: Callable[[str], None] = print
-) -> list[CurvePoint]:
+    toys: list[str], seeds: int, tests: Callable[[str, int], torch.Tensor], log: Callable[[str], None] = print,
+    steps: int | None = None,
+) -> list[CurvePoint]:  # fmt: skip
     """clayflow's default command's curves on every toy and seed; ``tests(toy, seed)`` is the
-    shared test set."""
+    shared test set; ``steps`` replaces the command's default (smoke tests only)."""
     curves = []
     for toy in toys:
         for seed in range(seeds):
-            curve = default_command_curve(toy, seed, tests(toy, seed))
+            curve = default_command_curve(toy, seed, tests(toy, seed), steps)
             curves += curve
             log(f"time to quality {toy} seed {seed} clayflow default: test NLL {curve[-1].test_nll:.4f} "
                 f"at step {curve[-1].step} ({curve[-1].seconds:.0f} s)")  # fmt: skip

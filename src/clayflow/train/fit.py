@@ -85,7 +85,9 @@ def fit(
     ``val``: evaluated once per epoch (``eval_every``); the weights with the lowest validation
     NLL are the ones kept (the untrained flow is the first candidate), and vector data stop
     early after ``patience`` evaluations without a better one. Without ``val``, the last
-    weights are kept and nothing stops early. ``test``: evaluated once at the end.
+    weights are kept and nothing stops early. ``test``: evaluated once at the end. Vector data
+    of 5,000 training rows or more are evaluated and kept as a moving average of the weights
+    (``ema`` 0.99, as ``clayflow train``'s; ``ema=0`` keeps the weights themselves).
 
     ``out``: a run directory for ``metrics.csv``, ``config.json``, ``results.json`` and the
     checkpoints (``last.pt``, ``best.pt``); with ``resume=True`` a stopped or killed fit

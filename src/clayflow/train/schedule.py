@@ -67,8 +67,10 @@ def make_weight_average(module: torch.nn.Module, decay: float) -> AveragedModel:
               \beta_n = \min(\text{decay}, (1 + n) / (10 + n)).
 
     With a constant decay the first weights, far from any good ones, would keep a share
-    decay^t after t steps (0.22 after 1,500 steps at 0.999); with the ramp they fade as fast as
-    a running mean's. Its state dict (weights and n) goes into checkpoints.
+    decay^t after t steps (0.22 after 1,500 steps at 0.999); with the ramp their share after
+    N updates is 10! (N + 1)! / (N + 10)!, below 1/N. The cap ``decay`` binds once
+    n >= (10 decay - 1) / (1 - decay): from update 890 at 0.99, 8,990 at 0.999. Its state dict
+    (weights and n) goes into checkpoints.
     """
 
     @torch.no_grad()

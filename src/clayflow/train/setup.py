@@ -39,9 +39,10 @@ MIN_PATIENCE = 20
 PATIENCE_STEPS = 500
 # Vectors of at least SMALL_TABLE_ROWS training rows evaluate and keep a moving average of the
 # weights (about the last 100 steps): on the four 2D toys it reached the best peer's final NLL
-# in 1.2-3x fewer steps than the raw weights (3 seeds each), with the same final NLL
+# in 1.2-3.5x fewer steps than the raw weights (3 seeds each), with the same final NLL
 # (benchmarks/results/2026-12-02.md). Small tables keep the raw weights: on the five tables of
-# benchmarks/tabular the average moved realnvp's test log-likelihood by -0.54 to +0.08 nats.
+# benchmarks/tabular the average moved realnvp's test log-likelihood by -0.54 to +0.08 nats
+# (benchmarks/results/tabular_ema/).
 LARGE_DATA_EMA = 0.99
 
 

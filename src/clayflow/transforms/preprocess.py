@@ -34,7 +34,10 @@ class Dequantize(Transform):
     ``-E_u log p(x + u)`` bounds ``-log P(x)`` of the discrete data from above. Fresh noise
     is drawn on every call, in training and evaluation alike (from torch's global RNG, through
     ``clayflow.core.batch``; fix it with ``torch.random.fork_rng`` for a repeatable evaluation). ``inverse`` quantizes:
-    ``floor(y)`` clipped to ``[0, k-1]``, so ``inverse(forward(x)) == x`` exactly.
+    ``floor(y)`` clipped to ``[0, k-1]``, so ``inverse(forward(x)) == x`` exactly. Through a
+    whole flow, the layers after it add their round-trip error to y: in float32 (about 1e-5
+    of a level) a pixel whose noise falls that close to a level's edge can come back one
+    level off; in float64 (what ``verify`` checks) the reconstruction is exact.
 
     ``forward`` refuses (``LevelsError``) values that are not integers in ``[0, k)``: a level
     outside gives NaN or a density outside the model's support, and intensities scaled to
