@@ -26,12 +26,12 @@ from pathlib import Path
 import torch
 
 WORKLOADS = {
-    "moons realnvp, batch 512": ["--data", "moons", "--steps", "300", "--batch-size", "512"],
+    "moons realnvp, batch 512": ["--data", "moons", "--model", "realnvp", "--steps", "300", "--batch-size", "512"],
     "digits realnvp, batch 64": ["--data", "digits", "--steps", "40", "--batch-size", "64"],
     "digits glow, batch 64": ["--data", "digits", "--model", "glow", "--steps", "40", "--batch-size", "64"],
 }
 SAME_RUN = {
-    "moons realnvp": ["--data", "moons"],
+    "moons realnvp": ["--data", "moons", "--model", "realnvp"],
     "digits glow": ["--data", "digits", "--model", "glow"],
     "digits realnvp (batch norm in its conditioners)": ["--data", "digits"],
     "moons cnf (rk4, hutchinson)": ["--data", "moons", "--model", "cnf", "--solver", "rk4", "--step-size", "0.25"],

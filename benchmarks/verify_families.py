@@ -24,7 +24,7 @@ from clayflow.diagnostics.faults import break_layer
 from clayflow.transforms import AffineCoupling, ScalarAffine
 
 RUNS = {
-    "realnvp-moons": ["--data", "moons", "--steps", "2000"],
+    "realnvp-moons": ["--data", "moons", "--model", "realnvp", "--steps", "2000"],
     "nice-moons": ["--data", "moons", "--model", "nice", "--steps", "2000"],
     "glow-moons": ["--data", "moons", "--model", "glow", "--steps", "2000"],
     "realnvp-wine": ["--data", "wine", "--steps", "1000"],

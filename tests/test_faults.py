@@ -200,8 +200,8 @@ CHECKPOINT_FAULTS = {
     "corrupt": "cannot read checkpoint",
     "pickled code": "cannot read checkpoint",
     "newer format": "newer than this clayflow",
-    "weights of another model": "do not fit its model 'realnvp'",
-    "options no model has": "model cannot be rebuilt: model 'realnvp' on vectors has no option(s) ['wings']",
+    "weights of another model": "do not fit its model 'nsf'",  # the default model on moons' 50,000 rows
+    "options no model has": "model cannot be rebuilt: model 'nsf' on vectors has no option(s) ['wings']",
     "missing": "has no checkpoint",
 }
 READERS = {

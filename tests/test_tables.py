@@ -176,19 +176,30 @@ def test_a_bad_discrete_choice_is_one_usage_line(tmp_path, capsys):
     ("data", "expected"),
     [
         # 142 training rows: the small-table rule, epochs of 2 batches of 64
-        ("wine", {"batch_size": 64, "dropout": 0.3, "activation": "tanh", "hidden": 32, "eval_every": 2, "patience": 250,
-                  "ema": 0.0}),
+        ("wine", {"model": "realnvp", "batch_size": 64, "dropout": 0.3, "activation": "tanh", "hidden": 32,
+                  "eval_every": 2, "patience": 250, "ema": 0.0}),
         # digits as images: once per epoch, no early stopping, no table rule
-        ("digits", {"batch_size": 64, "dropout": None, "activation": None, "hidden": None, "eval_every": 22, "patience": 0,
-                    "ema": 0.0}),
-        # a 2D toy of 50,000 rows: big batches, epochs of 97 steps, patience of 20 epochs, averaged weights
-        ("moons", {"batch_size": 512, "dropout": None, "activation": None, "hidden": None, "eval_every": 97, "patience": 20,
-                   "ema": 0.99}),
+        ("digits", {"model": "realnvp", "batch_size": 64, "dropout": None, "activation": None, "hidden": None,
+                    "eval_every": 22, "patience": 0, "ema": 0.0}),
+        # a 2D toy of 50,000 rows: spline couplings of 16 bins, big batches, epochs of 97 steps, patience of
+        # 20 epochs, averaged weights
+        ("moons", {"model": "nsf", "bins": 16, "batch_size": 512, "dropout": None, "activation": None, "hidden": None,
+                   "eval_every": 97, "patience": 20, "ema": 0.99}),
     ],
 )
 def test_defaults_follow_the_size_of_the_data(data, expected):
     config = data_defaults(TrainConfig(data=data), load_dataset(data))
     assert {k: getattr(config, k) for k in expected} == expected
+
+
+def test_a_named_model_wins_and_an_option_the_default_model_lacks_says_which_model_to_name(tmp_path, capsys):
+    assert data_defaults(TrainConfig(data="moons", model="realnvp"), load_dataset("moons")).model == "realnvp"
+    assert data_defaults(TrainConfig(data="wine", model="nsf"), load_dataset("wine")).model == "nsf"
+    code = main(["train", "--mask", "half", "--steps", "2", "--no-plots", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and not (tmp_path / "run").exists()
+    assert err.startswith("clayflow: error: --mask: not an option of nsf, the default model for 50,000 training rows")
+    assert err.rstrip().endswith("--model realnvp")
 
 
 def test_given_options_win_over_the_data_rule_and_config_json_records_the_rule(tmp_path):
@@ -199,7 +210,7 @@ def test_given_options_win_over_the_data_rule_and_config_json_records_the_rule(t
     run = tmp_path / "run"
     assert main(["train", "--data", "wine", "--steps", "4", "--no-plots", "--out", str(run)]) == 0
     saved = json.loads((run / "config.json").read_text())
-    assert (saved["hidden"], saved["dropout"], saved["eval_every"], saved["patience"]) == (32, 0.3, 2, 250)
+    assert (saved["model"], saved["hidden"], saved["dropout"], saved["eval_every"], saved["patience"]) == ("realnvp", 32, 0.3, 2, 250)
     assert math.isclose(saved["lr"], 2e-3)
 
 

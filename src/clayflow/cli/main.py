@@ -20,7 +20,7 @@ from clayflow import __version__
 from clayflow.errors import ClayflowError, UsageError
 
 EXAMPLES = {
-    "train": "examples:\n  clayflow train                          # RealNVP on moons (about a minute)\n"
+    "train": "examples:\n  clayflow train                          # a spline flow (NSF) on moons (about a minute)\n"
     "  clayflow train --data wine --model nice --steps 2000\n"
     "  clayflow train --data my_table.csv --out runs/mine\n"
     "  clayflow train --data digits --model glow     # images: realnvp or glow\n"
@@ -266,7 +266,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not processes.main:
         return 0
     print(
-        f"trained {config.model} on {config.data} for {result.steps} steps in {result.train_seconds:.0f} s: "
+        f"trained {result.model} on {config.data} for {result.steps} steps in {result.train_seconds:.0f} s: "
         f"test NLL {result.test_nll:.4f} nats ({result.test_bpd:.4f} bits/dim) "
         f"with the weights of step {result.selected_step}"
     )

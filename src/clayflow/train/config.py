@@ -59,7 +59,7 @@ MODEL_FIELDS = (
 class TrainConfig:
     """Everything a training run depends on. Field comments are the CLI's help texts."""
 
-    model: str = "realnvp"  # model builder: realnvp, nice, glow, cnf, maf, iaf or nsf
+    model: str | None = None  # model builder: realnvp, nice, glow, cnf, maf, iaf or nsf (default: nsf for vectors of at least 5,000 training rows, else realnvp)
     data: str = "moons"  # a 2D toy (moons, ...), a table (wine, ...), images (digits, patches..., mnist:DIR, cifar10:DIR, images:DIR) or a .csv/.npy file
     steps: int = 4000  # optimisation steps
     batch_size: int | None = None  # examples per step (default 512; images and tables under 5,000 rows 64)

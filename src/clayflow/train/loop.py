@@ -479,6 +479,7 @@ class Trainer:
         test_nll = evaluate_nll(flow, self.data.test, options, processes) if len(self.data.test) else math.nan
         result = TrainResult(
             run_dir=self.run_dir,
+            model=self.config.model,
             steps=self.step,
             test_nll=test_nll,
             test_bpd=test_nll / (self.data.dims * math.log(2)),

@@ -19,6 +19,7 @@ class TrainResult:
     """What a finished run measured (also written to ``RUN/results.json``)."""
 
     run_dir: Path
+    model: str  # the model builder trained (the data's default when none was named)
     steps: int
     test_nll: float
     test_bpd: float

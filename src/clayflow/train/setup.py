@@ -18,7 +18,7 @@ from clayflow.data.discrete import discrete_columns
 from clayflow.errors import UsageError
 from clayflow.models import MODELS, VECTOR, ModelSpec, build, data_kind, model_defaults, model_options
 from clayflow.models.start import fit_context, fit_start
-from clayflow.train.config import TrainConfig
+from clayflow.train.config import MODEL_FIELDS, TrainConfig, flag
 
 _LISTED_COLUMNS = 8  # a message names at most this many columns
 
@@ -44,6 +44,16 @@ PATIENCE_STEPS = 500
 # benchmarks/tabular the average moved realnvp's test log-likelihood by -0.54 to +0.08 nats
 # (benchmarks/results/tabular_ema/).
 LARGE_DATA_EMA = 0.99
+# The model by the data's size, when none is named: vectors of at least SMALL_TABLE_ROWS
+# training rows get NSF (spline couplings, LARGE_DATA_BINS bins). On the four 2D toys of the
+# comparison harness (3 seeds each) it reached the best peer's final test NLL in 98-466 steps
+# where RealNVP (with the weight average) needed 461-2,800, and ended 0.004-0.08 nats lower
+# (benchmarks/results/2026-12-03.md); it is as near the true entropy as RealNVP on moons and
+# nearer on the seven other toys (benchmarks/results/toy_entropy/). Smaller tables keep
+# RealNVP with the SMALL_TABLE options (the tuned small-table defaults of benchmarks/tabular),
+# and images keep RealNVP.
+LARGE_DATA_MODEL = "nsf"
+DEFAULT_MODEL = "realnvp"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -71,6 +81,8 @@ def data_defaults(config: TrainConfig, data: Dataset, *, new_run: bool = True) -
     options of the small-table rule apply to new runs only: a resumed run keeps the model it
     was built with (a run of an older clayflow recorded ``None`` for the builder's defaults).
 
+    * the model (``model``, when not named): ``LARGE_DATA_MODEL`` (nsf) for vectors of at
+      least ``SMALL_TABLE_ROWS`` training rows, else ``DEFAULT_MODEL`` (realnvp);
     * all data: validation once per epoch (``eval_every`` = training rows // batch size steps);
     * vectors: early stopping after ``max(20, 500 / eval_every)`` evaluations without a lower
       validation NLL (``patience``; images train without it);
@@ -86,6 +98,10 @@ def data_defaults(config: TrainConfig, data: Dataset, *, new_run: bool = True) -
     """
     vector = data_kind(data.event_shape) == VECTOR
     rows = len(data.train)
+    if config.model is None:
+        config = replace(config, model=LARGE_DATA_MODEL if vector and rows >= SMALL_TABLE_ROWS else DEFAULT_MODEL)
+        if vector:
+            _check_default_model_takes(config, rows)
     values: dict = {}
     if new_run and vector and rows < SMALL_TABLE_ROWS and "dropout" in model_options(config.model, VECTOR):
         values.update(SMALL_TABLE)
@@ -101,6 +117,19 @@ def data_defaults(config: TrainConfig, data: Dataset, *, new_run: bool = True) -
         patience = max(MIN_PATIENCE, math.ceil(PATIENCE_STEPS / config.eval_every))
         config = replace(config, patience=patience if vector and config.select_best else 0)
     return config
+
+
+def _check_default_model_takes(config: TrainConfig, rows: int) -> None:
+    """Refuse options the data's default model lacks, saying which model was chosen and why."""
+    given = [name for name in MODEL_FIELDS if getattr(config, name) is not None]
+    lacking = [name for name in given if name not in model_options(config.model, VECTOR)]
+    if lacking:
+        others = [name for name in (DEFAULT_MODEL, LARGE_DATA_MODEL) if name != config.model]
+        raise UsageError(
+            f"{', '.join(flag(name) for name in lacking)}: not an option of {config.model}, the default model for "
+            f"{rows:,} training rows (below {SMALL_TABLE_ROWS:,}: {DEFAULT_MODEL}, from {SMALL_TABLE_ROWS:,}: "
+            f"{LARGE_DATA_MODEL}); name a model that has it, e.g. --model {others[0]}"
+        )
 
 
 def build_flow(
