@@ -21,6 +21,7 @@ def one_thread():
 
 @pytest.fixture(scope="session")
 def good_run(tmp_path_factory):
+    """A short run of the default model on moons (nsf); other families have their own runs."""
     run = tmp_path_factory.mktemp("cli") / "run"
     from test_cli import FAST
 

@@ -199,7 +199,19 @@ def test_a_named_model_wins_and_an_option_the_default_model_lacks_says_which_mod
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and not (tmp_path / "run").exists()
     assert err.startswith("clayflow: error: --mask: not an option of nsf, the default model for 50,000 training rows")
-    assert err.rstrip().endswith("--model realnvp")
+    assert err.rstrip().endswith("name a model that takes --mask: --model realnvp or --model nice")
+    # the models named take every option given, not just the one the default lacks
+    for data, options, advice in [
+        ("moons", ["--solver", "rk4"], "name a model that takes --solver: --model cnf"),
+        ("moons", ["--layers", "3", "--coupling", "spline"], "name a model that takes --layers, --coupling: --model glow"),
+        ("wine", ["--bins", "4"], "name a model that takes --bins: --model nsf or --model glow"),
+        ("moons", ["--mask", "half", "--solver", "rk4"], "no vector model takes all of --mask, --solver"),
+        ("moons", ["--scales", "2"], "no vector model takes --scales"),
+    ]:
+        code = main(["train", "--data", data, *options, "--steps", "2", "--no-plots", "--out", str(tmp_path / "run")])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and err.rstrip().endswith(advice), err
+    assert not (tmp_path / "run").exists()
 
 
 def test_given_options_win_over_the_data_rule_and_config_json_records_the_rule(tmp_path):

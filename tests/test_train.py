@@ -379,12 +379,14 @@ def test_a_metrics_row_cut_short_is_left_out_on_resume(tmp_path):
     assert [r["step"] for r in read_metrics(path)] == ["10", "20"] and path.read_text().endswith("\n")
 
 
-def test_compiled_training_step_gives_the_eager_numbers(tmp_path):
+@pytest.mark.parametrize("model", ["realnvp", "nsf"])  # the two defaults (small tables, and moons)
+def test_compiled_training_step_gives_the_eager_numbers(tmp_path, model):
     """``--compile`` runs the same optimisation: the same losses and weights up to rounding."""
     results, weights = [], []
     for compile_step in (False, True):
         run = tmp_path / f"compile-{compile_step}"
-        results.append(train(TrainConfig(steps=20, compile=compile_step, **SMALL), run, progress=False))
+        config = TrainConfig(model=model, steps=20, compile=compile_step, **SMALL)
+        results.append(train(config, run, progress=False))
         weights.append(torch.load(run / "checkpoints/last.pt", weights_only=True)["model"])
     assert results[1].test_nll == pytest.approx(results[0].test_nll, rel=1e-5)
     for key in weights[0]:

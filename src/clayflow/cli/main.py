@@ -20,7 +20,7 @@ from clayflow import __version__
 from clayflow.errors import ClayflowError, UsageError
 
 EXAMPLES = {
-    "train": "examples:\n  clayflow train                          # a spline flow (NSF) on moons (about a minute)\n"
+    "train": "examples:\n  clayflow train                          # a spline flow (NSF) on moons (1-2 minutes)\n"
     "  clayflow train --data wine --model nice --steps 2000\n"
     "  clayflow train --data my_table.csv --out runs/mine\n"
     "  clayflow train --data digits --model glow     # images: realnvp or glow\n"
@@ -123,7 +123,10 @@ def _train_help() -> dict[str, str]:
     from clayflow.train.config import field_help
 
     helps = field_help()
-    helps["model"] = f"model: {', '.join(MODELS)} (nice, maf, iaf, nsf: vectors only; cnf: FFJORD)"
+    helps["model"] = (
+        f"model: {', '.join(MODELS)} (nice, maf, iaf, nsf: vectors only; cnf: FFJORD) "
+        "(default: nsf for vectors of at least 5,000 training rows, else realnvp)"
+    )
     helps["data"] = (
         f"2D toys ({' '.join(TOYS)}), tables ({' '.join(SKLEARN_TABLES)}), images (digits, "
         "patches[:SIZE][:rgb], mnist:DIR, cifar10:DIR, images:DIR), or a .csv/.npy file"

@@ -64,7 +64,7 @@ class TrainConfig:
     steps: int = 4000  # optimisation steps
     batch_size: int | None = None  # examples per step (default 512; images and tables under 5,000 rows 64)
     lr: float | None = None  # peak learning rate (default 2e-3; images 1e-3)
-    layers: int | None = None  # coupling layers; for Glow images, steps per level (default 8)
+    layers: int | None = None  # coupling or autoregressive layers; for Glow images, steps per level (default 8; maf, iaf, nsf 5; planar, radial 32)
     hidden: int | None = None  # conditioner width, MLP units or conv channels (default 128; images 64; tables under 5,000 rows 2D rounded up to a power of 2 in [32, 128])
     depth: int | None = None  # conditioner hidden layers or residual blocks (default 2; nice 4)
     conditioner: str | None = None  # vector models: mlp or resmlp (default mlp)

@@ -479,7 +479,6 @@ class Trainer:
         test_nll = evaluate_nll(flow, self.data.test, options, processes) if len(self.data.test) else math.nan
         result = TrainResult(
             run_dir=self.run_dir,
-            model=self.config.model,
             steps=self.step,
             test_nll=test_nll,
             test_bpd=test_nll / (self.data.dims * math.log(2)),
@@ -488,6 +487,7 @@ class Trainer:
             selected_step=selected_step,
             patience=self.config.patience,
             stopped_early=self._stopped_early(),
+            model=self.config.model,
         )
         if processes.main:
             with self._writing("results"):

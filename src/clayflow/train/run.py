@@ -19,7 +19,6 @@ class TrainResult:
     """What a finished run measured (also written to ``RUN/results.json``)."""
 
     run_dir: Path
-    model: str  # the model builder trained (the data's default when none was named)
     steps: int
     test_nll: float
     test_bpd: float
@@ -28,6 +27,8 @@ class TrainResult:
     selected_step: int  # the step whose weights were evaluated (best validation, or last)
     patience: int  # early stopping after this many evaluations without a better model (0: off)
     stopped_early: bool
+    model: str  # the model builder trained (the data's default when none was named; last, so
+    # the fields before it keep their positions from before it existed)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}

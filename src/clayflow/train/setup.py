@@ -120,16 +120,26 @@ def data_defaults(config: TrainConfig, data: Dataset, *, new_run: bool = True) -
 
 
 def _check_default_model_takes(config: TrainConfig, rows: int) -> None:
-    """Refuse options the data's default model lacks, saying which model was chosen and why."""
+    """Refuse options the data's default model lacks, saying which model was chosen, why, and
+    which vector models take every option given (the other default first)."""
     given = [name for name in MODEL_FIELDS if getattr(config, name) is not None]
     lacking = [name for name in given if name not in model_options(config.model, VECTOR)]
-    if lacking:
-        others = [name for name in (DEFAULT_MODEL, LARGE_DATA_MODEL) if name != config.model]
-        raise UsageError(
-            f"{', '.join(flag(name) for name in lacking)}: not an option of {config.model}, the default model for "
-            f"{rows:,} training rows (below {SMALL_TABLE_ROWS:,}: {DEFAULT_MODEL}, from {SMALL_TABLE_ROWS:,}: "
-            f"{LARGE_DATA_MODEL}); name a model that has it, e.g. --model {others[0]}"
-        )
+    if not lacking:
+        return
+    order = [DEFAULT_MODEL, LARGE_DATA_MODEL, *MODELS]
+    takers = [name for name in dict.fromkeys(order)
+              if VECTOR in MODELS[name] and set(given) <= model_options(name, VECTOR)]  # fmt: skip
+    options = ", ".join(flag(name) for name in given)
+    if takers:
+        advice = f"name a model that takes {options}: --model {' or --model '.join(takers[:3])}"
+    else:
+        advice = f"no vector model takes {'all of ' if len(given) > 1 else ''}{options}"
+    what = "not an option" if len(lacking) == 1 else "not options"
+    raise UsageError(
+        f"{', '.join(flag(name) for name in lacking)}: {what} of {config.model}, the default model for "
+        f"{rows:,} training rows (below {SMALL_TABLE_ROWS:,}: {DEFAULT_MODEL}, from {SMALL_TABLE_ROWS:,}: "
+        f"{LARGE_DATA_MODEL}); {advice}"
+    )
 
 
 def build_flow(
