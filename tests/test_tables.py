@@ -206,7 +206,7 @@ def test_a_named_model_wins_and_an_option_the_default_model_lacks_says_which_mod
         ("moons", ["--layers", "3", "--coupling", "spline"], "name a model that takes --layers, --coupling: --model glow"),
         ("wine", ["--bins", "4"], "name a model that takes --bins: --model nsf or --model glow"),
         ("moons", ["--mask", "half", "--solver", "rk4"], "no vector model takes all of --mask, --solver"),
-        ("moons", ["--scales", "2"], "no vector model takes --scales"),
+        ("moons", ["--scales", "2"], "no vector model takes --scales (--scales: for images)"),
     ]:
         code = main(["train", "--data", data, *options, "--steps", "2", "--no-plots", "--out", str(tmp_path / "run")])
         err = capsys.readouterr().err

@@ -124,7 +124,7 @@ def _train_help() -> dict[str, str]:
 
     helps = field_help()
     helps["model"] = (
-        f"model: {', '.join(MODELS)} (nice, maf, iaf, nsf: vectors only; cnf: FFJORD) "
+        f"model: {', '.join(MODELS)} (nice, maf, iaf, nsf, planar, radial: vectors only; cnf: FFJORD) "
         "(default: nsf for vectors of at least 5,000 training rows, else realnvp)"
     )
     helps["data"] = (

@@ -59,14 +59,14 @@ MODEL_FIELDS = (
 class TrainConfig:
     """Everything a training run depends on. Field comments are the CLI's help texts."""
 
-    model: str | None = None  # model builder: realnvp, nice, glow, cnf, maf, iaf or nsf (default: nsf for vectors of at least 5,000 training rows, else realnvp)
+    model: str | None = None  # model builder: realnvp, nice, glow, cnf, maf, iaf, nsf, planar or radial (default: nsf for vectors of at least 5,000 training rows, else realnvp)
     data: str = "moons"  # a 2D toy (moons, ...), a table (wine, ...), images (digits, patches..., mnist:DIR, cifar10:DIR, images:DIR) or a .csv/.npy file
     steps: int = 4000  # optimisation steps
     batch_size: int | None = None  # examples per step (default 512; images and tables under 5,000 rows 64)
     lr: float | None = None  # peak learning rate (default 2e-3; images 1e-3)
-    layers: int | None = None  # coupling or autoregressive layers; for Glow images, steps per level (default 8; maf, iaf, nsf 5; planar, radial 32)
-    hidden: int | None = None  # conditioner width, MLP units or conv channels (default 128; images 64; tables under 5,000 rows 2D rounded up to a power of 2 in [32, 128])
-    depth: int | None = None  # conditioner hidden layers or residual blocks (default 2; nice 4)
+    layers: int | None = None  # coupling, autoregressive, planar or radial layers; for Glow images, steps per level (default 8; maf, iaf, nsf 5; planar, radial 32)
+    hidden: int | None = None  # conditioner width, MLP units or conv channels (default 128; cnf and realnvp images 64; tables under 5,000 rows 2D rounded up to a power of 2 in [32, 128])
+    depth: int | None = None  # conditioner hidden layers or residual blocks (default 2; nice 4; cnf 3)
     conditioner: str | None = None  # vector models: mlp or resmlp (default mlp)
     mask: str | None = None  # vector models: alternating (even/odd) or half (default alternating)
     scale_bound: str | None = None  # tanh, soft_clamp or sigmoid (Glow's code) (default tanh)

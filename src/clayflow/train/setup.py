@@ -121,7 +121,7 @@ def data_defaults(config: TrainConfig, data: Dataset, *, new_run: bool = True) -
 
 def _check_default_model_takes(config: TrainConfig, rows: int) -> None:
     """Refuse options the data's default model lacks, saying which model was chosen, why, and
-    which vector models take every option given (the other default first)."""
+    which vector models take every option given (all of them, the other default first)."""
     given = [name for name in MODEL_FIELDS if getattr(config, name) is not None]
     lacking = [name for name in given if name not in model_options(config.model, VECTOR)]
     if not lacking:
@@ -131,9 +131,13 @@ def _check_default_model_takes(config: TrainConfig, rows: int) -> None:
               if VECTOR in MODELS[name] and set(given) <= model_options(name, VECTOR)]  # fmt: skip
     options = ", ".join(flag(name) for name in given)
     if takers:
-        advice = f"name a model that takes {options}: --model {' or --model '.join(takers[:3])}"
+        advice = f"name a model that takes {options}: --model {' or --model '.join(takers)}"
     else:
         advice = f"no vector model takes {'all of ' if len(given) > 1 else ''}{options}"
+        vector_options = set().union(*(model_options(name, VECTOR) for name, kinds in MODELS.items() if VECTOR in kinds))
+        image_only = [flag(name) for name in given if name not in vector_options]
+        if image_only:
+            advice += f" ({', '.join(image_only)}: for images)"
     what = "not an option" if len(lacking) == 1 else "not options"
     raise UsageError(
         f"{', '.join(flag(name) for name in lacking)}: {what} of {config.model}, the default model for "
