@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 from contenders import Contender, _version, clayflow_contender, zuko_contender
-from quality import test_nll, toy_data
+from quality import CurvePoint, test_nll, toy_data
 from torch import Tensor
 
 from clayflow import models
@@ -46,15 +46,19 @@ def train_for(
     lr: float,
     validation: Tensor | None = None,
     checks: int = 20,
-) -> tuple[int, float]:
-    """Train until ``budget`` seconds of training have passed; returns (steps, seconds).
+    curve: Tensor | None = None,
+) -> tuple[int, float, list[tuple[int, float, float]]]:
+    """Train until ``budget`` seconds of training have passed; returns (steps, seconds, the
+    learning curve).
 
     With ``validation``, the NLL on it is computed ``checks`` times, evenly over the budget
     (not counted in it), and the weights with the lowest one are kept at the end, as
     ``clayflow train`` does: small image sets are overfitted long before the budget ends.
+    With ``curve`` (a test set), its NLL is taken at the same ``checks`` times, the clock
+    stopped, as ``(steps, seconds, NLL)`` rows; the last is the model as trained.
     """
     optimizer = contender.optimizer(contender.module.parameters(), lr=lr)
-    steps, trained, best = 0, 0.0, (math.inf, None)
+    steps, trained, best, points = 0, 0.0, (math.inf, None), []
     next_check = budget / checks
     while trained < budget:
         contender.module.train()
@@ -65,14 +69,16 @@ def train_for(
         optimizer.step()
         steps += 1
         trained += time.perf_counter() - start
-        if validation is not None and (trained >= next_check or trained >= budget):
-            next_check += budget / checks
-            nll = test_nll(contender, validation)
-            if nll < best[0]:
+        if trained >= next_check or trained >= budget:
+            while next_check <= trained:  # one check even when a step outlasts the interval
+                next_check += budget / checks
+            if curve is not None:
+                points.append((steps, trained, test_nll(contender, curve)))
+            if validation is not None and (nll := test_nll(contender, validation)) < best[0]:
                 best = (nll, {k: v.clone() for k, v in contender.module.state_dict().items()})
     if best[1] is not None:
         contender.module.load_state_dict(best[1])
-    return steps, trained
+    return steps, trained, points
 
 
 def _random_batches(data: Tensor, batch: int, seed: int) -> Callable[[], Tensor]:
@@ -171,7 +177,7 @@ def glow_digits(budget: float, batch: int, lr: float, seed: int = 0, log=print) 
         torch.manual_seed(seed)
         contender = build(shape, levels)
         batches = _random_batches(data.train, batch, seed)
-        steps, seconds = train_for(contender, batches, budget, lr, validation=data.val.float())
+        steps, seconds, _ = train_for(contender, batches, budget, lr, validation=data.val.float())
         torch.manual_seed(seed + 1)  # the same dequantization noise for both test passes
         nll = test_nll(contender, data.test.float())
         dims = math.prod(shape)
@@ -217,22 +223,27 @@ def zuko_cnf() -> Contender:
     )
 
 
-def cnf_toys(toys, budget: float, batch: int, lr: float, test_size: int, seeds: int = 3, log=print):
+def cnf_toys(
+    toys, budget: float, batch: int, lr: float, test_size: int, seeds: int = 3, log=print, former_default: bool = True
+) -> tuple[list[BudgetRow], list[CurvePoint]]:
     """clayflow's and zuko's CNFs for ``budget`` seconds on each toy from seeds 0 .. seeds - 1 (data,
-    weights), as workload "cnf TOY seed S"; on seed 0 also clayflow's softplus field (the
-    default it replaced)."""
-    rows = []
+    weights), as workload "cnf TOY seed S"; with ``former_default``, on seed 0 also clayflow's
+    softplus field (the default it replaced). Also clayflow's learning curve: its test NLL at
+    20 points of the budget (the clock stopped), for its time to zuko's final NLL."""
+    rows, curves = [], []
     for seed in range(seeds):
         for toy in toys:
             stream, test = toy_data(toy, seed, 100_000 // batch + 1, batch, test_size)
-            builds = [clayflow_cnf, zuko_cnf] + ([lambda: clayflow_cnf("softplus")] if seed == 0 else [])
+            builds = [clayflow_cnf, zuko_cnf] + ([lambda: clayflow_cnf("softplus")] if former_default and seed == 0 else [])
             for build in builds:
                 torch.manual_seed(seed)
                 contender = build()
-                steps, seconds = train_for(contender, _consecutive_batches(stream, batch), budget, lr)
-                nll = test_nll(contender, test)
+                on = test if contender.name == "clayflow" else None  # its default CNF, not the former one
+                steps, seconds, points = train_for(contender, _consecutive_batches(stream, batch), budget, lr, curve=on)
+                curves += [CurvePoint(contender.name, toy, seed, *point) for point in points]
+                nll = points[-1][2] if points else test_nll(contender, test)
                 rate = sample_rate(contender, 2000, repeats=1)
                 rows.append(BudgetRow(f"cnf {toy} seed {seed}", contender.name, steps, seconds, nll, math.nan,
                                       steps * batch / seconds, rate))  # fmt: skip
                 log(f"cnf {toy} seed {seed} {contender.name}: {steps} steps in {seconds:.0f} s, test NLL {nll:.4f}")
-    return rows
+    return rows, curves

@@ -257,6 +257,42 @@ def _budget_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def _time_to_zuko_table(curves: list[dict], budget_rows: list[dict]) -> list[str]:
+    """Per toy: the seconds clayflow's default CNF takes to reach zuko's final test NLL (where
+    its learning curve first reaches it, linear between points), against the seconds zuko
+    trained for it; medians [min-max] over the seeds."""
+    lines = [
+        "\n## CNF: time to zuko's final NLL\n",
+        "clayflow's test NLL was taken 20 times over its budget, the clock stopped, so a time is known to "
+        + "a twentieth of the budget (linear between points; one before the first point reads as the first "
+        + "point's); zuko's final NLL is its test NLL after the whole budget. Seconds: median [min-max] over seeds.\n",
+        "| toy | seeds | zuko's final NLL, mean | zuko's seconds | clayflow's seconds to it | clayflow's steps "
+        + "to it | ratio, median [min-max] |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    finals = {(r["workload"], r["contender"]): r for r in budget_rows}
+    by_toy: dict[str, list[tuple[float, float, float, float]]] = {}
+    for toy, seed in dict.fromkeys((r["toy"], int(r["seed"])) for r in curves):
+        zuko = finals.get((f"cnf {toy} seed {seed}", "zuko"))
+        if zuko is None:
+            continue
+        curve = sorted((time_to_quality.CurvePoint(**typed(r, time_to_quality.CurvePoint)) for r in curves
+                        if (r["toy"], int(r["seed"]), r["contender"]) == (toy, seed, CLAYFLOW)), key=lambda p: p.step)  # fmt: skip
+        seconds, steps = time_to_quality.first_reach(curve, float(zuko["test_nll"]))
+        by_toy.setdefault(toy, []).append((float(zuko["test_nll"]), float(zuko["seconds"]), seconds, steps))
+    for toy, runs in by_toy.items():
+        nll, zuko_s, ours_s, ours_steps = zip(*runs)
+        ratios = [o / z for o, z in zip(ours_s, zuko_s)]
+
+        def spread(values) -> str:  # a seed whose curve never reached zuko's NLL counts as infinite
+            values = [v if math.isfinite(v) else math.inf for v in values]
+            return f"{statistics.median(values):.3g} [{min(values):.3g}-{max(values):.3g}]".replace("inf", "never")
+
+        lines.append(f"| {toy} | {len(runs)} | {statistics.mean(nll):.4f} | {spread(zuko_s)} | {spread(ours_s)} | "
+                     f"{spread(ours_steps)} | {spread(ratios)} |")  # fmt: skip
+    return lines
+
+
 def _plots(folder: Path, speed_rows: list[dict], quality_rows: list[dict]) -> None:
     import matplotlib.pyplot as plt
 
@@ -329,6 +365,9 @@ def write(folder: Path, path: Path) -> Path:
     if budget_rows:
         lines.append("\n## Equal wall-clock budget: Glow on digits, CNF on toys\n")
         lines += _budget_table(budget_rows)
+    cnf_curves = read_rows(folder / "cnf_curves.csv")
+    if cnf_curves:
+        lines += _time_to_zuko_table(cnf_curves, budget_rows)
     autoregressive = folder.parent / "compare_autoregressive" / "speed.md"
     if autoregressive.exists():  # run.py --only autoregressive
         lines.append(

@@ -7,7 +7,7 @@
     python benchmarks/compare/run.py --only autoregressive   # MAF / NSF beside zuko's and nflows'
 
 Writes ``benchmarks/results/<date>.md`` (config, machine, versions, every table with ratios to
-clayflow, and the targets), and beside it ``<date>/{speed,quality,budget}.csv`` and
+clayflow, and the targets), and beside it ``<date>/{speed,quality,curves,budget,cnf_curves}.csv`` and
 ``<date>/{speed,quality}.png``. A workload's CSV is replaced when it runs again; the report
 is rebuilt from whatever CSVs the folder holds (``--report-only`` rebuilds it alone).
 
@@ -16,7 +16,10 @@ Workloads (see each module): ``speed`` (train steps/s, log_prob and sample throu
 toys after 3000 steps of batch 512, Adam 1e-3, 3 seeds, with learning curves; and the time
 clayflow's default command takes to reach the best peer's NLL, ``time_to_quality.py``), ``glow`` (Glow on digits at an
 equal wall-clock budget, against normflows' Glow) and ``cnf`` (a CNF on the toys at an equal
-budget, against zuko's CNF, 3 seeds; on seed 0 also clayflow's former softplus field). Speed runs alone: nothing else should run on the machine.
+budget, against zuko's CNF, 3 seeds, with clayflow's learning curve for its time to zuko's final
+NLL; on seed 0 also clayflow's former softplus field, unless ``--no-cnf-former-default``).
+``--toys`` with ``cnf`` replaces those toys' rows alone. Speed runs alone: nothing else should
+run on the machine.
 
 Not in the default run: ``autoregressive`` (``autoregressive.py``: MAF, NSF-AR and NSF-C beside
 zuko's and nflows' at equal architecture, dim 8 and 64; ``--threads``, ``--blocks``,
@@ -51,6 +54,10 @@ RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
 def write_csv(path: Path, rows: list) -> None:
+    """``rows`` (dataclasses) to ``path``; with no rows, no file (an old one is removed)."""
+    if not rows:
+        path.unlink(missing_ok=True)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=[field.name for field in dataclasses.fields(rows[0])])
@@ -103,6 +110,8 @@ def main() -> None:
     parser.add_argument("--glow-seeds", type=int, default=3, help="glow: seeds 0 .. N-1")
     parser.add_argument("--cnf-budget", type=float, default=120.0, help="cnf: training seconds per model")
     parser.add_argument("--cnf-seeds", type=int, default=3, help="cnf: seeds 0 .. N-1")
+    parser.add_argument("--cnf-former-default", action=argparse.BooleanOptionalAction, default=True,
+                        help="cnf: also clayflow's former softplus field on seed 0")  # fmt: skip
     parser.add_argument("--default-command-only", action="store_true",
                         help="quality: rerun clayflow's default command alone and replace its learning curves on "
                              "--toys in curves.csv, keeping the peers' (after a change of clayflow's defaults)")  # fmt: skip
@@ -127,14 +136,19 @@ def main() -> None:
                 for seed in range(args.glow_seeds):
                     rows += budget.glow_digits(args.glow_budget, args.glow_batch, args.lr, seed, log=log)
             if "cnf" in args.only:
-                rows += budget.cnf_toys(
-                    args.toys, args.cnf_budget, args.batch, args.lr, args.test_size, args.cnf_seeds, log=log
-                )
-            keep = [
-                r
-                for r in report.read_rows(folder / "budget.csv")
-                if r["workload"].split()[0] not in args.only
-            ]
+                cnf_rows, cnf_curves = budget.cnf_toys(args.toys, args.cnf_budget, args.batch, args.lr, args.test_size,
+                                                       args.cnf_seeds, log=log, former_default=args.cnf_former_default)  # fmt: skip
+                rows += cnf_rows
+                keep_curves = [r for r in report.read_rows(folder / "cnf_curves.csv") if r["toy"] not in args.toys]
+                write_csv(folder / "cnf_curves.csv",
+                          [quality.CurvePoint(**report.typed(r, quality.CurvePoint)) for r in keep_curves] + cnf_curves)  # fmt: skip
+
+            def rerun(row: dict) -> bool:  # workloads "glow digits seed S", "cnf TOY seed S"
+                kind, task = row["workload"].split()[:2]
+                former = row["contender"] == "clayflow softplus" and not args.cnf_former_default  # not rerun: kept
+                return kind in args.only and (kind != "cnf" or (task in args.toys and not former))
+
+            keep = [r for r in report.read_rows(folder / "budget.csv") if not rerun(r)]
             write_csv(
                 folder / "budget.csv",
                 [budget.BudgetRow(**report.typed(r, budget.BudgetRow)) for r in keep] + rows,
