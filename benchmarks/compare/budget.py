@@ -23,6 +23,7 @@ from torch import Tensor
 
 from clayflow import models
 from clayflow.data import load_dataset
+from clayflow.train.schedule import make_weight_average
 
 GLOW_SCALES, GLOW_STEPS, GLOW_HIDDEN = 2, 8, 128
 
@@ -47,6 +48,7 @@ def train_for(
     validation: Tensor | None = None,
     checks: int = 20,
     curve: Tensor | None = None,
+    weight_average: float = 0.0,
 ) -> tuple[int, float, list[tuple[int, float, float]]]:
     """Train until ``budget`` seconds of training have passed; returns (steps, seconds, the
     learning curve).
@@ -56,10 +58,14 @@ def train_for(
     ``clayflow train`` does: small image sets are overfitted long before the budget ends.
     With ``curve`` (a test set), its NLL is taken at the same ``checks`` times, the clock
     stopped, as ``(steps, seconds, NLL)`` rows; the last is the model as trained.
+    With ``weight_average`` (a decay), a moving average of the weights is kept as ``clayflow
+    train --ema`` keeps it (its updates count as training time), and it is what is evaluated
+    and kept: the contender's module ends with its weights.
     """
     optimizer = contender.optimizer(contender.module.parameters(), lr=lr)
     steps, trained, best, points = 0, 0.0, (math.inf, None), []
     next_check = budget / checks
+    average = make_weight_average(contender.module, weight_average) if weight_average else None
     while trained < budget:
         contender.module.train()
         start = time.perf_counter()
@@ -67,15 +73,22 @@ def train_for(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if average is not None:
+            average.update_parameters(contender.module)
         steps += 1
         trained += time.perf_counter() - start
         if trained >= next_check or trained >= budget:
             while next_check <= trained:  # one check even when a step outlasts the interval
                 next_check += budget / checks
+            if average is not None:  # the average's weights, evaluated through the contender's own calls
+                training_weights = {k: v.clone() for k, v in contender.module.state_dict().items()}
+                contender.module.load_state_dict(average.module.state_dict())
             if curve is not None:
                 points.append((steps, trained, test_nll(contender, curve)))
             if validation is not None and (nll := test_nll(contender, validation)) < best[0]:
                 best = (nll, {k: v.clone() for k, v in contender.module.state_dict().items()})
+            if average is not None:
+                contender.module.load_state_dict(training_weights)
     if best[1] is not None:
         contender.module.load_state_dict(best[1])
     return steps, trained, points
@@ -168,16 +181,23 @@ def normflows_glow(shape: tuple[int, int, int], levels: int) -> Contender:
     )
 
 
-def glow_digits(budget: float, batch: int, lr: float, seed: int = 0, log=print) -> list[BudgetRow]:
-    """Both Glows for ``budget`` seconds from ``seed`` (weights, batches), as workload "glow digits seed S"."""
+def glow_digits(
+    budget: float, batch: int, lr: float, seed: int = 0, log=print, weight_average: float = 0.0
+) -> list[BudgetRow]:
+    """Both Glows for ``budget`` seconds from ``seed`` (weights, batches), as workload "glow
+    digits seed S"; with ``weight_average`` (a decay) also clayflow's Glow evaluated and kept
+    as that moving average of its weights ("clayflow + average D")."""
     data = load_dataset("digits")
     shape, levels = tuple(data.train.shape[1:]), data.levels
     rows = []
-    for build in (clayflow_glow, normflows_glow):
+    runs = [(clayflow_glow, 0.0), (normflows_glow, 0.0)] + ([(clayflow_glow, weight_average)] if weight_average else [])
+    for build, decay in runs:
         torch.manual_seed(seed)
         contender = build(shape, levels)
+        if decay:
+            contender = dataclasses.replace(contender, name=f"{contender.name} + average {decay:g}")
         batches = _random_batches(data.train, batch, seed)
-        steps, seconds, _ = train_for(contender, batches, budget, lr, validation=data.val.float())
+        steps, seconds, _ = train_for(contender, batches, budget, lr, validation=data.val.float(), weight_average=decay)
         torch.manual_seed(seed + 1)  # the same dequantization noise for both test passes
         nll = test_nll(contender, data.test.float())
         dims = math.prod(shape)

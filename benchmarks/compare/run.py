@@ -15,7 +15,8 @@ Workloads (see each module): ``speed`` (train steps/s, log_prob and sample throu
 2 and 64, batch 256 and 4096; parameters; round-trip error), ``quality`` (test NLL on four 2D
 toys after 3000 steps of batch 512, Adam 1e-3, 3 seeds, with learning curves; and the time
 clayflow's default command takes to reach the best peer's NLL, ``time_to_quality.py``), ``glow`` (Glow on digits at an
-equal wall-clock budget, against normflows' Glow) and ``cnf`` (a CNF on the toys at an equal
+equal wall-clock budget, against normflows' Glow; ``--glow-average 0.99`` adds clayflow's Glow evaluated and kept as
+a moving average of its weights, as ``clayflow train --ema 0.99`` keeps it) and ``cnf`` (a CNF on the toys at an equal
 budget, against zuko's CNF, 3 seeds, with clayflow's learning curve for its time to zuko's final
 NLL; on seed 0 also clayflow's former softplus field, unless ``--no-cnf-former-default``).
 ``--toys`` with ``cnf`` replaces those toys' rows alone. Speed runs alone: nothing else should
@@ -107,7 +108,9 @@ def main() -> None:
     parser.add_argument("--test-size", type=int, default=20000, help="quality and cnf: test points per toy")
     parser.add_argument("--glow-budget", type=float, default=240.0, help="glow: training seconds per model")
     parser.add_argument("--glow-batch", type=int, default=64)
-    parser.add_argument("--glow-seeds", type=int, default=3, help="glow: seeds 0 .. N-1")
+    parser.add_argument("--glow-seeds", type=int, nargs="+", default=[0, 1, 2], help="glow: seeds")
+    parser.add_argument("--glow-average", type=float, default=0.0, metavar="DECAY",
+                        help="glow: also clayflow's Glow evaluated as a moving average of its weights")  # fmt: skip
     parser.add_argument("--cnf-budget", type=float, default=120.0, help="cnf: training seconds per model")
     parser.add_argument("--cnf-seeds", type=int, default=3, help="cnf: seeds 0 .. N-1")
     parser.add_argument("--cnf-former-default", action=argparse.BooleanOptionalAction, default=True,
@@ -121,7 +124,7 @@ def main() -> None:
     if args.quick:
         args.blocks, args.block_seconds, args.steps, args.seeds = 2, 0.05, 30, 1
         args.glow_budget, args.cnf_budget, args.test_size, args.dims = 5.0, 5.0, 2000, [2, 8]
-        args.glow_seeds = args.cnf_seeds = 1
+        args.glow_seeds, args.cnf_seeds = [0], 1
         args.batches = [64, 256]
     torch.set_num_threads(args.threads)
     folder = args.out / args.date
@@ -133,8 +136,9 @@ def main() -> None:
         if "glow" in args.only or "cnf" in args.only:
             rows = []
             if "glow" in args.only:
-                for seed in range(args.glow_seeds):
-                    rows += budget.glow_digits(args.glow_budget, args.glow_batch, args.lr, seed, log=log)
+                for seed in args.glow_seeds:
+                    rows += budget.glow_digits(args.glow_budget, args.glow_batch, args.lr, seed, log=log,
+                                               weight_average=args.glow_average)  # fmt: skip
             if "cnf" in args.only:
                 cnf_rows, cnf_curves = budget.cnf_toys(args.toys, args.cnf_budget, args.batch, args.lr, args.test_size,
                                                        args.cnf_seeds, log=log, former_default=args.cnf_former_default)  # fmt: skip
