@@ -192,6 +192,15 @@ def test_defaults_follow_the_size_of_the_data(data, expected):
     assert {k: getattr(config, k) for k in expected} == expected
 
 
+def test_glow_on_images_keeps_the_weight_average_and_image_realnvp_the_raw_weights():
+    digits = load_dataset("digits")
+    assert data_defaults(TrainConfig(data="digits", model="glow"), digits).ema == 0.99
+    assert data_defaults(TrainConfig(data="digits", model="glow", ema=0.0), digits).ema == 0.0
+    assert data_defaults(TrainConfig(data="digits", model="realnvp"), digits).ema == 0.0
+    # a small table's Glow (a vector Glow) follows the table rule
+    assert data_defaults(TrainConfig(data="wine", model="glow"), load_dataset("wine")).ema == 0.0
+
+
 def test_a_named_model_wins_and_an_option_the_default_model_lacks_says_which_model_to_name(tmp_path, capsys):
     assert data_defaults(TrainConfig(data="moons", model="realnvp"), load_dataset("moons")).model == "realnvp"
     assert data_defaults(TrainConfig(data="wine", model="nsf"), load_dataset("wine")).model == "nsf"
