@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import torch
@@ -60,7 +60,8 @@ def train_for(
     stopped, as ``(steps, seconds, NLL)`` rows; the last is the model as trained.
     With ``weight_average`` (a decay), a moving average of the weights is kept as ``clayflow
     train --ema`` keeps it (its updates count as training time), and it is what is evaluated
-    and kept: the contender's module ends with its weights.
+    and kept: the contender's module ends with its weights (the best on ``validation``, else
+    the last).
     """
     optimizer = contender.optimizer(contender.module.parameters(), lr=lr)
     steps, trained, best, points = 0, 0.0, (math.inf, None), []
@@ -91,6 +92,8 @@ def train_for(
                 contender.module.load_state_dict(training_weights)
     if best[1] is not None:
         contender.module.load_state_dict(best[1])
+    elif average is not None:
+        contender.module.load_state_dict(average.module.state_dict())
     return steps, trained, points
 
 
@@ -182,39 +185,52 @@ def normflows_glow(shape: tuple[int, int, int], levels: int) -> Contender:
 
 
 def glow_digits(
-    budget: float, batch: int, lr: float, seed: int = 0, log=print, weight_average: float = 0.0
+    budget: float,
+    batch: int,
+    lr: float,
+    seed: int = 0,
+    log=print,
+    weight_average: float = 0.0,
+    only: Collection[str] | None = None,
 ) -> list[BudgetRow]:
     """Both Glows for ``budget`` seconds from ``seed`` (weights, batches), as workload "glow
-    digits seed S"; with ``weight_average`` (a decay) also clayflow's Glow evaluated and kept
-    as that moving average of its weights ("clayflow + average D")."""
+    digits seed S"; with ``weight_average`` (a decay) also each Glow evaluated and kept as that
+    moving average of its weights ("clayflow + average D", "normflows + average D"). ``only``
+    (contender names) runs those alone, to complete a run."""
     data = load_dataset("digits")
     shape, levels = tuple(data.train.shape[1:]), data.levels
-    rows = []
-    runs = [(clayflow_glow, 0.0), (normflows_glow, 0.0)] + ([(clayflow_glow, weight_average)] if weight_average else [])
-    for build, decay in runs:
-        torch.manual_seed(seed)
-        contender = build(shape, levels)
-        if decay:
-            contender = dataclasses.replace(contender, name=f"{contender.name} + average {decay:g}")
-        batches = _random_batches(data.train, batch, seed)
-        steps, seconds, _ = train_for(contender, batches, budget, lr, validation=data.val.float(), weight_average=decay)
-        torch.manual_seed(seed + 1)  # the same dequantization noise for both test passes
-        nll = test_nll(contender, data.test.float())
-        dims = math.prod(shape)
-        rows.append(
-            BudgetRow(
-                f"glow digits seed {seed}",
-                contender.name,
-                steps,
-                seconds,
-                nll,
-                nll / (dims * math.log(2)),
-                steps * batch / seconds,
-                sample_rate(contender, 256),
-            )
-        )
-        log(f"glow seed {seed} {contender.name}: {steps} steps in {seconds:.0f} s, test {rows[-1].test_bpd:.4f} bits/dim")
+    rows: list[BudgetRow] = []
+    decays = [0.0, weight_average] if weight_average else [0.0]
+    for decay in decays:
+        for build in (clayflow_glow, normflows_glow):
+            torch.manual_seed(seed)
+            contender = build(shape, levels)
+            if decay:
+                contender = dataclasses.replace(contender, name=f"{contender.name} + average {decay:g}")
+            if only is None or contender.name in only:
+                rows.append(_glow_row(contender, data, budget, batch, lr, seed, decay))
+                log(f"glow seed {seed} {contender.name}: {rows[-1].steps} steps in {rows[-1].seconds:.0f} s, "
+                    f"test {rows[-1].test_bpd:.4f} bits/dim")  # fmt: skip
     return rows
+
+
+def _glow_row(contender: Contender, data, budget: float, batch: int, lr: float, seed: int, decay: float) -> BudgetRow:
+    """Train one Glow contender on digits (``train_for``) and measure it."""
+    batches = _random_batches(data.train, batch, seed)
+    steps, seconds, _ = train_for(contender, batches, budget, lr, validation=data.val.float(), weight_average=decay)
+    torch.manual_seed(seed + 1)  # the same dequantization noise for every test pass
+    nll = test_nll(contender, data.test.float())
+    dims = math.prod(data.train.shape[1:])
+    return BudgetRow(
+        f"glow digits seed {seed}",
+        contender.name,
+        steps,
+        seconds,
+        nll,
+        nll / (dims * math.log(2)),
+        steps * batch / seconds,
+        sample_rate(contender, 256),
+    )
 
 
 # --- CNF on toys -------------------------------------------------------------------------------

@@ -219,25 +219,29 @@ def _quality_table(rows: list[dict]) -> list[str]:
 def _budget_summary(rows: list[dict]) -> list[str]:
     """One row per model and data set ("cnf moons"): each library's test NLL (and bits/dim for
     images), mean over the seeds [min-max], and for each clayflow contender ("clayflow",
-    "clayflow + average 0.99") whether its mean is below every peer's."""
-    nll: dict[str, dict[str, list[float]]] = {}
+    "clayflow + average 0.99") whether its mean is below every peer's mean on the same seeds
+    (peers lacking one of them are left out; "-" when none is left)."""
+    nll: dict[str, dict[str, dict[str, float]]] = {}
     bpd: dict[str, dict[str, list[float]]] = {}
     for r in rows:
-        task = r["workload"].split(" seed ")[0]
-        nll.setdefault(task, {}).setdefault(r["contender"], []).append(float(r["test_nll"]))
+        task, seed = r["workload"].split(" seed ")
+        nll.setdefault(task, {}).setdefault(r["contender"], {})[seed] = float(r["test_nll"])
         bpd.setdefault(task, {}).setdefault(r["contender"], []).append(float(r["test_bpd"]))
     lines = [
-        "| task | library | seeds | test NLL (nats), mean [min-max] | test bits/dim, mean [min-max] | below every peer's mean |",
+        "| task | library | seeds | test NLL (nats), mean [min-max] | test bits/dim, mean [min-max] | below every peer's mean on its seeds |",
         "|---|---|---|---|---|---|",
     ]
     for task, libraries in nll.items():
-        seeds = len(libraries[CLAYFLOW])
-        peers = [sum(v) / len(v) for name, v in libraries.items() if not name.startswith(CLAYFLOW) and len(v) == seeds]
-        for name, v in libraries.items():
+        for name, by_seed in libraries.items():
+            v = list(by_seed.values())
             mean = sum(v) / len(v)
-            below = ("yes" if mean < min(peers, default=math.inf) else "**no**") if name.startswith(CLAYFLOW) else ""
+            below = ""
+            if name.startswith(CLAYFLOW):
+                peers = [sum(p[s] for s in by_seed) / len(by_seed) for other, p in libraries.items()
+                         if not other.startswith(CLAYFLOW) and set(by_seed) <= set(p)]  # fmt: skip
+                below = "-" if not peers else "yes" if mean < min(peers) else "**no**"
             bits = bpd[task][name]
-            shown = f"{sum(bits) / len(bits):.4f} [{min(bits):.4f}-{max(bits):.4f}]" if math.isfinite(bits[0]) else "-"
+            shown = f"{sum(bits) / len(bits):.4f} [{min(bits):.4f}-{max(bits):.4f}]" if all(map(math.isfinite, bits)) else "-"
             lines.append(f"| {task} | {name} | {len(v)} | {mean:.4f} [{min(v):.4f}-{max(v):.4f}] | {shown} | {below} |")
     return lines
 

@@ -15,8 +15,8 @@ Workloads (see each module): ``speed`` (train steps/s, log_prob and sample throu
 2 and 64, batch 256 and 4096; parameters; round-trip error), ``quality`` (test NLL on four 2D
 toys after 3000 steps of batch 512, Adam 1e-3, 3 seeds, with learning curves; and the time
 clayflow's default command takes to reach the best peer's NLL, ``time_to_quality.py``), ``glow`` (Glow on digits at an
-equal wall-clock budget, against normflows' Glow; ``--glow-average 0.99`` adds clayflow's Glow evaluated and kept as
-a moving average of its weights, as ``clayflow train --ema 0.99`` keeps it) and ``cnf`` (a CNF on the toys at an equal
+equal wall-clock budget, against normflows' Glow; ``--glow-average 0.99`` adds both Glows evaluated and kept as a
+moving average of their weights, as ``clayflow train --ema 0.99`` keeps it) and ``cnf`` (a CNF on the toys at an equal
 budget, against zuko's CNF, 3 seeds, with clayflow's learning curve for its time to zuko's final
 NLL; on seed 0 also clayflow's former softplus field, unless ``--no-cnf-former-default``).
 ``--toys`` with ``cnf`` replaces those toys' rows alone. Speed runs alone: nothing else should
@@ -108,9 +108,12 @@ def main() -> None:
     parser.add_argument("--test-size", type=int, default=20000, help="quality and cnf: test points per toy")
     parser.add_argument("--glow-budget", type=float, default=240.0, help="glow: training seconds per model")
     parser.add_argument("--glow-batch", type=int, default=64)
-    parser.add_argument("--glow-seeds", type=int, nargs="+", default=[0, 1, 2], help="glow: seeds")
+    parser.add_argument("--glow-seeds", type=int, nargs="+", default=[0, 1, 2],
+                        help="glow: the seeds (a list; before 2026-12-03 a count N meaning 0 .. N-1)")  # fmt: skip
     parser.add_argument("--glow-average", type=float, default=0.0, metavar="DECAY",
-                        help="glow: also clayflow's Glow evaluated as a moving average of its weights")  # fmt: skip
+                        help="glow: also each Glow evaluated and kept as a moving average of its weights")  # fmt: skip
+    parser.add_argument("--glow-only", nargs="+", metavar="NAME",
+                        help='glow: run these contenders alone (e.g. "normflows + average 0.99"), to complete a run')  # fmt: skip
     parser.add_argument("--cnf-budget", type=float, default=120.0, help="cnf: training seconds per model")
     parser.add_argument("--cnf-seeds", type=int, default=3, help="cnf: seeds 0 .. N-1")
     parser.add_argument("--cnf-former-default", action=argparse.BooleanOptionalAction, default=True,
@@ -138,7 +141,7 @@ def main() -> None:
             if "glow" in args.only:
                 for seed in args.glow_seeds:
                     rows += budget.glow_digits(args.glow_budget, args.glow_batch, args.lr, seed, log=log,
-                                               weight_average=args.glow_average)  # fmt: skip
+                                               weight_average=args.glow_average, only=args.glow_only)  # fmt: skip
             if "cnf" in args.only:
                 cnf_rows, cnf_curves = budget.cnf_toys(args.toys, args.cnf_budget, args.batch, args.lr, args.test_size,
                                                        args.cnf_seeds, log=log, former_default=args.cnf_former_default)  # fmt: skip
