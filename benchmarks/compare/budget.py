@@ -82,12 +82,12 @@ def train_for(
             while next_check <= trained:  # one check even when a step outlasts the interval
                 next_check += budget / checks
             if average is not None:  # the average's weights, evaluated through the contender's own calls
-                training_weights = {k: v.clone() for k, v in contender.module.state_dict().items()}
+                training_weights = _snapshot(contender.module)
                 contender.module.load_state_dict(average.module.state_dict())
             if curve is not None:
                 points.append((steps, trained, test_nll(contender, curve)))
             if validation is not None and (nll := test_nll(contender, validation)) < best[0]:
-                best = (nll, {k: v.clone() for k, v in contender.module.state_dict().items()})
+                best = (nll, _snapshot(contender.module))
             if average is not None:
                 contender.module.load_state_dict(training_weights)
     if best[1] is not None:
@@ -95,6 +95,11 @@ def train_for(
     elif average is not None:
         contender.module.load_state_dict(average.module.state_dict())
     return steps, trained, points
+
+
+def _snapshot(module: torch.nn.Module) -> dict[str, Tensor]:
+    """A copy of ``module``'s state (parameters and buffers) that later steps do not change."""
+    return {k: v.clone() for k, v in module.state_dict().items()}
 
 
 def _random_batches(data: Tensor, batch: int, seed: int) -> Callable[[], Tensor]:
