@@ -1,17 +1,20 @@
-"""Should image runs evaluate and keep a moving average of the weights? The default image
-command with and without ``--ema``, side by side.
+"""Should image runs evaluate and keep a moving average of the weights, and stop early? The
+default image command with and without ``--ema`` (and ``--patience``), side by side.
 
-    python benchmarks/image_weight_average.py --seeds 0 1 2 [--models realnvp glow] [--decays 0 0.99]
+    python benchmarks/image_weight_average.py --seeds 0 1 2 [--models realnvp glow] [--decays 0 0.99] [--patience 0]
 
 For every model, seed and decay (in that order, so the decays of one model and seed run
 back to back and meet the same machine load) it runs
 ``python -m clayflow train --data digits --model M --seed S --ema D --threads T --no-plots
 --no-progress`` in a child process with every other option at its default, and reads the
 run's ``results.json``: test NLL and bits/dim of the weights it selected (best validation),
-the selected step and the training seconds. Rows are appended to ``--csv`` as they finish,
+the selected step, the steps trained and the training seconds. ``--patience P`` passes
+``--patience P`` (0: no early stopping) instead of the data's default. Rows are appended to ``--csv`` as they finish,
 so two processes (for example ``--seeds 0 2`` and ``--seeds 1``, one per core) can share
 one file (a rerun's row replaces the earlier one in the table); ``--report`` prints the table
-of means over seeds from that file.
+of means over seeds from that file, and, for every model, seed and decay run both with and
+without early stopping, what early stopping changed (rows without a ``patience`` column
+were trained without early stopping).
 """
 
 from __future__ import annotations
@@ -25,40 +28,64 @@ import sys
 import tempfile
 from pathlib import Path
 
-FIELDS = ("model", "seed", "ema", "test_bpd", "test_nll", "selected_step", "steps", "train_seconds")
+FIELDS = ("model", "seed", "ema", "test_bpd", "test_nll", "selected_step", "steps", "train_seconds", "patience")
 
 
-def run_one(model: str, seed: int, decay: float, threads: int, folder: Path) -> dict:
+def run_one(model: str, seed: int, decay: float, threads: int, folder: Path, patience: int | None) -> dict:
     """One default digits run; returns its row."""
-    run_dir = folder / f"{model}-s{seed}-ema{decay:g}"
+    name = f"{model}-s{seed}-ema{decay:g}" + ("" if patience is None else f"-patience{patience}")
+    run_dir = folder / name
     command = [sys.executable, "-m", "clayflow", "train", "--data", "digits", "--model", model,
                "--seed", str(seed), "--ema", str(decay), "--threads", str(threads),
                "--no-plots", "--no-progress", "--out", str(run_dir)]  # fmt: skip
+    if patience is not None:
+        command += ["--patience", str(patience)]
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     result = json.loads((run_dir / "results.json").read_text())
     return {"model": model, "seed": seed, "ema": decay, "test_bpd": result["test_bpd"],
             "test_nll": result["test_nll"], "selected_step": result["selected_step"],
-            "steps": result["steps"], "train_seconds": round(result["train_seconds"], 1)}  # fmt: skip
+            "steps": result["steps"], "train_seconds": round(result["train_seconds"], 1),
+            "patience": result["patience"]}  # fmt: skip
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The rows of ``path``, one per model, seed, decay and patience (a rerun's row wins); rows
+    of files written before the patience column were trained without early stopping."""
+    rows = [{**r, "patience": int(r.get("patience") or 0)} for r in csv.DictReader(path.open())]
+    return list({(r["model"], int(r["seed"]), float(r["ema"]), r["patience"]): r for r in rows}.values())
 
 
 def report(path: Path) -> None:
-    """Mean [min-max] test bits/dim per model and decay, and the per-seed differences."""
-    rows = list({(r["model"], r["seed"], r["ema"]): r for r in csv.DictReader(path.open())}.values())  # a rerun's row wins
-    print("| model | --ema | seeds | test bits/dim, mean [min-max] | selected step, median | train s, median |")
-    print("|---|---|---|---|---|---|")
+    """Mean [min-max] test bits/dim per model, decay and patience, the per-seed differences the
+    average makes, and what early stopping changed."""
+    rows = read_rows(path)
+    print("| model | --ema | --patience | seeds | test bits/dim, mean [min-max] | selected step, median "
+          "| steps trained, median | train s, median |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
     for model in dict.fromkeys(r["model"] for r in rows):
-        for decay in sorted({float(r["ema"]) for r in rows if r["model"] == model}):
-            chosen = [r for r in rows if r["model"] == model and float(r["ema"]) == decay]
+        for decay, patience in sorted({(float(r["ema"]), r["patience"]) for r in rows if r["model"] == model}):
+            chosen = [r for r in rows if (r["model"], float(r["ema"]), r["patience"]) == (model, decay, patience)]
             bpd = [float(r["test_bpd"]) for r in chosen]
             step = statistics.median(int(r["selected_step"]) for r in chosen)
+            trained = statistics.median(int(r["steps"]) for r in chosen)
             seconds = statistics.median(float(r["train_seconds"]) for r in chosen)
-            print(f"| {model} | {decay:g} | {len(chosen)} | {statistics.fmean(bpd):.4f} "
-                  f"[{min(bpd):.4f}-{max(bpd):.4f}] | {step:.0f} | {seconds:.0f} |")  # fmt: skip
+            print(f"| {model} | {decay:g} | {patience} | {len(chosen)} | {statistics.fmean(bpd):.4f} "
+                  f"[{min(bpd):.4f}-{max(bpd):.4f}] | {step:.0f} | {trained:.0f} | {seconds:.0f} |")  # fmt: skip
+    by_key = {(r["model"], int(r["seed"]), float(r["ema"]), r["patience"]): r for r in rows}
     print("\nPer seed, bits/dim with the average minus without (negative: the average is better):")
-    by_key = {(r["model"], r["seed"], float(r["ema"])): float(r["test_bpd"]) for r in rows}
-    for (model, seed, decay), bpd in sorted(by_key.items()):
-        if decay and (model, seed, 0.0) in by_key:
-            print(f"  {model} seed {seed} --ema {decay:g}: {bpd - by_key[(model, seed, 0.0)]:+.4f}")
+    for (model, seed, decay, patience), row in sorted(by_key.items()):
+        raw = by_key.get((model, seed, 0.0, patience))
+        if decay and raw:
+            difference = float(row["test_bpd"]) - float(raw["test_bpd"])
+            print(f"  {model} seed {seed} --ema {decay:g} --patience {patience}: {difference:+.4f}")
+    print("\nPer seed, early stopping against none (same model, seed and decay):")
+    for (model, seed, decay, patience), row in sorted(by_key.items()):
+        full = by_key.get((model, seed, decay, 0))
+        if patience and full:
+            print(f"  {model} seed {seed} --ema {decay:g} --patience {patience}: bits/dim "
+                  f"{float(row['test_bpd']) - float(full['test_bpd']):+.4f}, selected step {row['selected_step']} "
+                  f"(without: {full['selected_step']}), {row['steps']} of {full['steps']} steps, "
+                  f"{float(row['train_seconds']):.0f} s (without: {float(full['train_seconds']):.0f} s)")  # fmt: skip
 
 
 def main() -> None:
@@ -67,6 +94,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--decays", type=float, nargs="+", default=[0.0, 0.99])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--patience", type=int, help="--patience of the runs (default: the data's default)")
     parser.add_argument("--csv", type=Path, default=Path("image_weight_average.csv"))
     parser.add_argument("--runs", type=Path, help="keep the run directories here (default: a temporary folder)")
     parser.add_argument("--report", action="store_true", help="only print the table of --csv")
@@ -79,7 +107,7 @@ def main() -> None:
         for model in args.models:
             for seed in args.seeds:
                 for decay in args.decays:
-                    row = run_one(model, seed, decay, args.threads, folder)
+                    row = run_one(model, seed, decay, args.threads, folder, args.patience)
                     print(row, flush=True)
                     new = not args.csv.exists()
                     with args.csv.open("a", newline="") as f:

@@ -178,9 +178,9 @@ def test_a_bad_discrete_choice_is_one_usage_line(tmp_path, capsys):
         # 142 training rows: the small-table rule, epochs of 2 batches of 64
         ("wine", {"model": "realnvp", "batch_size": 64, "dropout": 0.3, "activation": "tanh", "hidden": 32,
                   "eval_every": 2, "patience": 250, "ema": 0.0}),
-        # digits as images: once per epoch, no early stopping, no table rule
+        # digits as images: once per epoch, no early stopping, no table rule, averaged weights
         ("digits", {"model": "realnvp", "batch_size": 64, "dropout": None, "activation": None, "hidden": None,
-                    "eval_every": 22, "patience": 0, "ema": 0.0}),
+                    "eval_every": 22, "patience": 0, "ema": 0.99}),
         # a 2D toy of 50,000 rows: spline couplings of 16 bins, big batches, epochs of 97 steps, patience of
         # 20 epochs, averaged weights
         ("moons", {"model": "nsf", "bins": 16, "batch_size": 512, "dropout": None, "activation": None, "hidden": None,
@@ -192,11 +192,12 @@ def test_defaults_follow_the_size_of_the_data(data, expected):
     assert {k: getattr(config, k) for k in expected} == expected
 
 
-def test_glow_on_images_keeps_the_weight_average_and_image_realnvp_the_raw_weights():
+def test_coupling_flows_on_images_keep_the_weight_average_and_image_cnfs_the_raw_weights():
     digits = load_dataset("digits")
     assert data_defaults(TrainConfig(data="digits", model="glow"), digits).ema == 0.99
     assert data_defaults(TrainConfig(data="digits", model="glow", ema=0.0), digits).ema == 0.0
-    assert data_defaults(TrainConfig(data="digits", model="realnvp"), digits).ema == 0.0
+    assert data_defaults(TrainConfig(data="digits", model="realnvp"), digits).ema == 0.99
+    assert data_defaults(TrainConfig(data="digits", model="cnf"), digits).ema == 0.0
     # a small table's Glow (a vector Glow) follows the table rule
     assert data_defaults(TrainConfig(data="wine", model="glow"), load_dataset("wine")).ema == 0.0
 
