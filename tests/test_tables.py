@@ -178,9 +178,9 @@ def test_a_bad_discrete_choice_is_one_usage_line(tmp_path, capsys):
         # 142 training rows: the small-table rule, epochs of 2 batches of 64
         ("wine", {"model": "realnvp", "batch_size": 64, "dropout": 0.3, "activation": "tanh", "hidden": 32,
                   "eval_every": 2, "patience": 250, "ema": 0.0}),
-        # digits as images: once per epoch, no early stopping, no table rule, averaged weights
+        # digits as images: once per epoch, patience of 23 epochs (500 steps), no table rule, averaged weights
         ("digits", {"model": "realnvp", "batch_size": 64, "dropout": None, "activation": None, "hidden": None,
-                    "eval_every": 22, "patience": 0, "ema": 0.99}),
+                    "eval_every": 22, "patience": 23, "ema": 0.99}),
         # a 2D toy of 50,000 rows: spline couplings of 16 bins, big batches, epochs of 97 steps, patience of
         # 20 epochs, averaged weights
         ("moons", {"model": "nsf", "bins": 16, "batch_size": 512, "dropout": None, "activation": None, "hidden": None,

@@ -112,7 +112,7 @@ class TrainConfig:
     clip: float = 10.0  # gradient-norm clipping threshold (0 disables)
     ema: float | None = None  # decay of the moving average of the weights that is evaluated and kept (0 disables; its decay ramps up as min(EMA, (1 + n) / (10 + n)) over the n steps; default: 0.99 for vectors of at least 5,000 training rows and for realnvp and glow on images, else 0)
     select_best: bool = True  # keep and use the best weights on validation (the untrained flow is the first candidate)
-    patience: int | None = None  # stop after this many evaluations without a better model (0: never; default: vectors max(20, 500 steps), images 0)
+    patience: int | None = None  # stop after this many evaluations without a better model (0: never; default: max(20 evaluations, 500 steps))
     nonfinite: str = "stop"  # on a NaN/inf loss or gradient: stop, or skip the step (stops after 20 in a row)
     seed: int = 0  # seed of initialisation and batch order
     eval_every: int | None = None  # steps between validation evaluations and metrics rows (default: one epoch)
