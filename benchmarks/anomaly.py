@@ -137,6 +137,26 @@ def image_demo(out: Path, scale: float) -> dict[str, dict[str, float]]:
     return results
 
 
+def table_demos(classes: str, out: Path, scale: float) -> dict[str, dict[str, float]]:
+    """breast_cancer, then digits with each of ``classes`` held out in turn, and their mean."""
+    cancer = datasets.load_breast_cancer()
+    results = {"breast_cancer (malignant)": table_demo(
+        "breast_cancer", cancer.data[cancer.target == 1], cancer.data[cancer.target == 0], out, scale
+    )}  # fmt: skip
+    digits = datasets.load_digits()
+    held_out = {}
+    for k in map(int, classes):
+        held_out[k] = table_demo(f"digits-without-{k}", digits.data[digits.target != k], digits.data[digits.target == k],
+                                 out, scale)  # fmt: skip
+        results[f"digits, class {k} held out"] = held_out[k]
+    if held_out:
+        methods = list(next(iter(held_out.values())))
+        results["digits, mean over held-out classes"] = {
+            m: float(np.mean([held_out[k].get(m, np.nan) for k in held_out])) for m in methods
+        }
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/anomaly")
@@ -145,26 +165,13 @@ def main() -> None:
     parser.add_argument("--table-flow", default="", metavar="OPTIONS",
                         help="clayflow train options of the table demos' flow (default: none, the defaults)")  # fmt: skip
     parser.add_argument("--no-images", action="store_true", help="skip the image demonstration")
+    parser.add_argument("--no-tables", action="store_true", help="skip the table demonstrations")
     args = parser.parse_args()
     FLOW_ARGS[:] = args.table_flow.split()
     out = Path(args.out)
     print(f"# anomaly detection: torch {torch.__version__}, seed {SEED}, steps x {args.steps_scale}, "
           f"table flow options {args.table_flow or '(defaults)'}; AUROC")  # fmt: skip
-    results = {}
-    cancer = datasets.load_breast_cancer()
-    results["breast_cancer (malignant)"] = table_demo(
-        "breast_cancer", cancer.data[cancer.target == 1], cancer.data[cancer.target == 0], out, args.steps_scale
-    )
-    digits = datasets.load_digits()
-    held_out = {}
-    for k in map(int, args.classes):
-        held_out[k] = table_demo(f"digits-without-{k}", digits.data[digits.target != k], digits.data[digits.target == k],
-                                 out, args.steps_scale)  # fmt: skip
-        results[f"digits, class {k} held out"] = held_out[k]
-    methods = list(next(iter(held_out.values())))
-    results["digits, mean over held-out classes"] = {
-        m: float(np.mean([held_out[k].get(m, np.nan) for k in held_out])) for m in methods
-    }
+    results = {} if args.no_tables else table_demos(args.classes, out, args.steps_scale)
     if not args.no_images:
         results.update(image_demo(out, args.steps_scale))
     names = sorted({m for r in results.values() for m in r}, key=lambda m: (not m.startswith("clayflow"), m))
