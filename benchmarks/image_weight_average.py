@@ -9,11 +9,12 @@ back to back and meet the same machine load) it runs
 --no-progress`` in a child process with every other option at its default, and reads the
 run's ``results.json``: test NLL and bits/dim of the weights it selected (best validation),
 the selected step, the steps trained and the training seconds. ``--patience P`` passes
-``--patience P`` (0: no early stopping) instead of the data's default. Rows are appended to ``--csv`` as they finish,
-so two processes (for example ``--seeds 0 2`` and ``--seeds 1``, one per core) can share
-one file (a rerun's row replaces the earlier one in the table); ``--report`` prints the table
-of means over seeds from that file, and, for every model, seed and decay run both with and
-without early stopping, what early stopping changed (rows without a ``patience`` column
+``--patience P`` (0: no early stopping) instead of the data's default. Rows are appended to
+``--csv`` as they finish, so two processes (for example ``--seeds 0 2`` and ``--seeds 1``,
+one per core) can share one file (a rerun's row replaces the earlier one in the table; a
+file with other columns is refused). ``--report --csv FILE...`` prints the table of means
+over seeds from the files, and, for every model, seed and decay run both with and without
+early stopping, what early stopping changed (rows of files without a ``patience`` column
 were trained without early stopping).
 """
 
@@ -48,17 +49,33 @@ def run_one(model: str, seed: int, decay: float, threads: int, folder: Path, pat
             "patience": result["patience"]}  # fmt: skip
 
 
-def read_rows(path: Path) -> list[dict]:
-    """The rows of ``path``, one per model, seed, decay and patience (a rerun's row wins); rows
+def read_rows(paths: list[Path]) -> list[dict]:
+    """The rows of ``paths``, one per model, seed, decay and patience (a rerun's row wins); rows
     of files written before the patience column were trained without early stopping."""
-    rows = [{**r, "patience": int(r.get("patience") or 0)} for r in csv.DictReader(path.open())]
+    rows = [{**r, "patience": int(r.get("patience") or 0)} for path in paths for r in csv.DictReader(path.open())]
     return list({(r["model"], int(r["seed"]), float(r["ema"]), r["patience"]): r for r in rows}.values())
 
 
-def report(path: Path) -> None:
-    """Mean [min-max] test bits/dim per model, decay and patience, the per-seed differences the
-    average makes, and what early stopping changed."""
-    rows = read_rows(path)
+def append_row(path: Path, row: dict) -> None:
+    """Append ``row`` to the CSV ``path``, writing the header first to a new file; a file with
+    other columns (one written before the patience column) is refused, not mislabelled."""
+    if path.exists():
+        with path.open() as f:
+            header = next(csv.reader(f), None)
+        if header != list(FIELDS):
+            raise SystemExit(f"{path} has the columns {header}, not {list(FIELDS)}: write to a new --csv")
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, FIELDS)
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def report(paths: list[Path]) -> None:
+    """Mean [min-max] test bits/dim per model, decay and patience over the rows of ``paths``,
+    the per-seed differences the average makes, and what early stopping changed."""
+    rows = read_rows(paths)
     print("| model | --ema | --patience | seeds | test bits/dim, mean [min-max] | selected step, median "
           "| steps trained, median | train s, median |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|")
@@ -95,13 +112,16 @@ def main() -> None:
     parser.add_argument("--decays", type=float, nargs="+", default=[0.0, 0.99])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--patience", type=int, help="--patience of the runs (default: the data's default)")
-    parser.add_argument("--csv", type=Path, default=Path("image_weight_average.csv"))
+    parser.add_argument("--csv", type=Path, nargs="+", default=[Path("image_weight_average.csv")],
+                        help="the file rows are appended to; with --report, the files to read")  # fmt: skip
     parser.add_argument("--runs", type=Path, help="keep the run directories here (default: a temporary folder)")
     parser.add_argument("--report", action="store_true", help="only print the table of --csv")
     args = parser.parse_args()
     if args.report:
         report(args.csv)
         return
+    if len(args.csv) != 1:
+        parser.error("--csv takes one file to write to (several only with --report)")
     with tempfile.TemporaryDirectory() as scratch:
         folder = args.runs or Path(scratch)
         for model in args.models:
@@ -109,12 +129,7 @@ def main() -> None:
                 for decay in args.decays:
                     row = run_one(model, seed, decay, args.threads, folder, args.patience)
                     print(row, flush=True)
-                    new = not args.csv.exists()
-                    with args.csv.open("a", newline="") as f:
-                        writer = csv.DictWriter(f, FIELDS)
-                        if new:
-                            writer.writeheader()
-                        writer.writerow(row)
+                    append_row(args.csv[0], row)
     report(args.csv)
 
 

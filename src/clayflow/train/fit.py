@@ -83,11 +83,12 @@ def fit(
     -log p(x | c).
 
     ``val``: evaluated once per epoch (``eval_every``); the weights with the lowest validation
-    NLL are the ones kept (the untrained flow is the first candidate), and vector data stop
+    NLL are the ones kept (the untrained flow is the first candidate), and the run stops
     early after ``patience`` evaluations without a better one. Without ``val``, the last
     weights are kept and nothing stops early. ``test``: evaluated once at the end. Vector data
     of 5,000 training rows or more are evaluated and kept as a moving average of the weights
-    (``ema`` 0.99, as ``clayflow train``'s; ``ema=0`` keeps the weights themselves).
+    (``ema`` 0.99, as ``clayflow train``'s; ``ema=0`` keeps the weights themselves); images
+    keep the weights themselves unless ``ema`` is given.
 
     ``out``: a run directory for ``metrics.csv``, ``config.json``, ``results.json`` and the
     checkpoints (``last.pt``, ``best.pt``); with ``resume=True`` a stopped or killed fit

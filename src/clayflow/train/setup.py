@@ -37,8 +37,8 @@ LARGE_DATA_BINS = 16
 # Early stopping: the patience is at least this many evaluations, and at least PATIENCE_STEPS.
 # Images too: the default digits runs (realnvp, glow; 3 seeds each) did best at steps 440-1,210
 # of 4,000 and then overfit (realnvp's validation NLL rose from 87 to about 200 nats); with
-# early stopping they chose the same step and gave the same test bits/dim in 946-1,716 steps
-# (benchmarks/results/image_weight_average/early_stopping.csv).
+# early stopping they chose the same step in 946-1,716 steps, with the same test bits/dim
+# where both runs had 1 thread (benchmarks/results/image_weight_average/early_stopping.csv).
 MIN_PATIENCE = 20
 PATIENCE_STEPS = 500
 # Vectors of at least SMALL_TABLE_ROWS training rows evaluate and keep a moving average of the
