@@ -49,22 +49,28 @@ def run_one(model: str, seed: int, decay: float, threads: int, folder: Path, pat
             "patience": result["patience"]}  # fmt: skip
 
 
-def read_rows(paths: list[Path]) -> list[dict]:
-    """The rows of ``paths``, one per model, seed, decay and patience (a rerun's row wins); rows
-    of files written before the patience column were trained without early stopping."""
-    rows = [{**r, "patience": int(r.get("patience") or 0)} for path in paths for r in csv.DictReader(path.open())]
-    return list({(r["model"], int(r["seed"]), float(r["ema"]), r["patience"]): r for r in rows}.values())
+Key = tuple[str, int, float, int]  # model, seed, decay, patience
+
+
+def read_rows(paths: list[Path]) -> dict[Key, dict]:
+    """The rows of ``paths`` by model, seed, decay and patience (a rerun's row wins); rows of
+    files written before the patience column were trained without early stopping."""
+    rows = {}
+    for path in paths:
+        for row in csv.DictReader(path.open()):
+            rows[(row["model"], int(row["seed"]), float(row["ema"]), int(row.get("patience") or 0))] = row
+    return rows
 
 
 def append_row(path: Path, row: dict) -> None:
     """Append ``row`` to the CSV ``path``, writing the header first to a new file; a file with
     other columns (one written before the patience column) is refused, not mislabelled."""
-    if path.exists():
+    new = not path.exists()
+    if not new:
         with path.open() as f:
             header = next(csv.reader(f), None)
         if header != list(FIELDS):
             raise SystemExit(f"{path} has the columns {header}, not {list(FIELDS)}: write to a new --csv")
-    new = not path.exists()
     with path.open("a", newline="") as f:
         writer = csv.DictWriter(f, FIELDS)
         if new:
@@ -76,28 +82,30 @@ def report(paths: list[Path]) -> None:
     """Mean [min-max] test bits/dim per model, decay and patience over the rows of ``paths``,
     the per-seed differences the average makes, and what early stopping changed."""
     rows = read_rows(paths)
+    groups: dict[tuple[str, float, int], list[dict]] = {}
+    for (model, _, decay, patience), row in rows.items():
+        groups.setdefault((model, decay, patience), []).append(row)
     print("| model | --ema | --patience | seeds | test bits/dim, mean [min-max] | selected step, median "
           "| steps trained, median | train s, median |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|")
-    for model in dict.fromkeys(r["model"] for r in rows):
-        for decay, patience in sorted({(float(r["ema"]), r["patience"]) for r in rows if r["model"] == model}):
-            chosen = [r for r in rows if (r["model"], float(r["ema"]), r["patience"]) == (model, decay, patience)]
+    for model in dict.fromkeys(key[0] for key in rows):
+        for _, decay, patience in sorted(key for key in groups if key[0] == model):
+            chosen = groups[(model, decay, patience)]
             bpd = [float(r["test_bpd"]) for r in chosen]
             step = statistics.median(int(r["selected_step"]) for r in chosen)
             trained = statistics.median(int(r["steps"]) for r in chosen)
             seconds = statistics.median(float(r["train_seconds"]) for r in chosen)
             print(f"| {model} | {decay:g} | {patience} | {len(chosen)} | {statistics.fmean(bpd):.4f} "
                   f"[{min(bpd):.4f}-{max(bpd):.4f}] | {step:.0f} | {trained:.0f} | {seconds:.0f} |")  # fmt: skip
-    by_key = {(r["model"], int(r["seed"]), float(r["ema"]), r["patience"]): r for r in rows}
     print("\nPer seed, bits/dim with the average minus without (negative: the average is better):")
-    for (model, seed, decay, patience), row in sorted(by_key.items()):
-        raw = by_key.get((model, seed, 0.0, patience))
+    for (model, seed, decay, patience), row in sorted(rows.items()):
+        raw = rows.get((model, seed, 0.0, patience))
         if decay and raw:
             difference = float(row["test_bpd"]) - float(raw["test_bpd"])
             print(f"  {model} seed {seed} --ema {decay:g} --patience {patience}: {difference:+.4f}")
     print("\nPer seed, early stopping against none (same model, seed and decay):")
-    for (model, seed, decay, patience), row in sorted(by_key.items()):
-        full = by_key.get((model, seed, decay, 0))
+    for (model, seed, decay, patience), row in sorted(rows.items()):
+        full = rows.get((model, seed, decay, 0))
         if patience and full:
             print(f"  {model} seed {seed} --ema {decay:g} --patience {patience}: bits/dim "
                   f"{float(row['test_bpd']) - float(full['test_bpd']):+.4f}, selected step {row['selected_step']} "
