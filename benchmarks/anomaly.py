@@ -1,6 +1,6 @@
 """Anomaly detection: clayflow's scores against scikit-learn's detectors on bundled data.
 
-    python benchmarks/anomaly.py [--steps-scale 1.0] [--out runs/anomaly]
+    python benchmarks/anomaly.py [--steps-scale 1.0] [--out runs/anomaly] [--held-out-images] [--threads N]
 
 Demonstrations (seed 0; every split is printed):
 
@@ -8,7 +8,10 @@ Demonstrations (seed 0; every split is printed):
    rows; test: the other benign rows (normal) and every malignant row (anomaly).
 2. digits with one class held out, each of the 10 in turn: a flow trained on the 64 pixel
    columns of 70% of the other classes' rows; test: their other rows and every row of the
-   held-out class.
+   held-out class. With ``--held-out-images``, beside it ("clayflow image ..." columns), the
+   default image RealNVP (``clayflow.models.realnvp_image``, trained from Python with
+   ``clayflow.fit`` and the 0.99 weight average, as ``clayflow train --data digits`` trains
+   it) on the same rows as 1x8x8 images of 17 levels, in the same train/validation/test split.
 3. digits images: an image RealNVP trained on the digits images (``--data digits``); test:
    its test digits (normal) against the same digits rotated by 90 degrees, inverted
    (16 - x), and 8x8 patches of scikit-learn's two sample photographs (grey, 17 levels).
@@ -39,13 +42,15 @@ from sklearn.neighbors import KernelDensity
 from sklearn.preprocessing import StandardScaler
 
 import clayflow
-from clayflow.data import load_dataset
+from clayflow.data import Dataset, load_dataset
 from clayflow.diagnostics.anomaly import GaussianReference, calibrate
 from clayflow.models import ModelSpec
 from clayflow.train.checkpoint import read_checkpoint
 from clayflow.train.evaluate import log_prob_in_chunks
+from clayflow.train.setup import IMAGE_EMA
 
 SEED = 0
+DIGIT_LEVELS = 17  # scikit-learn's digits: intensity levels 0..16
 DRAWS = 8  # dequantization draws per example, as ``clayflow score`` takes by default (--draws)
 
 
@@ -66,32 +71,65 @@ def baselines(train: np.ndarray, test: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def flow_scores(run: Path, data_spec: str, test: torch.Tensor, methods: tuple[str, ...]) -> dict[str, np.ndarray]:
+METHODS = ("likelihood", "typicality", "ratio", "complexity")
+
+
+def flow_scores(run: Path, data_spec: str, test: torch.Tensor) -> dict[str, np.ndarray]:
     """clayflow's scores of ``test`` under the run's flow, calibrated on the run's own splits."""
-    flow, data = clayflow.load(run), load_dataset(data_spec)
     spec = ModelSpec.from_dict(read_checkpoint(run, prefer_best=True)["model_spec"])
+    discrete = dict(zip(spec.discrete, spec.discrete_steps))
+    return scores_of(clayflow.load(run), load_dataset(data_spec), test, spec.levels, discrete, "clayflow")
+
+
+def scores_of(flow: clayflow.Flow, data: Dataset, test: torch.Tensor, levels: int | None,
+              discrete: dict[int, float], prefix: str) -> dict[str, np.ndarray]:  # fmt: skip
+    """Every method's scores of ``test`` under ``flow``, calibrated on ``data``'s splits."""
     val_log_prob = log_prob_in_chunks(flow, data.val, draws=DRAWS)
     test_log_prob = log_prob_in_chunks(flow, test, draws=DRAWS)
-    discrete = dict(zip(spec.discrete, spec.discrete_steps))
     scores = {}
-    for method in methods:
-        scorer = calibrate(method, 0.01, data.val, val_log_prob, data.train, spec.levels, discrete)
-        scores[f"clayflow {method}"] = scorer.scores(test_log_prob, test).numpy()
+    for method in METHODS:
+        scorer = calibrate(method, 0.01, data.val, val_log_prob, data.train, levels, discrete)
+        scores[f"{prefix} {method}"] = scorer.scores(test_log_prob, test).numpy()
     return scores
 
 
+def as_digit_images(rows: torch.Tensor) -> torch.Tensor:
+    """Digits rows ``(N, 64)`` of levels 0..16 as images ``(N, 1, 8, 8)`` uint8."""
+    return rows.reshape(-1, 1, 8, 8).round().to(torch.uint8)
+
+
+def image_flow_scores(csv: Path, run: Path, test: torch.Tensor, scale: float) -> dict[str, np.ndarray]:
+    """The default image RealNVP trained (``clayflow.fit``, seed 0) on the digits rows of
+    ``csv`` as images, in the table's own split, and its scores of the rows ``test``."""
+    table = load_dataset(str(csv))
+    data = Dataset(csv.stem, *(as_digit_images(part) for part in (table.train, table.val, table.test)), levels=DIGIT_LEVELS)
+    torch.manual_seed(SEED)
+    flow = clayflow.models.realnvp_image((1, 8, 8), DIGIT_LEVELS)
+    if (run / "results.json").exists():  # trained before: the weights fit kept
+        flow.load_state_dict(read_checkpoint(run, prefer_best=True)["model"])
+    else:
+        clayflow.fit(flow, data.train, data.val, data.test, steps=max(1, int(4000 * scale)), ema=IMAGE_EMA,
+                     seed=SEED, out=run, force=True, progress=False, threads=THREADS[0] if THREADS else None)  # fmt: skip
+    return scores_of(flow.cpu().eval(), data, as_digit_images(test), DIGIT_LEVELS, {}, "clayflow image")
+
+
 FLOW_ARGS: list[str] = []  # the table demos' model options (--table-flow), beside --data
+THREADS: list[int] = []  # --threads: torch's threads in every training (empty: clayflow's default)
 
 
 def train(args: list[str], run: Path, steps: int, scale: float) -> Path:
     if not (run / "results.json").exists():
         command = [sys.executable, "-m", "clayflow", "train", *args, "--steps", str(max(1, int(steps * scale))),
-                   "--seed", str(SEED), "--no-plots", "--out", str(run), "--force"]  # fmt: skip
+                   "--seed", str(SEED), "--no-plots", "--out", str(run), "--force",
+                   *(["--threads", str(THREADS[0])] if THREADS else [])]  # fmt: skip
         subprocess.run(command, check=True, capture_output=True)
     return run
 
 
-def table_demo(name: str, normal: np.ndarray, anomalous: np.ndarray, out: Path, scale: float) -> dict[str, float]:
+def table_demo(name: str, normal: np.ndarray, anomalous: np.ndarray, out: Path, scale: float,
+               images: bool = False) -> dict[str, float]:  # fmt: skip
+    """A table flow (and with ``images``, an image flow of the rows as digit images) trained
+    on 70% of the ``normal`` rows; the other rows and every ``anomalous`` row scored."""
     rng = np.random.default_rng(SEED)
     order = rng.permutation(len(normal))
     cut = int(0.7 * len(normal))
@@ -102,8 +140,10 @@ def table_demo(name: str, normal: np.ndarray, anomalous: np.ndarray, out: Path, 
     run = train(["--data", str(csv), *FLOW_ARGS], out / name, 4000, scale)
     test = np.concatenate([test_normal, anomalous])
     labels = np.r_[np.zeros(len(test_normal)), np.ones(len(anomalous))]
-    methods = ("likelihood", "typicality", "ratio", "complexity")
-    scores = flow_scores(run, str(csv), torch.as_tensor(test, dtype=torch.float32), methods)
+    test_rows = torch.as_tensor(test, dtype=torch.float32)
+    scores = flow_scores(run, str(csv), test_rows)
+    if images:
+        scores.update(image_flow_scores(csv, out / f"{name}-images", test_rows, scale))
     scores.update(baselines(train_rows, test))
     print(f"  {name}: train {len(train_rows)} normal rows; test {len(test_normal)} normal, {len(anomalous)} anomalous")
     return {method: roc_auc_score(labels, s) for method, s in scores.items()}
@@ -129,7 +169,7 @@ def image_demo(out: Path, scale: float) -> dict[str, dict[str, float]]:
     for name, anomalous in shifted.items():
         test = torch.cat([normal, anomalous])
         labels = np.r_[np.zeros(len(normal)), np.ones(len(anomalous))]
-        scores = flow_scores(run, "digits", test, ("likelihood", "typicality", "ratio", "complexity"))
+        scores = flow_scores(run, "digits", test)
         flat = data.train.reshape(len(data.train), -1).numpy()
         scores.update(baselines(flat + 0.5, test.reshape(len(test), -1).numpy() + 0.5))
         results[f"digits images vs {name}"] = {m: roc_auc_score(labels, s) for m, s in scores.items()}
@@ -137,8 +177,9 @@ def image_demo(out: Path, scale: float) -> dict[str, dict[str, float]]:
     return results
 
 
-def table_demos(classes: str, out: Path, scale: float) -> dict[str, dict[str, float]]:
-    """breast_cancer, then digits with each of ``classes`` held out in turn, and their mean."""
+def table_demos(classes: str, out: Path, scale: float, images: bool = False) -> dict[str, dict[str, float]]:
+    """breast_cancer, then digits with each of ``classes`` held out in turn (with ``images``,
+    scored by an image flow too), and their mean."""
     cancer = datasets.load_breast_cancer()
     results = {"breast_cancer (malignant)": table_demo(
         "breast_cancer", cancer.data[cancer.target == 1], cancer.data[cancer.target == 0], out, scale
@@ -147,7 +188,7 @@ def table_demos(classes: str, out: Path, scale: float) -> dict[str, dict[str, fl
     held_out = {}
     for k in map(int, classes):
         held_out[k] = table_demo(f"digits-without-{k}", digits.data[digits.target != k], digits.data[digits.target == k],
-                                 out, scale)  # fmt: skip
+                                 out, scale, images=images)  # fmt: skip
         results[f"digits, class {k} held out"] = held_out[k]
     if held_out:
         methods = list(next(iter(held_out.values())))
@@ -165,13 +206,17 @@ def main() -> None:
     parser.add_argument("--table-flow", default="", metavar="OPTIONS",
                         help="clayflow train options of the table demos' flow (default: none, the defaults)")  # fmt: skip
     parser.add_argument("--no-images", action="store_true", help="skip the image demonstration")
+    parser.add_argument("--held-out-images", action="store_true",
+                        help="score the held-out digits with an image RealNVP of the same rows too (5-10 min per class)")  # fmt: skip
     parser.add_argument("--no-tables", action="store_true", help="skip the table demonstrations")
+    parser.add_argument("--threads", type=int, help="torch threads of every training (default: clayflow's)")
     args = parser.parse_args()
     FLOW_ARGS[:] = args.table_flow.split()
+    THREADS[:] = [args.threads] if args.threads else []
     out = Path(args.out)
     print(f"# anomaly detection: torch {torch.__version__}, seed {SEED}, steps x {args.steps_scale}, "
           f"table flow options {args.table_flow or '(defaults)'}; AUROC")  # fmt: skip
-    results = {} if args.no_tables else table_demos(args.classes, out, args.steps_scale)
+    results = {} if args.no_tables else table_demos(args.classes, out, args.steps_scale, args.held_out_images)
     if not args.no_images:
         results.update(image_demo(out, args.steps_scale))
     names = sorted({m for r in results.values() for m in r}, key=lambda m: (not m.startswith("clayflow"), m))
