@@ -43,9 +43,9 @@ from sklearn.preprocessing import StandardScaler
 
 import clayflow
 from clayflow.data import Dataset, load_dataset
-from clayflow.diagnostics.anomaly import GaussianReference, calibrate
+from clayflow.diagnostics.anomaly import METHODS, GaussianReference, calibrate
 from clayflow.models import ModelSpec
-from clayflow.train.checkpoint import read_checkpoint
+from clayflow.train.checkpoint import BEST_NAME, read_checkpoint
 from clayflow.train.evaluate import log_prob_in_chunks
 from clayflow.train.setup import IMAGE_EMA
 
@@ -69,9 +69,6 @@ def baselines(train: np.ndarray, test: np.ndarray) -> dict[str, np.ndarray]:
         "kde": -search.best_estimator_.score_samples(b),
         "isolation forest": -forest.score_samples(b),
     }
-
-
-METHODS = ("likelihood", "typicality", "ratio", "complexity")
 
 
 def flow_scores(run: Path, data_spec: str, test: torch.Tensor) -> dict[str, np.ndarray]:
@@ -105,23 +102,23 @@ def image_flow_scores(csv: Path, run: Path, test: torch.Tensor, scale: float) ->
     data = Dataset(csv.stem, *(as_digit_images(part) for part in (table.train, table.val, table.test)), levels=DIGIT_LEVELS)
     torch.manual_seed(SEED)
     flow = clayflow.models.realnvp_image((1, 8, 8), DIGIT_LEVELS)
-    if (run / "results.json").exists():  # trained before: the weights fit kept
-        flow.load_state_dict(read_checkpoint(run, prefer_best=True)["model"])
+    if (run / "results.json").exists():  # trained before: the weights fit kept (best.pt's, averaged)
+        flow.load_state_dict(torch.load(run / BEST_NAME, weights_only=True)["model"])
     else:
         clayflow.fit(flow, data.train, data.val, data.test, steps=max(1, int(4000 * scale)), ema=IMAGE_EMA,
-                     seed=SEED, out=run, force=True, progress=False, threads=THREADS[0] if THREADS else None)  # fmt: skip
+                     seed=SEED, out=run, force=True, progress=False, threads=THREADS)  # fmt: skip
     return scores_of(flow.cpu().eval(), data, as_digit_images(test), DIGIT_LEVELS, {}, "clayflow image")
 
 
 FLOW_ARGS: list[str] = []  # the table demos' model options (--table-flow), beside --data
-THREADS: list[int] = []  # --threads: torch's threads in every training (empty: clayflow's default)
+THREADS: int | None = None  # --threads: torch's threads in every training (None: clayflow's default)
 
 
 def train(args: list[str], run: Path, steps: int, scale: float) -> Path:
     if not (run / "results.json").exists():
         command = [sys.executable, "-m", "clayflow", "train", *args, "--steps", str(max(1, int(steps * scale))),
                    "--seed", str(SEED), "--no-plots", "--out", str(run), "--force",
-                   *(["--threads", str(THREADS[0])] if THREADS else [])]  # fmt: skip
+                   *(["--threads", str(THREADS)] if THREADS else [])]  # fmt: skip
         subprocess.run(command, check=True, capture_output=True)
     return run
 
@@ -212,7 +209,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch threads of every training (default: clayflow's)")
     args = parser.parse_args()
     FLOW_ARGS[:] = args.table_flow.split()
-    THREADS[:] = [args.threads] if args.threads else []
+    global THREADS
+    THREADS = args.threads
     out = Path(args.out)
     print(f"# anomaly detection: torch {torch.__version__}, seed {SEED}, steps x {args.steps_scale}, "
           f"table flow options {args.table_flow or '(defaults)'}; AUROC")  # fmt: skip

@@ -77,7 +77,8 @@ class Trainer:
         self.resume_command = "clayflow train --resume {run_dir}" if resume_command is None else resume_command
         self.flow = flow.to(device).train()
         # Images: channels-last weights and batches (the convolutions' fastest layout on the CPU:
-        # Glow 1.15-1.33x, benchmarks/results/image_throughput); the same numbers to float rounding.
+        # Glow 1.15-1.33x the contiguous layout's images/s, benchmarks/results/image_throughput,
+        # the 2026-12-02 run); the same numbers to float rounding.
         self.memory_format = torch.channels_last if len(data.event_shape) == 3 else torch.contiguous_format
         self.flow.to(memory_format=self.memory_format)
         autocast_conditioners(self.flow, config.precision, vector_fields=config.objective == "fm")
