@@ -138,10 +138,16 @@ def clayflow_glow(shape: tuple[int, int, int], levels: int) -> Contender:
     # Glow's sigmoid scale, as normflows' Glow has (clayflow's default is a learned tanh bound);
     # channels-last weights and batches, as ``clayflow train`` keeps image models
     flow = models.glow_image(shape, levels, scales=GLOW_SCALES, layers=GLOW_STEPS, hidden=GLOW_HIDDEN,
-                             scale_bound="sigmoid").to(memory_format=torch.channels_last)  # fmt: skip
-    contender = clayflow_contender(
+                             scale_bound="sigmoid")  # fmt: skip
+    return channels_last_contender(
         flow, "split priors conditioned on the kept half (Glow's); affine coupling scale sigmoid(r + 2); channels-last"
     )
+
+
+def channels_last_contender(flow: models.Flow, differs: str) -> Contender:
+    """A clayflow image model as ``clayflow train`` keeps it: channels-last weights and batches."""
+    flow = flow.to(memory_format=torch.channels_last)
+    contender = clayflow_contender(flow, differs)
     return dataclasses.replace(contender, log_prob=lambda x: flow.log_prob(x.contiguous(memory_format=torch.channels_last)))
 
 

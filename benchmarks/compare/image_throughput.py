@@ -32,15 +32,14 @@ min and max.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import itertools
 import math
 import statistics
 import time
 
 import torch
-from budget import clayflow_glow, normflows_glow
-from contenders import Contender, _version, clayflow_contender
+from budget import channels_last_contender, clayflow_glow, normflows_glow
+from contenders import Contender, _version
 from torch import Tensor, nn
 
 from clayflow import models
@@ -53,9 +52,7 @@ REALNVP_SCALES, REALNVP_HIDDEN, REALNVP_BLOCKS = 2, 64, 2
 def clayflow_realnvp(shape: tuple[int, int, int], levels: int) -> Contender:
     """clayflow's image RealNVP at 2 scales, channels-last as ``clayflow train`` keeps it."""
     flow = models.realnvp_image(shape, levels, scales=REALNVP_SCALES, hidden=REALNVP_HIDDEN, depth=REALNVP_BLOCKS)
-    flow = flow.to(memory_format=torch.channels_last)
-    contender = clayflow_contender(flow, "masked checkerboard; scale a tanh(r); channels-last")
-    return dataclasses.replace(contender, log_prob=lambda x: flow.log_prob(x.contiguous(memory_format=torch.channels_last)))
+    return channels_last_contender(flow, "masked checkerboard; scale a tanh(r); channels-last")
 
 
 def _resnet(in_channels: int, out_channels: int) -> nn.Module:
