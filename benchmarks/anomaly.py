@@ -1,8 +1,9 @@
 """Anomaly detection: clayflow's scores against scikit-learn's detectors on bundled data.
 
     python benchmarks/anomaly.py [--steps-scale 1.0] [--out runs/anomaly] [--held-out-images] [--threads N]
+        [--seeds 0 1 2]
 
-Demonstrations (seed 0; every split is printed):
+Demonstrations (splits and baselines at seed 0; every split is printed):
 
 1. breast_cancer: a flow trained (``clayflow train``, table defaults) on 70% of the benign
    rows; test: the other benign rows (normal) and every malignant row (anomaly).
@@ -22,6 +23,10 @@ dequantization draws (``clayflow score``'s default); baselines on the same rows 
 rows): a full-covariance Gaussian, GaussianMixture (components 1-8 by BIC), KernelDensity
 (bandwidth by 5-fold cross-validation) and IsolationForest (200 trees). Prints AUROC for
 every method and demonstration.
+
+With ``--seeds``, each table demonstration's flow is trained once per seed (the split and the
+baselines stay those of seed 0): its columns ("clayflow ...") give the mean AUROC over the
+seeds, and a second table the lowest and highest. The image flows are trained at seed 0 only.
 """
 
 from __future__ import annotations
@@ -112,21 +117,23 @@ def image_flow_scores(csv: Path, run: Path, test: torch.Tensor, scale: float) ->
 
 FLOW_ARGS: list[str] = []  # the table demos' model options (--table-flow), beside --data
 THREADS: int | None = None  # --threads: torch's threads in every training (None: clayflow's default)
+SEEDS: list[int] = [SEED]  # --seeds: the table demos' flow seeds
 
 
-def train(args: list[str], run: Path, steps: int, scale: float) -> Path:
+def train(args: list[str], run: Path, steps: int, scale: float, seed: int = SEED) -> Path:
     if not (run / "results.json").exists():
         command = [sys.executable, "-m", "clayflow", "train", *args, "--steps", str(max(1, int(steps * scale))),
-                   "--seed", str(SEED), "--no-plots", "--out", str(run), "--force",
+                   "--seed", str(seed), "--no-plots", "--out", str(run), "--force",
                    *(["--threads", str(THREADS)] if THREADS else [])]  # fmt: skip
         subprocess.run(command, check=True, capture_output=True)
     return run
 
 
 def table_demo(name: str, normal: np.ndarray, anomalous: np.ndarray, out: Path, scale: float,
-               images: bool = False) -> dict[str, float]:  # fmt: skip
-    """A table flow (and with ``images``, an image flow of the rows as digit images) trained
-    on 70% of the ``normal`` rows; the other rows and every ``anomalous`` row scored."""
+               images: bool = False) -> dict[str, list[float]]:  # fmt: skip
+    """A table flow per seed of ``SEEDS`` (and with ``images``, an image flow of the rows as
+    digit images, seed 0) trained on 70% of the ``normal`` rows; the other rows and every
+    ``anomalous`` row scored. Each method's AUROC, one per seed for the table flow's."""
     rng = np.random.default_rng(SEED)
     order = rng.permutation(len(normal))
     cut = int(0.7 * len(normal))
@@ -134,19 +141,22 @@ def table_demo(name: str, normal: np.ndarray, anomalous: np.ndarray, out: Path, 
     out.mkdir(parents=True, exist_ok=True)
     csv = out / f"{name}-train.csv"
     np.savetxt(csv, train_rows, delimiter=",", fmt="%.8g")
-    run = train(["--data", str(csv), *FLOW_ARGS], out / name, 4000, scale)
     test = np.concatenate([test_normal, anomalous])
     labels = np.r_[np.zeros(len(test_normal)), np.ones(len(anomalous))]
     test_rows = torch.as_tensor(test, dtype=torch.float32)
-    scores = flow_scores(run, str(csv), test_rows)
-    if images:
-        scores.update(image_flow_scores(csv, out / f"{name}-images", test_rows, scale))
-    scores.update(baselines(train_rows, test))
+    aurocs: dict[str, list[float]] = {}
+    for seed in SEEDS:  # seed 0's run keeps its name: runs of earlier versions are reused
+        run = train(["--data", str(csv), *FLOW_ARGS], out / (name if seed == 0 else f"{name}-seed{seed}"), 4000, scale, seed)
+        for method, s in flow_scores(run, str(csv), test_rows).items():
+            aurocs.setdefault(method, []).append(roc_auc_score(labels, s))
+    others = image_flow_scores(csv, out / f"{name}-images", test_rows, scale) if images else {}
+    others.update(baselines(train_rows, test))
+    aurocs.update({method: [roc_auc_score(labels, s)] for method, s in others.items()})
     print(f"  {name}: train {len(train_rows)} normal rows; test {len(test_normal)} normal, {len(anomalous)} anomalous")
-    return {method: roc_auc_score(labels, s) for method, s in scores.items()}
+    return aurocs
 
 
-def image_demo(out: Path, scale: float) -> dict[str, dict[str, float]]:
+def image_demo(out: Path, scale: float) -> dict[str, dict[str, list[float]]]:
     run = train(["--data", "digits"], out / "digits-images", 1500, scale)
     data = load_dataset("digits")
     normal = data.test
@@ -169,14 +179,14 @@ def image_demo(out: Path, scale: float) -> dict[str, dict[str, float]]:
         scores = flow_scores(run, "digits", test)
         flat = data.train.reshape(len(data.train), -1).numpy()
         scores.update(baselines(flat + 0.5, test.reshape(len(test), -1).numpy() + 0.5))
-        results[f"digits images vs {name}"] = {m: roc_auc_score(labels, s) for m, s in scores.items()}
+        results[f"digits images vs {name}"] = {m: [roc_auc_score(labels, s)] for m, s in scores.items()}
         print(f"  digits images vs {name}: train {len(data.train)} digits; test {len(normal)} digits, {len(anomalous)} {name}")
     return results
 
 
-def table_demos(classes: str, out: Path, scale: float, images: bool = False) -> dict[str, dict[str, float]]:
+def table_demos(classes: str, out: Path, scale: float, images: bool = False) -> dict[str, dict[str, list[float]]]:
     """breast_cancer, then digits with each of ``classes`` held out in turn (with ``images``,
-    scored by an image flow too), and their mean."""
+    scored by an image flow too), and their mean (seed by seed)."""
     cancer = datasets.load_breast_cancer()
     results = {"breast_cancer (malignant)": table_demo(
         "breast_cancer", cancer.data[cancer.target == 1], cancer.data[cancer.target == 0], out, scale
@@ -188,9 +198,9 @@ def table_demos(classes: str, out: Path, scale: float, images: bool = False) -> 
                                  out, scale, images=images)  # fmt: skip
         results[f"digits, class {k} held out"] = held_out[k]
     if held_out:
-        methods = list(next(iter(held_out.values())))
+        first = next(iter(held_out.values()))
         results["digits, mean over held-out classes"] = {
-            m: float(np.mean([held_out[k].get(m, np.nan) for k in held_out])) for m in methods
+            m: [float(np.mean([held_out[k][m][i] for k in held_out])) for i in range(len(first[m]))] for m in first
         }
     return results
 
@@ -207,24 +217,42 @@ def main() -> None:
                         help="score the held-out digits with an image RealNVP of the same rows too (5-10 min per class)")  # fmt: skip
     parser.add_argument("--no-tables", action="store_true", help="skip the table demonstrations")
     parser.add_argument("--threads", type=int, help="torch threads of every training (default: clayflow's)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[SEED],
+                        help="train each table demonstration's flow once per seed; report the mean AUROC and the range")  # fmt: skip
     args = parser.parse_args()
     FLOW_ARGS[:] = args.table_flow.split()
+    SEEDS[:] = args.seeds
     global THREADS
     THREADS = args.threads
     out = Path(args.out)
-    print(f"# anomaly detection: torch {torch.__version__}, seed {SEED}, steps x {args.steps_scale}, "
+    print(f"# anomaly detection: torch {torch.__version__}, seed {SEED}, table flow seeds {' '.join(map(str, SEEDS))}, steps x {args.steps_scale}, "
           f"table flow options {args.table_flow or '(defaults)'}; AUROC")  # fmt: skip
     results = {} if args.no_tables else table_demos(args.classes, out, args.steps_scale, args.held_out_images)
     if not args.no_images:
         results.update(image_demo(out, args.steps_scale))
+    print_tables(results)
+
+
+def print_tables(results: dict[str, dict[str, list[float]]]) -> None:
+    """Each method's mean AUROC per demonstration (and whether clayflow's best reaches the best
+    baseline's), then, for methods run at several seeds, the lowest and highest."""
     names = sorted({m for r in results.values() for m in r}, key=lambda m: (not m.startswith("clayflow"), m))
     print("\n| demonstration | " + " | ".join(names) + " | best clayflow >= best baseline |")
     print("|---" * (len(names) + 2) + "|")
-    for demo, aurocs in results.items():
+    for demo, per_seed in results.items():
+        aurocs = {m: float(np.mean(values)) for m, values in per_seed.items()}
         ours = max(v for m, v in aurocs.items() if m.startswith("clayflow"))
         theirs = max(v for m, v in aurocs.items() if not m.startswith("clayflow"))
         row = " | ".join(f"{aurocs[m]:.3f}" if m in aurocs else "" for m in names)
         print(f"| {demo} | {row} | {'yes' if ours >= theirs else 'no'} ({ours:.3f} vs {theirs:.3f}) |")
+    seeded = [m for m in names if any(len(r.get(m, [])) > 1 for r in results.values())]
+    if seeded:
+        print(f"\nLowest and highest AUROC over table flow seeds {' '.join(map(str, SEEDS))}:\n")
+        print("| demonstration | " + " | ".join(seeded) + " |")
+        print("|---" * (len(seeded) + 1) + "|")
+        for demo, per_seed in results.items():
+            row = " | ".join(f"{min(per_seed[m]):.3f}-{max(per_seed[m]):.3f}" if m in per_seed else "" for m in seeded)
+            print(f"| {demo} | {row} |")
 
 
 if __name__ == "__main__":
