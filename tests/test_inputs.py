@@ -230,3 +230,66 @@ def test_train_refuses_duplicated_columns_in_one_line(tmp_path, capsys):
     assert code == 1 and len(lines) == 1, err
     assert "column 3 (a_again) is a linear combination of column 1 (a)" in lines[0], err
     assert not (tmp_path / "run").exists()
+
+
+# -- the run's own data, found from anywhere; labels and seeds checked before anything is written -----
+
+
+def test_a_run_trained_on_a_relative_path_finds_its_data_from_another_folder(tmp_path, capsys, monkeypatch):
+    """``config.json`` keeps the name ``train.csv`` as given; from another folder, beside a
+    different ``train.csv``, score must still calibrate on the run's own validation split (the
+    data fingerprint tells the two files apart), and a folder with only other data is refused."""
+    project = tmp_path / "project"
+    (project / "runs").mkdir(parents=True)
+    _write_csv(project / "train.csv", _rows(200, 0), NAMES)
+    monkeypatch.chdir(project)
+    assert main(["train", *FAST, "--data", "train.csv", "--out", "runs/r"]) == 0
+    rows = _write_csv(tmp_path / "rows.csv", _rows(40, 1), NAMES)
+    capsys.readouterr()
+    assert main(["score", "runs/r", "--data", str(rows), "--fpr", "0.1", "--out", str(tmp_path / "here.csv")]) == 0
+    threshold = capsys.readouterr().out.split("threshold ")[1].split()[0]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    _write_csv(elsewhere / "train.csv", _rows(200, 2), NAMES)  # same name and size, other rows
+    monkeypatch.chdir(elsewhere)
+    run = project / "runs" / "r"
+    assert main(["score", str(run), "--data", str(rows), "--fpr", "0.1", "--out", str(tmp_path / "there.csv")]) == 0
+    assert f"threshold {threshold} " in capsys.readouterr().out
+    (project / "train.csv").write_text((elsewhere / "train.csv").read_text())  # the run's data changed
+    code, _, err = run_cli(capsys, "score", run, "--data", rows, "--fpr", "0.1", "--out", tmp_path / "x.csv")
+    assert code == 1 and "holds other data than" in err and "same size, other values" in err
+    assert not (tmp_path / "x.csv").exists()
+    (project / "train.csv").unlink()
+    monkeypatch.chdir(tmp_path)
+    (elsewhere / "train.csv").unlink()
+    code, _, err = run_cli(capsys, "verify", run)
+    assert code == 1 and "which is neither here" in err and err.count("\n") == 1
+
+
+def test_labels_other_than_0_and_1_are_refused_before_anything_is_written(named_run, tmp_path, capsys):
+    rows = _write_csv(tmp_path / "rows.csv", _rows(6, 1), NAMES)
+    for values, words in (([1, 0, 1, 0, 1.9, -0.7], "not -0.7, 1.9"), ([1] * 6, "every label is 1")):
+        labels = tmp_path / "labels.csv"
+        np.savetxt(labels, values)
+        code, _, err = run_cli(capsys, "score", named_run, "--data", rows, "--labels", labels, "--out", tmp_path / "s.csv")
+        assert code == 1 and words in err and not (tmp_path / "s.csv").exists(), err
+    code, _, err = run_cli(capsys, "score", named_run, "--data", rows, "--labels", rows, "--out", tmp_path / "s.csv")
+    assert code == 1 and "has 3 columns; give the labels as one column" in err
+
+
+def test_an_empty_file_of_examples_and_a_seed_out_of_range_get_one_line(named_run, tmp_path, capsys):
+    images = tmp_path / "images"
+    assert main(["train", "--data", "digits", "--steps", "2", "--hidden", "8", "--depth", "1", "--no-plots",
+                 "--out", str(images)]) == 0  # fmt: skip
+    capsys.readouterr()
+    empty = tmp_path / "empty.npy"
+    np.save(empty, np.zeros((0, 1, 8, 8), np.float32))
+    for command in (["score", images, "--data", empty, "--out", tmp_path / "s.csv"],
+                    ["verify", images, "--data", empty], ["explain", images, "--data", empty]):  # fmt: skip
+        code, _, err = run_cli(capsys, *command)
+        assert code == 1 and err == f"clayflow: error: {empty} holds no examples\n", err
+    for command in (["verify"], ["explain"], ["sample", "--out", tmp_path / "x.csv"]):
+        for seed in ("-1", str(2**64)):
+            code, _, err = run_cli(capsys, *command[:1], named_run, *command[1:], "--seed", seed)
+            assert code == 2 and "--seed must be in [0, 2**64 - 1]" in err and err.count("\n") == 1, (command, err)
+    assert not (tmp_path / "x.csv").exists()

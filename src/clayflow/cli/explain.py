@@ -17,8 +17,12 @@ def add_arguments(p: argparse.ArgumentParser, device_type) -> None:
     p.add_argument("--data", metavar="DATA", help="examples to push through the layers (default: the run's test split; a run of clayflow fit: its own draws)")
     p.add_argument("--rows", type=int, default=1000, metavar="N", help="examples used (default 1000)")
     p.add_argument("--out", metavar="DIR", help="where the pictures go (default RUN/explain)")
+    p.add_argument("--force", action="store_true", help="replace pictures of these names already in --out")
     p.add_argument("--seed", type=int, default=0, help="seed of dequantization noise and samples (default 0)")
     p.add_argument("--device", type=device_type, default="cpu", help="device (default: cpu)")
+
+
+PICTURES = ("contributions.png", "scales.png", "layers.png", "layers.gif", "trajectories.png", "marginals.png")
 
 
 def run(args: argparse.Namespace, load_run) -> int:
@@ -27,12 +31,14 @@ def run(args: argparse.Namespace, load_run) -> int:
     from clayflow.core.conditioning import at_context
     from clayflow.diagnostics.explanation import explain
     from clayflow.plotting import explain as pictures
+    from clayflow.train.config import check_seed
 
     run_dir = Path(args.run)
     if not run_dir.is_dir():
         raise ClayflowError(f"{run_dir} is not a run directory")
     if args.rows < 2:
         raise UsageError("--rows must be >= 2")
+    check_seed(args.seed)
     flow, payload = load_run(args.run, args.device)
     if args.data:
         x = examples_to_score(args.data, payload)[0]
@@ -43,7 +49,9 @@ def run(args: argparse.Namespace, load_run) -> int:
     else:
         x = run_dataset(args.run, payload).test
     x, context = flow.split_rows(x[: args.rows])
-    out = Path(args.out) if args.out else run_dir / "explain"
+    out = Path(args.out) if args.out else run_dir / "explain"  # RUN/explain is clayflow's own
+    if args.out and not args.force and (taken := [name for name in PICTURES if (out / name).exists()]):
+        raise UsageError(f"{out} already holds {', '.join(taken)}; give --force to replace them, or another --out")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

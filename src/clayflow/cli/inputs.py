@@ -3,6 +3,7 @@ checked against the trained model's data shape and levels."""
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +61,8 @@ def examples_to_score(
     else:
         dataset = load_dataset(data)
         values = _in_model_order(dataset.test.numpy(), dataset.columns, payload, data)
+    if len(values) == 0:
+        raise ClayflowError(f"{data} holds no examples")
     if tuple(values.shape[1:]) != shape:
         if len(shape) == 1 and values.ndim == 2:
             raise ClayflowError(
@@ -123,16 +126,40 @@ def read_labels(path: str, rows: int) -> np.ndarray:
     from clayflow.data.tabular import read_table
 
     values, _ = read_table(path)
+    if values.shape[1] != 1:
+        raise ClayflowError(f"{path} has {values.shape[1]} columns; give the labels as one column")
     if len(values) != rows:
         raise ClayflowError(f"{path} holds {len(values)} labels for {rows} scored rows")
     return values[:, 0]
 
 
+def check_labels(labels: np.ndarray, source: str) -> np.ndarray:
+    """``labels`` ``(N,)`` as integers, or one line saying why they cannot measure detection:
+    a value other than 0 (normal) and 1 (anomaly), or only one of the two."""
+    labels = np.asarray(labels, dtype=np.float64)
+    other = np.unique(labels[~np.isin(labels, (0, 1))])
+    if len(other):
+        shown = ", ".join(f"{value:g}" for value in other[:5]) + (", ..." if len(other) > 5 else "")
+        raise ClayflowError(f"{source}: labels must be 0 (normal) or 1 (anomaly), not {shown}")
+    if len(np.unique(labels)) < 2:
+        raise ClayflowError(f"{source}: every label is {labels[0]:g}; measuring detection needs both "
+                            "0 (normal) and 1 (anomaly) rows")  # fmt: skip
+    return labels.astype(int)
+
+
 def run_dataset(run: str, payload: dict, why: str = "give --data"):
     """The dataset a run was trained on (``clayflow.data.Dataset``: its splits), named by the
     run's ``config.json`` (or the checkpoint's config). A run of ``clayflow.fit`` (data from
-    Python) or one that does not say is a one-line error ending with ``why``."""
-    from clayflow.data import load_dataset
+    Python) or one that does not say is a one-line error ending with ``why``.
+
+    A relative file name is the one ``clayflow train`` was given, so it names the data only
+    from the folder training ran in: it is looked for from here, then from the run directory's
+    parents (where ``--out`` is usually given from), and the first file whose data match the
+    fingerprint in the run's last checkpoint (rows per split, shape, SHA-256) is used. Data that
+    do not match are refused, never used: a threshold calibrated on them would be wrong."""
+    from clayflow.data import load_dataset, looks_like_path
+    from clayflow.data.images import is_image_spec
+    from clayflow.train.resume import data_fingerprint
     from clayflow.train.run import read_json
     from clayflow.train.start import FIT_DATA
 
@@ -145,7 +172,50 @@ def run_dataset(run: str, payload: dict, why: str = "give --data"):
         raise ClayflowError(f"{run} was trained from Python (clayflow.fit), so its data are not known here; {why}")
     if "data" not in config:
         raise ClayflowError(f"{run} does not say what data it was trained on; {why}")
-    return load_dataset(config["data"], config.get("context"), classes=bool(config.get("conditional")))
+    spec = config["data"]
+    load = partial(load_dataset, context=config.get("context"), classes=bool(config.get("conditional")))
+    saved = _trained_fingerprint(run)
+    if is_image_spec(spec) or not looks_like_path(spec) or Path(spec).is_absolute():
+        data = load(spec)
+        if saved is not None and data_fingerprint(data) != saved:
+            raise _other_data(saved, data_fingerprint(data), run, repr(spec))
+        return data
+    candidates = [Path(spec), *(folder / spec for folder in Path(run).resolve().parents[:3])]
+    found: dict[Path, Path] = {}  # each file once, by its resolved path, in the order looked at
+    for path in candidates:
+        if path.exists():
+            found.setdefault(path.resolve(), path)
+    if not found:
+        raise ClayflowError(f"{run} was trained on the file {spec!r}, which is neither here ({Path.cwd()}) nor beside "
+                            "the run; run this command from the folder it was trained in")  # fmt: skip
+    differing = None
+    for path in found.values():
+        data = load(str(path))
+        if saved is None or (now := data_fingerprint(data)) == saved:
+            return data
+        differing = differing or now
+    raise _other_data(saved, differing, run, f"{spec!r} (found at {', '.join(map(str, found.values()))})")
+
+
+def _trained_fingerprint(run: str) -> dict | None:
+    """The data fingerprint a run directory's last checkpoint recorded (None: a checkpoint file
+    given, or a run of a clayflow that did not record one)."""
+    from clayflow.train.checkpoint import read_checkpoint
+
+    if not Path(run).is_dir():
+        return None
+    try:
+        return read_checkpoint(run).get("data_fingerprint")
+    except ClayflowError:
+        return None
+
+
+def _other_data(saved: dict, now: dict, run: str, name: str) -> ClayflowError:
+    """The error refusing data of fingerprint ``now`` for a run trained on ``saved``'s."""
+    sizes = saved["rows"] != now["rows"] or saved["shape"] != now["shape"]
+    what = f"{sum(saved['rows'])} rows then, {sum(now['rows'])} now" if sizes else "same size, other values"
+    return ClayflowError(f"{name} holds other data than {run} was trained on ({what}); its splits would not be the "
+                         "run's: run this command from the folder it was trained in, with its data unchanged")  # fmt: skip
 
 
 def read_image_array(path: str) -> np.ndarray:

@@ -41,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser, device_type) -> None:
 def run(args: argparse.Namespace, load_run) -> int:
     """Write ``--n`` samples at ``--temperature``: rows to .csv/.npy, or images to .npy/.png."""
     from clayflow.data.tabular import check_output_path, write_table
-    from clayflow.train.config import MAX_SEED
+    from clayflow.train.config import check_seed
 
     n = args.n if args.n is not None else (1 if args.context else 1000)
     per_class = False
@@ -49,8 +49,7 @@ def run(args: argparse.Namespace, load_run) -> int:
         raise UsageError(f"--n must be a positive number of samples, got {n}")
     if not (args.temperature > 0 and math.isfinite(args.temperature)):
         raise UsageError(f"--temperature must be > 0 and finite, got {args.temperature}")
-    if not 0 <= args.seed <= MAX_SEED:
-        raise UsageError(f"--seed must be in [0, 2**64 - 1] (torch's seed range), got {args.seed}")
+    check_seed(args.seed)
     flow, payload = load_run(args.run, args.device)
     if args.weights or args.resample or payload.get("target"):
         return _fitted(args, flow, payload, n)

@@ -39,10 +39,12 @@ def run(args: argparse.Namespace, load_run) -> int:
     """Verify a run: print the report; 0 if every check passed, else 1."""
     from clayflow.cli.inputs import examples_to_score, run_dataset
     from clayflow.diagnostics import checks, verify
+    from clayflow.train.config import check_seed
     from clayflow.train.run import read_json
 
     if args.rows < 2 or (args.points is not None and args.points < 1):
         raise UsageError("--rows must be >= 2 and --points >= 1")
+    check_seed(args.seed)
     flow, payload = load_run(args.run, args.device)
     run_dir = Path(args.run) if Path(args.run).is_dir() else None
     results, test = None, None

@@ -14,7 +14,7 @@ A flow then scores data by the change of variables
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, ClassVar, cast
 
 from torch import Tensor, nn
 
@@ -40,6 +40,10 @@ class Transform(nn.Module):
         # untyped ``__call__``, which stays the one used at run time).
         def __call__(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]: ...
 
+    # A container: its forward calls the transforms it holds (their forward) and its log-det is
+    # the sum of theirs, nothing of its own; the diagnostics look inside it for the layers.
+    composite: ClassVar[bool] = False
+
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Data -> latent: ``(z, log|det dz/dx|)``, z like x (or of ``output_shape``), the
         log-det ``(B,)``."""
@@ -60,6 +64,8 @@ class Compose(Transform):
     ``inverse`` runs them in reverse order. ``Compose(a, b)(x) == b(a(x))``, unlike TFP's
     ``Chain``. Indexable: ``compose[0]`` is the first (data-side) transform.
     """
+
+    composite = True
 
     def __init__(self, *transforms: Transform):
         super().__init__()

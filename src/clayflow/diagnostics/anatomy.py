@@ -86,13 +86,15 @@ def _top_layers(transform: nn.Module) -> list[nn.Module]:
 
 
 def leaf_layers(module: nn.Module, prefix: str = "") -> list[tuple[str, Transform]]:
-    """The transforms inside ``module`` that hold no other transform (couplings, ActNorm, CNF
-    blocks, ...), with their dotted names, data side first."""
-    leaves = []
-    for name, child in module.named_modules(prefix=prefix):
-        if isinstance(child, Transform) and not any(
-            isinstance(inner, Transform) for inner in list(child.modules())[1:]
-        ):
+    """The layers of ``module``: the outermost transforms that are not containers
+    (``Transform.composite``: Compose, MultiScale) — couplings, ActNorm, CNF blocks, a
+    whitening map with the learned linear map inside it, an inverted layer (IAF) — with their
+    dotted names, data side first. A forward pass calls each once, and their log-dets add up
+    to the module's."""
+    leaves: list[tuple[str, Transform]] = []
+    for name, child in module.named_modules(prefix=prefix):  # parents before their children
+        inside_a_leaf = any(leaf == prefix or name.startswith(f"{leaf}.") for leaf, _ in leaves)
+        if isinstance(child, Transform) and not child.composite and not inside_a_leaf:
             leaves.append((name, child))
     return leaves
 

@@ -243,9 +243,10 @@ def evaluate_labels(scores: Tensor, flags: Tensor, labels: np.ndarray) -> dict[s
     ROC curve, for ``labels`` ``(N,)`` of 0 (normal) and 1 (anomaly)."""
     from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-    labels = np.asarray(labels).astype(int)
-    if set(np.unique(labels)) != {0, 1}:
+    labels = np.asarray(labels)
+    if not np.isin(labels, (0, 1)).all() or len(np.unique(labels)) != 2:
         raise UsageError("labels must hold both 0 (normal) and 1 (anomaly), and nothing else")
+    labels = labels.astype(int)
     s, f = scores.numpy(), flags.numpy()
     false_positive, true_positive, _ = roc_curve(labels, s)
     return {

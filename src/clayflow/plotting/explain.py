@@ -6,6 +6,8 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,7 @@ import torch
 
 from clayflow.core import Flow
 from clayflow.diagnostics.explanation import Explanation, explain
+from clayflow.files import atomic_write
 from clayflow.plotting.plots import plt, save_figure
 from clayflow.transforms import CNF, MultiScale
 
@@ -109,8 +112,16 @@ def animate_2d(flow: Flow, x: torch.Tensor, path: Path, seed: int = 0, frames_pe
         return (scatter,)
 
     animation = FuncAnimation(fig, update, frames=len(frames), blit=True)
-    animation.save(str(path), writer=PillowWriter(fps=12))
-    plt.close(fig)
+    # Pillow names the format by the file's suffix, so the frames go to a temporary .gif first;
+    # the picture then replaces ``path`` atomically, as every PNG does (``save_figure``)
+    fd, scratch = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".gif")
+    os.close(fd)
+    try:
+        animation.save(scratch, writer=PillowWriter(fps=12))
+        atomic_write(path, lambda file: file.write(Path(scratch).read_bytes()))
+    finally:
+        plt.close(fig)
+        Path(scratch).unlink(missing_ok=True)
     return path
 
 

@@ -164,6 +164,14 @@ _NON_NEGATIVE = {
 # torch.manual_seed and torch.Generator.manual_seed take seeds up to 2**64 - 1 (they map
 # negative ones onto that range, so only 0 .. 2**64 - 1 are distinct seeds).
 MAX_SEED = 2**64 - 1
+
+
+def check_seed(seed: int, name: str = "--seed") -> None:
+    """Refuse (``UsageError``) a seed outside torch's range, 0 .. 2**64 - 1."""
+    if not 0 <= seed <= MAX_SEED:
+        raise UsageError(f"{name} must be in [0, 2**64 - 1] (torch's seed range), got {seed}")
+
+
 # Extra dimensions (vectors) or channels (images) of an augmented CNF. Each one widens every
 # ODE state (batch_size more values), every layer of the vector field, and the exact trace by
 # one backward pass; ANODE uses a handful, and D extra dimensions already let an ODE represent
@@ -269,8 +277,7 @@ def _check_values(config: TrainConfig, source: str, here: bool = True) -> None:
             raise UsageError(f"{source}: {key} must be >= 0, got {getattr(config, key)}")
     if config.ema is not None and config.ema >= 1:
         raise UsageError(f"{source}: ema is a decay in [0, 1), got {config.ema}")
-    if config.seed > MAX_SEED:
-        raise UsageError(f"{source}: seed must be in [0, 2**64 - 1] (torch's seed range), got {config.seed}")
+    check_seed(config.seed, f"{source}: seed")
     if config.augment is not None and config.augment > MAX_AUGMENT:
         raise UsageError(
             f"{source}: augment must be at most {MAX_AUGMENT} extra dimensions or channels, got "

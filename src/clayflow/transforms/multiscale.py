@@ -91,6 +91,8 @@ class MultiScale(Transform):
         x: ``(B, C, H, W)`` -> z ``(B, C * H * W)``, logabsdet ``(B,)``.
     """
 
+    composite = True
+
     def __init__(
         self,
         levels: Sequence[Transform],
