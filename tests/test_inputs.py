@@ -255,10 +255,16 @@ def test_a_run_trained_on_a_relative_path_finds_its_data_from_another_folder(tmp
     run = project / "runs" / "r"
     assert main(["score", str(run), "--data", str(rows), "--fpr", "0.1", "--out", str(tmp_path / "there.csv")]) == 0
     assert f"threshold {threshold} " in capsys.readouterr().out
+    (elsewhere / "train.csv").write_text("not a table\n")  # a file of that name that cannot be read is passed over
+    checkpoint = run / "checkpoints" / "best.pt"  # a file as RUN (the fingerprint: in last.pt beside it)
+    assert main(["score", str(checkpoint), "--data", str(rows), "--fpr", "0.1", "--out", str(tmp_path / "file.csv")]) == 0
+    assert f"threshold {threshold} " in capsys.readouterr().out
+    _write_csv(elsewhere / "train.csv", _rows(200, 2), NAMES)
     (project / "train.csv").write_text((elsewhere / "train.csv").read_text())  # the run's data changed
-    code, _, err = run_cli(capsys, "score", run, "--data", rows, "--fpr", "0.1", "--out", tmp_path / "x.csv")
-    assert code == 1 and "holds other data than" in err and "same size, other values" in err
-    assert not (tmp_path / "x.csv").exists()
+    for which in (run, checkpoint):
+        code, _, err = run_cli(capsys, "score", which, "--data", rows, "--fpr", "0.1", "--out", tmp_path / "x.csv")
+        assert code == 1 and "was trained on other data than" in err and "same size, other values" in err, err
+        assert not (tmp_path / "x.csv").exists()
     (project / "train.csv").unlink()
     monkeypatch.chdir(tmp_path)
     (elsewhere / "train.csv").unlink()

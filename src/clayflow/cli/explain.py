@@ -22,7 +22,19 @@ def add_arguments(p: argparse.ArgumentParser, device_type) -> None:
     p.add_argument("--device", type=device_type, default="cpu", help="device (default: cpu)")
 
 
-PICTURES = ("contributions.png", "scales.png", "layers.png", "layers.gif", "trajectories.png", "marginals.png")
+# The pictures' file names: the contributions for every run, then by the kind of data
+CONTRIBUTIONS, SCALES, MARGINALS = "contributions.png", "scales.png", "marginals.png"
+LAYERS, ANIMATION, TRAJECTORIES = "layers.png", "layers.gif", "trajectories.png"  # 2-D data (trajectories: CNFs)
+
+
+def picture_names(images: bool, dims: int, continuous: bool) -> tuple[str, ...]:
+    """The pictures ``explain`` draws for images, or for vectors of ``dims`` dimensions
+    (``continuous``: the flow has one CNF block, whose paths are drawn)."""
+    if images:
+        return CONTRIBUTIONS, SCALES
+    if dims == 2:
+        return (CONTRIBUTIONS, LAYERS, ANIMATION, *((TRAJECTORIES,) if continuous else ()))
+    return CONTRIBUTIONS, MARGINALS
 
 
 def run(args: argparse.Namespace, load_run) -> int:
@@ -32,6 +44,7 @@ def run(args: argparse.Namespace, load_run) -> int:
     from clayflow.diagnostics.explanation import explain
     from clayflow.plotting import explain as pictures
     from clayflow.train.config import check_seed
+    from clayflow.transforms import CNF
 
     run_dir = Path(args.run)
     if not run_dir.is_dir():
@@ -49,8 +62,10 @@ def run(args: argparse.Namespace, load_run) -> int:
     else:
         x = run_dataset(args.run, payload).test
     x, context = flow.split_rows(x[: args.rows])
+    images = x.dim() == 4
+    names = picture_names(images, x[0].numel(), sum(isinstance(m, CNF) for m in flow.modules()) == 1)
     out = Path(args.out) if args.out else run_dir / "explain"  # RUN/explain is clayflow's own
-    if args.out and not args.force and (taken := [name for name in PICTURES if (out / name).exists()]):
+    if args.out and not args.force and (taken := [name for name in names if (out / name).exists()]):
         raise UsageError(f"{out} already holds {', '.join(taken)}; give --force to replace them, or another --out")
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -58,7 +73,6 @@ def run(args: argparse.Namespace, load_run) -> int:
         raise ClayflowError(f"cannot write to {out}: {exc.strerror or exc}") from None
     explanation = explain(flow, x, args.seed, context)
     print(explanation.table())
-    images = x.dim() == 4
     if context is not None:  # pictures of p(x | c) at one c, the first example's
         flow = at_context(flow, context[:1])
         if not images and x.shape[1] == 2:  # the 2-D pictures then show that density's own samples
@@ -66,16 +80,17 @@ def run(args: argparse.Namespace, load_run) -> int:
                 torch.manual_seed(args.seed)
                 x = flow.sample(len(x))
         print(f"pictures at the first example's context: {_context_text(payload, context[0])}")
-    drawn = [pictures.plot_contributions(explanation, out / "contributions.png", images)]
+    drawn = [pictures.plot_contributions(explanation, out / CONTRIBUTIONS, images)]
     try:
-        if images:
-            drawn.append(pictures.plot_image_scales(flow, x, out / "scales.png", seed=args.seed))
-        elif x.shape[1] == 2:
-            drawn.append(pictures.plot_layers_2d(flow, x[:500], out / "layers.png", args.seed))
-            drawn.append(pictures.animate_2d(flow, x[:500], out / "layers.gif", args.seed))
-            drawn.append(pictures.plot_cnf_trajectories(flow, out / "trajectories.png", seed=args.seed))
-        else:
-            drawn.append(pictures.plot_marginals(explanation, out / "marginals.png"))
+        if SCALES in names:
+            drawn.append(pictures.plot_image_scales(flow, x, out / SCALES, seed=args.seed))
+        if LAYERS in names:
+            drawn.append(pictures.plot_layers_2d(flow, x[:500], out / LAYERS, args.seed))
+            drawn.append(pictures.animate_2d(flow, x[:500], out / ANIMATION, args.seed))
+        if TRAJECTORIES in names:
+            drawn.append(pictures.plot_cnf_trajectories(flow, out / TRAJECTORIES, seed=args.seed))
+        if MARGINALS in names:
+            drawn.append(pictures.plot_marginals(explanation, out / MARGINALS))
     except OSError as exc:
         raise ClayflowError(f"cannot write the pictures in {out}: {exc.strerror or exc}") from None
     print("pictures: " + ", ".join(str(p) for p in drawn if p is not None))

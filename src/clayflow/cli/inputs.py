@@ -3,7 +3,6 @@ checked against the trained model's data shape and levels."""
 
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -133,39 +132,26 @@ def read_labels(path: str, rows: int) -> np.ndarray:
     return values[:, 0]
 
 
-def check_labels(labels: np.ndarray, source: str) -> np.ndarray:
-    """``labels`` ``(N,)`` as integers, or one line saying why they cannot measure detection:
-    a value other than 0 (normal) and 1 (anomaly), or only one of the two."""
-    labels = np.asarray(labels, dtype=np.float64)
-    other = np.unique(labels[~np.isin(labels, (0, 1))])
-    if len(other):
-        shown = ", ".join(f"{value:g}" for value in other[:5]) + (", ..." if len(other) > 5 else "")
-        raise ClayflowError(f"{source}: labels must be 0 (normal) or 1 (anomaly), not {shown}")
-    if len(np.unique(labels)) < 2:
-        raise ClayflowError(f"{source}: every label is {labels[0]:g}; measuring detection needs both "
-                            "0 (normal) and 1 (anomaly) rows")  # fmt: skip
-    return labels.astype(int)
-
-
 def run_dataset(run: str, payload: dict, why: str = "give --data"):
     """The dataset a run was trained on (``clayflow.data.Dataset``: its splits), named by the
     run's ``config.json`` (or the checkpoint's config). A run of ``clayflow.fit`` (data from
     Python) or one that does not say is a one-line error ending with ``why``.
 
-    A relative file name is the one ``clayflow train`` was given, so it names the data only
-    from the folder training ran in: it is looked for from here, then from the run directory's
-    parents (where ``--out`` is usually given from), and the first file whose data match the
-    fingerprint in the run's last checkpoint (rows per split, shape, SHA-256) is used. Data that
-    do not match are refused, never used: a threshold calibrated on them would be wrong."""
-    from clayflow.data import load_dataset, looks_like_path
-    from clayflow.data.images import is_image_spec
+    The data must be the run's own: their fingerprint (rows per split, shape, SHA-256; see
+    ``data_fingerprint``) must equal the one the run's last checkpoint recorded, else they are
+    refused, never used (another validation split would give a wrong threshold). A relative
+    file name is the one ``clayflow train`` was given, so it names the data only from the
+    folder training ran in: it is looked for from here, then from the run directory's parents
+    (where ``--out`` is usually given from), and the first file that matches is used."""
+    from clayflow.data import load_dataset
     from clayflow.train.resume import data_fingerprint
     from clayflow.train.run import read_json
     from clayflow.train.start import FIT_DATA
 
     config = payload.get("config") or {}
-    if Path(run).is_dir() and (Path(run) / "config.json").exists():
-        config = read_json(Path(run) / "config.json")
+    run_dir = _run_directory(run)
+    if run_dir is not None and (run_dir / "config.json").exists():
+        config = read_json(run_dir / "config.json")
     if config.get("kind") == "variational":
         raise ClayflowError(f"{run} was fitted to the target {config.get('target')}, not trained on data; {why}")
     if config.get("data") == FIT_DATA:
@@ -173,49 +159,77 @@ def run_dataset(run: str, payload: dict, why: str = "give --data"):
     if "data" not in config:
         raise ClayflowError(f"{run} does not say what data it was trained on; {why}")
     spec = config["data"]
-    load = partial(load_dataset, context=config.get("context"), classes=bool(config.get("conditional")))
-    saved = _trained_fingerprint(run)
-    if is_image_spec(spec) or not looks_like_path(spec) or Path(spec).is_absolute():
-        data = load(spec)
-        if saved is not None and data_fingerprint(data) != saved:
-            raise _other_data(saved, data_fingerprint(data), run, repr(spec))
-        return data
-    candidates = [Path(spec), *(folder / spec for folder in Path(run).resolve().parents[:3])]
-    found: dict[Path, Path] = {}  # each file once, by its resolved path, in the order looked at
-    for path in candidates:
-        if path.exists():
-            found.setdefault(path.resolve(), path)
-    if not found:
+    saved = payload.get("data_fingerprint") or _trained_fingerprint(run_dir)
+    relative_file = _relative_file(spec)
+    places = _data_places(spec, run_dir) if relative_file else [spec]
+    if not places:
         raise ClayflowError(f"{run} was trained on the file {spec!r}, which is neither here ({Path.cwd()}) nor beside "
                             "the run; run this command from the folder it was trained in")  # fmt: skip
-    differing = None
-    for path in found.values():
-        data = load(str(path))
+    refused = []  # why each place was not the run's data
+    for place in places:
+        try:
+            data = load_dataset(place, config.get("context"), classes=bool(config.get("conditional")))
+        except ClayflowError as exc:
+            if not relative_file:
+                raise
+            refused.append(f"{place}: {exc}")
+            continue
         if saved is None or (now := data_fingerprint(data)) == saved:
             return data
-        differing = differing or now
-    raise _other_data(saved, differing, run, f"{spec!r} (found at {', '.join(map(str, found.values()))})")
+        refused.append(f"{place}: {_difference(saved, now)}")
+    hint = ("run this command from the folder it was trained in, with its data unchanged" if relative_file
+            else f"{spec!r} has changed since the run was trained")  # fmt: skip
+    raise ClayflowError(f"{run} was trained on other data than {spec!r} gives now ({'; '.join(refused)}), so its "
+                        f"splits are not the run's: {hint}")  # fmt: skip
 
 
-def _trained_fingerprint(run: str) -> dict | None:
-    """The data fingerprint a run directory's last checkpoint recorded (None: a checkpoint file
-    given, or a run of a clayflow that did not record one)."""
-    from clayflow.train.checkpoint import read_checkpoint
+def _relative_file(spec: str) -> bool:
+    """Whether the data ``spec`` is a table file named relative to the folder training ran in."""
+    from clayflow.data import looks_like_path
+    from clayflow.data.images import is_image_spec
 
-    if not Path(run).is_dir():
-        return None
+    return looks_like_path(spec) and not is_image_spec(spec) and not Path(spec).is_absolute()
+
+
+def _run_directory(run: str) -> Path | None:
+    """The run directory of ``run``: itself, or the one holding the checkpoint file
+    ``RUN/checkpoints/NAME.pt``; None for a checkpoint file elsewhere."""
+    from clayflow.train.checkpoint import CHECKPOINT_NAME
+
+    path = Path(run)
+    if path.is_dir():
+        return path
+    return path.parent.parent if path.parent.name == Path(CHECKPOINT_NAME).parent.name else None
+
+
+def _data_places(spec: str, run_dir: Path | None) -> list[str]:
+    """Where the relative file ``spec`` of a run may be: each existing file of that name
+    from here and from the run directory's three parents, once each."""
+    parents = run_dir.resolve().parents[:3] if run_dir is not None else ()
+    files: dict[Path, str] = {}
+    for path in (Path(spec), *(folder / spec for folder in parents)):
+        if path.is_file():
+            files.setdefault(path.resolve(), str(path))
+    return list(files.values())
+
+
+def _trained_fingerprint(run_dir: Path | None) -> dict | None:
+    """The data fingerprint the run's last checkpoint recorded (``best.pt`` does not keep
+    one); None without a run directory, or for a run of a clayflow that did not record one."""
+    from clayflow.train.checkpoint import CHECKPOINT_NAME, read_checkpoint
+
+    last = run_dir / CHECKPOINT_NAME if run_dir is not None else None
     try:
-        return read_checkpoint(run).get("data_fingerprint")
+        return read_checkpoint(last).get("data_fingerprint") if last is not None and last.is_file() else None
     except ClayflowError:
         return None
 
 
-def _other_data(saved: dict, now: dict, run: str, name: str) -> ClayflowError:
-    """The error refusing data of fingerprint ``now`` for a run trained on ``saved``'s."""
-    sizes = saved["rows"] != now["rows"] or saved["shape"] != now["shape"]
-    what = f"{sum(saved['rows'])} rows then, {sum(now['rows'])} now" if sizes else "same size, other values"
-    return ClayflowError(f"{name} holds other data than {run} was trained on ({what}); its splits would not be the "
-                         "run's: run this command from the folder it was trained in, with its data unchanged")  # fmt: skip
+def _difference(saved: dict, now: dict) -> str:
+    """How data of fingerprint ``now`` differ from a run's, ``saved``."""
+    if saved["rows"] != now["rows"] or saved["shape"] != now["shape"]:
+        return f"{sum(saved['rows'])} rows then, {sum(now['rows'])} now"
+    return "same size, other values"
 
 
 def read_image_array(path: str) -> np.ndarray:

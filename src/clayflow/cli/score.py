@@ -45,9 +45,9 @@ def add_arguments(p: argparse.ArgumentParser, device_type) -> None:
 def run(args: argparse.Namespace, load_run) -> int:
     """Write each example's log-likelihood, bits/dim and anomaly score (and flag); print the
     threshold and, with labels, the detection figures."""
-    from clayflow.cli.inputs import check_labels, examples_to_score, read_labels
+    from clayflow.cli.inputs import examples_to_score, read_labels
     from clayflow.data.tabular import check_output_path, write_table
-    from clayflow.diagnostics.anomaly import check_method, evaluate_labels
+    from clayflow.diagnostics.anomaly import check_labels, check_method, evaluate_labels
     from clayflow.train.evaluate import effective_draws, log_prob_in_chunks
 
     check_output_path(args.out, force=args.force)  # fail before the expensive part

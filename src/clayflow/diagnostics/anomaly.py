@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from clayflow.errors import UsageError
+from clayflow.errors import ClayflowError, UsageError
 
 METHODS = ("likelihood", "typicality", "ratio", "complexity")
 _CHUNK = 1024  # images per chunk of the local-pixel model's features
@@ -243,10 +243,7 @@ def evaluate_labels(scores: Tensor, flags: Tensor, labels: np.ndarray) -> dict[s
     ROC curve, for ``labels`` ``(N,)`` of 0 (normal) and 1 (anomaly)."""
     from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-    labels = np.asarray(labels)
-    if not np.isin(labels, (0, 1)).all() or len(np.unique(labels)) != 2:
-        raise UsageError("labels must hold both 0 (normal) and 1 (anomaly), and nothing else")
-    labels = labels.astype(int)
+    labels = check_labels(labels)
     s, f = scores.numpy(), flags.numpy()
     false_positive, true_positive, _ = roc_curve(labels, s)
     return {
@@ -258,6 +255,20 @@ def evaluate_labels(scores: Tensor, flags: Tensor, labels: np.ndarray) -> dict[s
         "normal": int((labels == 0).sum()),
         "anomalies": int((labels == 1).sum()),
     }
+
+
+def check_labels(labels: np.ndarray, source: str = "labels") -> np.ndarray:
+    """``labels`` ``(N,)`` as integers, or a ``ClayflowError`` saying why they cannot measure
+    detection: a value other than 0 (normal) and 1 (anomaly), or only one of the two."""
+    labels = np.asarray(labels, dtype=np.float64)
+    other = np.unique(labels[~np.isin(labels, (0, 1))])
+    if len(other):
+        shown = ", ".join(f"{value:g}" for value in other[:5]) + (", ..." if len(other) > 5 else "")
+        raise ClayflowError(f"{source}: labels must be 0 (normal) or 1 (anomaly), not {shown}")
+    if len(np.unique(labels)) < 2:
+        raise ClayflowError(f"{source}: every label is {labels[0]:g}; measuring detection needs both "
+                            "0 (normal) and 1 (anomaly) rows")  # fmt: skip
+    return labels.astype(int)
 
 
 def _dequantized(x: Tensor, levels: int | None) -> Tensor:

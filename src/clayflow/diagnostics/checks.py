@@ -25,6 +25,12 @@ FAR_TEMPERATURE = 3.0  # far points: latents 3 * N(0, I), pulled back to data
 GRID_POINTS = {2: 300, 3: 48}  # density integral: grid points per axis, by dimension
 
 
+def _draw_seed(seed: int, k: int) -> int:
+    """The seed of a check's k-th random draw: ``seed + k``, wrapped into torch's seed range
+    (0 .. 2**64 - 1), so that every valid ``--seed`` stays valid."""
+    return (seed + k) % 2**64
+
+
 @dataclass
 class Tolerances:
     """How close each kind of figure must be (see the module docstring)."""
@@ -80,7 +86,7 @@ def round_trips(anatomy: Anatomy, twin: Anatomy, x: Tensor, tol: Tolerances, see
             checks.append(Check.within(f"round trip, data ({dtype})", relative_error(body.inverse(body(h)[0])[0], h),
                                        bound, f"{n} rows: inverse(forward(x)) vs x"))  # fmt: skip
             for what, temperature in (("samples", 1.0), ("far points", FAR_TEMPERATURE)):
-                torch.manual_seed(seed + 1)
+                torch.manual_seed(_draw_seed(seed, 1))
                 z = flow.base.sample(n, temperature).to(dt)
                 checks.append(Check.within(
                     f"round trip, {what} ({dtype})", relative_error(learned(learned.inverse(z)[0])[0], z), bound,
@@ -203,7 +209,7 @@ def directions_agree(twin: Anatomy, n: int, tol: Tolerances, seed: int) -> Check
     forward pass (scoring), float64."""
     body, base = twin.body, twin.flow.base
     with torch.no_grad(), torch.random.fork_rng():
-        torch.manual_seed(seed + 2)
+        torch.manual_seed(_draw_seed(seed, 2))
         z = base.sample(n).double()
         h, logdet_inverse = body.inverse(z)
         by_inverse = base.log_prob(z) - logdet_inverse
@@ -222,7 +228,7 @@ def total_mass(anatomy: Anatomy, x: Tensor, seed: int) -> Check | None:
     if dims not in GRID_POINTS or anatomy.random_prefix:
         return None
     with torch.no_grad(), torch.random.fork_rng():
-        torch.manual_seed(seed + 3)
+        torch.manual_seed(_draw_seed(seed, 3))
         samples = flow.sample(10_000).double()
         cover = torch.cat([samples[:2000], x.double()])
         low, high = cover.amin(0), cover.amax(0)
@@ -244,7 +250,7 @@ def hutchinson_agrees(twin: Anatomy, x: Tensor, seed: int, probes: int = 32) -> 
             continue
         layer.eval_trace = Trace.HUTCHINSON
         try:
-            torch.manual_seed(seed + 4)
+            torch.manual_seed(_draw_seed(seed, 4))
             draws = torch.stack([layer(inputs, context)[1].detach() for _ in range(probes)])
         finally:
             layer.eval_trace = Trace.EXACT
@@ -285,7 +291,7 @@ def augmentation_gap(anatomy: Anatomy, x: Tensor, seed: int, draws: int = 64) ->
         return None
     rows = x[:64]
     with torch.no_grad(), torch.random.fork_rng():
-        torch.manual_seed(seed + 6)
+        torch.manual_seed(_draw_seed(seed, 6))
         bounds = torch.stack([anatomy.flow.log_prob(rows).double() for _ in range(draws)])
     gap = (torch.logsumexp(bounds, 0) - math.log(draws) - bounds.mean(0)).mean().item()
     return Check("augmentation bound's gap (nats)", gap, None, None,
@@ -296,7 +302,7 @@ def energy_distance(anatomy: Anatomy, x: Tensor, seed: int, permutations: int = 
     """The energy distance between model samples and the data (a two-sample statistic,
     reported as a figure), with its permutation p-value."""
     with torch.no_grad(), torch.random.fork_rng():
-        torch.manual_seed(seed + 5)
+        torch.manual_seed(_draw_seed(seed, 5))
         samples = anatomy.flow.sample(len(x)).double().reshape(len(x), -1)
         data = x.double().reshape(len(x), -1)
         pooled = torch.cat([samples, data])
