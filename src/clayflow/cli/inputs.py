@@ -144,7 +144,7 @@ def run_dataset(run: str, payload: dict, why: str = "give --data"):
     folder training ran in: it is looked for from here, then from the run directory's parents
     (where ``--out`` is usually given from), and the first file that matches is used."""
     from clayflow.data import load_dataset
-    from clayflow.train.resume import data_fingerprint
+    from clayflow.train.resume import data_fingerprint, fingerprint_difference
     from clayflow.train.run import read_json
     from clayflow.train.start import FIT_DATA
 
@@ -176,7 +176,7 @@ def run_dataset(run: str, payload: dict, why: str = "give --data"):
             continue
         if saved is None or (now := data_fingerprint(data)) == saved:
             return data
-        refused.append(f"{place}: {_difference(saved, now)}")
+        refused.append(f"{place}: {fingerprint_difference(saved, now)}")
     hint = ("run this command from the folder it was trained in, with its data unchanged" if relative_file
             else f"{spec!r} has changed since the run was trained")  # fmt: skip
     raise ClayflowError(f"{run} was trained on other data than {spec!r} gives now ({'; '.join(refused)}), so its "
@@ -223,13 +223,6 @@ def _trained_fingerprint(run_dir: Path | None) -> dict | None:
         return read_checkpoint(last).get("data_fingerprint") if last is not None and last.is_file() else None
     except ClayflowError:
         return None
-
-
-def _difference(saved: dict, now: dict) -> str:
-    """How data of fingerprint ``now`` differ from a run's, ``saved``."""
-    if saved["rows"] != now["rows"] or saved["shape"] != now["shape"]:
-        return f"{sum(saved['rows'])} rows then, {sum(now['rows'])} now"
-    return "same size, other values"
 
 
 def read_image_array(path: str) -> np.ndarray:

@@ -157,6 +157,13 @@ def data_fingerprint(data: Dataset) -> dict[str, Any]:
     }
 
 
+def fingerprint_difference(saved: dict[str, Any], now: dict[str, Any]) -> str:
+    """How data of fingerprint ``now`` differ from those of ``saved`` (``data_fingerprint``)."""
+    if saved["rows"] != now["rows"] or saved["shape"] != now["shape"]:
+        return f"{sum(saved['rows'])} rows then, {sum(now['rows'])} now"
+    return "same size, other values"
+
+
 def _saved_spec(checkpoint: dict[str, Any] | None) -> ModelSpec | None:
     try:
         return ModelSpec.from_dict(checkpoint["model_spec"]) if checkpoint is not None else None
@@ -245,11 +252,7 @@ def _check_same_data(checkpoint: dict[str, Any], config: TrainConfig, fingerprin
             f"{config.data!r} holds the same data; resume with --data {saved_name}"
         )
     if saved_data is not None and saved_data != fingerprint:
-        what = (
-            f"{sum(saved_data['rows'])} rows then, {sum(fingerprint['rows'])} now"
-            if saved_data["rows"] != fingerprint["rows"] or saved_data["shape"] != fingerprint["shape"]
-            else "same size, other values"
-        )
+        what = fingerprint_difference(saved_data, fingerprint)
         which = f"the data {config.data!r} changed since {run_dir} was checkpointed"
         if saved_name != config.data:
             which = f"{config.data!r} holds other data than {saved_name!r}, which {run_dir} was trained on"
