@@ -128,6 +128,33 @@ def test_score_flags_rows_and_measures_labelled_data(tmp_path, capsys):
         assert message in capsys.readouterr().err
 
 
+def test_a_row_whose_density_underflows_is_named_flagged_and_ranked_most_anomalous(good_run, tmp_path, capsys):
+    """A cell of 1e30 gives log p = -inf in float32: written as such, named in one note, left
+    out of the printed mean, flagged, and ranked above every finite score for AUROC."""
+    rows = np.array([[0.5, 0.2], [1e30, 0.0], [1.0, -0.4], [3.0, 3.0]])
+    data, labels = tmp_path / "rows.csv", tmp_path / "labels.csv"
+    np.savetxt(data, rows, delimiter=",")
+    np.savetxt(labels, [0, 1, 0, 1])
+    out = tmp_path / "s.csv"
+    capsys.readouterr()
+    code = main(["score", str(good_run), "--data", str(data), "--labels", str(labels), "--fpr", "0.05", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    table = np.genfromtxt(out, delimiter=",", names=True)
+    assert np.isneginf(table["log_prob"][1]) and np.isfinite(table["log_prob"][[0, 2, 3]]).all()
+    assert table["flag"][1] == 1
+    assert "1 example has a log-likelihood of -inf (row 2)" in captured.err
+    mean = float(captured.out.split("mean log-likelihood ")[1].split()[0])
+    assert mean == pytest.approx(table["log_prob"][[0, 2, 3]].mean(), abs=1e-3)
+    expected = 1.0 if table["log_prob"][3] < table["log_prob"][[0, 2]].min() else 0.75
+    assert f"AUROC {expected:.4f}" in captured.out
+
+
+def test_a_nan_score_is_flagged():
+    scorer = calibrate("likelihood", 0.1, torch.zeros(20, 2), -torch.arange(20.0), None, None, {})
+    assert scorer.flag(torch.tensor([float("nan"), -100.0, 100.0])).tolist() == [True, False, True]
+
+
 def test_the_local_pixel_reference_knows_smoothness_not_position():
     """Digits are smoother than the same pixels shuffled, and a digit moved by one column is
     as likely as before (one regression shared by every position)."""

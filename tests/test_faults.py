@@ -198,7 +198,7 @@ def _spoil(run: Path, fault: str, marker: Path) -> None:
 CHECKPOINT_FAULTS = {
     "truncated": "cannot read checkpoint",
     "corrupt": "cannot read checkpoint",
-    "pickled code": "cannot read checkpoint",
+    "pickled code": "not a clayflow checkpoint: it holds Python objects",  # not torch's advice to load it unsafely
     "newer format": "newer than this clayflow",
     "weights of another model": "do not fit its model 'nsf'",  # the default model on moons' 50,000 rows
     "options no model has": "model cannot be rebuilt: model 'nsf' on vectors has no option(s) ['wings']",
@@ -238,6 +238,33 @@ def test_bad_checkpoints_are_refused_by_every_reader(good_run, tmp_path, capsys,
         assert code == RUNTIME and len(lines) == 1 and words in lines[0], err
     assert snapshot(run) == before and not marker.exists()
     assert not (tmp_path / "s.csv").exists()
+
+
+def test_a_run_whose_best_weights_were_deleted_is_refused_not_read_from_last(good_run, tmp_path, capsys):
+    """Without best.pt, last.pt's weights are another model than the one the run reported:
+    refused by name, and the last weights are used only when asked for by file."""
+    run = tmp_path / "run"
+    shutil.copytree(good_run, run)
+    (run / "checkpoints" / "best.pt").unlink()
+    with pytest.raises(ClayflowError, match=r"best.pt \(the weights of step \d+, best on validation.*is missing"):
+        clayflow.load(run)
+    code, _, err = run_cli(capsys, "sample", run, "--n", "5", "--out", tmp_path / "s.csv")
+    assert code == RUNTIME and err.count("\n") == 1 and "give " + str(run / "checkpoints" / "last.pt") in err, err
+    code, _, err = run_cli(capsys, "sample", run / "checkpoints" / "last.pt", "--n", "5", "--out", tmp_path / "s.csv")
+    assert code == 0, err
+
+
+def test_a_file_of_python_objects_is_not_a_checkpoint_and_random_bytes_are_unreadable(tmp_path):
+    torch.save(np.zeros(3), tmp_path / "array.pt")  # numpy's array is a global that weights_only refuses
+    (tmp_path / "noise.pt").write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(ClayflowError) as info:
+        clayflow.load(tmp_path / "array.pt")
+    assert "not a clayflow checkpoint: it holds Python objects (numpy" in str(info.value)
+    assert "weights_only" not in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(ClayflowError) as info:
+        clayflow.load(tmp_path / "noise.pt")
+    assert str(info.value).startswith(f"cannot read checkpoint {tmp_path / 'noise.pt'} (truncated, corrupt")
+    assert "weights_only" not in str(info.value) and "\n" not in str(info.value)
 
 
 def test_real_process_prints_no_traceback(tmp_path):

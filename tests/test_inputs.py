@@ -256,7 +256,7 @@ def test_a_run_trained_on_a_relative_path_finds_its_data_from_another_folder(tmp
     assert main(["score", str(run), "--data", str(rows), "--fpr", "0.1", "--out", str(tmp_path / "there.csv")]) == 0
     assert f"threshold {threshold} " in capsys.readouterr().out
     (elsewhere / "train.csv").write_text("not a table\n")  # a file of that name that cannot be read is passed over
-    checkpoint = run / "checkpoints" / "best.pt"  # a file as RUN (the fingerprint: in last.pt beside it)
+    checkpoint = run / "checkpoints" / "best.pt"  # a file as RUN (the fingerprint: its own, as last.pt's)
     assert main(["score", str(checkpoint), "--data", str(rows), "--fpr", "0.1", "--out", str(tmp_path / "file.csv")]) == 0
     assert f"threshold {threshold} " in capsys.readouterr().out
     _write_csv(elsewhere / "train.csv", _rows(200, 2), NAMES)
@@ -265,6 +265,11 @@ def test_a_run_trained_on_a_relative_path_finds_its_data_from_another_folder(tmp
         code, _, err = run_cli(capsys, "score", which, "--data", rows, "--fpr", "0.1", "--out", tmp_path / "x.csv")
         assert code == 1 and "was trained on other data than" in err and "same size, other values" in err, err
         assert not (tmp_path / "x.csv").exists()
+    saved = torch.load(checkpoint, weights_only=True)  # a best.pt of before 2026-12-03: last.pt's fingerprint
+    del saved["data_fingerprint"]
+    torch.save(saved, checkpoint)
+    code, _, err = run_cli(capsys, "score", checkpoint, "--data", rows, "--fpr", "0.1", "--out", tmp_path / "x.csv")
+    assert code == 1 and "same size, other values" in err, err
     (project / "train.csv").unlink()
     monkeypatch.chdir(tmp_path)
     (elsewhere / "train.csv").unlink()

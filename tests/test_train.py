@@ -249,6 +249,8 @@ def test_best_validation_weights_are_kept_and_loaded(tmp_path):
     )
     best = torch.load(run / "checkpoints/best.pt", weights_only=True)
     assert best["step"] == best_step
+    last = torch.load(run / "checkpoints/last.pt", weights_only=True)  # score finds the run's data by it
+    assert best["data_fingerprint"] == last["data_fingerprint"] and best["data_fingerprint"]["sha256"]
     key = next(iter(best["model"]))
     assert torch.equal(clayflow.load(run).state_dict()[key], best["model"][key])
 

@@ -138,7 +138,7 @@ def run_dataset(run: str, payload: dict, why: str = "give --data"):
     Python) or one that does not say is a one-line error ending with ``why``.
 
     The data must be the run's own: their fingerprint (rows per split, shape, SHA-256; see
-    ``data_fingerprint``) must equal the one the run's last checkpoint recorded, else they are
+    ``data_fingerprint``) must equal the one the run's checkpoints recorded, else they are
     refused, never used (another validation split would give a wrong threshold). A relative
     file name is the one ``clayflow train`` was given, so it names the data only from the
     folder training ran in: it is looked for from here, then from the run directory's parents
@@ -214,8 +214,9 @@ def _data_places(spec: str, run_dir: Path | None) -> list[str]:
 
 
 def _trained_fingerprint(run_dir: Path | None) -> dict | None:
-    """The data fingerprint the run's last checkpoint recorded (``best.pt`` does not keep
-    one); None without a run directory, or for a run of a clayflow that did not record one."""
+    """The data fingerprint the run's last checkpoint recorded, for a payload without one
+    (``best.pt`` of runs before 2026-12-03); None without a run directory, or for a run of a
+    clayflow that did not record one."""
     from clayflow.train.checkpoint import CHECKPOINT_NAME, read_checkpoint
 
     last = run_dir / CHECKPOINT_NAME if run_dir is not None else None

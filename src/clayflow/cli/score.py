@@ -77,7 +77,12 @@ def run(args: argparse.Namespace, load_run) -> int:
     scores = scorer.scores(log_prob, x) if scorer is not None else -log_prob.double()
     flags = scorer.flag(scores) if scorer is not None and args.fpr is not None else None
     _write(args.out, write_table, log_prob, bits_per_dim, scores if scorer is not None else None, flags, files)
-    line = f"scored {len(x)} examples: mean log-likelihood {log_prob.mean():.4f} nats ({bits_per_dim.mean():.4f} bits/dim)"
+    finite = log_prob.isfinite()
+    line = (f"scored {len(x)} examples: mean log-likelihood {log_prob[finite].mean():.4f} nats "
+            f"({bits_per_dim[finite].mean():.4f} bits/dim)")  # fmt: skip
+    if not finite.all():
+        line += f" over the {int(finite.sum())} with a finite one"
+        print(_nonfinite_note(log_prob, files), file=sys.stderr)
     if (draws := effective_draws(flow, args.draws)) > 1:
         line += f" (importance-weighted over {draws} dequantization draws)"
     if flags is not None:
@@ -118,6 +123,17 @@ def _calibrated(args, flow, payload, spec):
     fpr = args.fpr if args.fpr is not None else 0.5
     discrete = dict(zip(model.discrete, model.discrete_steps))
     return calibrate(args.method, fpr, val, val_log_prob, train, spec.get("levels"), discrete)
+
+
+def _nonfinite_note(log_prob: torch.Tensor, files: list[str] | None, shown: int = 5) -> str:
+    """One line naming the examples (rows 1.., or files) whose log-likelihood is -inf or NaN."""
+    where = (~log_prob.isfinite()).nonzero().flatten().tolist()
+    names = [files[i] if files is not None else f"row {i + 1}" for i in where[:shown]]
+    kinds = " or ".join(sorted({f"{value:g}" for value in log_prob[where].tolist()}))
+    return (f"note: {len(where)} example{'s' if len(where) > 1 else ''} ha{'ve' if len(where) > 1 else 's'} a "
+            f"log-likelihood of {kinds} ({', '.join(names)}{', ...' if len(where) > shown else ''}): values so far "
+            "outside the training data that the density underflows (float32); written as such, scored as the "
+            "most anomalous")  # fmt: skip
 
 
 def _write(out, write_table, log_prob, bits_per_dim, scores, flags, files) -> None:

@@ -202,8 +202,9 @@ class AnomalyScorer:
         return nll / math.log(2) - code_bits
 
     def flag(self, scores: Tensor) -> Tensor:
-        """Whether each score is above the calibrated threshold ``(N,)`` bool."""
-        return scores > self.threshold
+        """Whether each score is above the calibrated threshold ``(N,)`` bool; a NaN score (a
+        row the model gives no log-likelihood) is flagged, never passed as normal."""
+        return (scores > self.threshold) | scores.isnan()
 
 
 def check_method(method: str, levels: int | None, fpr: float) -> None:
@@ -241,10 +242,13 @@ def calibrate(method: str, fpr: float, val: Tensor, val_log_prob: Tensor, train:
 def evaluate_labels(scores: Tensor, flags: Tensor, labels: np.ndarray) -> dict[str, Any]:
     """AUROC, AUPRC (anomaly = 1), the false-alarm and detection rates of the flags, and the
     ROC curve, for ``labels`` ``(N,)`` of 0 (normal) and 1 (anomaly)."""
+    from scipy.stats import rankdata
     from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
     labels = check_labels(labels)
-    s, f = scores.numpy(), flags.numpy()
+    s, f = scores.double().numpy(), flags.numpy()
+    if not np.isfinite(s).all():  # +inf (log p = -inf) ranks first, as a NaN score flags; only ranks count
+        s = rankdata(np.where(np.isnan(s), np.inf, s))
     false_positive, true_positive, _ = roc_curve(labels, s)
     return {
         "auroc": float(roc_auc_score(labels, s)),

@@ -8,6 +8,8 @@ into place with ``os.replace`` (a crash leaves the previous one intact), and rea
 from __future__ import annotations
 
 import os
+import pickle
+import re
 import stat
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,8 @@ def checkpoint_path(path: str | os.PathLike, prefer_best: bool = False) -> Path:
         if prefer_best and (path / BEST_NAME).exists():
             path = path / BEST_NAME
         elif (path / CHECKPOINT_NAME).exists():
+            if prefer_best:
+                _check_best_not_lost(path)
             path = path / CHECKPOINT_NAME
         else:
             raise ClayflowError(
@@ -63,6 +67,33 @@ def checkpoint_path(path: str | os.PathLike, prefer_best: bool = False) -> Path:
     return path
 
 
+def _check_best_not_lost(run_dir: Path) -> None:
+    """Refuse a run whose ``last.pt`` records best weights that ``best.pt`` no longer holds
+    (deleted or moved): its last weights are another model than the one the run reported."""
+    try:
+        best_step = torch.load(run_dir / CHECKPOINT_NAME, map_location="cpu", weights_only=True).get("best_step")
+    except Exception:  # noqa: BLE001 - read_checkpoint words an unreadable last.pt
+        return
+    if best_step is not None:
+        raise ClayflowError(
+            f"{run_dir / BEST_NAME} (the weights of step {best_step}, best on validation, that the run reported) "
+            f"is missing; to use the last weights instead, give {run_dir / CHECKPOINT_NAME}"
+        )
+
+
+def _unreadable(path: Path, exc: Exception) -> str:
+    """Why ``torch.load(path, weights_only=True)`` failed, in one line: torch's advice to load
+    the file unsafely is left out (no checkpoint needs it), its reason kept."""
+    _, marker, after = str(exc).partition("WeightsUnpickler error:")
+    if isinstance(exc, pickle.UnpicklingError) and marker:
+        reason = next((line.strip() for line in after.splitlines() if line.strip()), "unsupported content")
+        if (name := re.match(r"Unsupported global: GLOBAL (\S+)", reason)) is not None:
+            return (f"{path} is not a clayflow checkpoint: it holds Python objects ({name.group(1)}), which "
+                    "clayflow never unpickles; a checkpoint holds only tensors and plain values")  # fmt: skip
+        return f"cannot read checkpoint {path} (truncated, corrupt or not a checkpoint): {reason}"
+    return f"cannot read checkpoint {path} (truncated, corrupt or not a checkpoint): {first_line(exc)}"
+
+
 def read_checkpoint(
     path: str | os.PathLike, map_location: str | torch.device = "cpu", prefer_best: bool = False
 ) -> dict[str, Any]:
@@ -71,9 +102,7 @@ def read_checkpoint(
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch.load raises many types for bad files
-        raise ClayflowError(
-            f"cannot read checkpoint {path} (truncated, corrupt or not a checkpoint): {first_line(exc)}"
-        ) from None
+        raise ClayflowError(_unreadable(path, exc)) from None
     if not isinstance(payload, dict) or "format_version" not in payload:
         raise ClayflowError(f"{path} is not a clayflow checkpoint")
     version = payload["format_version"]

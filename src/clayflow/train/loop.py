@@ -451,6 +451,7 @@ class Trainer:
         payload = {
             "model_spec": self.spec.to_dict() if self.spec is not None else None,
             **self.data.layout(),
+            "data_fingerprint": self.fingerprint,  # score/verify/explain find the run's data by it
             "step": self.step,
             "val_nll": val_nll,
             "model": self._eval_flow().state_dict(),
