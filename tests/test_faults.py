@@ -242,7 +242,8 @@ def test_bad_checkpoints_are_refused_by_every_reader(good_run, tmp_path, capsys,
 
 def test_a_run_whose_best_weights_were_deleted_is_refused_not_read_from_last(good_run, tmp_path, capsys):
     """Without best.pt, last.pt's weights are another model than the one the run reported:
-    refused by name, and the last weights are used only when asked for by file."""
+    refused by name, and the last weights are used only when asked for by file; a resume,
+    which must end with the best weights, is refused before it trains."""
     run = tmp_path / "run"
     shutil.copytree(good_run, run)
     (run / "checkpoints" / "best.pt").unlink()
@@ -252,6 +253,10 @@ def test_a_run_whose_best_weights_were_deleted_is_refused_not_read_from_last(goo
     assert code == RUNTIME and err.count("\n") == 1 and "give " + str(run / "checkpoints" / "last.pt") in err, err
     code, _, err = run_cli(capsys, "sample", run / "checkpoints" / "last.pt", "--n", "5", "--out", tmp_path / "s.csv")
     assert code == 0, err
+    before = snapshot(run)  # a resume would train, then fail to load the weights it must end with
+    code, _, err = run_cli(capsys, "train", "--resume", run, "--steps", "400", "--no-progress")
+    assert code == RUNTIME and "a resumed run could not end with its best weights" in err.strip().splitlines()[-1], err
+    assert snapshot(run) == before
 
 
 def test_a_file_of_python_objects_is_not_a_checkpoint_and_random_bytes_are_unreadable(tmp_path):

@@ -67,18 +67,24 @@ def checkpoint_path(path: str | os.PathLike, prefer_best: bool = False) -> Path:
     return path
 
 
+def check_best_kept(run_dir: Path, best_step: int | None, remedy: str) -> None:
+    """Refuse a run whose ``last.pt`` records best weights (of ``best_step``) that ``best.pt``
+    no longer holds (deleted or moved): its last weights are another model than the one the
+    run selected and reported. ``remedy``: what the user can do instead."""
+    if best_step is not None and not (run_dir / BEST_NAME).exists():
+        raise ClayflowError(
+            f"{run_dir / BEST_NAME} (the weights of step {best_step}, best on validation, that the run selected) "
+            f"is missing; {remedy}"
+        )
+
+
 def _check_best_not_lost(run_dir: Path) -> None:
-    """Refuse a run whose ``last.pt`` records best weights that ``best.pt`` no longer holds
-    (deleted or moved): its last weights are another model than the one the run reported."""
+    """``check_best_kept`` for a reader of the run's weights, from ``last.pt``'s record."""
     try:
         best_step = torch.load(run_dir / CHECKPOINT_NAME, map_location="cpu", weights_only=True).get("best_step")
     except Exception:  # noqa: BLE001 - read_checkpoint words an unreadable last.pt
         return
-    if best_step is not None:
-        raise ClayflowError(
-            f"{run_dir / BEST_NAME} (the weights of step {best_step}, best on validation, that the run reported) "
-            f"is missing; to use the last weights instead, give {run_dir / CHECKPOINT_NAME}"
-        )
+    check_best_kept(run_dir, best_step, f"to use the last weights instead, give {run_dir / CHECKPOINT_NAME}")
 
 
 def _unreadable(path: Path, exc: Exception) -> str:

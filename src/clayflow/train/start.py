@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from clayflow.errors import ClayflowError, UsageError
-from clayflow.train.checkpoint import CHECKPOINT_NAME, read_checkpoint
+from clayflow.train.checkpoint import CHECKPOINT_NAME, check_best_kept, read_checkpoint
 from clayflow.train.config import TrainConfig, config_from_dict
 from clayflow.train.distributed import check_distributable, processes_from_environment
 from clayflow.train.loop import Trainer, TrainingInterrupted
@@ -97,6 +97,8 @@ def start_training(config, run_dir, resume, force, progress, stop, setup=None, r
         if run is not None:
             if checkpoint is not None:
                 check_same_run(checkpoint, spec, config, fingerprint, run.path)
+                remedy = "a resumed run could not end with its best weights; put the file back first"
+                processes.on_main(lambda: check_best_kept(run.path, checkpoint.get("best_step"), remedy))
                 check_changed_options(checkpoint, config)
             else:  # killed before its first checkpoint: start again from step 0 in place
                 processes.on_main(lambda: check_can_start_over(run.path))
