@@ -143,11 +143,21 @@ def test_a_row_whose_density_underflows_is_named_flagged_and_ranked_most_anomalo
     table = np.genfromtxt(out, delimiter=",", names=True)
     assert np.isneginf(table["log_prob"][1]) and np.isfinite(table["log_prob"][[0, 2, 3]]).all()
     assert table["flag"][1] == 1
-    assert "1 example has a log-likelihood of -inf (row 2)" in captured.err
+    assert "log-likelihoods of 1 -inf (density 0 in float32: row 2)" in captured.err and "flagged and ranked" in captured.err
     mean = float(captured.out.split("mean log-likelihood ")[1].split()[0])
     assert mean == pytest.approx(table["log_prob"][[0, 2, 3]].mean(), abs=1e-3)
     expected = 1.0 if table["log_prob"][3] < table["log_prob"][[0, 2]].min() else 0.75
     assert f"AUROC {expected:.4f}" in captured.out
+
+
+def test_rows_of_which_none_has_a_finite_log_likelihood(good_run, tmp_path, capsys):
+    data = tmp_path / "rows.csv"
+    np.savetxt(data, [[1e30, 0.0], [3e38, 3e38]], delimiter=",")
+    capsys.readouterr()
+    assert main(["score", str(good_run), "--data", str(data), "--out", str(tmp_path / "s.csv")]) == 0
+    captured = capsys.readouterr()
+    assert "scored 2 examples: none has a finite log-likelihood" in captured.out and "nan" not in captured.out
+    assert "row 1" in captured.err and "row 2" in captured.err and "flagged" not in captured.err
 
 
 def test_a_nan_score_is_flagged():

@@ -240,32 +240,60 @@ def test_bad_checkpoints_are_refused_by_every_reader(good_run, tmp_path, capsys,
     assert not (tmp_path / "s.csv").exists()
 
 
-def test_a_run_whose_best_weights_were_deleted_is_refused_not_read_from_last(good_run, tmp_path, capsys):
-    """Without best.pt, last.pt's weights are another model than the one the run reported:
-    refused by name, and the last weights are used only when asked for by file; a resume,
-    which must end with the best weights, is refused before it trains."""
-    run = tmp_path / "run"
+def _without_best(good_run: Path, run: Path, best_step_back: int) -> int:
+    """A copy of ``good_run`` without best.pt whose last.pt records its best evaluation
+    ``best_step_back`` steps before its last; returns that best step."""
     shutil.copytree(good_run, run)
     (run / "checkpoints" / "best.pt").unlink()
-    with pytest.raises(ClayflowError, match=r"best.pt \(the weights of step \d+, best on validation.*is missing"):
+    last = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    last["best_step"] = last["step"] - best_step_back
+    torch.save(last, run / "checkpoints" / "last.pt")
+    return last["best_step"]
+
+
+def test_a_run_whose_best_weights_were_deleted_is_refused_not_read_from_last(good_run, tmp_path, capsys):
+    """Without best.pt, last.pt's weights are another model than the one the run reported
+    when its best evaluation came earlier: refused by name, and the last weights are used only
+    when asked for by file; a resume, which must end with the best weights, is refused before
+    it trains. When the last evaluation was the best, last.pt holds the run's own model."""
+    run = tmp_path / "run"
+    best_step = _without_best(good_run, run, best_step_back=10)
+    with pytest.raises(ClayflowError, match=rf"best.pt \(the weights of step {best_step}, best on validation.*is missing"):
         clayflow.load(run)
     code, _, err = run_cli(capsys, "sample", run, "--n", "5", "--out", tmp_path / "s.csv")
-    assert code == RUNTIME and err.count("\n") == 1 and "give " + str(run / "checkpoints" / "last.pt") in err, err
+    assert code == RUNTIME and err.count("\n") == 1 and "give that file" in err, err
     code, _, err = run_cli(capsys, "sample", run / "checkpoints" / "last.pt", "--n", "5", "--out", tmp_path / "s.csv")
     assert code == 0, err
     before = snapshot(run)  # a resume would train, then fail to load the weights it must end with
     code, _, err = run_cli(capsys, "train", "--resume", run, "--steps", "400", "--no-progress")
     assert code == RUNTIME and "a resumed run could not end with its best weights" in err.strip().splitlines()[-1], err
     assert snapshot(run) == before
+    own = tmp_path / "own"
+    _without_best(good_run, own, best_step_back=0)
+    assert clayflow.load(own).state_dict().keys() == clayflow.load(good_run).state_dict().keys()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are POSIX")
+def test_a_fifo_at_last_pt_of_a_run_without_best_pt_is_refused_not_read(tmp_path, capsys):
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    os.mkfifo(tmp_path / "run" / "checkpoints" / "last.pt")
+    code, _, err = run_cli(capsys, "sample", tmp_path / "run", "--n", "3", "--out", tmp_path / "s.csv")
+    assert code == RUNTIME and "is a FIFO (named pipe), not a regular file" in err, err
 
 
 def test_a_file_of_python_objects_is_not_a_checkpoint_and_random_bytes_are_unreadable(tmp_path):
+    class Shell:
+        def __reduce__(self):
+            return (os.system, ("true",))
+
     torch.save(np.zeros(3), tmp_path / "array.pt")  # numpy's array is a global that weights_only refuses
+    torch.save({"format_version": 1, "model": Shell()}, tmp_path / "shell.pt")  # a blocked module's function
     (tmp_path / "noise.pt").write_bytes(bytes(range(256)) * 4)
-    with pytest.raises(ClayflowError) as info:
-        clayflow.load(tmp_path / "array.pt")
-    assert "not a clayflow checkpoint: it holds Python objects (numpy" in str(info.value)
-    assert "weights_only" not in str(info.value) and "\n" not in str(info.value)
+    for name, global_name in (("array.pt", "numpy"), ("shell.pt", os.name)):  # os.system pickles as posix.system
+        with pytest.raises(ClayflowError) as info:
+            clayflow.load(tmp_path / name)
+        assert f"not a clayflow checkpoint: it holds Python objects ({global_name}" in str(info.value)
+        assert "weights_only" not in str(info.value) and "\n" not in str(info.value)
     with pytest.raises(ClayflowError) as info:
         clayflow.load(tmp_path / "noise.pt")
     assert str(info.value).startswith(f"cannot read checkpoint {tmp_path / 'noise.pt'} (truncated, corrupt")

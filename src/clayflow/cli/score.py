@@ -78,11 +78,15 @@ def run(args: argparse.Namespace, load_run) -> int:
     flags = scorer.flag(scores) if scorer is not None and args.fpr is not None else None
     _write(args.out, write_table, log_prob, bits_per_dim, scores if scorer is not None else None, flags, files)
     finite = log_prob.isfinite()
-    line = (f"scored {len(x)} examples: mean log-likelihood {log_prob[finite].mean():.4f} nats "
-            f"({bits_per_dim[finite].mean():.4f} bits/dim)")  # fmt: skip
+    if not finite.any():
+        line = f"scored {len(x)} examples: none has a finite log-likelihood"
+    else:
+        line = (f"scored {len(x)} examples: mean log-likelihood {log_prob[finite].mean():.4f} nats "
+                f"({bits_per_dim[finite].mean():.4f} bits/dim)")  # fmt: skip
     if not finite.all():
-        line += f" over the {int(finite.sum())} with a finite one"
-        print(_nonfinite_note(log_prob, files), file=sys.stderr)
+        line += f" over the {int(finite.sum())} with a finite one" if finite.any() else ""
+        fate = [word for word, done in (("flagged", flags is not None), ("ranked most anomalous", labels is not None)) if done]
+        print(_nonfinite_note(log_prob, files, " and ".join(fate)), file=sys.stderr)
     if (draws := effective_draws(flow, args.draws)) > 1:
         line += f" (importance-weighted over {draws} dequantization draws)"
     if flags is not None:
@@ -125,15 +129,20 @@ def _calibrated(args, flow, payload, spec):
     return calibrate(args.method, fpr, val, val_log_prob, train, spec.get("levels"), discrete)
 
 
-def _nonfinite_note(log_prob: torch.Tensor, files: list[str] | None, shown: int = 5) -> str:
-    """One line naming the examples (rows 1.., or files) whose log-likelihood is -inf or NaN."""
-    where = (~log_prob.isfinite()).nonzero().flatten().tolist()
-    names = [files[i] if files is not None else f"row {i + 1}" for i in where[:shown]]
-    kinds = " or ".join(sorted({f"{value:g}" for value in log_prob[where].tolist()}))
-    return (f"note: {len(where)} example{'s' if len(where) > 1 else ''} ha{'ve' if len(where) > 1 else 's'} a "
-            f"log-likelihood of {kinds} ({', '.join(names)}{', ...' if len(where) > shown else ''}): values so far "
-            "outside the training data that the density underflows (float32); written as such, scored as the "
-            "most anomalous")  # fmt: skip
+def _nonfinite_note(log_prob: torch.Tensor, files: list[str] | None, fate: str, shown: int = 5) -> str:
+    """One line naming the examples (rows 1.., or files) whose log-likelihood is -inf (density
+    0 in float32), +inf or NaN (the model's float32 arithmetic overflowed), and ``fate``: what
+    the scores made of them ("flagged", ...)."""
+    parts = []
+    overflowed = "the model's float32 arithmetic overflowed"
+    for kind, where, why in (("-inf", log_prob.isneginf(), "density 0 in float32"),
+                             ("+inf", log_prob.isposinf(), overflowed), ("nan", log_prob.isnan(), overflowed)):  # fmt: skip
+        rows = where.nonzero().flatten().tolist()
+        if rows:
+            names = [files[i] if files is not None else f"row {i + 1}" for i in rows[:shown]]
+            parts.append(f"{len(rows)} {kind} ({why}: {', '.join(names)}{', ...' if len(rows) > shown else ''})")
+    return (f"note: log-likelihoods of {'; '.join(parts)}: values far outside what the model was trained on; "
+            f"written as they are{', ' + fate if fate else ''}")
 
 
 def _write(out, write_table, log_prob, bits_per_dim, scores, flags, files) -> None:

@@ -46,8 +46,6 @@ def checkpoint_path(path: str | os.PathLike, prefer_best: bool = False) -> Path:
         if prefer_best and (path / BEST_NAME).exists():
             path = path / BEST_NAME
         elif (path / CHECKPOINT_NAME).exists():
-            if prefer_best:
-                _check_best_not_lost(path)
             path = path / CHECKPOINT_NAME
         else:
             raise ClayflowError(
@@ -67,44 +65,42 @@ def checkpoint_path(path: str | os.PathLike, prefer_best: bool = False) -> Path:
     return path
 
 
-def check_best_kept(run_dir: Path, best_step: int | None, remedy: str) -> None:
-    """Refuse a run whose ``last.pt`` records best weights (of ``best_step``) that ``best.pt``
-    no longer holds (deleted or moved): its last weights are another model than the one the
-    run selected and reported. ``remedy``: what the user can do instead."""
-    if best_step is not None and not (run_dir / BEST_NAME).exists():
+def check_best_kept(run_dir: Path, last: dict[str, Any], remedy: str) -> None:
+    """Refuse a run whose last checkpoint ``last`` records best weights that ``best.pt`` no
+    longer holds (deleted or moved) and that are not its own (a best step before its last):
+    the last weights are another model than the one the run selected and reported.
+    ``remedy``: what the user can do instead."""
+    best_step = last.get("best_step")
+    if best_step is not None and best_step != last.get("step") and not (run_dir / BEST_NAME).exists():
         raise ClayflowError(
             f"{run_dir / BEST_NAME} (the weights of step {best_step}, best on validation, that the run selected) "
-            f"is missing; {remedy}"
+            f"is missing, and {CHECKPOINT_NAME} holds those of step {last.get('step')}; {remedy}"
         )
 
 
-def _check_best_not_lost(run_dir: Path) -> None:
-    """``check_best_kept`` for a reader of the run's weights, from ``last.pt``'s record."""
-    try:
-        best_step = torch.load(run_dir / CHECKPOINT_NAME, map_location="cpu", weights_only=True).get("best_step")
-    except Exception:  # noqa: BLE001 - read_checkpoint words an unreadable last.pt
-        return
-    check_best_kept(run_dir, best_step, f"to use the last weights instead, give {run_dir / CHECKPOINT_NAME}")
-
-
 def _unreadable(path: Path, exc: Exception) -> str:
-    """Why ``torch.load(path, weights_only=True)`` failed, in one line: torch's advice to load
-    the file unsafely is left out (no checkpoint needs it), its reason kept."""
-    _, marker, after = str(exc).partition("WeightsUnpickler error:")
-    if isinstance(exc, pickle.UnpicklingError) and marker:
-        reason = next((line.strip() for line in after.splitlines() if line.strip()), "unsupported content")
-        if (name := re.match(r"Unsupported global: GLOBAL (\S+)", reason)) is not None:
-            return (f"{path} is not a clayflow checkpoint: it holds Python objects ({name.group(1)}), which "
-                    "clayflow never unpickles; a checkpoint holds only tensors and plain values")  # fmt: skip
-        return f"cannot read checkpoint {path} (truncated, corrupt or not a checkpoint): {reason}"
-    return f"cannot read checkpoint {path} (truncated, corrupt or not a checkpoint): {first_line(exc)}"
+    """Why ``torch.load(path, weights_only=True)`` failed, in one line. Its refusal of Python
+    objects (a class or function to import: ``GLOBAL module.name``; ``Unsupported class`` in
+    torch before 2.4) is said as such, without torch's advice to load the file unsafely (no
+    checkpoint needs it); for other content its reason is kept."""
+    text, cause = str(exc), f"cannot read checkpoint {path} (truncated, corrupt or not a checkpoint)"
+    if not (isinstance(exc, pickle.UnpicklingError) and text.startswith("Weights only load failed")):
+        return f"{cause}: {first_line(exc)}"
+    if (name := re.search(r"\bGLOBAL ([\w.]+)|Unsupported class ([\w.]+)", text)) is not None:
+        return (f"{path} is not a clayflow checkpoint: it holds Python objects ({name.group(1) or name.group(2)}), "
+                "which clayflow never unpickles; a checkpoint holds only tensors and plain values")  # fmt: skip
+    after = text.partition("WeightsUnpickler error:")[2]
+    reason = next((line.strip() for line in after.splitlines() if line.strip()), "content torch does not read safely")
+    return f"{cause}: {reason}"
 
 
 def read_checkpoint(
     path: str | os.PathLike, map_location: str | torch.device = "cpu", prefer_best: bool = False
 ) -> dict[str, Any]:
-    """Read and validate a checkpoint (run directory or file) with ``weights_only=True``."""
-    path = checkpoint_path(path, prefer_best)
+    """Read and validate a checkpoint (run directory or file) with ``weights_only=True``.
+    From a run directory with ``prefer_best``, ``last.pt`` stands in for a missing ``best.pt``
+    only when it holds the run's selected weights (``check_best_kept``)."""
+    source, path = Path(path), checkpoint_path(path, prefer_best)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch.load raises many types for bad files
@@ -119,6 +115,10 @@ def read_checkpoint(
     for key in ("model_spec", "model"):
         if key not in payload:
             raise ClayflowError(f"{path} is not a complete clayflow checkpoint (no {key!r})")
+    if prefer_best and path == source / CHECKPOINT_NAME:  # a run directory without best.pt
+        how = ("give that file" if payload["model_spec"] is not None else  # clayflow.fit's: the caller's flow
+               f"load its weights into your flow: torch.load('{path}', weights_only=True)['model']")  # fmt: skip
+        check_best_kept(source, payload, f"to use the last weights instead, {how}")
     return payload
 
 

@@ -98,7 +98,7 @@ def start_training(config, run_dir, resume, force, progress, stop, setup=None, r
             if checkpoint is not None:
                 check_same_run(checkpoint, spec, config, fingerprint, run.path)
                 remedy = "a resumed run could not end with its best weights; put the file back first"
-                processes.on_main(lambda: check_best_kept(run.path, checkpoint.get("best_step"), remedy))
+                processes.on_main(lambda: check_best_kept(run.path, checkpoint, remedy))
                 check_changed_options(checkpoint, config)
             else:  # killed before its first checkpoint: start again from step 0 in place
                 processes.on_main(lambda: check_can_start_over(run.path))
