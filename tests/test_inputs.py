@@ -237,7 +237,7 @@ def test_train_refuses_duplicated_columns_in_one_line(tmp_path, capsys):
 
 def test_a_run_trained_on_a_relative_path_finds_its_data_from_another_folder(tmp_path, capsys, monkeypatch):
     """``config.json`` keeps the name ``train.csv`` as given; from another folder, beside a
-    different ``train.csv``, score must still calibrate on the run's own validation split (the
+    different ``train.csv``, score must still calibrate on the run's own validation split and plot draw its own rows (the
     data fingerprint tells the two files apart), and a folder with only other data is refused."""
     project = tmp_path / "project"
     (project / "runs").mkdir(parents=True)
@@ -255,6 +255,7 @@ def test_a_run_trained_on_a_relative_path_finds_its_data_from_another_folder(tmp
     run = project / "runs" / "r"
     assert main(["score", str(run), "--data", str(rows), "--fpr", "0.1", "--out", str(tmp_path / "there.csv")]) == 0
     assert f"threshold {threshold} " in capsys.readouterr().out
+    assert main(["plot", str(run), "--columns", "1"]) == 0  # from the run's folder, beside the other train.csv
     (elsewhere / "train.csv").write_text("not a table\n")  # a file of that name that cannot be read is passed over
     checkpoint = run / "checkpoints" / "best.pt"  # a file as RUN (the fingerprint: its own, as last.pt's)
     assert main(["score", str(checkpoint), "--data", str(rows), "--fpr", "0.1", "--out", str(tmp_path / "file.csv")]) == 0
@@ -265,6 +266,8 @@ def test_a_run_trained_on_a_relative_path_finds_its_data_from_another_folder(tmp
         code, _, err = run_cli(capsys, "score", which, "--data", rows, "--fpr", "0.1", "--out", tmp_path / "x.csv")
         assert code == 1 and "was trained on other data than" in err and "same size, other values" in err, err
         assert not (tmp_path / "x.csv").exists()
+    code, _, err = run_cli(capsys, "plot", run)  # plot draws the run's data: refused as score, not redrawn
+    assert code == 1 and "was trained on other data than" in err and "same size, other values" in err, err
     saved = torch.load(checkpoint, weights_only=True)  # a best.pt of before 2026-12-03: last.pt's fingerprint
     del saved["data_fingerprint"]
     torch.save(saved, checkpoint)

@@ -284,7 +284,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_plot(args: argparse.Namespace) -> int:
     """Redraw the plots of a run from its checkpoint, metrics and data."""
-    from clayflow.train import load
     from clayflow.train.variational import is_fitted_run
 
     run_dir = Path(args.run)
@@ -295,17 +294,24 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
         paths = plot(run_dir, _load_run)
     else:
-        paths = _plot(run_dir, load(run_dir), args.columns)
+        from clayflow.cli.inputs import run_dataset
+        from clayflow.train.checkpoint import flow_from_checkpoint, read_checkpoint
+
+        payload = read_checkpoint(run_dir, prefer_best=True)
+        # the run's own data, found and checked by their fingerprint (this folder may hold other data of that name)
+        data = run_dataset(str(run_dir), payload, "plot draws them beside its samples")
+        paths = _plot(run_dir, flow_from_checkpoint(payload).eval(), args.columns, data)
     print("plots: " + ", ".join(str(p) for p in paths))
     return 0
 
 
-def _plot(run_dir: Path, flow, columns: str | None = None) -> list[Path]:
+def _plot(run_dir: Path, flow, columns: str | None = None, data=None) -> list[Path]:
+    """The run's plots of ``flow`` against ``data`` (a ``Dataset``; None: the run config's, as
+    just trained)."""
     from clayflow.plotting import plot_run
     from clayflow.train.resume import read_run_config
 
-    config = read_run_config(run_dir)
-    data = config.dataset()
+    data = data if data is not None else read_run_config(run_dir).dataset()
     show = None
     if columns is not None:
         if data.levels is not None or (data.event_shape == (2,) and not data.context_features):
