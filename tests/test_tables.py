@@ -156,6 +156,25 @@ def test_iris_widths_recorded_to_a_millimetre_are_dequantized_and_said(tmp_path,
     assert dequantize.steps == pytest.approx([0.0, 0.1, 0.0, 0.1])
 
 
+def test_samples_of_grid_columns_are_written_as_grid_decimals_under_a_quoted_header(tmp_path, capsys):
+    """A width recorded to 0.1 is sampled on its grid: written as 2.9, not as float32's
+    2.9000001, under a header that quotes a name holding a comma; score reads the file back."""
+    rng = np.random.default_rng(0)
+    rows = np.c_[rng.normal(50, 10, 120), np.round(rng.uniform(2, 4, 120), 1)]
+    data = tmp_path / "t.csv"
+    with open(data, "w") as file:
+        file.write('"income, USD",width\n')
+        np.savetxt(file, rows, delimiter=",", fmt="%.4f")
+    run, out = tmp_path / "r", tmp_path / "s.csv"
+    assert main(["train", "--data", str(data), "--steps", "20", "--no-plots", "--out", str(run)]) == 0
+    assert main(["sample", str(run), "--n", "300", "--out", str(out)]) == 0
+    text = out.read_text().splitlines()
+    assert text[0] == '"income, USD",width'
+    widths = [line.rsplit(",", 1)[1] for line in text[1:]]
+    assert all(len(w.split(".")[-1]) <= 1 for w in widths), sorted(set(widths))[-5:]  # one decimal at most
+    assert main(["score", str(run), "--data", str(out), "--out", str(tmp_path / "scores.csv")]) == 0
+
+
 def test_diabetes_sex_column_is_dequantized_and_said(tmp_path, capsys):
     assert main(["train", "--data", "diabetes", "--steps", "2", "--no-plots", "--out", str(tmp_path / "r")]) == 0
     assert "column(s) 2 (sex) hold few whole-number values: they are dequantized" in capsys.readouterr().err

@@ -78,7 +78,8 @@ def run(args: argparse.Namespace, load_run) -> int:
     if images:
         _write_images(args.out, samples, spec["levels"], columns=n if per_class else None)
     else:
-        values = samples.double() if context is None else torch.cat([samples.double(), context], 1)
+        values = _shortest_decimals(samples)
+        values = values if context is None else torch.cat([values, context], 1)
         if order := payload.get("column_order"):  # a conditional run's columns, back in the file's order
             back = np.argsort(order)
             values, columns = values[:, back], [columns[i] for i in back] if columns else None
@@ -189,3 +190,12 @@ def _write_images(path: str, images: torch.Tensor, levels: int, columns: int | N
             atomic_write(Path(path), lambda file: np.save(file, images.numpy().astype(dtype)))
     except OSError as exc:
         raise ClayflowError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _shortest_decimals(samples: torch.Tensor) -> torch.Tensor:
+    """Float32 samples ``(N, D)`` as the float64 values of their shortest decimals: a grid value
+    of a discrete column (2.9f, stored as 2.9000000954) is written 2.9, not 2.9000001, and each
+    value still reads back as the same float32."""
+    if samples.dtype != torch.float32:
+        return samples.double()
+    return torch.from_numpy(samples.numpy().astype(str).astype(np.float64))

@@ -218,7 +218,9 @@ def write_table(
             writer.writerows([label, *(f"{v:.8g}" for v in row)] for label, row in zip(labels, values))
             file.write(text.getvalue().encode("utf-8", "surrogateescape"))  # file names as the disk has them
         else:
-            file.write((",".join(columns) + "\n").encode())
+            header = io.StringIO()  # quoted as CSV needs: a column name may hold a comma
+            csv.writer(header, lineterminator="\n").writerow(columns)
+            file.write(header.getvalue().encode())
             np.savetxt(file, values, delimiter=",", fmt="%.8g")
 
     try:
