@@ -145,6 +145,18 @@ def _untimed(history):
     return [{k: v for k, v in row.items() if k not in ("steps_per_s", "elapsed_s")} for row in history]
 
 
+def test_a_float64_flow_trains_and_evaluates_in_float64():
+    """``flow.double()`` computes in float64 end to end: its batches and evaluation chunks are
+    float64 too (they were float32, and the first step failed on a dtype mismatch)."""
+    data = _data()
+    flow = _flow().double()
+    result = clayflow.fit(flow, data[:300], data[300:350], data[350:], steps=20, **OPTIONS)
+    assert flow.dtype == torch.float64 and all(p.dtype == torch.float64 for p in flow.parameters())
+    assert np.isfinite(result.test_nll)
+    with torch.no_grad():
+        assert result.test_nll == pytest.approx(-flow.eval().log_prob(data[350:]).mean().item(), abs=1e-9)
+
+
 def test_fit_without_validation_keeps_the_last_weights():
     x = _data()
     flow = _flow()

@@ -64,7 +64,7 @@ def log_prob_in_chunks(
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         for k, chunk in zip(mine, chunks(x, size, loader_options, which=mine)):
             torch.manual_seed(EVAL_SEED + k)
-            inputs = flow.split_rows(chunk.to(device).float())
+            inputs = flow.split_rows(chunk.to(device, flow.dtype))
             log_p = flow.log_prob(*inputs).double()
             if draws > 1:
                 each = torch.stack([log_p, *(flow.log_prob(*inputs).double() for _ in range(draws - 1))])

@@ -88,7 +88,7 @@ class Trainer:
         self.scheduler = make_scheduler(self.optimizer, config.warmup, config.steps, config.schedule)
         self.ema = make_weight_average(self.flow, config.ema) if config.ema else None
         self.batches = TrainingBatches(data.train, config.batch_size, config.seed, device, data.loader_options,
-                                       part=self.processes.slice(config.batch_size))  # fmt: skip
+                                       part=self.processes.slice(config.batch_size), dtype=self.flow.dtype)  # fmt: skip
         discrete = spec.discrete if spec is not None else []
         self.noise_factor = input_noise_factor(config.input_noise, data, discrete, device)
         self.step, self.train_seconds = 0, 0.0

@@ -71,7 +71,8 @@ def chunks(
 
 
 class TrainingBatches:
-    """Training batches in ``BatchSampler`` order, as float32 on ``device``.
+    """Training batches in ``BatchSampler`` order, in ``dtype`` (the flow's: float32, or float64
+    for a flow made ``.double()``) on ``device``.
 
     From a tensor, by indexing (moved to ``device`` once). From a map-style ``Dataset`` (data
     that need not fit in memory), through a ``DataLoader`` with ``loader_options`` (workers)
@@ -90,8 +91,10 @@ class TrainingBatches:
         device: torch.device,
         loader_options: dict[str, Any] | None = None,
         part: slice = slice(None),
+        dtype: torch.dtype = torch.float32,
     ):
         self.sampler = BatchSampler(len(examples), batch_size, seed)
+        self.dtype = dtype
         self.part = part  # this process's slice of each global batch (``distributed.Processes.slice``)
         self.device, self.seed = device, seed
         self.examples = examples.to(device) if isinstance(examples, Tensor) else examples
@@ -103,7 +106,7 @@ class TrainingBatches:
     def next(self) -> Tensor:
         """The next batch ``(batch_size, *event_shape)``."""
         if isinstance(self.examples, Tensor):
-            return self.examples[self.sampler.next()[self.part].to(self.examples.device)].float()
+            return self.examples[self.sampler.next()[self.part].to(self.examples.device)].to(self.dtype)
         if self._loader is None:
             loader = DataLoader(  # a private generator: the loader's seed draw leaves torch's stream alone
                 self.examples,
@@ -114,7 +117,7 @@ class TrainingBatches:
             self._loader = iter(loader)
         batch = example(next(self._loader))
         self._taken = self._pending.popleft()
-        return batch.to(self.device).float()
+        return batch.to(self.device, self.dtype)
 
     def _indices(self) -> Iterator[list[int]]:
         """The sampler's batches, as the loader asks for them (in this process)."""
