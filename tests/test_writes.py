@@ -151,6 +151,16 @@ def test_sample_force_keeps_the_mode_of_the_file_it_replaces(good_run, tmp_path,
     assert code == 0 and _mode(tmp_path / "new.npy") == 0o644, err
 
 
+def test_a_symbolic_link_to_nothing_at_out_is_replaced_only_with_force(good_run, tmp_path, capsys):
+    link = tmp_path / "s.csv"
+    link.symlink_to(tmp_path / "not-yet.csv")
+    code, _, err = run_cli(capsys, "sample", good_run, "--n", "5", "--out", link)
+    assert code == 2 and "exists; choose another --out or pass --force" in err, err
+    assert link.is_symlink()
+    code, _, err = run_cli(capsys, "sample", good_run, "--n", "5", "--out", link, "--force")
+    assert code == 0 and not link.is_symlink() and not (tmp_path / "not-yet.csv").exists(), err
+
+
 def test_plots_that_cannot_be_written_give_one_line(good_run, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(good_run, run)

@@ -192,7 +192,7 @@ def check_output_path(
     path = Path(path)
     if path.suffix.lower() not in suffixes:
         raise UsageError(f"output file {path} must end in {' or '.join(suffixes)}")
-    if path.exists() and not force:
+    if os.path.lexists(path) and not force:  # a symbolic link to nothing is the user's too
         raise UsageError(f"output file {path} exists; choose another --out or pass --force to replace it")
     if not path.parent.is_dir():
         raise ClayflowError(f"cannot write {path}: directory {path.parent} does not exist")
