@@ -117,6 +117,18 @@ def test_input_of_another_dtype_is_cast_to_the_flows_own():
     torch.testing.assert_close(flow.log_prob(x), expected.double(), atol=1e-4, rtol=1e-5)
 
 
+def test_numpy_arrays_and_lists_are_taken_as_tensors_and_a_bad_temperature_is_refused():
+    flow = randomize(models.realnvp(3, layers=2, hidden=8)).eval()
+    x = torch.randn(5, 3, dtype=torch.float64)
+    expected = flow.log_prob(x)
+    assert torch.equal(flow.log_prob(x.numpy()), expected) and torch.equal(flow.log_prob(x.tolist()), expected)
+    assert flow.forward(x.numpy())[0].shape == (5, 3) and flow.log_prob(np.zeros((0, 3))).shape == (0,)
+    for temperature in (-1.0, math.nan, math.inf):  # 0 is the image of the base's mode
+        with pytest.raises(ValueError, match="temperature must be a finite number >= 0"):
+            flow.sample(4, temperature=temperature)
+    assert flow.sample(4, temperature=0.5).shape == (4, 3)
+
+
 def test_image_flows_take_integer_levels():
     from clayflow.models.image import realnvp_image
 

@@ -25,6 +25,10 @@ if TYPE_CHECKING:
         def sample(self, n: int, temperature: float = 1.0) -> Tensor: ...
 
 
+class TemperatureError(ClayflowError, ValueError):
+    """A sampling temperature that is negative, infinite or NaN: a ``ValueError``."""
+
+
 class EventShapeError(ClayflowError, ValueError):
     """An input whose event shape is not the flow's: a ``ValueError``, as
     ``torch.distributions`` raises, and a ``ClayflowError`` (one line in the CLI)."""
@@ -175,7 +179,10 @@ class Flow(nn.Module):
 
     def _input(self, t: Tensor, shape: torch.Size | None, what: str) -> Tensor:
         """``t`` checked against ``shape`` and cast to the flow's dtype, as a user of torch
-        expects from a model fed ``torch.from_numpy`` (float64) or image levels (integers)."""
+        expects from a model fed ``torch.from_numpy`` (float64) or image levels (integers); a
+        NumPy array or nested list is taken as ``torch.as_tensor`` takes it (as a context is)."""
+        if not isinstance(t, Tensor):
+            t = torch.as_tensor(t)
         self._check(t, shape, what)
         if isinstance(t, Tensor) and not t.is_complex() and t.dtype != (dtype := self.dtype):
             t = t.to(dtype)
@@ -197,6 +204,8 @@ class Flow(nn.Module):
         """Samples of shape ``(*sample_shape, *event_shape)``, differentiable w.r.t. the
         parameters (as ``torch.distributions``: ``rsample((3,))``; an int ``n`` is ``(n,)``);
         base draws are scaled by ``temperature``."""
+        if not (math.isfinite(temperature) and temperature >= 0):  # 0: every draw the image of the base's mode
+            raise TemperatureError(f"temperature must be a finite number >= 0, got {temperature}")
         shape = self._sample_shape(sample_shape, context)
         z = cast("_Distribution", self.base).sample(math.prod(shape), temperature)
         x, _ = self.inverse(z, context)
