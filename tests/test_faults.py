@@ -294,10 +294,13 @@ def test_a_file_of_python_objects_is_not_a_checkpoint_and_random_bytes_are_unrea
             clayflow.load(tmp_path / name)
         assert f"not a clayflow checkpoint: it holds Python objects ({global_name}" in str(info.value)
         assert "weights_only" not in str(info.value) and "\n" not in str(info.value)
-    with pytest.raises(ClayflowError) as info:
-        clayflow.load(tmp_path / "noise.pt")
-    assert str(info.value).startswith(f"cannot read checkpoint {tmp_path / 'noise.pt'} (truncated, corrupt")
-    assert "weights_only" not in str(info.value) and "\n" not in str(info.value)
+    (tmp_path / "table.pt").write_text("count_a,height\n1,2\n")  # 'c' reads as pickle's GLOBAL opcode
+    for name in ("noise.pt", "table.pt"):
+        with pytest.raises(ClayflowError) as info:
+            clayflow.load(tmp_path / name)
+        assert str(info.value).startswith(f"cannot read checkpoint {tmp_path / name} (truncated, corrupt"), info.value
+        assert "weights_only" not in str(info.value) and "safe_globals" not in str(info.value)
+        assert "\n" not in str(info.value)
 
 
 def test_real_process_prints_no_traceback(tmp_path):

@@ -86,12 +86,14 @@ def _unreadable(path: Path, exc: Exception) -> str:
     text, cause = str(exc), f"cannot read checkpoint {path} (truncated, corrupt or not a checkpoint)"
     if not (isinstance(exc, pickle.UnpicklingError) and text.startswith("Weights only load failed")):
         return f"{cause}: {first_line(exc)}"
-    if (name := re.search(r"\bGLOBAL ([\w.]+)|Unsupported class ([\w.]+)", text)) is not None:
+    # a dotted name, module.attribute: a text file's bytes read as opcodes give other "names"
+    dotted = r"((?:\w+\.)+\w+)(?=[\s,;:]|$)"
+    if (name := re.search(rf"\bGLOBAL {dotted}|Unsupported class {dotted}", text)) is not None:
         return (f"{path} is not a clayflow checkpoint: it holds Python objects ({name.group(1) or name.group(2)}), "
                 "which clayflow never unpickles; a checkpoint holds only tensors and plain values")  # fmt: skip
     after = text.partition("WeightsUnpickler error:")[2]
     reason = next((line.strip() for line in after.splitlines() if line.strip()), "content torch does not read safely")
-    return f"{cause}: {reason}"
+    return f"{cause}: {reason.split('. ')[0]}"  # its first sentence: the rest advises on loading it anyway
 
 
 def read_checkpoint(
