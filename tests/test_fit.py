@@ -170,6 +170,10 @@ def test_fit_without_validation_keeps_the_last_weights():
 def test_fit_refuses_what_it_cannot_use(tmp_path):
     x = _data()
     flow = _flow()
+    bad = x.clone()
+    bad[7, 1] = float("nan")
+    with pytest.raises(ClayflowError, match=r"^val example 7 \(of 1 such\) holds NaN or inf values"):
+        clayflow.fit(flow, x, bad, steps=5, **OPTIONS)  # named before training, not a NaN loss at step 1
     with pytest.raises(UsageError, match="no option lr_decay"):
         clayflow.fit(flow, x, lr_decay=0.5)
     with pytest.raises(UsageError, match="give out="):

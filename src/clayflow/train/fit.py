@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, default_collate
 
 from clayflow.core import Flow
 from clayflow.data import Dataset
-from clayflow.errors import UsageError
+from clayflow.errors import ClayflowError, UsageError
 from clayflow.models import data_kind
 from clayflow.train.config import KIND_DEFAULTS, TrainConfig, config_from_dict
 from clayflow.train.run import TrainResult, read_metrics
@@ -173,6 +173,10 @@ def _examples(examples: Examples | None, name: str) -> Examples:
     if isinstance(examples, Tensor):
         if examples.dim() < 2:
             raise UsageError(f"{name} must be a batch of examples (N, *event_shape), got shape {tuple(examples.shape)}")
+        if examples.is_floating_point() and not (finite := examples.isfinite().flatten(1).all(1)).all():
+            rows = (~finite).nonzero().flatten()  # as the CLI names a file's: else the first step's loss is NaN
+            raise ClayflowError(f"{name} example {int(rows[0])} (of {len(rows)} such) holds NaN or inf values; "
+                                "remove or impute them first")  # fmt: skip
         return examples.detach()
     if isinstance(examples, torch.utils.data.Dataset) and hasattr(examples, "__len__"):
         return examples
