@@ -56,7 +56,20 @@ def test_sample_writes_importance_weights_or_resamples(fitted, capsys):
     assert cli("sample", run, "--n", 4000, "--resample", "--out", folder / "r.csv") == 0
     resampled = np.loadtxt(folder / "r.csv", delimiter=",", skiprows=1)
     assert abs(resampled[:, 0].std() - 2) < 0.1  # the banana's x1 ~ N(0, 2^2)
-    assert "ESS" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "ESS" in captured.out and "warning" not in captured.err
+
+
+def test_resampling_weights_that_collapsed_warns(tmp_path, capsys):
+    """A flow fitted for 2 steps to the funnel: a few draws carry the weights, so the resampled
+    rows repeat them; said in one warning, not only as 'ESS 0.0%'."""
+    run = tmp_path / "funnel"
+    assert cli("fit", "--target", "funnel", "--steps", 2, *SMALL, "--no-plots", "--out", run) == 0
+    capsys.readouterr()
+    assert cli("sample", run, "--n", 2000, "--resample", "--out", tmp_path / "r.csv") == 0
+    err = capsys.readouterr().err
+    distinct = len(np.unique(np.loadtxt(tmp_path / "r.csv", delimiter=",", skiprows=1), axis=0))
+    assert f"warning: the 2000 resampled rows hold {distinct} distinct draws" in err and distinct < 1000, err
 
 
 def test_verify_and_explain_use_the_flows_own_draws(fitted, capsys):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -127,7 +128,12 @@ def _fitted(args: argparse.Namespace, flow, payload: dict, n: int) -> int:
     columns = [f"x{i + 1}" for i in range(x.shape[1])]
     values = x.double()
     if args.resample:
-        values = values[weights.resample(n, torch.Generator().manual_seed(args.seed))]
+        chosen = weights.resample(n, torch.Generator().manual_seed(args.seed))
+        values = values[chosen]
+        if (effective := weights.ess * pool) < n:  # fewer independent draws than rows: rows repeat a few draws
+            print(f"clayflow: warning: the {n} resampled rows hold {len(chosen.unique())} distinct draws (the weights' "
+                  f"ESS is {effective:.0f} of {pool} draws): they are far from independent samples of the target; "
+                  "fit the flow better (more steps, --model nsf) or ask for fewer rows", file=sys.stderr)  # fmt: skip
     if args.weights:
         values = torch.cat([values, weights.log_w[:, None]], 1)
         columns.append("log_weight")
