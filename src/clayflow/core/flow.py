@@ -127,16 +127,35 @@ class Flow(nn.Module):
 
     def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """Exact log-density of ``x`` ``(B, *event_shape)`` in nats, ``(B,)``, in the flow's
-        dtype (any real input is cast to it: float64 from numpy, integer levels of images)."""
+        dtype (any real input is cast to it: float64 from numpy, integer levels of images).
+        As in ``torch.distributions``, ``x`` of any batch shape ``(*S, *event_shape)`` (what
+        ``sample(S)`` returns; one event is ``S = ()``) gives ``(*S,)``, with a context of one
+        row, ``(*S, K)`` or ``(prod S, K)``."""
+        if (batch := self._batch_shape(x)) is not None:
+            if context is not None and torch.as_tensor(context).dim() > 2:
+                context = torch.as_tensor(context).reshape(-1, torch.as_tensor(context).shape[-1])
+            events = torch.as_tensor(x).reshape(math.prod(batch), *cast(torch.Size, self._event_shape))
+            return self.log_prob(events, context).reshape(batch)
         x = self._input(x, self._event_shape, "data")
         if x.shape[0] == 0:
             return x.new_zeros(0)
         z, logabsdet = self.transform(x, self.encoded_context(context, len(x)))
         return cast("_Distribution", self.base).log_prob(z) + logabsdet
 
+    def _batch_shape(self, x: Tensor) -> torch.Size | None:
+        """The batch shape ``S`` of ``x`` ``(*S, *event_shape)`` when it is not one batch
+        dimension, else None (a single batch dimension, or an event shape not known)."""
+        if self._event_shape is None:
+            return None
+        shape, event = (x if isinstance(x, Tensor) else torch.as_tensor(x)).shape, self._event_shape
+        if len(shape) == len(event) + 1 or len(shape) < len(event) or shape[len(shape) - len(event) :] != event:
+            return None  # the usual (B, *event_shape), or a shape _check refuses
+        return shape[: len(shape) - len(event)]
+
     def bits_per_dim(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        r"""``-log p(x) / (D ln 2)`` per sample, ``(B,)``; D = elements per sample."""
-        dims = math.prod(x.shape[1:])
+        r"""``-log p(x) / (D ln 2)`` per sample, ``(*S,)`` for ``x`` ``(*S, *event_shape)``;
+        D = elements per sample."""
+        dims = math.prod(self._event_shape) if self._event_shape is not None else math.prod(x.shape[1:])
         return -self.log_prob(x, context) / (dims * math.log(2))
 
     def split_rows(self, rows: Tensor) -> tuple[Tensor, Tensor | None]:
