@@ -63,6 +63,9 @@ def test_a_users_target_comes_from_a_module_or_a_file(tmp_path, monkeypatch):
         "def bad(x):\n    return x\n"
         "bad.dims = 3\n"
         "def nodims(x):\n    return x.sum(1)\n"
+        "def boom(x):\n    raise KeyError('boom')\n"
+        "def as_list(x):\n    return x.sum(1).tolist()\n"
+        "def as_complex(x):\n    return x.sum(1) + 0j\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     ring = load_target("mytargets:ring")
@@ -72,6 +75,14 @@ def test_a_users_target_comes_from_a_module_or_a_file(tmp_path, monkeypatch):
         load_target("mytargets:bad")(torch.zeros(5, 3))
     with pytest.raises(UsageError, match="how many dimensions"):
         load_target("mytargets:nodims")
+    with pytest.raises(ClayflowError, match=r"^target boom failed on a batch of shape \(5, 2\): KeyError: 'boom'$"):
+        load_target("mytargets:boom", dims=2)(torch.zeros(5, 2))
+    for name, what in (("as_list", "a list"), ("as_complex", r"complex values \(torch.complex64\)")):
+        with pytest.raises(UsageError, match=f"target {name} returned {what}; it must return a real tensor"):
+            load_target(f"mytargets:{name}", dims=2)(torch.zeros(5, 2))
+    for dims in (0, -1):  # not the function's own dims silently
+        with pytest.raises(UsageError, match=f"--dims must be at least 1, got {dims}"):
+            load_target("mytargets:ring", dims=dims)
     with pytest.raises(UsageError, match="unknown target"):
         load_target("bananas")
     with pytest.raises(UsageError, match="has no 'missing'"):

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from clayflow.errors import UsageError
+from clayflow.errors import ClayflowError, UsageError, first_line
 
 LogDensity = Callable[[Tensor], Tensor]
 
@@ -53,8 +53,17 @@ class Target:
     box: tuple[tuple[float, float], tuple[float, float]] | None = None
 
     def __call__(self, x: Tensor) -> Tensor:
-        """log p̃(x) ``(B,)``, checked: the shape and finiteness a flow can be trained on."""
-        values = self.log_density(x)
+        """log p̃(x) ``(B,)``, checked: a real tensor of the shape a flow can be trained on. A
+        user's function that fails or returns something else is one line naming the target."""
+        try:
+            values = self.log_density(x)
+        except Exception as exc:  # noqa: BLE001 - a user's code fails in any way; named, not a traceback
+            raise ClayflowError(f"target {self.name} failed on a batch of shape {tuple(x.shape)}: "
+                                f"{type(exc).__name__}: {first_line(exc)}") from None  # fmt: skip
+        if not isinstance(values, Tensor) or values.is_complex():
+            what = f"complex values ({values.dtype})" if isinstance(values, Tensor) else f"a {type(values).__name__}"
+            raise UsageError(f"target {self.name} returned {what}; it must return a real tensor of log p~, one value "
+                             "per row (B,)")  # fmt: skip
         if values.shape != x.shape[:1]:
             raise UsageError(f"target {self.name} returned log p~ of shape {tuple(values.shape)} "
                              f"for a batch of shape {tuple(x.shape)}; it must return one value per row")  # fmt: skip
@@ -174,6 +183,8 @@ TARGETS: dict[str, Callable[[], Target]] = {
 def load_target(spec: str, dims: int | None = None) -> Target:
     """A built-in target by name, or ``module:name`` / ``path/file.py:name`` (a ``Target``, or a
     function ``(B, D) -> (B,)`` whose ``dims`` attribute, or the ``dims`` given, says D)."""
+    if dims is not None and dims < 1:
+        raise UsageError(f"--dims must be at least 1, got {dims}")
     if spec in TARGETS:
         target = TARGETS[spec]()
         if dims is not None and dims != target.dims:
@@ -191,7 +202,7 @@ def load_target(spec: str, dims: int | None = None) -> Target:
         return found
     if not callable(found):
         raise UsageError(f"{spec} is neither a Target nor a function of a batch")
-    dims = dims or getattr(found, "dims", None)
+    dims = dims if dims is not None else getattr(found, "dims", None)
     if not isinstance(dims, int) or dims < 1:
         raise UsageError(f"say how many dimensions {spec} takes: give --dims D, or set {attribute}.dims = D")
     return Target(attribute, dims, found)
