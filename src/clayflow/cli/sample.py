@@ -86,10 +86,14 @@ def run(args: argparse.Namespace, load_run) -> int:
             values, columns = values[:, back], [columns[i] for i in back] if columns else None
         columns = columns or [f"x{i + 1}" for i in range(values.shape[1])]
         write_table(args.out, values.numpy(), list(columns))
-    per_row = f" at each of {len(context) // n} context rows" if context is not None else ""
+    each = ""  # how the samples divide among contexts
     if per_class:
-        per_row = f" of each of {flow.context_features} classes, in class order"
-    print(f"wrote {len(samples)} samples ({n}{per_row}; temperature {args.temperature}) to {args.out}")
+        each = f"{n} of each of {flow.context_features} classes, in class order; "
+    elif context is not None:
+        rows = len(context) // n
+        each = f"{n} at each of {rows} context row{'s' if rows != 1 else ''}; "
+    print(f"wrote {len(samples)} sample{'s' if len(samples) != 1 else ''} ({each}temperature {args.temperature}) "
+          f"to {args.out}")  # fmt: skip
     return 0
 
 
