@@ -42,6 +42,7 @@ def test_a_fitted_run_holds_its_config_metrics_checkpoint_results_and_plots(fitt
     flow = clayflow.load(run)
     assert flow.sample(4).shape == (4, 2)
     assert cli("plot", run) == 0 and "history.png" in capsys.readouterr().out
+    assert cli("plot", run, "--columns", "1") == 2 and "a run of clayflow fit draws" in capsys.readouterr().err
 
 
 def test_sample_writes_importance_weights_or_resamples(fitted, capsys):

@@ -292,6 +292,9 @@ def cmd_plot(args: argparse.Namespace) -> int:
     if is_fitted_run(run_dir):
         from clayflow.cli.fit import plot
 
+        if args.columns is not None:
+            raise UsageError("--columns chooses the columns of a table's marginals and pairs; a run of clayflow fit "
+                             "draws its target's density")  # fmt: skip
         paths = plot(run_dir, _load_run)
     else:
         from clayflow.cli.inputs import run_dataset

@@ -407,7 +407,7 @@ def _draw_histograms(ax, pair: HistogramPair, data: np.ndarray) -> None:
 def _outside_note(fraction: float) -> str:
     if fraction <= 0:
         return ""
-    percent = "<0.1%" if fraction < 0.001 else f"{100 * fraction:.2g}%"
+    percent = "<0.1%" if fraction < 0.001 else f"{100 * fraction:.2g}%" if fraction < 0.1 else f"{100 * fraction:.0f}%"
     return f"\n{percent} of samples outside"
 
 
