@@ -288,14 +288,16 @@ def test_a_file_of_python_objects_is_not_a_checkpoint_and_random_bytes_are_unrea
 
     torch.save(np.zeros(3), tmp_path / "array.pt")  # numpy's array is a global that weights_only refuses
     torch.save({"format_version": 1, "model": Shell()}, tmp_path / "shell.pt")  # a blocked module's function
+    torch.save({"format_version": 1, "model": Shell()}, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
     (tmp_path / "noise.pt").write_bytes(bytes(range(256)) * 4)
-    for name, global_name in (("array.pt", "numpy"), ("shell.pt", os.name)):  # os.system pickles as posix.system
+    for name, global_name in (("array.pt", "numpy"), ("shell.pt", os.name), ("legacy.pt", os.name)):  # posix.system
         with pytest.raises(ClayflowError) as info:
             clayflow.load(tmp_path / name)
         assert f"not a clayflow checkpoint: it holds Python objects ({global_name}" in str(info.value)
         assert "weights_only" not in str(info.value) and "\n" not in str(info.value)
     (tmp_path / "table.pt").write_text("count_a,height\n1,2\n")  # 'c' reads as pickle's GLOBAL opcode
-    for name in ("noise.pt", "table.pt"):
+    (tmp_path / "dotted.pt").write_text("cfoo.bar\nbaz\n")  # ... and names 'foo.bar.baz'
+    for name in ("noise.pt", "table.pt", "dotted.pt"):
         with pytest.raises(ClayflowError) as info:
             clayflow.load(tmp_path / name)
         assert str(info.value).startswith(f"cannot read checkpoint {tmp_path / name} (truncated, corrupt"), info.value

@@ -202,10 +202,13 @@ def _write_images(path: str, images: torch.Tensor, levels: int, columns: int | N
         raise ClayflowError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
-def _shortest_decimals(samples: torch.Tensor) -> torch.Tensor:
+def _shortest_decimals(samples: torch.Tensor, chunk: int = 65_536) -> torch.Tensor:
     """Float32 samples ``(N, D)`` as the float64 values of their shortest decimals: a grid value
-    of a discrete column (2.9f, stored as 2.9000000954) is written 2.9, not 2.9000001, and each
-    value still reads back as the same float32."""
+    of a discrete column (2.9f, stored as 2.9000000954) is written 2.9, not 2.9000001; each
+    float64 value is the same float32. (Through strings, ``chunk`` rows at a time: a string
+    array takes 128 bytes per value.)"""
     if samples.dtype != torch.float32:
         return samples.double()
-    return torch.from_numpy(samples.numpy().astype(str).astype(np.float64))
+    rows = samples.numpy()
+    parts = np.split(rows, range(chunk, len(rows), chunk))
+    return torch.from_numpy(np.concatenate([part.astype(str).astype(np.float64) for part in parts]))

@@ -79,21 +79,26 @@ def check_best_kept(run_dir: Path, last: dict[str, Any], remedy: str) -> None:
 
 
 def _unreadable(path: Path, exc: Exception) -> str:
-    """Why ``torch.load(path, weights_only=True)`` failed, in one line. Its refusal of Python
-    objects (a class or function to import: ``GLOBAL module.name``; ``Unsupported class`` in
-    torch before 2.4) is said as such, without torch's advice to load the file unsafely (no
-    checkpoint needs it); for other content its reason is kept."""
+    """Why ``torch.load(path, weights_only=True)`` failed, in one line. A file torch or pickle
+    wrote (a zip archive, or a pickle's protocol byte) that holds Python objects (a class or
+    function to import, ``GLOBAL name``; ``Unsupported class`` in torch before 2.4) is said
+    to be one, without torch's advice to load it unsafely (no checkpoint needs it); for
+    anything else, its reason is cut to its first sentence (the rest is that advice)."""
     text, cause = str(exc), f"cannot read checkpoint {path} (truncated, corrupt or not a checkpoint)"
     if not (isinstance(exc, pickle.UnpicklingError) and text.startswith("Weights only load failed")):
         return f"{cause}: {first_line(exc)}"
-    # a dotted name, module.attribute: a text file's bytes read as opcodes give other "names"
-    dotted = r"((?:\w+\.)+\w+)(?=[\s,;:]|$)"
-    if (name := re.search(rf"\bGLOBAL {dotted}|Unsupported class {dotted}", text)) is not None:
+    try:  # a text file's first letter can read as pickle's GLOBAL opcode ('c')
+        with open(path, "rb") as file:
+            start = file.read(2)
+    except OSError:
+        start = b""
+    written_by_pickle = start == b"PK" or start[:1] == b"\x80"  # torch's zip archive, or a pickle's protocol
+    if written_by_pickle and (name := re.search(r"\bGLOBAL (\S+)|Unsupported class (\S+)", text)) is not None:
         return (f"{path} is not a clayflow checkpoint: it holds Python objects ({name.group(1) or name.group(2)}), "
                 "which clayflow never unpickles; a checkpoint holds only tensors and plain values")  # fmt: skip
     after = text.partition("WeightsUnpickler error:")[2]
     reason = next((line.strip() for line in after.splitlines() if line.strip()), "content torch does not read safely")
-    return f"{cause}: {reason.split('. ')[0]}"  # its first sentence: the rest advises on loading it anyway
+    return f"{cause}: {reason.split('. ')[0]}"
 
 
 def read_checkpoint(

@@ -57,9 +57,9 @@ class Target:
         user's function that fails or returns something else is one line naming the target."""
         try:
             values = self.log_density(x)
-        except Exception as exc:  # noqa: BLE001 - a user's code fails in any way; named, not a traceback
+        except Exception as exc:  # a user's code fails in any way: one line, its traceback chained
             raise ClayflowError(f"target {self.name} failed on a batch of shape {tuple(x.shape)}: "
-                                f"{type(exc).__name__}: {first_line(exc)}") from None  # fmt: skip
+                                f"{type(exc).__name__}: {first_line(exc)}") from exc  # fmt: skip
         if not isinstance(values, Tensor) or values.is_complex():
             what = f"complex values ({values.dtype})" if isinstance(values, Tensor) else f"a {type(values).__name__}"
             raise UsageError(f"target {self.name} returned {what}; it must return a real tensor of log p~, one value "
