@@ -152,6 +152,8 @@ def run_dataset(run: str, payload: dict, why: str = "give --data"):
     run_dir = _run_directory(run)
     if run_dir is not None and (run_dir / "config.json").exists():
         config = read_json(run_dir / "config.json")
+        if not isinstance(config, dict):
+            raise ClayflowError(f"{run_dir / 'config.json'} is malformed: it must hold an object of options")
     if config.get("kind") == "variational":
         raise ClayflowError(f"{run} was fitted to the target {config.get('target')}, not trained on data; {why}")
     if config.get("data") == FIT_DATA:
