@@ -213,17 +213,27 @@ def test_a_new_steps_on_resume_says_what_it_does_to_the_schedule(tmp_path, capsy
 
 
 @pytest.mark.parametrize("content", ["[1, 2]", '{"steps": "many"}', '{"wings": 2}', "{broken"])
-@pytest.mark.parametrize("verb", ["train --resume", "plot"])
+@pytest.mark.parametrize("verb", ["train --resume", "plot", "score", "verify"])
 def test_a_malformed_run_config_is_a_runtime_error(good_run, tmp_path, capsys, content, verb):
+    """Every command that reads the run's options names the broken file (score and verify read
+    them to find the run's data)."""
     run = tmp_path / "run"
     import shutil
 
     shutil.copytree(good_run, run)
     (run / "config.json").write_text(content)
     before = snapshot(run)
-    argv = ["train", "--resume", run] if verb == "train --resume" else ["plot", run]
+    scored = tmp_path / "rows.csv"
+    scored.write_text("x0,x1\n0.1,0.2\n")
+    argv = {
+        "train --resume": ["train", "--resume", run],
+        "plot": ["plot", run],
+        "score": ["score", run, "--data", scored, "--fpr", "0.05", "--out", tmp_path / "scores.csv"],
+        "verify": ["verify", run],
+    }[verb]
     code, _, err = run_cli(capsys, *argv)
-    assert code == 1 and "config.json" in one_error_line(err)
+    line = one_error_line(err)
+    assert code == 1 and ("config.json is malformed" in line or "config.json is not valid JSON" in line)
     assert snapshot(run) == before
 
 

@@ -144,16 +144,20 @@ def run_dataset(run: str, payload: dict, why: str = "give --data"):
     folder training ran in: it is looked for from here, then from the run directory's parents
     (where ``--out`` is usually given from), and the first file that matches is used."""
     from clayflow.data import load_dataset
-    from clayflow.train.resume import data_fingerprint, fingerprint_difference
-    from clayflow.train.run import read_json
+    from clayflow.train.resume import (
+        data_fingerprint,
+        fingerprint_difference,
+        read_run_config,
+        read_run_options,
+    )
     from clayflow.train.start import FIT_DATA
 
     config = payload.get("config") or {}
     run_dir = _run_directory(run)
     if run_dir is not None and (run_dir / "config.json").exists():
-        config = read_json(run_dir / "config.json")
-        if not isinstance(config, dict):
-            raise ClayflowError(f"{run_dir / 'config.json'} is malformed: it must hold an object of options")
+        config = read_run_options(run_dir)
+        if config.get("kind") != "variational" and config.get("data") != FIT_DATA:
+            read_run_config(run_dir, config)  # a malformed config.json is named as such
     if config.get("kind") == "variational":
         raise ClayflowError(f"{run} was fitted to the target {config.get('target')}, not trained on data; {why}")
     if config.get("data") == FIT_DATA:

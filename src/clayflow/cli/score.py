@@ -78,13 +78,14 @@ def run(args: argparse.Namespace, load_run) -> int:
     flags = scorer.flag(scores) if scorer is not None and args.fpr is not None else None
     _write(args.out, write_table, log_prob, bits_per_dim, scores if scorer is not None else None, flags, files)
     finite = log_prob.isfinite()
-    if not finite.any():
-        line = f"scored {len(x)} examples: none has a finite log-likelihood"
+    line = f"scored {len(x)} examples: "
+    if finite.any():
+        over = "" if finite.all() else f" over the {int(finite.sum())} with a finite one"
+        line += (f"mean log-likelihood {log_prob[finite].mean():.4f} nats ({bits_per_dim[finite].mean():.4f} "
+                 f"bits/dim){over}")  # fmt: skip
     else:
-        line = (f"scored {len(x)} examples: mean log-likelihood {log_prob[finite].mean():.4f} nats "
-                f"({bits_per_dim[finite].mean():.4f} bits/dim)")  # fmt: skip
+        line += "none has a finite log-likelihood"
     if not finite.all():
-        line += f" over the {int(finite.sum())} with a finite one" if finite.any() else ""
         fate = [word for word, done in (("flagged", flags is not None), ("ranked most anomalous", labels is not None)) if done]
         print(_nonfinite_note(log_prob, files, " and ".join(fate)), file=sys.stderr)
     if (draws := effective_draws(flow, args.draws)) > 1:

@@ -131,10 +131,11 @@ class Flow(nn.Module):
         As in ``torch.distributions``, ``x`` of any batch shape ``(*S, *event_shape)`` (what
         ``sample(S)`` returns; one event is ``S = ()``) gives ``(*S,)``, with a context of one
         row, ``(*S, K)`` or ``(prod S, K)``."""
+        x = x if isinstance(x, Tensor) else torch.as_tensor(x)
         if (batch := self._batch_shape(x)) is not None:
-            if context is not None and torch.as_tensor(context).dim() > 2:
-                context = torch.as_tensor(context).reshape(-1, torch.as_tensor(context).shape[-1])
-            events = torch.as_tensor(x).reshape(math.prod(batch), *cast(torch.Size, self._event_shape))
+            if context is not None and (context := torch.as_tensor(context)).dim() > 2:
+                context = context.reshape(-1, context.shape[-1])
+            events = x.reshape(math.prod(batch), *cast(torch.Size, self._event_shape))
             return self.log_prob(events, context).reshape(batch)
         x = self._input(x, self._event_shape, "data")
         if x.shape[0] == 0:
@@ -147,7 +148,7 @@ class Flow(nn.Module):
         dimension, else None (a single batch dimension, or an event shape not known)."""
         if self._event_shape is None:
             return None
-        shape, event = (x if isinstance(x, Tensor) else torch.as_tensor(x)).shape, self._event_shape
+        shape, event = x.shape, self._event_shape
         if len(shape) == len(event) + 1 or len(shape) < len(event) or shape[len(shape) - len(event) :] != event:
             return None  # the usual (B, *event_shape), or a shape _check refuses
         return shape[: len(shape) - len(event)]
@@ -155,7 +156,7 @@ class Flow(nn.Module):
     def bits_per_dim(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         r"""``-log p(x) / (D ln 2)`` per sample, ``(*S,)`` for ``x`` ``(*S, *event_shape)``;
         D = elements per sample."""
-        dims = math.prod(self._event_shape) if self._event_shape is not None else math.prod(x.shape[1:])
+        dims = math.prod(self._event_shape) if self._event_shape is not None else math.prod(torch.as_tensor(x).shape[1:])
         return -self.log_prob(x, context) / (dims * math.log(2))
 
     def split_rows(self, rows: Tensor) -> tuple[Tensor, Tensor | None]:

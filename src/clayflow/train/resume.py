@@ -51,13 +51,22 @@ SAME_DATA_OPTIONS = frozenset({"data"})
 OPTIONS_BEFORE_THEY_EXISTED = {"power_transform": False, "whiten": False, "discrete": "none", "input_noise": 0.0}
 
 
-def read_run_config(run_dir: Path) -> TrainConfig:
-    """The run's ``config.json`` as a validated config; a malformed one is a runtime error (the
-    file is broken, not the command)."""
+def read_run_options(run_dir: Path) -> dict[str, Any]:
+    """The options in the run's ``config.json``, unvalidated (a run of ``clayflow train``,
+    ``clayflow fit`` or ``clayflow.fit``); a file that does not hold an object is a runtime
+    error (the file is broken, not the command)."""
     path = run_dir / "config.json"
     values = read_json(path)
     if not isinstance(values, dict):
         raise ClayflowError(f"{path} is malformed: it must hold an object of options")
+    return values
+
+
+def read_run_config(run_dir: Path, values: dict[str, Any] | None = None) -> TrainConfig:
+    """The run's ``config.json`` (or its options ``values``, as ``read_run_options`` read them)
+    as a validated config; a malformed one is a runtime error."""
+    path = run_dir / "config.json"
+    values = read_run_options(run_dir) if values is None else values
     if values.get("kind") == "variational":
         raise UsageError(f"{run_dir} is a run of clayflow fit (a flow fitted to a target), not of clayflow train; "
                          f"continue it with: clayflow fit --resume {run_dir}")  # fmt: skip
