@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 import clayflow.transforms as T
 from clayflow.errors import ClayflowError
 from clayflow.models.image import default_scales, realnvp_image
-from zoo import STOCHASTIC
+from zoo import STOCHASTIC, resnet
 
 
 @settings(max_examples=40, deadline=None)
@@ -55,6 +55,22 @@ def test_checkerboard_coupling_leaves_kept_pixels_unchanged():
     assert torch.equal(z[kept], x[kept]) and not torch.allclose(z[~kept], x[~kept])
 
 
+@pytest.mark.parametrize("parity", [0, 1])
+def test_a_squeezed_checkerboard_coupling_keeps_the_checkerboards_pixels(parity):
+    """``--mask squeezed``: after a squeeze, the coupling of ``squeezed_checkerboard_mask``
+    keeps exactly the pixels ``checkerboard_mask`` keeps, and transforms the others."""
+    shape = (2, 4, 6)
+    coupling = T.AffineCoupling(T.squeezed_checkerboard_mask(shape[0], parity), resnet)
+    for p in coupling.parameters():
+        p.data.normal_(0, 0.3)
+    x = torch.randn(3, *shape, dtype=torch.float64)
+    coupling.double()
+    squeeze = T.Squeeze()
+    z = squeeze.inverse(coupling(squeeze(x)[0])[0])[0]
+    kept = T.checkerboard_mask(shape, parity).expand_as(x)
+    assert torch.equal(z[kept], x[kept]) and not torch.isclose(z[~kept], x[~kept]).any()
+
+
 def test_multiscale_latent_order_and_views():
     flow = realnvp_image((1, 8, 8), 17, hidden=8, depth=1)
     multiscale = flow.transform[-1]
@@ -71,9 +87,11 @@ def test_multiscale_latent_order_and_views():
 @pytest.mark.parametrize(
     "shape, scales", [((1, 8, 8), 2), ((1, 28, 28), 3), ((3, 32, 32), 3), ((1, 6, 6), 1), ((3, 16, 16), 3)]
 )
-def test_default_scales_fit_the_image(shape, scales):
+@pytest.mark.parametrize("mask", ["checkerboard", "squeezed"])
+def test_default_scales_fit_the_image(shape, scales, mask):
+    """Both checkerboard layouts, at tops of even size and of odd (1x28x28's 7x7: masked)."""
     assert default_scales(shape) == scales
-    flow = realnvp_image(shape, hidden=4, depth=0)
+    flow = realnvp_image(shape, hidden=4, depth=0, mask=mask)
     x = torch.randint(0, 256, (2, *shape)).float()
     z, _ = flow(x)
     assert z.shape == (2, math.prod(shape))

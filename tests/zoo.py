@@ -57,10 +57,10 @@ def _multiscale():
     return T.MultiScale([first, last], (1, 4, 4)), (1, 4, 4)
 
 
-def _realnvp_image():
+def _realnvp_image(mask: str = "checkerboard", shape: tuple[int, int, int] = (1, 4, 4)):
     """The image RealNVP after its dequantization: inputs are continuous in [0, levels)."""
-    flow = realnvp_image((1, 4, 4), 17, scales=2, hidden=8, depth=1)
-    return T.Compose(*list(flow.transform)[1:]), (1, 4, 4)
+    flow = realnvp_image(shape, 17, scales=2, hidden=8, depth=1, mask=mask)
+    return T.Compose(*list(flow.transform)[1:]), shape
 
 
 ZOO = {
@@ -102,6 +102,11 @@ ZOO = {
     "logit": lambda: (T.Logit(0.05), (2, 2, 2)),
     "multiscale": _multiscale,
     "realnvp_image": _realnvp_image,
+    "realnvp_image_squeezed": lambda: _realnvp_image("squeezed", (2, 4, 4)),
+    "affine_coupling_squeezed_checkerboard": lambda: (
+        T.AffineCoupling(T.squeezed_checkerboard_mask(2, 1), resnet),
+        (8, 2, 2),
+    ),
 }
 
 
@@ -204,11 +209,12 @@ ZOO.update(
 DOMAINS = {
     "logit": lambda shape, batch, dtype: torch.rand(batch, *shape, dtype=dtype),
     "realnvp_image": lambda shape, batch, dtype: torch.rand(batch, *shape, dtype=dtype) * 17,
+    "realnvp_image_squeezed": lambda shape, batch, dtype: torch.rand(batch, *shape, dtype=dtype) * 17,
     "glow_image": lambda shape, batch, dtype: torch.rand(batch, *shape, dtype=dtype) * 17,
 }
 
 # A deep model with std-0.5 weights maps random latents far out of the logit's range.
-PARAMETER_SCALES = {"realnvp_image": 0.1, "glow_image": 0.1}
+PARAMETER_SCALES = {"realnvp_image": 0.1, "realnvp_image_squeezed": 0.1, "glow_image": 0.1}
 
 STOCHASTIC = {
     "dequantize": lambda: (T.Dequantize(17), (1, 3, 3)),

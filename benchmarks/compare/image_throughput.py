@@ -18,7 +18,9 @@ normflows gathers each half into an image of half the width (sheared: even rows 
 columns, odd rows the even ones; the colouring also alternates across channels), so its
 network convolves half the pixels, where clayflow's convolves the masked image at full size
 and keeps half its output. On 7 of the 10 couplings normflows thus does half the
-convolution work. Its scale is exp(r), clayflow's a tanh(r).
+convolution work. Its scale is exp(r), clayflow's a tanh(r). clayflow's ``--mask squeezed``
+(row "clayflow --mask squeezed") gathers the halves too, by a squeeze: its network sees the
+kept diagonal sub-grids of each 2x2 block, ``(2C, H/2, W/2)``.
 
 Synthetic 256-level batches of 1x28x28 and 3x32x32. One training step: -log p of the batch,
 backward, Adam (clayflow's fused Adam as its trainer uses; normflows with torch's default
@@ -49,10 +51,12 @@ from clayflow.train.schedule import make_optimizer
 REALNVP_SCALES, REALNVP_HIDDEN, REALNVP_BLOCKS = 2, 64, 2
 
 
-def clayflow_realnvp(shape: tuple[int, int, int], levels: int) -> Contender:
-    """clayflow's image RealNVP at 2 scales, channels-last as ``clayflow train`` keeps it."""
-    flow = models.realnvp_image(shape, levels, scales=REALNVP_SCALES, hidden=REALNVP_HIDDEN, depth=REALNVP_BLOCKS)
-    return channels_last_contender(flow, "masked checkerboard; scale a tanh(r); channels-last")
+def clayflow_realnvp(shape: tuple[int, int, int], levels: int, mask: str = "checkerboard") -> Contender:
+    """clayflow's image RealNVP at 2 scales, channels-last as ``clayflow train`` keeps it
+    (``mask``: ``--mask``, how its checkerboard couplings are laid out)."""
+    flow = models.realnvp_image(shape, levels, scales=REALNVP_SCALES, hidden=REALNVP_HIDDEN, depth=REALNVP_BLOCKS,
+                                mask=mask)  # fmt: skip
+    return channels_last_contender(flow, f"{mask} checkerboard; scale a tanh(r); channels-last")
 
 
 def _resnet(in_channels: int, out_channels: int) -> nn.Module:
@@ -97,6 +101,8 @@ def normflows_realnvp(shape: tuple[int, int, int], levels: int) -> Contender:
 
 
 BUILDS = {"glow": (clayflow_glow, normflows_glow), "realnvp": (clayflow_realnvp, normflows_realnvp)}
+# more clayflow variants of a model, each run as trained (channels-last, eager)
+OTHER_BUILDS = {"realnvp": {"clayflow --mask squeezed": lambda shape, levels: clayflow_realnvp(shape, levels, "squeezed")}}
 
 
 def training_step(contender, x: torch.Tensor, fused: bool, channels_last: bool, compiled: bool):
@@ -134,7 +140,8 @@ def main() -> None:
         # variant: (contender, fused Adam and channels-last as clayflow trains, compiled)
         setups = {"normflows": (theirs(shape, 256), False, False),
                   "clayflow (channels-last, as trained)": (ours(shape, 256), True, False),
-                  "clayflow, compiled": (ours(shape, 256), True, True)}  # fmt: skip
+                  "clayflow, compiled": (ours(shape, 256), True, True),
+                  **{name: (build(shape, 256), True, False) for name, build in OTHER_BUILDS.get(model, {}).items()}}  # fmt: skip
         variants = {name: training_step(c, x, fused=clay, channels_last=clay, compiled=compiled)
                     for name, (c, clay, compiled) in setups.items()}  # fmt: skip
         for step in variants.values():  # warm-up (and compilation)

@@ -7,7 +7,14 @@ from clayflow.transforms.continuous import CNF
 from clayflow.transforms.coupling import AdditiveCoupling, AffineCoupling, ScaleBound
 from clayflow.transforms.elementwise import PowerTransform, Scaling, Standardize
 from clayflow.transforms.linear import InvertibleConv1x1, Permutation, Whitening
-from clayflow.transforms.masks import MaskKind, alternating_mask, checkerboard_mask, half_mask
+from clayflow.transforms.masks import (
+    ImageMask,
+    MaskKind,
+    alternating_mask,
+    checkerboard_mask,
+    half_mask,
+    squeezed_checkerboard_mask,
+)
 from clayflow.transforms.multiscale import LearnedPrior, MultiScale
 from clayflow.transforms.normalization import ActNorm, BatchNorm
 from clayflow.transforms.planar import Planar, Radial
@@ -26,6 +33,7 @@ __all__ = [
     "Compose",
     "Dequantize",
     "DequantizeColumns",
+    "ImageMask",
     "Inverse",
     "InvertibleConv1x1",
     "LearnedPrior",
@@ -49,4 +57,5 @@ __all__ = [
     "checkerboard_mask",
     "half_mask",
     "rational_quadratic_spline",
+    "squeezed_checkerboard_mask",
 ]

@@ -35,6 +35,26 @@ def make_mask(kind: MaskKind, features: int, parity: int) -> Tensor:
     return builder(features, parity)
 
 
+class ImageMask(str, Enum):
+    """How an image builder lays out checkerboard couplings: the masked image at full size
+    (the RealNVP paper's) or the halves gathered by a squeeze."""
+
+    CHECKERBOARD = "checkerboard"
+    SQUEEZED = "squeezed"
+
+
+def squeezed_checkerboard_mask(channels: int, parity: int = 0) -> Tensor:
+    """``(4C,)`` channel mask of an image of ``channels`` C after ``Squeeze`` (channel
+    ``4c + 2 di + dj`` holds the pixels ``(2i + di, 2j + dj)`` of channel c): True where
+    ``(di + dj) % 2 == parity``, the pixels that ``checkerboard_mask(parity)`` keeps.
+
+    >>> squeezed_checkerboard_mask(1).int().tolist()
+    [1, 0, 0, 1]
+    """
+    di, dj = torch.meshgrid(torch.arange(2), torch.arange(2), indexing="ij")
+    return ((di + dj) % 2 == parity % 2).flatten().repeat(channels)
+
+
 def checkerboard_mask(shape: tuple[int, int, int], parity: int = 0) -> Tensor:
     """``(C, H, W)`` mask: pixel ``(i, j)`` passes through when ``(i + j) % 2 == parity``.
 
