@@ -71,6 +71,31 @@ def test_a_squeezed_checkerboard_coupling_keeps_the_checkerboards_pixels(parity)
     assert torch.equal(z[kept], x[kept]) and not torch.isclose(z[~kept], x[~kept]).any()
 
 
+@pytest.mark.parametrize("shape, scales, masked_top", [((1, 8, 8), 2, False), ((1, 28, 28), 3, True), ((1, 6, 6), 1, False)])
+def test_the_squeezed_layout_squeezes_every_checkerboard_but_an_odd_top(shape, scales, masked_top):
+    """``mask="squeezed"``: every checkerboard coupling's mask is a channel mask after a
+    squeeze, except at a top of odd size (1x28x28's 7x7), which keeps the masked image."""
+    flow = realnvp_image(shape, scales=scales, hidden=4, depth=0, mask="squeezed")
+    levels = flow.transform[-1].levels
+    for i, level in enumerate(levels):
+        couplings = [t for t in level.transforms if isinstance(t, T.AffineCoupling)]
+        image_masks = [c for c in couplings if c.mask.dim() == 3]
+        top = i == len(levels) - 1
+        assert len(image_masks) == (len(couplings) if top and masked_top else 0)
+        assert isinstance(level.transforms[0], T.Squeeze) != (top and masked_top)
+
+
+def test_an_image_spec_without_a_mask_builds_the_papers_layout():
+    """Runs written before ``--mask`` existed on images record no ``mask``: they load as they
+    were trained, with checkerboard couplings on the masked image."""
+    from clayflow.models import ModelSpec, build
+
+    spec = ModelSpec.from_dict({"name": "realnvp", "event_shape": [1, 8, 8], "levels": 17,
+                                "options": {"hidden": 4, "depth": 0}})  # fmt: skip
+    couplings = [m for m in build(spec).modules() if isinstance(m, T.AffineCoupling)]
+    assert sum(c.mask.dim() == 3 for c in couplings) == 7  # 3 at 8x8, 4 at the 4x4 top
+
+
 def test_multiscale_latent_order_and_views():
     flow = realnvp_image((1, 8, 8), 17, hidden=8, depth=1)
     multiscale = flow.transform[-1]

@@ -213,7 +213,7 @@ def test_a_new_steps_on_resume_says_what_it_does_to_the_schedule(tmp_path, capsy
 
 
 @pytest.mark.parametrize("content", ["[1, 2]", '{"steps": "many"}', '{"wings": 2}', "{broken"])
-@pytest.mark.parametrize("verb", ["train --resume", "plot", "score", "verify"])
+@pytest.mark.parametrize("verb", ["train --resume", "plot", "score", "verify", "explain"])
 def test_a_malformed_run_config_is_a_runtime_error(good_run, tmp_path, capsys, content, verb):
     """Every command that reads the run's options names the broken file (score and verify read
     them to find the run's data)."""
@@ -230,11 +230,30 @@ def test_a_malformed_run_config_is_a_runtime_error(good_run, tmp_path, capsys, c
         "plot": ["plot", run],
         "score": ["score", run, "--data", scored, "--fpr", "0.05", "--out", tmp_path / "scores.csv"],
         "verify": ["verify", run],
+        "explain": ["explain", run, "--out", tmp_path / "explained"],
     }[verb]
     code, _, err = run_cli(capsys, *argv)
     line = one_error_line(err)
     assert code == 1 and ("config.json is malformed" in line or "config.json is not valid JSON" in line)
     assert snapshot(run) == before
+
+
+@pytest.mark.parametrize("config", [None, '{"steps": "many", "data": "moons"}'])
+def test_plot_names_a_missing_or_malformed_config_before_the_checkpoints(good_run, tmp_path, capsys, config):
+    """A run with neither a readable config.json nor checkpoints: the config is named (it
+    is read first), not the checkpoints, nor 'does not say what data'."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(good_run, run)
+    shutil.rmtree(run / "checkpoints")
+    if config is None:
+        (run / "config.json").unlink()
+    else:
+        (run / "config.json").write_text(config)
+    code, _, err = run_cli(capsys, "plot", run)
+    line = one_error_line(err)
+    assert code == 1 and "config.json" in line and ("malformed" in line or "does not exist" in line), line
 
 
 # -- output problems after the work is done ------------------------------------------------------

@@ -154,14 +154,15 @@ def run_dataset(run: str, payload: dict, why: str = "give --data"):
 
     config = payload.get("config") or {}
     run_dir = _run_directory(run)
-    if run_dir is not None and (run_dir / "config.json").exists():
+    has_config = run_dir is not None and (run_dir / "config.json").exists()
+    if has_config:
         config = read_run_options(run_dir)
-        if config.get("kind") != "variational" and config.get("data") != FIT_DATA:
-            read_run_config(run_dir, config)  # a malformed config.json is named as such
     if config.get("kind") == "variational":
         raise ClayflowError(f"{run} was fitted to the target {config.get('target')}, not trained on data; {why}")
     if config.get("data") == FIT_DATA:
         raise ClayflowError(f"{run} was trained from Python (clayflow.fit), so its data are not known here; {why}")
+    if has_config:
+        read_run_config(run_dir, config)  # a malformed config.json is named as such
     if "data" not in config:
         raise ClayflowError(f"{run} does not say what data it was trained on; {why}")
     spec = config["data"]

@@ -299,7 +299,9 @@ def cmd_plot(args: argparse.Namespace) -> int:
     else:
         from clayflow.cli.inputs import run_dataset
         from clayflow.train.checkpoint import flow_from_checkpoint, read_checkpoint
+        from clayflow.train.resume import read_run_config
 
+        read_run_config(run_dir)  # a missing or malformed config.json is named first, before the checkpoints
         payload = read_checkpoint(run_dir, prefer_best=True)
         # the run's own data, found and checked by their fingerprint (this folder may hold other data of that name)
         data = run_dataset(str(run_dir), payload, "plot draws them beside its samples")

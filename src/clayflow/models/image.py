@@ -87,7 +87,9 @@ def realnvp_image(
     ``(2C, H/2, W/2)``: the same split of the pixels, with a network that convolves a quarter
     of the positions (2.4-2.6x the training images/s on 1x28x28 and 3x32x32; on the small
     digits set it overfits sooner). That squeeze is then the one before the channel-wise
-    couplings; at a top of odd height or width the checkerboard stays masked.
+    couplings; the top's is the level's last step, so its latent is ``(4C, H/2, W/2)``; at a
+    top of odd height or width the checkerboard stays masked. With ``batch_norm``, the
+    ``BatchNorm`` after a squeezed coupling normalises each of the 4C sub-grid channels.
 
     Args:
         shape: ``(C, H, W)``; H and W must be divisible by ``2 ** (scales - 1)``.

@@ -81,7 +81,7 @@ def realnvp(
     """
     _check_sizes(features, layers, hidden, depth, dropout)
     make_net = _make_net(conditioner, hidden, depth, dropout, activation)
-    mask_kind = parse_choice(MaskKind, mask, "mask")
+    mask_kind = parse_choice(MaskKind, mask, "vector mask")
     bound = parse_choice(ScaleBound, scale_bound, "scale bound")
     encoder, width = context_network(context_features, context_embedding)
     steps = []
@@ -113,7 +113,7 @@ def nice(
     """
     _check_sizes(features, layers, hidden, depth, dropout)
     make_net = _make_net(conditioner, hidden, depth, dropout, activation)
-    mask_kind = parse_choice(MaskKind, mask, "mask")
+    mask_kind = parse_choice(MaskKind, mask, "vector mask")
     encoder, width = context_network(context_features, context_embedding)
     steps = [AdditiveCoupling(make_mask(mask_kind, features, i), make_net, width) for i in range(layers)]
     return Flow(Compose(*steps, Scaling(features)), _make_base(base, features), None, context_features, encoder)

@@ -68,7 +68,7 @@ class TrainConfig:
     hidden: int | None = None  # conditioner width, MLP units or conv channels (default 128; cnf and realnvp images 64; tables under 5,000 rows 2D rounded up to a power of 2 in [32, 128])
     depth: int | None = None  # conditioner hidden layers or residual blocks (default 2; nice 4; cnf 3)
     conditioner: str | None = None  # vector models: mlp or resmlp (default mlp)
-    mask: str | None = None  # vector models: alternating (even/odd) or half (default alternating); image realnvp: checkerboard (the masked image, the paper's) or squeezed (the halves gathered by a squeeze: half the convolution work) (default checkerboard)
+    mask: str | None = None  # vector models: alternating (even/odd) or half (default alternating); image realnvp: checkerboard (the masked image, the paper's) or squeezed (squeezed first: the network convolves the kept half at half the height and width) (default checkerboard)
     scale_bound: str | None = None  # tanh, soft_clamp or sigmoid (Glow's code) (default tanh)
     batch_norm: bool | None = None  # batch-norm flow layers between couplings or CNF blocks (default off)
     base: str | None = None  # vector models: base normal or diagonal (learned) (default normal)
