@@ -346,6 +346,7 @@ def test_checkpoint_records_every_builder_option(tmp_path):
         "scale_bound": "tanh",
         "batch_norm": False,
         "alpha": 0.05,
+        "mask": "checkerboard",
         "context_features": 0,
     }
 
