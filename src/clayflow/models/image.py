@@ -125,26 +125,28 @@ def realnvp_image(
     squeeze_first = parse_choice(ImageMask, mask, "image mask") is ImageMask.SQUEEZED
 
     def checkerboard(current, count):
-        """``count`` checkerboard couplings on images ``current`` ``(C, H, W)``, squeezed (as
-        the list's first step) when ``squeeze_first`` and the size allows."""
+        """``count`` checkerboard couplings on images ``current`` ``(C, H, W)``, and whether
+        they work on the squeezed image ``(4C, H/2, W/2)`` (``squeeze_first`` and the size
+        allows), so that the level's squeeze comes before them."""
         channels, height, width = current
         if squeeze_first and height % 2 == 0 and width % 2 == 0:
             masks = [squeezed_checkerboard_mask(channels, parity) for parity in range(count)]
-            return [Squeeze(), *couplings(masks, 4 * channels)]
-        return couplings([checkerboard_mask(current, parity) for parity in range(count)], channels)
+            return couplings(masks, 4 * channels), True
+        return couplings([checkerboard_mask(current, parity) for parity in range(count)], channels), False
 
     level_transforms = []
     current = shape
     for scale in range(scales):
         channels, height, width = current
-        if scale == scales - 1:
-            level_transforms.append(Compose(*checkerboard(current, 4)))
+        top = scale == scales - 1
+        checker, squeezed_before = checkerboard(current, 4 if top else 3)
+        steps = [Squeeze(), *checker] if squeezed_before else checker
+        if top:
+            level_transforms.append(Compose(*steps))
             break
-        checker = checkerboard(current, 3)
         squeezed = 4 * channels
         channel = couplings([half_mask(squeezed, parity) for parity in range(3)], squeezed)
-        squeeze = [] if isinstance(checker[0], Squeeze) else [Squeeze()]
-        level_transforms.append(Compose(*checker, *squeeze, *channel))
+        level_transforms.append(Compose(*steps, *([] if squeezed_before else [Squeeze()]), *channel))
         current = (squeezed - squeezed // 2, height // 2, width // 2)
     preprocess = [Dequantize(levels), ScalarAffine(1.0 / levels), Logit(alpha)]
     model = Compose(*preprocess, MultiScale(level_transforms, shape))
