@@ -283,6 +283,27 @@ def test_a_run_trained_on_a_relative_path_finds_its_data_from_another_folder(tmp
     assert code == 1 and "which is neither here" in err and err.count("\n") == 1
 
 
+def test_a_run_trained_on_a_relative_image_folder_finds_it_from_another_folder(tmp_path, capsys, monkeypatch):
+    """``--data images:shots`` is kept as given; verify and plot from elsewhere find the folder
+    beside the run (as a table file is found), and without it name the folder in one line."""
+    from test_image_data import write_images
+
+    project = tmp_path / "project"
+    project.mkdir()
+    write_images(project / "shots", 30, size=(8, 8))
+    monkeypatch.chdir(project)
+    argv = ["train", "--data", "images:shots", "--steps", "4", "--hidden", "8", "--depth", "1", "--batch-size", "8"]
+    assert main([*argv, "--no-plots", "--out", "runs/r"]) == 0
+    monkeypatch.chdir(tmp_path)
+    run = project / "runs" / "r"
+    code, out, err = run_cli(capsys, "plot", run)
+    assert code == 0 and "plots:" in out, err
+    (project / "shots").rename(project / "moved")
+    code, _, err = run_cli(capsys, "plot", run)
+    assert code == 1 and "was trained on the folder 'images:shots', which is neither here" in err, err
+    assert err.count("\n") == 1
+
+
 def test_labels_other_than_0_and_1_are_refused_before_anything_is_written(named_run, tmp_path, capsys):
     rows = _write_csv(tmp_path / "rows.csv", _rows(6, 1), NAMES)
     for values, words in (([1, 0, 1, 0, 1.9, -0.7], "not -0.7, 1.9"), ([1] * 6, "every label is 1")):

@@ -140,8 +140,8 @@ def run_dataset(run: str, payload: dict, why: str = "give --data"):
     The data must be the run's own: their fingerprint (rows per split, shape, SHA-256; see
     ``data_fingerprint``) must equal the one the run's checkpoints recorded, else they are
     refused, never used (another validation split would give a wrong threshold). A relative
-    file name is the one ``clayflow train`` was given, so it names the data only from the
-    folder training ran in: it is looked for from here, then from the run directory's parents
+    file or image-folder name (``t.csv``, ``images:shots``) is the one ``clayflow train`` was
+    given, so it names the data only from the folder training ran in: it is looked for from here, then from the run directory's parents
     (where ``--out`` is usually given from), and the first file that matches is used."""
     from clayflow.data import load_dataset
     from clayflow.train.resume import (
@@ -167,35 +167,43 @@ def run_dataset(run: str, payload: dict, why: str = "give --data"):
         raise ClayflowError(f"{run} does not say what data it was trained on; {why}")
     spec = config["data"]
     saved = payload.get("data_fingerprint") or _trained_fingerprint(run_dir)
-    relative_file = _relative_file(spec)
-    places = _data_places(spec, run_dir) if relative_file else [spec]
-    if not places:
-        raise ClayflowError(f"{run} was trained on the file {spec!r}, which is neither here ({Path.cwd()}) nor beside "
-                            "the run; run this command from the folder it was trained in")  # fmt: skip
+    location = _relative_location(spec)
+    places = _data_places(location, run_dir) if location else [spec]
+    if location and not places:
+        what = "folder" if location[0] else "file"
+        raise ClayflowError(f"{run} was trained on the {what} {spec!r}, which is neither here ({Path.cwd()}) nor "
+                            "beside the run; run this command from the folder it was trained in")  # fmt: skip
     refused = []  # why each place was not the run's data
     for place in places:
         try:
             data = load_dataset(place, config.get("context"), classes=bool(config.get("conditional")))
         except ClayflowError as exc:
-            if not relative_file:
+            if not location:
                 raise
             refused.append(f"{place}: {exc}")
             continue
         if saved is None or (now := data_fingerprint(data)) == saved:
             return data
         refused.append(f"{place}: {fingerprint_difference(saved, now)}")
-    hint = ("run this command from the folder it was trained in, with its data unchanged" if relative_file
+    hint = ("run this command from the folder it was trained in, with its data unchanged" if location
             else f"{spec!r} has changed since the run was trained")  # fmt: skip
     raise ClayflowError(f"{run} was trained on other data than {spec!r} gives now ({'; '.join(refused)}), so its "
                         f"splits are not the run's: {hint}")  # fmt: skip
 
 
-def _relative_file(spec: str) -> bool:
-    """Whether the data ``spec`` is a table file named relative to the folder training ran in."""
+def _relative_location(spec: str) -> tuple[str, str] | None:
+    """How the data ``spec`` names a file or folder relative to the folder training ran in:
+    ``(prefix, path)``, e.g. ``("", "t.csv")`` for a table file, ``("images:", "shots")``
+    for an image folder (likewise ``mnist:`` and ``cifar10:``); None for built-in data and
+    absolute paths."""
     from clayflow.data import looks_like_path
-    from clayflow.data.images import is_image_spec
+    from clayflow.data.images import IMAGE_PREFIXES, is_image_spec
 
-    return looks_like_path(spec) and not is_image_spec(spec) and not Path(spec).is_absolute()
+    prefix = next((p for p in IMAGE_PREFIXES if spec.startswith(p)), "")
+    path = spec[len(prefix) :]
+    if not prefix and (is_image_spec(spec) or not looks_like_path(spec)):
+        return None
+    return None if not path or Path(path).is_absolute() else (prefix, path)
 
 
 def _run_directory(run: str) -> Path | None:
@@ -209,15 +217,17 @@ def _run_directory(run: str) -> Path | None:
     return path.parent.parent if path.parent.name == Path(CHECKPOINT_NAME).parent.name else None
 
 
-def _data_places(spec: str, run_dir: Path | None) -> list[str]:
-    """Where the relative file ``spec`` of a run may be: each existing file of that name
-    from here and from the run directory's three parents, once each."""
+def _data_places(location: tuple[str, str], run_dir: Path | None) -> list[str]:
+    """Where a run's data named relative to the folder training ran in (``location``, see
+    ``_relative_location``) may be: each existing file or folder of that name from here and
+    from the run directory's three parents, once each, as data specs."""
+    prefix, name = location
     parents = run_dir.resolve().parents[:3] if run_dir is not None else ()
-    files: dict[Path, str] = {}
-    for path in (Path(spec), *(folder / spec for folder in parents)):
-        if path.is_file():
-            files.setdefault(path.resolve(), str(path))
-    return list(files.values())
+    places: dict[Path, str] = {}
+    for path in (Path(name), *(folder / name for folder in parents)):
+        if path.is_file() or (prefix and path.is_dir()):
+            places.setdefault(path.resolve(), prefix + str(path))
+    return list(places.values())
 
 
 def _trained_fingerprint(run_dir: Path | None) -> dict | None:
