@@ -1,5 +1,6 @@
 """``clayflow.fit``: the command line's training loop on a flow and data built in Python."""
 
+import json
 import signal
 
 import numpy as np
@@ -161,10 +162,25 @@ def test_fit_without_validation_keeps_the_last_weights():
     x = _data()
     flow = _flow()
     result = clayflow.fit(flow, x, steps=20, **OPTIONS)
-    assert result.selected_step == 20 and np.isnan(result.test_nll) and np.isnan(result.val_nll)
+    assert result.selected_step == 20 and result.test_nll is None and result.val_nll is None
     assert all(row["val_nll"] is None for row in result.history) and result.history[-1]["train_loss"] is not None
     with pytest.raises(UsageError, match="needs val data"):
         clayflow.fit(flow, x, steps=20, select_best=True, **OPTIONS)
+
+
+def test_fit_defaults_as_clayflow_train_on_a_small_table_and_writes_strict_json(tmp_path, capsys):
+    """Without ``batch_size``, a table under 5,000 rows trains in batches of 64, as ``clayflow
+    train`` does (it was 512, so every step took all 300 rows); without ``test`` the test NLL
+    is None, written as JSON's null (it was NaN, which strict JSON readers refuse)."""
+    x = _data()
+    result = clayflow.fit(_flow(), x[:300], x[300:], steps=4, progress=False, out=tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["batch_size"] == 64
+    assert "4 steps of batch 64;" in capsys.readouterr().err
+    text = (tmp_path / "run" / "results.json").read_text()
+    results = json.loads(text, parse_constant=lambda name: pytest.fail(f"results.json holds {name}"))
+    assert result.test_nll is None and results["test_nll"] is None and results["test_bpd"] is None
+    clayflow.fit(_flow(), x[:300], x[300:], steps=1, batch_size=1000, progress=False)
+    assert "of batch 300 (every training row; batch size 1,000)" in capsys.readouterr().err
 
 
 def test_fit_refuses_what_it_cannot_use(tmp_path):

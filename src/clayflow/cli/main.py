@@ -268,11 +268,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     end_processes()  # all together; rank 0 then reports and plots alone
     if not processes.main:
         return 0
-    print(
-        f"trained {result.model} on {config.data} for {result.steps} steps in {result.train_seconds:.0f} s: "
-        f"test NLL {result.test_nll:.4f} nats ({result.test_bpd:.4f} bits/dim) "
-        f"with the weights of step {result.selected_step}"
-    )
+    tested = ("no test rows" if result.test_nll is None else
+              f"test NLL {result.test_nll:.4f} nats ({result.test_bpd:.4f} bits/dim)")  # fmt: skip
+    print(f"trained {result.model} on {config.data} for {result.steps} steps in {result.train_seconds:.0f} s: "
+          f"{tested} with the weights of step {result.selected_step}")  # fmt: skip
     print(f"run directory: {result.run_dir}")
     if args.plots:
         paths = _plot(result.run_dir, load(result.run_dir))

@@ -25,11 +25,11 @@ from torch.utils.data import DataLoader, default_collate
 from clayflow.core import Flow
 from clayflow.data import Dataset
 from clayflow.errors import ClayflowError, UsageError
-from clayflow.models import data_kind
+from clayflow.models import VECTOR, data_kind
 from clayflow.train.config import KIND_DEFAULTS, TrainConfig, config_from_dict
 from clayflow.train.run import TrainResult, read_metrics
 from clayflow.train.sampler import Examples
-from clayflow.train.setup import data_defaults
+from clayflow.train.setup import SMALL_TABLE, SMALL_TABLE_ROWS, data_defaults
 from clayflow.train.signals import StopRequest
 from clayflow.train.start import FIT_DATA, start_training
 
@@ -97,8 +97,8 @@ def fit(
     ``threads`` and ``compile`` may change). ``force`` replaces an existing run. Without
     ``out`` the checkpoints live in a temporary directory, deleted at the end.
 
-    ``batch_size`` and ``lr`` default as ``clayflow train``'s: 512 and 2e-3 for vectors, 64
-    and 1e-3 for images. Other options, by ``TrainConfig``'s names: ``optimizer``,
+    ``batch_size`` and ``lr`` default as ``clayflow train``'s: 2e-3 for vectors, with batches
+    of 64 for tables under 5,000 training rows and 512 above; 64 and 1e-3 for images. Other options, by ``TrainConfig``'s names: ``optimizer``,
     ``weight_decay``, ``schedule``, ``warmup``, ``clip``, ``ema``, ``nonfinite``, ``compile``,
     ``patience``, ``select_best``, ``checkpoint_every``, ``eval_every``, ``seed``, ``device``,
     ``threads``, ``tensorboard`` (metrics as TensorBoard events in ``out/tensorboard``).
@@ -109,7 +109,7 @@ def fit(
     ``batch_size`` is the global batch, split over them, rank 0 alone writes ``out``, and
     every process returns the result with the trained weights in its ``flow``.
 
-    Returns a ``FitResult`` (test NLL, selected step, ``history``); raises ``UsageError`` for
+    Returns a ``FitResult`` (test NLL, None without ``test``; selected step, ``history``); raises ``UsageError`` for
     bad options, ``TrainingStopped`` (a ``ClayflowError``) on divergence or a stop signal.
     """
     if out is None and (resume or options.get("tensorboard")):
@@ -129,7 +129,10 @@ def fit(
     # with another architecture is refused even where the weights' shapes agree).
     architecture = hashlib.sha256(repr(flow).encode()).hexdigest()[:12]
     values = {**options, "model": f"{type(flow).__name__}:{architecture}", "data": FIT_DATA, "steps": steps}
-    values["batch_size"] = KIND_DEFAULTS[kind]["batch_size"] if batch_size is None else batch_size
+    if batch_size is None:  # clayflow train's: batches of 64 for tables under SMALL_TABLE_ROWS rows
+        small_table = kind == VECTOR and len(data.train) < SMALL_TABLE_ROWS
+        batch_size = SMALL_TABLE["batch_size"] if small_table else KIND_DEFAULTS[kind]["batch_size"]
+    values["batch_size"] = batch_size
     values["lr"] = KIND_DEFAULTS[kind]["lr"] if lr is None else lr
     if len(data.val) == 0:
         if options.get("select_best") or options.get("patience"):

@@ -472,18 +472,18 @@ class Trainer:
             selected_step, val_nll = self.best.step, self.best.val_nll
         else:
             flow, selected_step = self._eval_flow(), self.step
-            val_nll = evaluate_nll(flow, self.data.val, options, processes)
+            val_nll = evaluate_nll(flow, self.data.val, options, processes) if len(self.data.val) else None
             if self.spec is None:
                 self.flow.load_state_dict(flow.state_dict())
         if self.spec is None:
             flow = self.flow
         flow.eval()
-        test_nll = evaluate_nll(flow, self.data.test, options, processes) if len(self.data.test) else math.nan
+        test_nll = evaluate_nll(flow, self.data.test, options, processes) if len(self.data.test) else None
         result = TrainResult(
             run_dir=self.run_dir,
             steps=self.step,
             test_nll=test_nll,
-            test_bpd=test_nll / (self.data.dims * math.log(2)),
+            test_bpd=None if test_nll is None else test_nll / (self.data.dims * math.log(2)),
             val_nll=val_nll,
             train_seconds=self.train_seconds,
             selected_step=selected_step,

@@ -67,9 +67,14 @@ def start_line(model: str, flow: nn.Module, data: Dataset, device: torch.device,
     return (
         f"training {model} ({parameter_count(flow):,} parameters) on {data.name}: {what}; "
         f"{f'{processes} processes of ' if processes > 1 else ''}{device}, {threads} thread{'s' if threads != 1 else ''}"
-        f"; {plan} of batch {batch_size}; "
+        f"; {plan} of batch {_batch(batch_size, len(data.train))}; "
         f"run directory {run_dir}"
     )
+
+
+def _batch(batch_size: int, rows: int) -> str:
+    """The batch a step draws: ``batch_size``, or every training row when there are fewer."""
+    return str(batch_size) if batch_size <= rows else f"{rows:,} (every training row; batch size {batch_size:,})"
 
 
 def duration(seconds: float) -> str:

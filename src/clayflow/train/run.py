@@ -20,9 +20,9 @@ class TrainResult:
 
     run_dir: Path
     steps: int
-    test_nll: float
-    test_bpd: float
-    val_nll: float
+    test_nll: float | None  # None: no test data (``clayflow.fit`` without ``test``)
+    test_bpd: float | None
+    val_nll: float | None  # None: no validation data
     train_seconds: float
     selected_step: int  # the step whose weights were evaluated (best validation, or last)
     patience: int  # early stopping after this many evaluations without a better model (0: off)
