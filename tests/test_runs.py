@@ -215,7 +215,7 @@ def test_a_new_steps_on_resume_says_what_it_does_to_the_schedule(tmp_path, capsy
 @pytest.mark.parametrize("content", ["[1, 2]", '{"steps": "many"}', '{"wings": 2}', "{broken"])
 @pytest.mark.parametrize("verb", ["train --resume", "plot", "score", "verify", "explain"])
 def test_a_malformed_run_config_is_a_runtime_error(good_run, tmp_path, capsys, content, verb):
-    """Every command that reads the run's options names the broken file (score and verify read
+    """Every command that reads the run's options names the broken file (score, verify and explain read
     them to find the run's data)."""
     run = tmp_path / "run"
     import shutil

@@ -156,7 +156,8 @@ class Flow(nn.Module):
     def bits_per_dim(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         r"""``-log p(x) / (D ln 2)`` per sample, ``(*S,)`` for ``x`` ``(*S, *event_shape)``;
         D = elements per sample."""
-        dims = math.prod(self._event_shape) if self._event_shape is not None else math.prod(torch.as_tensor(x).shape[1:])
+        x = x if isinstance(x, Tensor) else torch.as_tensor(x)
+        dims = math.prod(self._event_shape) if self._event_shape is not None else math.prod(x.shape[1:])
         return -self.log_prob(x, context) / (dims * math.log(2))
 
     def split_rows(self, rows: Tensor) -> tuple[Tensor, Tensor | None]:
