@@ -232,3 +232,17 @@ def test_too_few_draws_for_pareto_k_say_so_rather_than_call_the_tail_heavy(tmp_p
     assert cli("fit", "--target", "banana", "--steps", 5, *small, "--eval-samples", 20, "--no-plots", "--out", run) == 0
     err = capsys.readouterr().err
     assert "Pareto k could not be estimated from 20 draws" in err and "heavy-tailed" not in err
+
+
+def test_a_forced_replacement_that_fails_names_the_old_run_as_kept(tmp_path, capsys):
+    """A ``--force`` replacement that diverges after its step-0 checkpoint is removed and the old
+    run stays; the error says so (it offered to resume the new fit from a checkpoint that was
+    gone, with a command that resumed the old run)."""
+    run = tmp_path / "keep"
+    assert cli("fit", "--target", "u2", "--steps", 2, *SMALL, "--no-plots", "--out", run) == 0
+    config = (run / "config.json").read_text()
+    capsys.readouterr()
+    assert cli("fit", "--target", "u2", "--steps", 5, "--lr", 1e30, *SMALL, "--no-plots", "--out", run, "--force") == 1
+    err = capsys.readouterr().err
+    assert f"the run in {run} was not replaced" in err and "resume with" not in err, err
+    assert (run / "config.json").read_text() == config

@@ -156,7 +156,7 @@ def test_panels_say_how_many_samples_fall_outside():
     data = np.random.default_rng(0).normal(size=(18, 2))
     samples = np.concatenate([np.zeros((900, 2)), np.full((100, 2), 99.0)])
     titles = [ax.get_title() for ax in marginals_figure(data, samples).axes if ax.axison]
-    assert all("10% of samples outside" in title for title in titles)
+    assert all("10% of samples outside the plot" in title for title in titles)
 
 
 def test_plot_run_draws_a_table_from_all_its_rows(tmp_path):

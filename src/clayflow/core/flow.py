@@ -161,8 +161,9 @@ class Flow(nn.Module):
         return -self.log_prob(x, context) / (dims * math.log(2))
 
     def split_rows(self, rows: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Rows ``(B, D + K)`` of data and context side by side, as the tables of a conditional
-        run hold them, split into ``(x (B, D), context (B, K))``; images ``(B, C + 1, H, W)``
+        """Rows ``(B, D + K)`` of data and context side by side, the context in the last K
+        columns (as clayflow orders a conditional run's rows; a file's columns are in its own
+        order, so choose those by name), split into ``(x (B, D), context (B, K))``; images ``(B, C + 1, H, W)``
         whose last channel holds a class index (constant over the image) into ``(x (B, C, H,
         W), one-hot context (B, K))``; an unconditional flow's rows are its data, ``(rows, None)``.
 

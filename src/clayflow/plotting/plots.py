@@ -343,7 +343,8 @@ def marginals_figure(
 ) -> Figure:
     """Histograms of the chosen columns (``choose_columns``) of data ``(N, D)`` against model
     samples ``(S, D)``, as densities: data as bars (and a tick per row for small tables),
-    model as a line; each panel says what share of the samples falls outside its range."""
+    model as a line; each panel says what share of the samples falls outside its range (the
+    data's, widened by ``RANGE_MARGIN`` each side)."""
     choice = choose_columns(data.shape[1], columns, show_columns, limit)
     cols = math.ceil(math.sqrt(len(choice.indices)))
     rows = math.ceil(len(choice.indices) / cols)
@@ -408,7 +409,7 @@ def _outside_note(fraction: float) -> str:
     if fraction <= 0:
         return ""
     percent = "<0.1%" if fraction < 0.001 else f"{100 * fraction:.2g}%" if fraction < 0.1 else f"{100 * fraction:.0f}%"
-    return f"\n{percent} of samples outside"
+    return f"\n{percent} of samples outside the plot"
 
 
 def _comparison_title(rows: int, samples: int, data_label: str, note: str) -> str:

@@ -254,7 +254,10 @@ class _Fitting:
         self.saved_step = self.training.step
 
     def _kept(self) -> str:
-        """What a stopped run keeps, and how to go on."""
+        """What a stopped run keeps, and how to go on (a replacement that has not yet taken the
+        old run's place, after the first checkpoint past step 0, is removed: the old run stays)."""
+        if self.run_dir.pending:
+            return f"the run in {self.run_dir.final} was not replaced"
         if self.saved_step is None:
             return "nothing was kept"
         return f"the checkpoint of step {self.saved_step} is kept; resume with: clayflow fit --resume {self.run_dir.final}"
