@@ -179,13 +179,16 @@ def looks_like_path(spec: str) -> bool:
 
 
 def standardization(
-    train: Tensor, columns: list[str] | None = None, describe: Callable[[list[int]], str] | None = None
+    train: Tensor, columns: list[str] | None = None, describe: Callable[[list[int]], str] | None = None,
+    context: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Per-column mean and std ``(D,)`` of the training split ``(N, D)`` of a table.
 
     Refuses data with no density, naming the columns (by ``columns`` when given, or as
-    ``describe(indices)`` says, e.g. ``Dataset.column_names``): constant columns, and
-    columns that are linear combinations of others (see ``check_full_rank``).
+    ``describe(indices)`` says, e.g. ``Dataset.column_names``, whose indices count the
+    context's K columns after the D): constant columns, and columns that are linear
+    combinations of others (see ``check_full_rank``), or, for a conditional run (its
+    ``context`` ``(N, K)``), of others and the context: given c, such data have no density.
     Both tests are relative to each column's own scale, so a column that varies by 1e-15
     around 0 is fine: it is standardised inside the flow.
     """
@@ -199,15 +202,27 @@ def standardization(
             f"column(s) {describe(constant)} are constant in the training data (no "
             "variation at float32 precision), so they have no density; drop them from the file"
         )
-    check_full_rank(train, mean, std, describe=describe)
+    if context is None:
+        check_full_rank(train, mean, std, describe=describe)
+        return mean.float(), std.float()
+    # The context's varying columns after the data's: relations among them alone are allowed.
+    c_mean, c_std = context.double().mean(0), context.double().std(0)
+    varying = (c_std > _FLOAT32_EPS * c_mean.abs()).nonzero().flatten().tolist()
+    d = train.shape[1]
+    check_full_rank(torch.cat([train.double(), context.double()[:, varying]], 1),
+                    torch.cat([mean, c_mean[varying]]), torch.cat([std, c_std[varying]]),
+                    describe=lambda indices: describe([i if i < d else d + varying[i - d] for i in indices]),
+                    given=len(varying))  # fmt: skip
     return mean.float(), std.float()
 
 
 def check_full_rank(
     train: Tensor, mean: Tensor, std: Tensor, columns: list[str] | None = None,
-    describe: Callable[[list[int]], str] | None = None,
+    describe: Callable[[list[int]], str] | None = None, given: int = 0,
 ) -> None:
     """Refuse a table ``(N, D)`` with a column that is a linear combination of others.
+    The last ``given`` columns are a conditional run's context, which needs no density: a
+    relation among them alone is allowed, one that involves a data column is not.
 
     Such data lie on a hyperplane: they have no density, and a flow's NLL falls without bound.
     Column j (in order) counts as a combination of earlier independent columns when the std of
@@ -242,6 +257,8 @@ def check_full_rank(
                 residual = np.linalg.norm(r[:, j] - r[:, independent] @ coef) / np.sqrt(n - 1)
             if residual <= 4 * np.sqrt(noise[j] ** 2 + coef**2 @ noise[independent] ** 2):
                 used = [i for i, c in zip(independent, coef) if abs(c) > 1e-6]
+                if j >= d - given and all(i >= d - given for i in used):
+                    continue  # context columns related among themselves
                 problems.append(
                     f"column {describe([j])} is a linear combination of "
                     f"column{'s' if len(used) > 1 else ''} {describe(used)}"

@@ -205,7 +205,7 @@ def build_flow(
     flow = build(spec)
     if vector:
         x, context = flow.split_rows(data.train)
-        fit_start(flow, x, partial(standardization, describe=data.column_names), seed=config.seed)
+        fit_start(flow, x, partial(standardization, describe=data.column_names, context=context), seed=config.seed)
         if context is not None:
             fit_context(flow, context)
         if config.objective == "fm":  # flow matching trains the CNF alone; the fitted start stays
