@@ -163,6 +163,16 @@ def test_conditional_runs_refuse_what_they_cannot_do_in_one_line(conditional_run
     assert sorted(p.name for p in folder.iterdir()) == before
 
 
+def test_a_label_column_that_the_model_reads_is_named_as_such(conditional_run, tmp_path, capsys):
+    """``--label-column c`` on a run that reads c as its context: said so (it was "has no column
+    'c'", of a file that has one)."""
+    _, table, run = conditional_run
+    code = cli("score", run, "--data", table, "--label-column", "c", "--out", tmp_path / "s.csv")
+    err = capsys.readouterr().err
+    assert code == 1 and "--label-column c is a column the model reads" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "s.csv").exists()
+
+
 @pytest.mark.parametrize("adjoint", [False, True])
 def test_a_conditional_cnf_is_normalised_per_context_and_trains_by_both_objectives(adjoint, one_thread):
     from clayflow.train.objective import flow_matching, maximum_likelihood

@@ -55,6 +55,9 @@ def examples_to_score(
     elif looks_like_path(data) and not is_image_spec(data):
         values, names = read_table(data)
         if label_column is not None:
+            if names is not None and label_column in (payload.get("data_columns") or ()):
+                raise ClayflowError(f"--label-column {label_column} is a column the model reads (as data or context); "
+                                    "the labels need a column of their own")  # fmt: skip
             values, names, labels = _take_column(values, names, label_column, data)
         values = _in_model_order(values, names, payload, data)
     else:
