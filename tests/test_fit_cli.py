@@ -246,3 +246,16 @@ def test_a_forced_replacement_that_fails_names_the_old_run_as_kept(tmp_path, cap
     err = capsys.readouterr().err
     assert f"the run in {run} was not replaced" in err and "resume with" not in err, err
     assert (run / "config.json").read_text() == config
+
+
+def test_draws_written_with_their_weights_are_scored_once_the_weights_are_left_out(fitted, capsys):
+    folder, run = fitted
+    draws = folder / "weighted.csv"
+    assert cli("sample", run, "--weights", "--n", 20, "--out", draws) == 0
+    capsys.readouterr()
+    assert cli("score", run, "--data", draws, "--out", folder / "scores.csv") == 1
+    err = capsys.readouterr().err
+    assert "has 3 columns but the model was trained on 2 (log_weight holds sample --weights'" in err, err
+    rows = np.loadtxt(draws, delimiter=",", skiprows=1)
+    np.savetxt(folder / "draws.csv", rows[:, :2], delimiter=",", header="x1,x2", comments="")
+    assert cli("score", run, "--data", folder / "draws.csv", "--out", folder / "scores.csv") == 0

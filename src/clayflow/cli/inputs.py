@@ -26,7 +26,7 @@ def examples_to_score(
     float32 (a conditional run's rows with their context); names: None but for a folder of
     images; labels ``(N,)`` or None.
     """
-    files = labels = None
+    files = labels = names = None
     spec = payload["model_spec"]
     from clayflow.data import load_dataset, looks_like_path, with_class_channel
     from clayflow.data.images import is_image_spec, load_image_source
@@ -67,9 +67,8 @@ def examples_to_score(
         raise ClayflowError(f"{data} holds no examples")
     if tuple(values.shape[1:]) != shape:
         if len(shape) == 1 and values.ndim == 2:
-            raise ClayflowError(
-                f"{data} has {values.shape[1]} columns but the model was trained on {shape[0]}"
-            )
+            weights = " (log_weight holds sample --weights' importance weights: leave it out)" if names and "log_weight" in names else ""
+            raise ClayflowError(f"{data} has {values.shape[1]} columns but the model was trained on {shape[0]}{weights}")
         raise ClayflowError(
             f"{data} holds examples of shape {tuple(values.shape[1:])} but the model was trained on {shape}"
         )
