@@ -119,6 +119,7 @@ def test_an_interrupted_or_crashed_run_resumes_to_the_same_numbers(tmp_path, mon
     [
         (["fit", "--target", "bananas"], "unknown target 'bananas'"),
         (["fit"], "give --target"),
+        (["fit", "--target", "u1", "--forward-weight", "0.3"], "give them as --samples FILE"),
         (["fit", "--target", "u1", "--steps", "100", "--anneal", "100"], "must end before --steps"),
         (["fit", "--target", "u1", "--bins", "4"], "has no option(s) bins"),
         (["fit", "--target", "u1", "--model", "planet"], "unknown model 'planet'"),

@@ -83,6 +83,9 @@ def test_a_users_target_comes_from_a_module_or_a_file(tmp_path, monkeypatch):
     for dims in (0, -1):  # not the function's own dims silently
         with pytest.raises(UsageError, match=f"--dims must be at least 1, got {dims}"):
             load_target("mytargets:ring", dims=dims)
+    assert load_target("mytargets:ring", dims=2).dims == 2
+    with pytest.raises(UsageError, match="target mytargets:ring has 2 dimensions, not 3"):  # not the --dims silently
+        load_target("mytargets:ring", dims=3)
     with pytest.raises(UsageError, match="unknown target"):
         load_target("bananas")
     with pytest.raises(UsageError, match="has no 'missing'"):

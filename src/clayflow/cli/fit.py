@@ -75,6 +75,8 @@ def run(args: argparse.Namespace, load_run) -> int:
         raise UsageError("--out and --resume name different directories; --resume continues in place")
     if not args.resume and not args.target:
         raise UsageError("give --target (a built-in target or module:function), or --resume RUN")
+    if args.forward_weight is not None and not args.samples and not args.resume:
+        raise UsageError("--forward-weight weighs the NLL of draws from the target in the loss; give them as --samples FILE")
     # The options given (None: not given), so that a resumed run can tell a change from a default.
     given = {f.name: getattr(args, f.name) for f in fields(FitConfig) if getattr(args, f.name, None) is not None}
     if options := {name: getattr(args, name) for name in MODEL_OPTIONS if hasattr(args, name)}:

@@ -198,11 +198,14 @@ def load_target(spec: str, dims: int | None = None) -> Target:
         found = getattr(module, attribute)
     except AttributeError:
         raise UsageError(f"{module_name} has no {attribute!r}") from None
+    if not callable(found) and not isinstance(found, Target):
+        raise UsageError(f"{spec} is neither a Target nor a function of a batch")
+    declared = getattr(found, "dims", None)
+    if dims is not None and declared is not None and dims != declared:
+        raise UsageError(f"target {spec} has {declared} dimensions, not {dims}")  # as a built-in target says
     if isinstance(found, Target):
         return found
-    if not callable(found):
-        raise UsageError(f"{spec} is neither a Target nor a function of a batch")
-    dims = dims if dims is not None else getattr(found, "dims", None)
+    dims = dims if dims is not None else declared
     if not isinstance(dims, int) or dims < 1:
         raise UsageError(f"say how many dimensions {spec} takes: give --dims D, or set {attribute}.dims = D")
     return Target(attribute, dims, found)
