@@ -290,10 +290,12 @@ def cmd_plot(args: argparse.Namespace) -> int:
         raise ClayflowError(f"{run_dir} is not a run directory")
     if is_fitted_run(run_dir):
         from clayflow.cli.fit import plot
+        from clayflow.plotting.variational import MARGINALS
 
         if args.columns is not None:
-            raise UsageError("--columns chooses the columns of a table's marginals and pairs; a run of clayflow fit "
-                             "draws its target's density")  # fmt: skip
+            raise UsageError("--columns chooses the columns of a table run's marginals and pairs; a run of clayflow "
+                             f"fit draws its target's density (2 dimensions) or its first {MARGINALS} dimensions' "
+                             "marginals")  # fmt: skip
         paths = plot(run_dir, _load_run)
     else:
         from clayflow.cli.inputs import run_dataset
