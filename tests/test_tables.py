@@ -175,6 +175,31 @@ def test_samples_of_grid_columns_are_written_as_grid_decimals_under_a_quoted_hea
     assert main(["score", str(run), "--data", str(out), "--out", str(tmp_path / "scores.csv")]) == 0
 
 
+def test_sample_says_how_many_draws_of_a_discrete_column_leave_its_training_values(tmp_path, capsys):
+    """A short MAF on iris draws classes -1 and 3 as well as 0-2: written as drawn, and said
+    with the share the file holds; a run that recorded no ranges (before 2026-12-04) says nothing."""
+    from sklearn.datasets import load_iris
+
+    iris = load_iris()
+    data, run, out = tmp_path / "iris.csv", tmp_path / "r", tmp_path / "s.csv"
+    np.savetxt(data, np.c_[iris.data, iris.target], delimiter=",", fmt="%g", comments="",
+               header=",".join([*iris.feature_names, "target"]))  # fmt: skip
+    assert main(["train", "--data", str(data), "--model", "maf", "--steps", "200", "--no-plots", "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["sample", str(run), "--n", "2000", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    target = np.loadtxt(out, delimiter=",", skiprows=1)[:, 4]
+    share = np.mean((target < 0) | (target > 2))
+    assert share > 0.01 and f"target {100 * share:.1f}% (training rows: 0 to 2)" in err, err
+    assert err.startswith("clayflow: warning: draws of discrete columns") and err.count("\n") == 1, err
+    for name in ("best.pt", "last.pt"):
+        payload = torch.load(run / "checkpoints" / name, weights_only=True)
+        del payload["column_ranges"]
+        torch.save(payload, run / "checkpoints" / name)
+    assert main(["sample", str(run), "--n", "2000", "--out", str(out), "--force"]) == 0
+    assert capsys.readouterr().err == ""
+
+
 def test_diabetes_sex_column_is_dequantized_and_said(tmp_path, capsys):
     assert main(["train", "--data", "diabetes", "--steps", "2", "--no-plots", "--out", str(tmp_path / "r")]) == 0
     assert "column(s) 2 (sex) hold few whole-number values: they are dequantized" in capsys.readouterr().err

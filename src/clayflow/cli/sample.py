@@ -15,6 +15,7 @@ from clayflow.errors import ClayflowError, UsageError
 
 CHUNK = {"rows": 65536, "images": 256}  # samples drawn at once
 TARGET_CHUNK = 4096  # draws whose target density is evaluated at once (a posterior's costs data x draws)
+OUTSIDE_WARNING = 0.01  # share of a discrete column's draws outside its training values that sample warns of
 
 
 def add_arguments(p: argparse.ArgumentParser, device_type) -> None:
@@ -76,6 +77,8 @@ def run(args: argparse.Namespace, load_run) -> int:
         samples = torch.cat([flow.sample(temperature=args.temperature, context=c.to(device)).cpu()
                              for c in context.split(CHUNK["rows"])])  # fmt: skip
     _check_finite(samples, args.temperature)
+    if not images:
+        _warn_outside_training_values(samples, spec, payload)
     if images:
         _write_images(args.out, samples, spec["levels"], columns=n if per_class else None)
     else:
@@ -95,6 +98,26 @@ def run(args: argparse.Namespace, load_run) -> int:
     print(f"wrote {len(samples)} sample{'s' if len(samples) != 1 else ''} ({each}temperature {args.temperature}) "
           f"to {args.out}")  # fmt: skip
     return 0
+
+
+def _warn_outside_training_values(samples: torch.Tensor, spec: dict, payload: dict) -> None:
+    """A warning when more than ``OUTSIDE_WARNING`` of the draws ``(N, D)`` of a discrete
+    column (counts, codes, classes) lie outside the values its training rows take: such draws
+    (a class -2 of classes 0-2) are the model's mass, written as drawn, not clamped."""
+    ranges = payload.get("column_ranges")  # runs of before 2026-12-04 did not record them
+    if not ranges or not spec.get("discrete"):
+        return
+    names = payload.get("data_columns")
+    outside = []
+    for j in spec["discrete"]:
+        low, high = ranges[j]
+        share = ((samples[:, j] < low) | (samples[:, j] > high)).double().mean().item()
+        if share > OUTSIDE_WARNING:
+            name = names[j] if names else f"x{j + 1}"
+            outside.append(f"{name} {100 * share:.1f}% (training rows: {low:g} to {high:g})")
+    if outside:
+        print(f"clayflow: warning: draws of discrete columns lie outside the values of the training rows: "
+              f"{', '.join(outside)}; they are the model's, written as drawn", file=sys.stderr)  # fmt: skip
 
 
 def _fitted(args: argparse.Namespace, flow, payload: dict, n: int) -> int:

@@ -82,8 +82,12 @@ class Dataset:
     def layout(self) -> dict[str, Any]:
         """What a checkpoint records of the data's columns: their names in the model's order,
         where each came from in a conditional table's file, and the classes of class-conditional
-        images (``clayflow score`` and ``sample`` match new files with these)."""
-        return {"data_columns": self.columns, "column_order": self.column_order, "classes": self.classes}
+        images (``clayflow score`` and ``sample`` match new files with these), and a table's
+        range of values per column in the training rows (``sample`` says when draws leave it)."""
+        table = isinstance(self.train, Tensor) and self.train.dim() == 2 and len(self.train) > 0
+        ranges = torch.stack([self.train.amin(0), self.train.amax(0)], 1).tolist() if table else None
+        return {"data_columns": self.columns, "column_order": self.column_order, "classes": self.classes,
+                "column_ranges": ranges}  # fmt: skip
 
     def file_columns(self, text: str, option: str) -> list[int]:
         """The columns ``text`` names (comma-separated names or 1-based numbers as the user's
