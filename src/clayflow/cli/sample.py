@@ -77,11 +77,10 @@ def run(args: argparse.Namespace, load_run) -> int:
         samples = torch.cat([flow.sample(temperature=args.temperature, context=c.to(device)).cpu()
                              for c in context.split(CHUNK["rows"])])  # fmt: skip
     _check_finite(samples, args.temperature)
-    if not images:
-        _warn_outside_training_values(samples, spec, payload)
     if images:
         _write_images(args.out, samples, spec["levels"], columns=n if per_class else None)
     else:
+        _warn_outside_training_values(samples, spec, payload)
         values = _shortest_decimals(samples)
         values = values if context is None else torch.cat([values, context], 1)
         if order := payload.get("column_order"):  # a conditional run's columns, back in the file's order

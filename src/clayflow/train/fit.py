@@ -98,7 +98,9 @@ def fit(
     ``out`` the checkpoints live in a temporary directory, deleted at the end.
 
     ``batch_size`` and ``lr`` default as ``clayflow train``'s: 2e-3 for vectors, with batches
-    of 64 for tables under 5,000 training rows and 512 above; 64 and 1e-3 for images. Other options, by ``TrainConfig``'s names: ``optimizer``,
+    of 64 for tables under 5,000 training rows (its small-table batch, which it gives its
+    coupling and autoregressive models) and 512 above; 64 and 1e-3 for images. Other
+    options, by ``TrainConfig``'s names: ``optimizer``,
     ``weight_decay``, ``schedule``, ``warmup``, ``clip``, ``ema``, ``nonfinite``, ``compile``,
     ``patience``, ``select_best``, ``checkpoint_every``, ``eval_every``, ``seed``, ``device``,
     ``threads``, ``tensorboard`` (metrics as TensorBoard events in ``out/tensorboard``).
