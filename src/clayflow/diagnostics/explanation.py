@@ -17,6 +17,10 @@ Examples:
     ['AffineCoupling', 'AffineCoupling']
     >>> explanation.steps[0].output.shape, explanation.steps[0].logabsdet.shape
     (torch.Size([5, 2]), torch.Size([5]))
+    >>> explanation  # doctest: +ELLIPSIS
+    Explanation(5 examples of shape (2,), 2 layers, latent (5, 2), mean log p(x) ... nats)
+    >>> explanation.steps[0]  # doctest: +ELLIPSIS
+    Step('transform.transforms.0', AffineCoupling, output (5, 2), mean log|det| ...)
 """
 
 from __future__ import annotations
@@ -43,6 +47,10 @@ class Step:
     output: Tensor
     logabsdet: Tensor
 
+    def __repr__(self) -> str:  # shapes and means, not whole tensors
+        return (f"Step({self.name!r}, {self.kind}, output {tuple(self.output.shape)}, "
+                f"mean log|det| {float(self.logabsdet.mean()):.4f})")  # fmt: skip
+
 
 @dataclass
 class Explanation:
@@ -53,6 +61,10 @@ class Explanation:
     latent: Tensor
     base_log_prob: Tensor
     log_prob: Tensor
+
+    def __repr__(self) -> str:  # shapes and means, not whole tensors
+        return (f"Explanation({len(self.x)} examples of shape {tuple(self.x.shape[1:])}, {len(self.steps)} layers, "
+                f"latent {tuple(self.latent.shape)}, mean log p(x) {float(self.log_prob.mean()):.4f} nats)")  # fmt: skip
 
     @property
     def dims(self) -> int:
