@@ -59,6 +59,8 @@ def test_sample_writes_importance_weights_or_resamples(fitted, capsys):
     assert abs(resampled[:, 0].std() - 2) < 0.1  # the banana's x1 ~ N(0, 2^2)
     captured = capsys.readouterr()
     assert "ESS" in captured.out and "warning" not in captured.err
+    assert cli("sample", run, "--n", 1, "--weights", "--out", folder / "one.csv") == 0
+    assert "ESS" not in capsys.readouterr().out  # one draw's ESS is 100%, whatever the fit
 
 
 def test_resampling_weights_that_collapsed_warns(tmp_path, capsys):
@@ -122,6 +124,7 @@ def test_an_interrupted_or_crashed_run_resumes_to_the_same_numbers(tmp_path, mon
         (["fit", "--target", "u1", "--forward-weight", "0.3"], "give them as --samples FILE"),
         (["fit", "--target", "u1", "--steps", "100", "--anneal", "100"], "must end before --steps"),
         (["fit", "--target", "u1", "--bins", "4"], "has no option(s) bins"),
+        (["fit", "--target", "u1", "--eval-samples", "1"], "must be >= 2 (the ESS and log Z's standard error"),
         (["fit", "--target", "u1", "--model", "planet"], "unknown model 'planet'"),
         (["fit", "--resume", "{run}", "--lr", "0.5"], "--lr cannot change on --resume"),
         (["train", "--resume", "{run}"], "continue it with: clayflow fit --resume"),

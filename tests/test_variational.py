@@ -155,6 +155,8 @@ def test_fitting_refuses_a_mismatch_and_a_target_that_is_never_finite():
     nowhere = Target("nowhere", 2, lambda x: 0 * x[:, 0] - math.inf)
     with pytest.raises(ClayflowError, match="not finite in 10 steps in a row"):
         fit_target(models.realnvp(2, layers=2, hidden=8), nowhere, steps=5, eval_samples=64)
+    with pytest.raises(ClayflowError, match="eval_samples .* must be >= 2"):  # one draw's ESS is 100%, whatever the fit
+        fit_target(models.realnvp(2, layers=2, hidden=8), load_target("banana"), steps=5, eval_samples=1)
 
 
 def test_every_built_in_target_evaluates_a_batch():

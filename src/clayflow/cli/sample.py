@@ -165,7 +165,7 @@ def _fitted(args: argparse.Namespace, flow, payload: dict, n: int) -> int:
         columns.append("log_weight")
     write_table(args.out, values.numpy(), columns)
     how = f"resampled from {pool} draws by their importance weights" if args.resample else "draws of the flow"
-    ess = f"; ESS {100 * weights.ess:.1f}%" if weights is not None else ""
+    ess = f"; ESS {100 * weights.ess:.1f}%" if weights is not None and pool > 1 else ""  # one draw's is 100%
     print(f"wrote {n} samples ({how}{', with log weights' if args.weights else ''}{ess}) to {args.out}")
     return 0
 

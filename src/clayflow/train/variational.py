@@ -29,6 +29,7 @@ from clayflow.train.rundir import ExistingRun, NewRun, default_run_dir
 from clayflow.train.setup import resolve_device
 from clayflow.train.signals import StopRequest
 from clayflow.variational import ReverseKLTraining, Settings, Target, load_target
+from clayflow.variational.fit import check_eval_samples
 
 KIND = "variational"  # config.json's "kind" of a fitted run
 METRICS = ("step", "loss", "beta", "ess", "log_z", "log_z_se", "elbo", "pareto_k", "lr", "grad_norm", "elapsed_s")
@@ -65,9 +66,10 @@ class FitConfig:
 
     def check(self) -> None:
         """Bad values as one ``UsageError`` line."""
-        for name in ("steps", "batch_size", "eval_every", "eval_samples", "checkpoint_every"):
+        for name in ("steps", "batch_size", "eval_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        check_eval_samples(self.eval_samples)
         if (self.anneal or 0) < 0 or self.lr <= 0 or self.clip < 0 or self.warmup < 0:
             raise UsageError("--anneal, --warmup and --clip must be >= 0 and --lr > 0")
         if self.anneal is not None and self.anneal >= self.steps:

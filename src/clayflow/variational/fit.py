@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from clayflow.core import Flow
-from clayflow.errors import ClayflowError
+from clayflow.errors import ClayflowError, UsageError
 from clayflow.train.schedule import make_optimizer, make_scheduler, step_seed
 from clayflow.variational.objective import anneal, draw_weights, reverse_kl
 from clayflow.variational.targets import Target
@@ -51,6 +51,16 @@ class Settings:
     anneal_steps: int = 1000
     clip: float = 10.0
     seed: int = 0
+
+
+MIN_EVAL_SAMPLES = 2  # one draw's ESS is 100% and its log Z has no spread, whatever the fit
+
+
+def check_eval_samples(samples: int) -> None:
+    """Refuse fewer than ``MIN_EVAL_SAMPLES`` draws per evaluation (a ``UsageError`` line)."""
+    if samples < MIN_EVAL_SAMPLES:
+        raise UsageError(f"eval_samples (--eval-samples) must be >= {MIN_EVAL_SAMPLES} (the ESS and log Z's standard error need "
+                         f"several draws), got {samples}")  # fmt: skip
 
 
 class ReverseKLTraining:
@@ -176,6 +186,7 @@ def fit_target(
     not counted, for comparisons at equal wall-clock. Draws are seeded from ``seed`` (each step
     sets torch's global seed: ``torch.manual_seed`` afterwards for other random work).
     """
+    check_eval_samples(eval_samples)
     anneal_steps = steps // 5 if anneal_steps is None else anneal_steps
     settings = Settings(steps, batch_size, lr, schedule, warmup, anneal_steps, clip, seed)
     training = ReverseKLTraining(flow, target, settings, target_samples, forward_weight)
