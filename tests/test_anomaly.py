@@ -227,6 +227,15 @@ def test_dequantized_scores_use_an_importance_weighted_bound_over_several_draws(
     assert main(["score", str(run), "--data", "digits", "--draws", "0", "--out", str(tmp_path / "t.csv")]) == 2
 
 
+def test_draws_asked_of_a_model_without_dequantization_are_said_to_change_nothing(good_run, tmp_path, capsys):
+    capsys.readouterr()
+    assert main(["score", str(good_run), "--data", "moons", "--out", str(tmp_path / "s.csv")]) == 0
+    assert "draws" not in capsys.readouterr().err  # the default asks for nothing
+    assert main(["score", str(good_run), "--data", "moons", "--draws", "4", "--out", str(tmp_path / "t.csv")]) == 0
+    err = capsys.readouterr().err
+    assert "note: --draws 4 has no effect on this run: its model adds no dequantization noise" in err, err
+
+
 def test_a_cnf_with_a_random_trace_estimate_takes_one_draw():
     """K exponentiated Hutchinson estimates would bias the bound upwards, past log P(x)."""
     from clayflow.train.evaluate import effective_draws

@@ -13,6 +13,8 @@ import torch
 
 from clayflow.errors import UsageError
 
+DEFAULT_DRAWS = 8  # --draws: dequantization draws per example
+
 METHOD_HELP = (
     "anomaly score: likelihood (-log p), typicality (|-log p - its validation mean|), ratio "
     "(against a full-covariance Gaussian of the training rows; images: a local pixel model) or complexity (-log2 p "
@@ -33,10 +35,10 @@ def add_arguments(p: argparse.ArgumentParser, device_type) -> None:
     p.add_argument("--labels", metavar="FILE", help="a .csv/.npy of one label per row: 1 anomaly, 0 normal")
     p.add_argument("--label-column", metavar="NAME", help="the column of --data holding those labels (not scored)")
     p.add_argument("--roc", metavar="FILE.png", help="with labels: draw the ROC curve to this picture")
-    p.add_argument("--draws", type=int, default=8, metavar="K",
+    p.add_argument("--draws", type=int, metavar="K",
                    help="a model that dequantizes (images, discrete columns): each example's log-likelihood is the "
                         "importance-weighted bound over K noise draws, log mean_k p(x + u_k), tighter and less noisy "
-                        "than one draw's (default: 8; a CNF evaluated with Hutchinson's trace takes one, since "
+                        f"than one draw's (default: {DEFAULT_DRAWS}; a CNF evaluated with Hutchinson's trace takes one, since "
                         "K random log-dets would bias the bound upwards)")  # fmt: skip
     p.add_argument("--device", type=device_type, default="cpu", help="device (default: cpu)")
     p.add_argument("--force", action="store_true", help="replace an existing --out file")
@@ -57,9 +59,15 @@ def run(args: argparse.Namespace, load_run) -> int:
         raise UsageError("give the labels either as --labels FILE or as --label-column NAME, not both")
     if args.roc and not (args.labels or args.label_column):
         raise UsageError("--roc draws the ROC curve of labelled data; give --labels or --label-column")
-    if args.draws < 1:
+    if args.draws is not None and args.draws < 1:
         raise UsageError(f"--draws must be at least 1, got {args.draws}")
     flow, payload = load_run(args.run, args.device)
+    if args.draws is None:
+        args.draws = DEFAULT_DRAWS
+    elif args.draws > 1 and effective_draws(flow, args.draws) == 1:  # asked for, and it would change nothing
+        print(f"clayflow: note: --draws {args.draws} has no effect on this run: its model adds no dequantization "
+              "noise to average over (or, a CNF with Hutchinson's trace, takes one draw); one draw is taken",
+              file=sys.stderr)  # fmt: skip
     spec = payload["model_spec"]
     check_method(args.method, spec.get("levels"), args.fpr if args.fpr is not None else 0.5)
     if flow.context_features and args.method in ("ratio", "complexity"):
