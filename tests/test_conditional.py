@@ -127,7 +127,15 @@ def test_sample_draws_at_each_context_row_and_score_gives_log_p_x_given_c(condit
     expected = flow.log_prob(rows[:, 1:], context=rows[:, :1]).detach().numpy()  # columns by name
     assert np.allclose(values[:, 1], expected, atol=1e-3)
     assert np.allclose(values[:, 2], -values[:, 1] / (2 * math.log(2)))  # bits per dim of x alone
-    capsys.readouterr()
+    assert "context values lie outside" not in capsys.readouterr().err  # every context was a training one
+
+    contexts.write_text("c\n1.5\n3.0\n-2.5\n")  # c was drawn from U(-2, 2): two rows ask for an extrapolation
+    assert cli("sample", run, "--context", contexts, "--n", 10, "--out", folder / "far.csv") == 0
+    err = capsys.readouterr().err
+    assert "warning: context values lie outside those of the training rows: c in 2 of 3 rows (training rows: -1.99" in err, err
+    np.savetxt(folder / "far_rows.csv", [[3.0, 3.0, 9.0], [0.0, 0.0, 0.0]], delimiter=",", header="c,x1,x2", comments="")
+    assert cli("score", run, "--data", folder / "far_rows.csv", "--out", folder / "far_scores.csv") == 0
+    assert "c in 1 of 2 rows" in capsys.readouterr().err
 
 
 def test_verify_and_explain_take_each_rows_context(conditional_run, capsys):

@@ -256,3 +256,24 @@ def read_image_array(path: str) -> np.ndarray:
             f"{path} must hold a numeric (N, C, H, W) array, got {values.dtype} {values.shape}"
         )
     return values
+
+
+def warn_contexts_outside_training(rows: torch.Tensor, payload: dict, k: int) -> None:
+    """A warning when the contexts of a conditional table's rows (their last ``k`` columns of
+    ``rows`` ``(M, D + k)`` or ``(M, k)``) leave the range that the training rows' contexts
+    span, column by column: p(x | c) there is the model's extrapolation, learned from no row."""
+    import sys
+
+    ranges = payload.get("column_ranges")  # runs of before 2026-12-04 did not record them
+    if not ranges or not k or len(rows) == 0:
+        return
+    names = payload.get("data_columns")
+    context, outside = rows[:, -k:], []
+    for j, (low, high) in enumerate(ranges[-k:]):
+        count = int(((context[:, j] < low) | (context[:, j] > high)).sum())
+        if count:
+            name = names[len(ranges) - k + j] if names else f"context {j + 1}"
+            outside.append(f"{name} in {count} of {len(rows)} rows (training rows: {low:g} to {high:g})")
+    if outside:
+        print(f"clayflow: warning: context values lie outside those of the training rows: {'; '.join(outside)}; "
+              "the model's p(x | c) there is an extrapolation", file=sys.stderr)  # fmt: skip

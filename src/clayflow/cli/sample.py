@@ -42,6 +42,7 @@ def add_arguments(p: argparse.ArgumentParser, device_type) -> None:
 
 def run(args: argparse.Namespace, load_run) -> int:
     """Write ``--n`` samples at ``--temperature``: rows to .csv/.npy, or images to .npy/.png."""
+    from clayflow.cli.inputs import warn_contexts_outside_training
     from clayflow.data.tabular import check_output_path, write_table
     from clayflow.train.config import check_seed
 
@@ -67,6 +68,8 @@ def run(args: argparse.Namespace, load_run) -> int:
         context, per_class = torch.nn.functional.one_hot(classes, flow.context_features).double(), True
     else:
         context = _contexts(args, flow, columns)
+        if context is not None:
+            warn_contexts_outside_training(context, payload, flow.context_features)
     torch.manual_seed(args.seed)
     if context is None:
         samples = torch.cat([flow.sample(len(c), args.temperature).cpu()

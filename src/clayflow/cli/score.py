@@ -47,7 +47,7 @@ def add_arguments(p: argparse.ArgumentParser, device_type) -> None:
 def run(args: argparse.Namespace, load_run) -> int:
     """Write each example's log-likelihood, bits/dim and anomaly score (and flag); print the
     threshold and, with labels, the detection figures."""
-    from clayflow.cli.inputs import examples_to_score, read_labels
+    from clayflow.cli.inputs import examples_to_score, read_labels, warn_contexts_outside_training
     from clayflow.data.tabular import check_output_path, write_table
     from clayflow.diagnostics.anomaly import check_labels, check_method, evaluate_labels
     from clayflow.train.evaluate import effective_draws, log_prob_in_chunks
@@ -78,6 +78,8 @@ def run(args: argparse.Namespace, load_run) -> int:
         labels = read_labels(args.labels, len(x))
     if labels is not None:  # before anything is computed or written
         labels = check_labels(labels, args.labels or f"--label-column {args.label_column}")
+    if flow.context_features and spec.get("levels") is None:  # rows (x, c) of a conditional table
+        warn_contexts_outside_training(x, payload, flow.context_features)
     log_prob = log_prob_in_chunks(flow, x, draws=args.draws)
     dims = math.prod(flow.event_shape) if flow.event_shape is not None else x[0].numel()  # x's, not a context's
     bits_per_dim = -log_prob / (dims * math.log(2))
