@@ -215,6 +215,7 @@ def test_fit_trains_a_conditional_flow_from_rows_of_x_and_c(one_thread):
     true_entropy = 2 * 0.5 * math.log(2 * math.pi * math.e * 0.01)
     # Without c no model can go below H(x) >= H(c) + H(x2 | x1, c) = log 4 - 0.88 = 0.50 nats.
     assert result.test_nll < true_entropy + 0.6, result.test_nll
+    assert result.test_bpd == pytest.approx(result.test_nll / (2 * math.log(2)))  # x's 2 columns, not 3 with c
 
 
 def test_a_conditional_cnf_lets_go_of_its_context_after_each_solve():
