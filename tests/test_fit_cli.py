@@ -154,6 +154,8 @@ def test_a_users_own_target_from_a_file(tmp_path, capsys):
     assert cli("fit", "--target", f"{source}:ring", "--dims", 2, "--steps", 100, "--eval-every", 50, *SMALL,
                "--no-plots", "--out", run) == 0  # fmt: skip
     assert "log Z" in capsys.readouterr().out and json.loads((run / "results.json").read_text())["log_z_true"] is None
+    assert cli("plot", run) == 0  # 2-D: its density over the box of the flow's draws, not marginals
+    assert sorted(p.name for p in (run / "plots").iterdir()) == ["density.png", "history.png", "weights.png"]
 
 
 def test_draws_of_the_target_mix_their_nll_into_the_loss(tmp_path, monkeypatch):

@@ -3,7 +3,8 @@
 * ``history.png``: ESS (as a share of the draws) and log Ẑ with its standard error against the
   step, the ELBO beside log Ẑ, and the known log Z when the target has one;
 * 2-D targets: ``density.png``, the target's density (normalised on the grid), the fitted
-  flow's, and the flow's samples on the target's contours;
+  flow's, and the flow's samples on the target's contours, over the target's box (a user's
+  own target, which has none: the box the flow's draws span, and ``weights.png`` too);
 * more dimensions: ``marginals.png`` (per-dimension histograms of the flow's draws, raw and
   resampled by their importance weights) and ``weights.png`` (the log-weights' histogram,
   with ESS and Pareto k̂).
@@ -11,6 +12,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -33,13 +35,27 @@ def plot_fitted_run(run_dir: Path, flow: Flow, target: Target, seed: int = 0) ->
     paths = [plot_history(read_metrics(run_dir / "metrics.csv"), out / "history.png", target.log_z)]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        if target.dims == 2 and target.box is not None:
+        if target.dims == 2:
+            if target.box is None:  # a user's own target: the box of the flow's draws
+                x, weights = _draws(flow, target)
+                target = dataclasses.replace(target, box=_box_of(x))
+                paths.append(plot_weights(weights, out / "weights.png"))
             paths.append(plot_density(flow, target, out / "density.png"))
         else:
             x, weights = _draws(flow, target)
             paths.append(plot_marginals(x, weights.resample(len(x)), out / "marginals.png"))
             paths.append(plot_weights(weights, out / "weights.png"))
     return paths
+
+
+def _box_of(x: torch.Tensor, share: float = 0.005) -> tuple[tuple[float, float], tuple[float, float]]:
+    """The box ``((low1, low2), (high1, high2))`` holding draws ``x`` ``(n, 2)`` between their
+    ``share`` and ``1 - share`` quantiles, widened by a quarter on each side (a mode that the
+    flow missed may lie outside it)."""
+    low, high = torch.quantile(x, share, dim=0), torch.quantile(x, 1 - share, dim=0)
+    margin = 0.25 * (high - low).clamp(min=1e-6)
+    low, high = (low - margin).tolist(), (high + margin).tolist()
+    return (low[0], low[1]), (high[0], high[1])
 
 
 def _draws(flow: Flow, target: Target) -> tuple[torch.Tensor, ImportanceWeights]:
