@@ -136,6 +136,14 @@ def test_sample_draws_at_each_context_row_and_score_gives_log_p_x_given_c(condit
     np.savetxt(folder / "far_rows.csv", [[3.0, 3.0, 9.0], [0.0, 0.0, 0.0]], delimiter=",", header="c,x1,x2", comments="")
     assert cli("score", run, "--data", folder / "far_rows.csv", "--out", folder / "far_scores.csv") == 0
     assert "c in 1 of 2 rows" in capsys.readouterr().err
+    low, high = torch.load(run / "checkpoints" / "last.pt", weights_only=False)["column_ranges"][-1]
+    # Decimals just beyond the training extremes in float64 that are those extremes in float32, as
+    # the rows are held (a file's 14.83 is 14.8299999 in float32)
+    ends = [np.nextafter(low, -np.inf), np.nextafter(high, np.inf)]
+    assert np.float32(ends[0]) == np.float32(low) and np.float32(ends[1]) == np.float32(high)
+    contexts.write_text("c\n" + "\n".join(repr(float(end)) for end in ends) + "\n")
+    assert cli("sample", run, "--context", contexts, "--n", 10, "--out", folder / "ends.csv") == 0
+    assert "context values lie outside" not in capsys.readouterr().err  # the training rows' own extremes
 
 
 def test_verify_and_explain_take_each_rows_context(conditional_run, capsys):
@@ -216,6 +224,36 @@ def test_fit_trains_a_conditional_flow_from_rows_of_x_and_c(one_thread):
     # Without c no model can go below H(x) >= H(c) + H(x2 | x1, c) = log 4 - 0.88 = 0.50 nats.
     assert result.test_nll < true_entropy + 0.6, result.test_nll
     assert result.test_bpd == pytest.approx(result.test_nll / (2 * math.log(2)))  # x's 2 columns, not 3 with c
+    class Rows(torch.utils.data.Dataset):  # the same rows as a map-style dataset, read one by one
+        def __init__(self, part):
+            self.part = part
+
+        def __len__(self):
+            return len(self.part)
+
+        def __getitem__(self, i):
+            return self.part[i]
+
+    result = clayflow.fit(flow, Rows(rows[:2400]), test=Rows(rows[2700:]), steps=5, progress=False)
+    assert result.test_bpd == pytest.approx(result.test_nll / (2 * math.log(2)))
+
+
+def test_a_conditional_fit_checkpointed_before_bits_per_dim_counted_x_alone_resumes(tmp_path, one_thread):
+    """Such runs recorded their rows' width D + K as the data's shape; the data are the same."""
+    torch.manual_seed(0)
+    rows = torch.cat([torch.randn(300, 2), torch.rand(300, 1)], 1)
+    flow = models.maf(2, hidden=8, context_features=1)
+    clayflow.fit(flow, rows[:200], val=rows[200:], steps=10, progress=False, out=tmp_path / "run")
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    checkpoint = torch.load(last, weights_only=False)
+    assert checkpoint["data_fingerprint"]["shape"] == [2]
+    checkpoint["data_fingerprint"]["shape"] = [3]  # as clayflow.fit wrote it before 2026-12-04
+    torch.save(checkpoint, last)
+    resumed = clayflow.fit(flow, rows[:200], val=rows[200:], steps=20, progress=False, out=tmp_path / "run", resume=True)
+    assert resumed.steps == 20
+    wider = torch.cat([rows[:, :1], rows], 1)  # other data: 3 columns and the context
+    with pytest.raises(clayflow.ClayflowError, match=r"examples of shape \(2,\) then, \(3,\) now"):
+        clayflow.fit(flow, wider[:200], val=wider[200:], steps=30, progress=False, out=tmp_path / "run", resume=True)
 
 
 def test_a_conditional_cnf_lets_go_of_its_context_after_each_solve():

@@ -258,22 +258,33 @@ def read_image_array(path: str) -> np.ndarray:
     return values
 
 
+
+def outside_training_range(values: torch.Tensor, columns: list[int], payload: dict) -> list[tuple[str, int, float, float]]:
+    """For each of the model's ``columns``, whose values are the matching column of ``values``
+    ``(N, len(columns))``: its name, how many values lie outside the range of the training
+    rows (the checkpoint's ``column_ranges``, compared in float32, as the rows were held) and
+    that range; columns with none are left out. Runs of before 2026-12-04 did not record the
+    ranges: nothing is found."""
+    ranges, names = payload.get("column_ranges"), payload.get("data_columns")
+    found = []
+    for i, j in enumerate(columns if ranges else []):
+        low, high = ranges[j]
+        column = values[:, i].float()
+        if count := int(((column < low) | (column > high)).sum()):
+            found.append((names[j] if names else f"x{j + 1}", count, low, high))
+    return found
+
+
 def warn_contexts_outside_training(rows: torch.Tensor, payload: dict, k: int) -> None:
-    """A warning when the contexts of a conditional table's rows (their last ``k`` columns of
+    """A warning when the contexts of a conditional table's rows (the last ``k`` columns of
     ``rows`` ``(M, D + k)`` or ``(M, k)``) leave the range that the training rows' contexts
     span, column by column: p(x | c) there is the model's extrapolation, learned from no row."""
     import sys
 
-    ranges = payload.get("column_ranges")  # runs of before 2026-12-04 did not record them
-    if not ranges or not k or len(rows) == 0:
-        return
-    names = payload.get("data_columns")
-    context, outside = rows[:, -k:], []
-    for j, (low, high) in enumerate(ranges[-k:]):
-        count = int(((context[:, j] < low) | (context[:, j] > high)).sum())
-        if count:
-            name = names[len(ranges) - k + j] if names else f"context {j + 1}"
-            outside.append(f"{name} in {count} of {len(rows)} rows (training rows: {low:g} to {high:g})")
+    width = len(payload.get("column_ranges") or [])  # the model's D + K columns, the context last
+    outside = outside_training_range(rows[:, -k:], list(range(width - k, width)), payload) if k else []
     if outside:
-        print(f"clayflow: warning: context values lie outside those of the training rows: {'; '.join(outside)}; "
+        found = "; ".join(f"{name} in {count} of {len(rows)} rows (training rows: {low:g} to {high:g})"
+                          for name, count, low, high in outside)  # fmt: skip
+        print(f"clayflow: warning: context values lie outside those of the training rows: {found}; "
               "the model's p(x | c) there is an extrapolation", file=sys.stderr)  # fmt: skip

@@ -106,17 +106,12 @@ def _warn_outside_training_values(samples: torch.Tensor, spec: dict, payload: di
     """A warning when more than ``OUTSIDE_WARNING`` of the draws ``(N, D)`` of a discrete
     column (counts, codes, classes) lie outside the values its training rows take: such draws
     (a class -2 of classes 0-2) are the model's mass, written as drawn, not clamped."""
-    ranges = payload.get("column_ranges")  # runs of before 2026-12-04 did not record them
-    if not ranges or not spec.get("discrete"):
-        return
-    names = payload.get("data_columns")
-    outside = []
-    for j in spec["discrete"]:
-        low, high = ranges[j]
-        share = ((samples[:, j] < low) | (samples[:, j] > high)).double().mean().item()
-        if share > OUTSIDE_WARNING:
-            name = names[j] if names else f"x{j + 1}"
-            outside.append(f"{name} {100 * share:.1f}% (training rows: {low:g} to {high:g})")
+    from clayflow.cli.inputs import outside_training_range
+
+    discrete = list(spec.get("discrete") or [])
+    outside = [f"{name} {100 * count / len(samples):.1f}% (training rows: {low:g} to {high:g})"
+               for name, count, low, high in outside_training_range(samples[:, discrete], discrete, payload)
+               if count / len(samples) > OUTSIDE_WARNING]  # fmt: skip
     if outside:
         print(f"clayflow: warning: draws of discrete columns lie outside the values of the training rows: "
               f"{', '.join(outside)}; they are the model's, written as drawn", file=sys.stderr)  # fmt: skip

@@ -58,15 +58,17 @@ class Dataset:
     @property
     def event_shape(self) -> tuple[int, ...]:
         if isinstance(self.train, Tensor):
-            if self.context_features:  # rows are (x, c): the model's events are the x part
-                if self.train.dim() == 2:
-                    return (self.train.shape[1] - self.context_features,)
-                return (self.train.shape[1] - 1, *self.train.shape[2:])  # less the class channel
-            return tuple(self.train.shape[1:])
-        if self._example_shape is None:  # read once, without drawing from torch's random stream
-            with torch.random.fork_rng(devices=[]):
-                self._example_shape = tuple(example(self.train[0]).shape)
-        return self._example_shape
+            shape = tuple(self.train.shape[1:])
+        else:
+            if self._example_shape is None:  # read once, without drawing from torch's random stream
+                with torch.random.fork_rng(devices=[]):
+                    self._example_shape = tuple(example(self.train[0]).shape)
+            shape = self._example_shape
+        if self.context_features:  # rows are (x, c): the model's events are the x part
+            if len(shape) == 1:
+                return (shape[0] - self.context_features,)
+            return (shape[0] - 1, *shape[1:])  # less the class channel
+        return shape
 
     @property
     def dims(self) -> int:
@@ -83,7 +85,8 @@ class Dataset:
         """What a checkpoint records of the data's columns: their names in the model's order,
         where each came from in a conditional table's file, and the classes of class-conditional
         images (``clayflow score`` and ``sample`` match new files with these), and a table's
-        range of values per column in the training rows (``sample`` says when draws leave it)."""
+        range of values per column in the training rows (``sample`` says when draws of a discrete
+        column leave it, ``sample --context`` and ``score`` when contexts do)."""
         table = isinstance(self.train, Tensor) and self.train.dim() == 2 and len(self.train) > 0
         ranges = torch.stack([self.train.amin(0), self.train.amax(0)], 1).tolist() if table else None
         return {"data_columns": self.columns, "column_order": self.column_order, "classes": self.classes,

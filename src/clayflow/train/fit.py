@@ -122,10 +122,10 @@ def fit(
     loader_options = {"num_workers": num_workers or 0}
     if isinstance(train, DataLoader):
         train, loader_options, batch_size = _from_loader(train, num_workers, batch_size)
-    train, val, test = _examples(train, "train"), _examples(val, "val"), _examples(test, "test")
-    # rows (x, c) of a conditional flow: its events, bits/dim and log lines are x's D columns, not D + K
-    context = (flow.context_features or 0) if isinstance(train, Tensor) and train.dim() == 2 else 0
-    data = Dataset(FIT_DATA, train, val, test, loader_options=loader_options, context_features=context)
+    # A conditional flow's examples hold x and c (Flow.split_rows): its events, bits/dim and log
+    # lines are x's (D columns of rows (x, c); images less their class channel), not x's and c's.
+    data = Dataset(FIT_DATA, _examples(train, "train"), _examples(val, "val"), _examples(test, "test"),
+                   loader_options=loader_options, context_features=flow.context_features or 0)  # fmt: skip
     if len(data.train) == 0:
         raise UsageError("fit() needs training examples; train is empty")
     kind = data_kind(data.event_shape) if flow.event_shape is None else data_kind(tuple(flow.event_shape))

@@ -168,9 +168,21 @@ def data_fingerprint(data: Dataset) -> dict[str, Any]:
 
 def fingerprint_difference(saved: dict[str, Any], now: dict[str, Any]) -> str:
     """How data of fingerprint ``now`` differ from those of ``saved`` (``data_fingerprint``)."""
-    if saved["rows"] != now["rows"] or saved["shape"] != now["shape"]:
+    if saved["rows"] != now["rows"]:
         return f"{sum(saved['rows'])} rows then, {sum(now['rows'])} now"
+    if saved["shape"] != now["shape"]:
+        return f"examples of shape {tuple(saved['shape'])} then, {tuple(now['shape'])} now"
     return "same size, other values"
+
+
+def same_data(saved: dict[str, Any], now: dict[str, Any], context_features: int = 0) -> bool:
+    """Whether fingerprints ``saved`` and ``now`` are of the same data. Runs of ``clayflow.fit``
+    of a conditional flow checkpointed before 2026-12-04 recorded their rows' width D + K as
+    the shape where the data's is D (the x part): the same rows."""
+    if saved == now:
+        return True
+    widened = {**now, "shape": [now["shape"][0] + context_features, *now["shape"][1:]]}
+    return context_features > 0 and saved == widened
 
 
 def _saved_spec(checkpoint: dict[str, Any] | None) -> ModelSpec | None:
@@ -203,18 +215,18 @@ def saved_model_options(checkpoint: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def check_same_run(checkpoint: dict[str, Any], spec: ModelSpec | None, config: TrainConfig,
-                   fingerprint: dict[str, Any], run_dir: Path) -> None:  # fmt: skip
+                   fingerprint: dict[str, Any], run_dir: Path, context_features: int = 0) -> None:  # fmt: skip
     """The checkpoint must describe the model, options and data that the run directory and the
     command give now. Facts a checkpoint of an older clayflow did not record are not compared.
     A run of ``clayflow.fit`` (``spec`` None: the caller's flow) has no model description: its
-    weights must load into the flow given."""
+    weights must load into the flow given. ``context_features``: the data's K context columns."""
     if (spec is None) != (checkpoint.get("model_spec") is None):
         how = "by clayflow train" if spec is None else "from Python with clayflow.fit"
         raise ClayflowError(f"{run_dir} was trained {how}; resume it the same way")
     if spec is not None:
         _check_same_model(checkpoint, spec, run_dir)
     _check_same_config(checkpoint, config, run_dir)
-    _check_same_data(checkpoint, config, fingerprint, run_dir)
+    _check_same_data(checkpoint, config, fingerprint, run_dir, context_features)
 
 
 def _check_same_model(checkpoint: dict[str, Any], spec: ModelSpec, run_dir: Path) -> None:
@@ -252,7 +264,7 @@ def _check_same_config(checkpoint: dict[str, Any], config: TrainConfig, run_dir:
 
 
 def _check_same_data(checkpoint: dict[str, Any], config: TrainConfig, fingerprint: dict[str, Any],
-                     run_dir: Path) -> None:  # fmt: skip
+                     run_dir: Path, context_features: int = 0) -> None:  # fmt: skip
     saved_config = checkpoint.get("config") or {}
     saved_data, saved_name = checkpoint.get("data_fingerprint"), saved_config.get("data", config.data)
     if saved_data is None and saved_name != config.data:  # a checkpoint of an older clayflow
@@ -260,7 +272,7 @@ def _check_same_data(checkpoint: dict[str, Any], config: TrainConfig, fingerprin
             f"{run_dir} was trained on {saved_name!r}, and its checkpoint cannot tell whether "
             f"{config.data!r} holds the same data; resume with --data {saved_name}"
         )
-    if saved_data is not None and saved_data != fingerprint:
+    if saved_data is not None and not same_data(saved_data, fingerprint, context_features):
         what = fingerprint_difference(saved_data, fingerprint)
         which = f"the data {config.data!r} changed since {run_dir} was checkpointed"
         if saved_name != config.data:

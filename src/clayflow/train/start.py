@@ -96,7 +96,7 @@ def start_training(config, run_dir, resume, force, progress, stop, setup=None, r
         check_distributable(processes, config.batch_size, fingerprint)
         if run is not None:
             if checkpoint is not None:
-                check_same_run(checkpoint, spec, config, fingerprint, run.path)
+                check_same_run(checkpoint, spec, config, fingerprint, run.path, data.context_features)
                 remedy = "a resumed run could not end with its best weights; put the file back first"
                 processes.on_main(lambda: check_best_kept(run.path, checkpoint, remedy))
                 check_changed_options(checkpoint, config)
