@@ -238,8 +238,10 @@ def test_draws_asked_of_a_model_without_dequantization_are_said_to_change_nothin
 
 def test_a_cnf_with_a_random_trace_estimate_takes_one_draw():
     """K exponentiated Hutchinson estimates would bias the bound upwards, past log P(x)."""
-    from clayflow.train.evaluate import effective_draws
+    from clayflow.train.evaluate import effective_draws, one_draw_reason
 
     assert effective_draws(models.cnf_image((1, 8, 8), 17, eval_trace="hutchinson"), 8) == 1
     assert effective_draws(models.cnf_image((1, 8, 8), 17, eval_trace="exact"), 8) == 8
     assert effective_draws(models.cnf(2), 8) == 1  # nothing dequantized
+    assert "Hutchinson" in one_draw_reason(models.cnf_image((1, 8, 8), 17, eval_trace="hutchinson"))
+    assert "no dequantization noise" in one_draw_reason(models.cnf(2))

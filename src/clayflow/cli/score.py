@@ -50,7 +50,7 @@ def run(args: argparse.Namespace, load_run) -> int:
     from clayflow.cli.inputs import examples_to_score, read_labels, warn_contexts_outside_training
     from clayflow.data.tabular import check_output_path, write_table
     from clayflow.diagnostics.anomaly import check_labels, check_method, evaluate_labels
-    from clayflow.train.evaluate import effective_draws, log_prob_in_chunks
+    from clayflow.train.evaluate import effective_draws, log_prob_in_chunks, one_draw_reason
 
     check_output_path(args.out, force=args.force)  # fail before the expensive part
     if args.roc:
@@ -64,10 +64,8 @@ def run(args: argparse.Namespace, load_run) -> int:
     flow, payload = load_run(args.run, args.device)
     if args.draws is None:
         args.draws = DEFAULT_DRAWS
-    elif args.draws > 1 and effective_draws(flow, args.draws) == 1:  # asked for, and it would change nothing
-        print(f"clayflow: note: --draws {args.draws} has no effect on this run: its model adds no dequantization "
-              "noise to average over (or, a CNF with Hutchinson's trace, takes one draw); one draw is taken",
-              file=sys.stderr)  # fmt: skip
+    elif args.draws > 1 and (why := one_draw_reason(flow)):  # asked for, and not taken
+        print(f"clayflow: note: --draws {args.draws} has no effect on this run: {why}; one draw is taken", file=sys.stderr)
     spec = payload["model_spec"]
     check_method(args.method, spec.get("levels"), args.fpr if args.fpr is not None else 0.5)
     if flow.context_features and args.method in ("ratio", "complexity"):

@@ -76,14 +76,22 @@ def log_prob_in_chunks(
 def effective_draws(flow: Flow, draws: int) -> int:
     """The dequantization draws ``log_prob_in_chunks`` averages over for ``flow``: ``draws`` if
     the flow adds dequantization noise (images, or discrete columns of a table) and its log-det
-    is exact, else 1."""
+    is exact, else 1 (``one_draw_reason`` says why)."""
+    return draws if one_draw_reason(flow) is None else 1
+
+
+def one_draw_reason(flow: Flow) -> str | None:
+    """Why ``log_prob_in_chunks`` takes one draw of ``flow`` whatever it is asked for, or None
+    where it takes them all."""
     from clayflow.transforms.continuous import CNF, Trace
     from clayflow.transforms.preprocess import Dequantize, DequantizeColumns
 
     modules = list(flow.modules())
-    noisy = any(isinstance(m, (Dequantize, DequantizeColumns)) for m in modules)
-    estimated = any(isinstance(m, CNF) and m.eval_trace is Trace.HUTCHINSON for m in modules)
-    return draws if noisy and not estimated else 1
+    if not any(isinstance(m, (Dequantize, DequantizeColumns)) for m in modules):
+        return "its model adds no dequantization noise to average over"
+    if any(isinstance(m, CNF) and m.eval_trace is Trace.HUTCHINSON for m in modules):
+        return "its CNF's log-det is a random Hutchinson estimate, and several would bias the bound upwards"
+    return None
 
 
 def initialize_data_dependent(
