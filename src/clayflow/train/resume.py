@@ -177,12 +177,12 @@ def fingerprint_difference(saved: dict[str, Any], now: dict[str, Any]) -> str:
 
 def same_data(saved: dict[str, Any], now: dict[str, Any], context_features: int = 0) -> bool:
     """Whether fingerprints ``saved`` and ``now`` are of the same data. Runs of ``clayflow.fit``
-    of a conditional flow checkpointed before 2026-12-04 recorded their rows' width D + K as
-    the shape where the data's is D (the x part): the same rows."""
-    if saved == now:
-        return True
-    widened = {**now, "shape": [now["shape"][0] + context_features, *now["shape"][1:]]}
-    return context_features > 0 and saved == widened
+    of a conditional flow checkpointed before 2026-12-04 recorded their examples' shape with the
+    context (rows' D + K columns, images' class channel) where the data's is x's: the same data."""
+    if saved == now or not context_features:
+        return saved == now
+    extra = context_features if len(now["shape"]) == 1 else 1  # K columns, or one class channel
+    return saved == {**now, "shape": [now["shape"][0] + extra, *now["shape"][1:]]}
 
 
 def _saved_spec(checkpoint: dict[str, Any] | None) -> ModelSpec | None:
