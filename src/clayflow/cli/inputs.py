@@ -258,7 +258,6 @@ def read_image_array(path: str) -> np.ndarray:
     return values
 
 
-
 def outside_training_range(values: torch.Tensor, columns: list[int], payload: dict) -> list[tuple[str, int, float, float]]:
     """For each of the model's ``columns``, whose values are the matching column of ``values``
     ``(N, len(columns))``: its name, how many values lie outside the range of the training

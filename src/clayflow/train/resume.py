@@ -179,8 +179,10 @@ def same_data(saved: dict[str, Any], now: dict[str, Any], context_features: int 
     """Whether fingerprints ``saved`` and ``now`` are of the same data. Runs of ``clayflow.fit``
     of a conditional flow checkpointed before 2026-12-04 recorded their examples' shape with the
     context (rows' D + K columns, images' class channel) where the data's is x's: the same data."""
-    if saved == now or not context_features:
-        return saved == now
+    if saved == now:
+        return True
+    if not context_features:
+        return False
     extra = context_features if len(now["shape"]) == 1 else 1  # K columns, or one class channel
     return saved == {**now, "shape": [now["shape"][0] + extra, *now["shape"][1:]]}
 
