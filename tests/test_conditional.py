@@ -187,6 +187,14 @@ def test_a_label_column_that_the_model_reads_is_named_as_such(conditional_run, t
     err = capsys.readouterr().err
     assert code == 1 and "--label-column c is a column the model reads" in err and err.count("\n") == 1, err
     assert not (tmp_path / "s.csv").exists()
+    rows = np.loadtxt(table, delimiter=",", skiprows=1)[:20]
+    labelled = tmp_path / "labelled.csv"  # the labels still in the file, not named as such
+    np.savetxt(labelled, np.c_[rows, np.arange(20) % 2], delimiter=",", header="c,x1,x2,is_anom", comments="")
+    assert cli("score", run, "--data", labelled, "--out", tmp_path / "s.csv") == 1
+    assert "if 'is_anom' holds labels, name it with --label-column" in capsys.readouterr().err
+    assert cli("score", run, "--data", labelled, "--label-column", "is_anom", "--out", tmp_path / "s.csv") == 0
+    code = cli("score", run, "--data", table, "--labels", tmp_path / "none.csv", "--out", tmp_path / "t.csv")
+    assert code == 1 and f"labels file {tmp_path / 'none.csv'} (--labels) does not exist" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("adjoint", [False, True])

@@ -59,7 +59,13 @@ def examples_to_score(
                 raise ClayflowError(f"--label-column {label_column} is a column the model reads (as data or context); "
                                     "the labels need a column of their own")  # fmt: skip
             values, names, labels = _take_column(values, names, label_column, data)
-        values = _in_model_order(values, names, payload, data)
+        try:
+            values = _in_model_order(values, names, payload, data)
+        except ClayflowError as exc:
+            extra = [c for c in names or [] if c not in (payload.get("data_columns") or names)]
+            if label_column is None and len(extra) == 1:  # a file that still holds its labels, most likely
+                raise ClayflowError(f"{exc}; if {extra[0]!r} holds labels, name it with --label-column") from None
+            raise
     else:
         dataset = load_dataset(data)
         values = _in_model_order(dataset.test.numpy(), dataset.columns, payload, data)
@@ -126,6 +132,8 @@ def read_labels(path: str, rows: int) -> np.ndarray:
     """One label per scored row from a .csv/.npy file (its first column; a header is allowed)."""
     from clayflow.data.tabular import read_table
 
+    if not Path(path).exists():
+        raise ClayflowError(f"labels file {path} (--labels) does not exist")
     values, _ = read_table(path)
     if values.shape[1] != 1:
         raise ClayflowError(f"{path} has {values.shape[1]} columns; give the labels as one column")
