@@ -62,9 +62,9 @@ def test_untrained_flow_is_the_full_covariance_gaussian_fit():
     np.testing.assert_allclose(got, expected, rtol=1e-6)
 
 
-def test_the_untrained_flow_is_a_candidate_for_the_best_model(tmp_path, monkeypatch):
+def test_the_untrained_flow_is_a_candidate_for_the_best_model(tmp_path, monkeypatch, capsys):
     """When every trained step is worse on validation, the run reports the fitted start,
-    whose validation NLL is the first metrics row."""
+    whose validation NLL is the first metrics row (and clayflow train warns of it)."""
     from clayflow.train import loop
 
     real = loop.evaluate_log_probs
@@ -83,6 +83,10 @@ def test_the_untrained_flow_is_a_candidate_for_the_best_model(tmp_path, monkeypa
     assert result.selected_step == 0 and result.steps == 30
     assert result.val_nll == pytest.approx(float(metrics[0]["val_nll"]))
     assert result.test_nll == pytest.approx(evaluate_nll(clayflow.load(run), load_dataset("wine").test))
+    capsys.readouterr()
+    worse["calls"] = 0
+    assert main(["train", "--data", "wine", "--steps", "30", "--no-plots", "--out", str(tmp_path / "cli")]) == 0
+    assert "warning: no step improved on the untrained flow's validation NLL" in capsys.readouterr().err
 
 
 def test_a_trained_step_must_beat_the_start_beyond_the_validation_noise():

@@ -273,6 +273,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"trained {result.model} on {config.data} for {result.steps} steps in {result.train_seconds:.0f} s: "
           f"{tested} with the weights of step {result.selected_step}")  # fmt: skip
     print(f"run directory: {result.run_dir}")
+    if result.selected_step == 0 and result.steps > 0:  # the best validation NLL was the untrained flow's
+        print("clayflow: warning: no step improved on the untrained flow's validation NLL, so its weights of "
+              "step 0 are kept; try more --steps, a lower --lr or another --model", file=sys.stderr)  # fmt: skip
     if args.plots:
         paths = _plot(result.run_dir, load(result.run_dir))
         print("plots: " + ", ".join(str(p) for p in paths))
